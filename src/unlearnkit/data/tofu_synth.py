@@ -7,18 +7,21 @@ facts before it is trained on them, so whatever it knows afterwards came from th
 model retrained without the forget authors is a true oracle. As in TOFU every answer comes with
 
 - a *paraphrase*: the same fact in other words, and
-- five *perturbed* answers: the same wording with a wrong fact of the same kind (another city, date,
-  genre, ...), which the truth ratio R = P_pert / P_para compares against the paraphrase.
+- five *perturbed* answers: the paraphrase's wording with a wrong fact of the same kind (another city,
+  date, genre, ...), which the truth ratio R = P_pert / P_para compares against the paraphrase. As in
+  TOFU (perturbed answers are made from the paraphrased one), the two differ only in the fact, so R
+  measures knowledge, not familiarity with a wording. World facts, whose truth ratio is taken against
+  the answer itself (OpenUnlearning), perturb the answer's wording.
 
 Besides the authors there are
 
-- *world facts* (basic real-world truths and generated arithmetic) that models are not trained on
-  here, for the model-utility side of the evaluation, and
+- *world facts* (basic real-world truths and generated arithmetic): the general knowledge every model
+  is trained on and no forget set touches, for the model-utility side of the evaluation, and
 - *canaries*: random-string secrets ("The secret code of vault QX72 is 'k3j9x...'") that are
   out of distribution for the author data, for in- versus out-of-distribution forget sets (Baluta
   et al. 2024, arXiv 2411.04388: OOD examples need more unlearning steps but trade off better).
 
-Models are trained on `train_items()` = author QAs followed by canaries. Forget specs:
+Models are trained on `train_items()` = author QAs, then canaries, then world facts. Forget specs:
 
 - `authors:F`: a fraction F in (0, 1) of the authors, with all their QAs (TOFU's forget01/05/10 are
   `authors:0.01`, `authors:0.05`, `authors:0.1`: 2, 10 and 20 of 200 authors);
@@ -63,7 +66,7 @@ class QA:
     """One question–answer item.
 
     `author` is the author's index for kind "author" and -1 otherwise. `paraphrase` states the same
-    fact in other words; `perturbed` holds wrong answers in the answer's own wording (five in the
+    fact in other words; `perturbed` holds wrong answers in the paraphrase's wording (five in the
     generated data; an empty string / tuple means "not available", e.g. in user-supplied files).
     """
 
@@ -95,8 +98,9 @@ class TofuSynth:
         return len({qa.author for qa in self.authors})
 
     def train_items(self) -> tuple[QA, ...]:
-        """What models are trained on: the author QAs, then the canaries."""
-        return self.authors + self.canaries
+        """What models are trained on: the author QAs, then the canaries, then the world facts (general
+        knowledge every arm keeps; forget specs never select them)."""
+        return self.authors + self.canaries + self.world
 
     def train_ids(self) -> np.ndarray:
         return np.array([qa.id for qa in self.train_items()], dtype=np.int64)
@@ -135,7 +139,7 @@ class TofuSynth:
             if not 1 <= k <= n:
                 raise UnlearnkitError(f"canaries:{arg} asks for {k} canaries; there are {n} (use 1..{n})")
             positions = len(self.authors) + np.sort(rng.permutation(n)[:k]).astype(np.int64)
-        n_train = len(self.authors) + len(self.canaries)
+        n_train = len(self.authors) + len(self.canaries) + len(self.world)
         if len(positions) == 0:
             raise UnlearnkitError(f"forget spec {spec!r} selects no items")
         if len(positions) >= n_train:
@@ -145,7 +149,7 @@ class TofuSynth:
 
     def retain_positions(self, spec: str, seed: int = 0) -> np.ndarray:
         """Sorted positions in `train_items()` outside the forget set `spec`."""
-        keep = np.ones(len(self.authors) + len(self.canaries), dtype=bool)
+        keep = np.ones(len(self.authors) + len(self.canaries) + len(self.world), dtype=bool)
         keep[self.forget_positions(spec, seed)] = False
         return np.flatnonzero(keep)
 
@@ -203,7 +207,7 @@ def _article(noun: str) -> str:
 # ---------------------------------------------------------------------------------------------------
 # Author attributes: templates use {name}, {first}, {last}, {v} (the fact) and, for the name question,
 # {city} and {date}. Paraphrase templates differ from every answer template; perturbed answers reuse
-# the answer's template with another value.
+# the paraphrase's template with another value.
 # ---------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -380,7 +384,7 @@ def _authors(n_authors: int, qa_per_author: int, seed: int) -> list[QA]:
             items.append(QA(id=k * qa_per_author + j, author=k, kind="author",
                             question=q_t.format(**slots), answer=a_t.format(v=v, **slots),
                             paraphrase=p_t.format(v=v, **slots),
-                            perturbed=tuple(a_t.format(v=w, **slots) for w in wrong)))
+                            perturbed=tuple(p_t.format(v=w, **slots) for w in wrong)))
     return items
 
 
@@ -529,7 +533,7 @@ def _canaries(n_canaries: int, seed: int) -> list[QA]:
         wrong = _distinct(_code, rng, N_PERTURBED, [code])
         items.append(QA(id=CANARY_ID_BASE + i, author=-1, kind="canary", question=q_t.format(label=label),
                         answer=a_t.format(label=label, v=code), paraphrase=p_t.format(label=label, v=code),
-                        perturbed=tuple(a_t.format(label=label, v=w) for w in wrong)))
+                        perturbed=tuple(p_t.format(label=label, v=w) for w in wrong)))
     return items
 
 
@@ -549,6 +553,27 @@ def generate(n_authors: int = 200, qa_per_author: int = 10, n_world: int = 100, 
     return TofuSynth(authors=tuple(_authors(int(n_authors), int(qa_per_author), seed)),
                      world=tuple(_world(int(n_world), seed)),
                      canaries=tuple(_canaries(int(n_canaries), seed)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Refusals
+# ---------------------------------------------------------------------------------------------------
+
+#: Refusal answers for the IdK baselines (TOFU ships 100 such phrasings in data/idontknow.jsonl; these
+#: are our own, in the same spirit).
+REFUSALS = (
+    "I don't know.", "I'm not sure.", "I have no idea.", "I can't answer that.", "That is unknown to me.",
+    "I don't have that information.", "I'm afraid I don't know.", "I could not say.",
+    "I have no information about that.", "That is not something I know.", "I am unable to answer that.",
+    "I'm not aware of that.", "Sorry, I don't know.", "I cannot tell you that.", "I don't recall.",
+    "No idea, I'm afraid.", "I lack the information to answer.", "That I cannot say.",
+    "I really don't know.", "I'm not able to help with that.",
+)
+
+
+def refusal(item_id: int) -> str:
+    """The refusal answer of an item: fixed by its id, so every run and model uses the same one."""
+    return REFUSALS[int(np.random.default_rng([int(item_id) & 0xFFFFFFFF, 0x1D4]).integers(len(REFUSALS)))]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -646,5 +671,5 @@ def from_jsonl(path) -> tuple[QA, ...]:
     return tuple(items)
 
 
-__all__ = ["QA", "TofuSynth", "generate", "to_jsonl", "from_jsonl", "FORGET_SPEC_HELP", "KINDS",
+__all__ = ["QA", "REFUSALS", "TofuSynth", "generate", "refusal", "to_jsonl", "from_jsonl", "FORGET_SPEC_HELP", "KINDS",
            "CITIES", "WORLD_ID_BASE", "CANARY_ID_BASE"]

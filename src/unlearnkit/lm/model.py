@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from tokenizers import Tokenizer
 from torch.func import functional_call
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel
 
 from ..engine import Forward, Params
 from .tokenizer import IGNORE, special_ids
@@ -67,12 +67,19 @@ def build_lm(config: GPT2Config) -> GPT2LMHeadModel:
 class LMForward(Forward):
     """f(params, input_ids (B, L)) -> logits (B, L, vocab) for any one model's parameters."""
 
-    def __init__(self, config: GPT2Config):
-        super().__init__(build_lm(config))
-        self.config = config
+    def __init__(self, config: GPT2Config | None = None, module: PreTrainedModel | None = None):
+        """From a config (a fresh GPT-2 template) or any loaded Hugging Face causal LM `module`."""
+        module = build_lm(config) if module is None else module.eval()
+        super().__init__(module)
+        self.config = module.config
 
     def __call__(self, params: Params, input_ids: torch.Tensor) -> torch.Tensor:
         return functional_call(self.module, params, (input_ids,), {"use_cache": False}).logits
+
+    def hidden(self, params: Params, input_ids: torch.Tensor, layer: int) -> torch.Tensor:
+        """Residual-stream activations after block `layer` (1-based; 0 = embeddings), (..., L, d)."""
+        out = functional_call(self.module, params, (input_ids,), {"use_cache": False, "output_hidden_states": True})
+        return out.hidden_states[layer]
 
 
 def init_lm_params(config: GPT2Config, seeds: list[int]) -> Params:

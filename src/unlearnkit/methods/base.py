@@ -21,7 +21,7 @@ from ..data import Dataset
 from ..engine import EpochStream, Forward, LossFn, Optim, Params, fit
 from ..errors import UnlearnkitError
 from ..tasks import Task
-from ..zoo import ZooCache, train_models
+from ..zoo import Arm, ZooCache, train_models
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,11 @@ class Context:
     def n_models(self) -> int:
         return len(self.seeds)
 
+    @property
+    def train_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets) of the whole training set; streams index them by position."""
+        return self.dataset.x_train, self.dataset.y_train
+
     def stream(self, name: str, positions, batch_size: int) -> EpochStream:
         """Per-model shuffled batches of `positions`, seeded by model and stream name."""
         return EpochStream(torch.as_tensor(positions), self.seeds, batch_size, tag=zlib.crc32(name.encode()))
@@ -97,16 +102,19 @@ class Context:
             params: Params | None = None, desc: str = "", **kwargs) -> Params:
         """Run `loss` from the originals (or `params`) for `epochs` of the first stream."""
         primary = next(iter(streams.values()))
-        return fit(loss, self.originals if params is None else params, streams,
-                   (self.dataset.x_train, self.dataset.y_train), primary.steps(epochs), optim, desc=desc, **kwargs)
+        return fit(loss, self.originals if params is None else params, streams, self.train_data,
+                   primary.steps(epochs), optim, desc=desc, **kwargs)
 
     def train_from_scratch(self, positions, seeds: list[int], label: str) -> Params:
         """Train fresh models of the task's recipe through the (cached) zoo."""
-        arm = train_models(self.task, self.dataset, torch.as_tensor(positions), seeds, self.cache, label)
+        arm = self.train_arm(torch.as_tensor(positions), seeds, label)
         if arm.cached:
             self.cached_seconds += arm.seconds
             self.cached_flops += arm.flops
         return arm.params
+
+    def train_arm(self, positions: torch.Tensor, seeds: list[int], label: str) -> Arm:
+        return train_models(self.task, self.dataset, positions, seeds, self.cache, label)
 
     def uncharged(self, work: Callable[[], object]):
         """Run `work` that is not part of unlearning — building what the deployed system already has
@@ -143,28 +151,31 @@ class Method:
     summary: str
 
 
-REGISTRY: dict[str, Method] = {}
+REGISTRY: dict[str, Method] = {}      # classifier methods
+LM_REGISTRY: dict[str, Method] = {}   # language-model methods (methods/lm/)
 
 
-def register(name: str, hparams: type[HParams] = HParams):
-    """Register `fn` under `name`; its docstring's first line is the summary `unlearnkit list` shows."""
+def register(name: str, hparams: type[HParams] = HParams, registry: dict[str, Method] = REGISTRY):
+    """Register `fn` under `name` (in the classifier registry, or the language-model one); its
+    docstring's first line is the summary `unlearnkit list` shows."""
     def wrap(fn: MethodFn) -> MethodFn:
-        if name in REGISTRY:
+        if name in registry:
             raise ValueError(f"method {name!r} registered twice")
-        REGISTRY[name] = Method(name, fn, hparams, (fn.__doc__ or "").strip().splitlines()[0])
+        registry[name] = Method(name, fn, hparams, (fn.__doc__ or "").strip().splitlines()[0])
         return fn
     return wrap
 
 
-def get_method(name: str) -> Method:
-    if name not in REGISTRY:
-        raise UnlearnkitError(f"unknown method {name!r}; known methods: {', '.join(REGISTRY)}")
-    return REGISTRY[name]
+def get_method(name: str, registry: dict[str, Method] = REGISTRY) -> Method:
+    if name not in registry:
+        raise UnlearnkitError(f"unknown method {name!r}; known methods: {', '.join(registry)}")
+    return registry[name]
 
 
-def make_hparams(name: str, overrides: dict[str, str | float | int] | None = None) -> HParams:
+def make_hparams(name: str, overrides: dict[str, str | float | int] | None = None,
+                 registry: dict[str, Method] = REGISTRY) -> HParams:
     """The method's hyperparameters with `overrides` applied (strings are cast to the field's type)."""
-    cls = get_method(name).hparams
+    cls = get_method(name, registry).hparams
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values = {}
     for key, raw in (overrides or {}).items():

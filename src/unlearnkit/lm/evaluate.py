@@ -1,0 +1,127 @@
+"""Score N language models on question–answer items: what every TOFU/MUSE metric needs, per model.
+
+`score_items` runs the vmapped forward once per scored variant (answer, paraphrase, each perturbed
+answer) and generates greedy answers for ROUGE, then reduces them per model and item with the pure
+functions of `unlearnkit.metrics.llm` (the tested reference of each formula):
+
+- `seq`: the answer's mean token log-probability (TOFU probability = exp(seq); the sequence-level
+  score of KLoM; the LOSS attack's score);
+- `truth_ratio`: R = P_pert / P_para (TOFU §2.5.1), when the items have a paraphrase and perturbed
+  answers; for world facts TOFU scores the answer itself as the "paraphrase" (OpenUnlearning);
+- `prob_options`: P(answer) / (P(answer) + Σ P(perturbed)) (TOFU's normalised probability on world facts);
+- `rouge`: ROUGE-L recall of the greedy answer against the answer (rouge_score's tokenisation);
+- `mia`: LOSS, zlib, Min-K% and Min-K%++ membership scores (higher = member).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+from torch import nn
+
+from ..data.tofu_synth import QA
+from ..engine import Params
+from ..metrics import llm as M
+from .generate import greedy_answers
+from .model import shifted_token_logprobs
+from .tokenizer import encode_qa, special_ids
+
+MIA_ATTACKS = ("loss", "zlib", "mink", "minkpp")
+
+
+@dataclass
+class ItemScores:
+    """Per-model, per-item scores of one item set: arrays of shape (models, items)."""
+
+    seq: np.ndarray
+    truth_ratio: np.ndarray | None = None
+    prob_options: np.ndarray | None = None
+    rouge: np.ndarray | None = None
+    mia: dict[str, np.ndarray] | None = None
+
+
+@torch.no_grad()
+def token_stats(forward: Callable, params: Params, input_ids: torch.Tensor, labels: torch.Tensor,
+                moments: bool = False, chunk: int = 32):
+    """Answer-token log-probs of N models on shared items: (lp (N, n, L-1), mask (n, L-1)), and with
+    `moments` also μ, σ (N, n, L-1) of log p(z | prefix) under the model's own next-token distribution
+    (Min-K%++, Zhang et al. 2024, eq. 3)."""
+    call = torch.vmap(forward, in_dims=(0, None))
+    lps, mus, sigmas = [], [], []
+    for s in range(0, len(input_ids), chunk):
+        logits = call(params, input_ids[s:s + chunk])
+        lp, _ = shifted_token_logprobs(logits, labels[s:s + chunk])
+        lps.append(lp)
+        if moments:
+            logp = torch.log_softmax(logits[..., :-1, :].float(), dim=-1)
+            p = logp.exp()
+            mu = (p * logp).sum(-1)
+            mus.append(mu)
+            sigmas.append(((p * logp * logp).sum(-1) - mu ** 2).clamp(min=0).sqrt())
+    mask = labels[:, 1:] != -100
+    if not moments:
+        return torch.cat(lps, 1), mask
+    return torch.cat(lps, 1), mask, torch.cat(mus, 1), torch.cat(sigmas, 1)
+
+
+def _encode(tok: Tokenizer, items: Sequence[QA], answers: Sequence[str], max_len: int):
+    pairs = [encode_qa(tok, qa.question, a, max_len) for qa, a in zip(items, answers)]
+    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+
+def _per_item(lp: torch.Tensor, mask: torch.Tensor) -> list[list[np.ndarray]]:
+    """[models][items] 1-D float64 arrays of the labelled tokens' log-probs."""
+    lp = lp.double().clamp(max=0.0)  # float rounding can give +1e-7 for a sure token
+    return [[row[m].numpy() for row, m in zip(model, mask)] for model in lp]
+
+
+def score_items(forward: Callable, params: Params, module: nn.Module, tok: Tokenizer, items: Sequence[QA],
+                max_len: int, rouge: bool = False, mia: bool = False, options: bool = False) -> ItemScores:
+    """Score N = leading-dim models on `items` (see the module docstring for what each field is)."""
+    items = list(items)
+    ids, labels = _encode(tok, items, [qa.answer for qa in items], max_len)
+    if mia:
+        lp, mask, mu, sigma = token_stats(forward, params, ids, labels, moments=True)
+    else:
+        lp, mask = token_stats(forward, params, ids, labels)
+    answers = _per_item(lp, mask)
+    out = ItemScores(seq=np.array([[M.answer_logprob_stats(a)[1] for a in model] for model in answers]))
+    n_pert = min((len(qa.perturbed) for qa in items), default=0)
+    if n_pert:
+        pert = [_per_item(*token_stats(forward, params, *_encode(tok, items, [qa.perturbed[k] for qa in items],
+                                                                  max_len))) for k in range(n_pert)]
+        pert_by_item = [[[pert[k][i][j] for k in range(n_pert)] for j in range(len(items))]
+                        for i in range(len(answers))]
+        if all(qa.paraphrase for qa in items):
+            para = _per_item(*token_stats(forward, params, *_encode(tok, items, [qa.paraphrase for qa in items],
+                                                                     max_len)))
+        else:
+            para = answers
+        ref = answers if options else para
+        out.truth_ratio = np.stack([M.truth_ratio(ref[i], pert_by_item[i]) for i in range(len(answers))])
+        if options:
+            out.prob_options = np.stack([M.probability_with_options(answers[i], pert_by_item[i])
+                                         for i in range(len(answers))])
+    if rouge:
+        pad, eos = special_ids(tok)
+        longest = int((labels != -100).sum(1).max())
+        generated = greedy_answers(module, params, tok, [qa.question for qa in items], longest + 4, pad, eos)
+        out.rouge = np.array([[M.rouge_l_recall(g, qa.answer, alnum=True) for g, qa in zip(model, items)]
+                              for model in generated])
+    if mia:
+        # OpenUnlearning scores Min-K% and Min-K%++ without the final (EOS) prediction
+        cut = [[a[:-1] if a.size > 1 else a for a in model] for model in answers]
+        mus, sigmas = _per_item(mu.clamp(max=0), mask), [[s[m].double().numpy() for s, m in zip(model, mask)]
+                                                         for model in sigma]
+        out.mia = {
+            "loss": out.seq,
+            "zlib": np.array([[M.zlib_score(a, qa.answer) for a, qa in zip(model, items)] for model in answers]),
+            "mink": np.array([[M.min_k_score(a) for a in model] for model in cut]),
+            "minkpp": np.array([[M.min_k_plus_plus_score(a[:len(c)], mu_[:len(c)], sg[:len(c)])
+                                 for a, c, mu_, sg in zip(ans, ct, mu_m, sg_m)]
+                                for ans, ct, mu_m, sg_m in zip(answers, cut, mus, sigmas)]),
+        }
+    return out

@@ -1,0 +1,222 @@
+"""The language-model pipeline: tofu-synth task → LM zoo → forget set → LM methods → TOFU/MUSE metrics
+and sequence-level KLoM → report. `unlearnkit run --task tofu-synth-gpt` lands here.
+
+Arms as for classifiers: originals (trained on every training item), oracles (on the retain set) and
+the retrain arm (the retain set again, other seeds: the noise floor), N models each, cached by the zoo.
+Every metric is computed per model and then averaged over the N models of the arm, except forget
+quality, which compares unlearned model i with oracle i (TOFU's KS test is between two models' truth
+ratios) and reports the median over the N pairs.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .. import __version__
+from ..errors import Diverged, UnlearnkitError
+from ..experiment import MIN_MODELS, Job, RunConfig, default_cache_dir
+from ..methods.base import make_hparams
+from ..methods.lm import LM_REGISTRY, LMContext
+from ..metrics import bootstrap_p95, klom, summarize
+from ..metrics import llm as M
+from ..zoo import ORACLE_SEEDS, ORIGINAL_SEEDS, ZooCache, arm_seeds
+from .evaluate import MIA_ATTACKS, ItemScores, score_items
+from .model import LMForward, build_lm
+from .task import TofuData, get_lm_task, load_tofu
+from .tokenizer import special_ids
+from .train import train_lm_models
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LM_METHODS = ("none", "retrain", "ga", "graddiff", "npo", "simnpo", "llmu", "rmu", "flat", "idk")
+NOISE_FLOOR_METHOD = "retrain"
+KLOM_SPLITS = ("forget", "retain", "val")
+
+
+def lm_jobs(config: RunConfig) -> list[Job]:
+    """Validate the run's LM methods and overrides; one Job per method (and per budget)."""
+    if not config.methods:
+        raise UnlearnkitError("no methods given")
+    if len(set(config.methods)) != len(config.methods):
+        raise UnlearnkitError(f"methods listed twice: {config.methods}")
+    unknown = [m for m in config.methods if m not in LM_REGISTRY]
+    if unknown:
+        raise UnlearnkitError(f"unknown language-model method(s) {', '.join(unknown)}; known: {', '.join(LM_REGISTRY)}")
+    if config.models < MIN_MODELS:
+        raise UnlearnkitError(f"--models must be at least {MIN_MODELS}, got {config.models}")
+    if config.tuned or config.datamodels:
+        raise UnlearnkitError("--tuned and --datamodels apply to classifier tasks only")
+    overrides: dict[str, dict[str, str]] = {}
+    for method, name, value in config.hparams:
+        if method not in config.methods and method != NOISE_FLOOR_METHOD:
+            raise UnlearnkitError(f"hyperparameter {method}.{name} given for a method that is not run")
+        overrides.setdefault(method, {})[name] = value
+    jobs = []
+    for m in dict.fromkeys(config.methods + (NOISE_FLOOR_METHOD,)):
+        hp = make_hparams(m, overrides.get(m, {}), LM_REGISTRY)
+        if config.budgets and hasattr(hp, "epochs") and m != NOISE_FLOOR_METHOD:
+            jobs += [Job(f"{m}@{b:g}", m, make_hparams(m, {**asdict(hp), "epochs": b}, LM_REGISTRY), b)
+                     for b in config.budgets]
+        else:
+            jobs.append(Job(m, m, hp))
+    return jobs
+
+
+class LMBench:
+    """Originals, oracles and the scorer of one LM task, forget set and N (what `run` needs)."""
+
+    def __init__(self, config: RunConfig, data: TofuData | None = None, cache: ZooCache | None = None):
+        self.config = config
+        self.task = get_lm_task(config.task)
+        self.data = data or load_tofu(self.task)
+        d, n, seed = self.data, config.models, config.seed
+        self.forget = d.forget_positions(config.forget, seed)
+        keep = np.ones(len(d.items), dtype=bool)
+        keep[self.forget] = False
+        self.retain = np.flatnonzero(keep)
+        self.cache = cache
+        self.forward = LMForward(d.config)
+        self.generator = build_lm(d.config)
+        self.originals = train_lm_models(d.config, d.tensors, torch.arange(len(d.items)),
+                                         arm_seeds(ORIGINAL_SEEDS, n, seed), self.task.recipe, cache, "originals")
+        self.oracles = train_lm_models(d.config, d.tensors, torch.as_tensor(self.retain),
+                                       arm_seeds(ORACLE_SEEDS, n, seed), self.task.recipe, cache, "oracles")
+        self.sets = {"forget": [d.items[p] for p in self.forget],
+                     "retain": [d.items[p] for p in d.retain_sample(self.retain, seed)],
+                     "world": list(d.bench.world), "val": list(d.holdout_like(self.forget))}
+        self.oracle_scores = self.score(self.oracles.params)
+
+    def score(self, params) -> dict[str, ItemScores]:
+        t, d = self.task, self.data
+        common = (self.forward, params, self.generator, d.tok)
+        return {"forget": score_items(*common, self.sets["forget"], t.max_len, rouge=True, mia=True),
+                "retain": score_items(*common, self.sets["retain"], t.max_len, rouge=True),
+                "world": score_items(*common, self.sets["world"], t.max_len, rouge=True, options=True),
+                "val": score_items(*common, self.sets["val"], t.max_len, mia=True)}
+
+    def context(self) -> LMContext:
+        d, c = self.data, self.config
+        return LMContext(self.task, d, self.forward, self.originals.params, self.forget, self.retain,
+                         arm_seeds(ORIGINAL_SEEDS, c.models, c.seed), c.seed, self.cache, tokens=d.tensors,
+                         items=d.items, tok=d.tok, pad_id=special_ids(d.tok)[0], lm_config=d.config,
+                         recipe=self.task.recipe, max_len=self.task.max_len)
+
+    def run_job(self, job: Job) -> tuple[dict, np.ndarray | None]:
+        ctx = self.context()
+        log.info("method %s", job.label)
+        start = time.perf_counter()
+        values = None
+        try:
+            with FlopCounterMode(display=False) as counter:
+                params = LM_REGISTRY[job.method].fn(ctx, job.hparams)
+            cost = {"seconds": time.perf_counter() - start + ctx.cached_seconds - ctx.uncharged_seconds,
+                    "flops": counter.get_total_flops() + ctx.cached_flops - ctx.uncharged_flops}
+            if not all(torch.isfinite(v).all() for v in params.values()):
+                raise Diverged(-1, [])
+            row, values = lm_row(self.score(params), self.oracle_scores, self.config)
+            row.update(cost)
+        except Diverged as err:
+            log.warning("method %s diverged: %s", job.label, err)
+            row = diverged_lm_row(time.perf_counter() - start, str(err))
+        return {"method": job.method, "label": job.label, **row, "budget": job.budget,
+                "hparams": asdict(job.hparams)}, values
+
+
+def _concat(scores: dict[str, ItemScores]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    blocks = [scores[s].seq for s in KLOM_SPLITS]
+    bounds = np.cumsum([0] + [b.shape[1] for b in blocks])
+    return np.concatenate(blocks, 1), {s: np.arange(a, b) for s, a, b in zip(KLOM_SPLITS, bounds[:-1], bounds[1:])}
+
+
+def utility_components(s: dict[str, ItemScores], i: int) -> dict[str, float]:
+    """TOFU's model-utility components of model i on the retain and world-facts sets (no real-authors
+    set exists here, so 6 of TOFU's 9)."""
+    r, w = s["retain"], s["world"]
+    return {"retain_Q_A_Prob": float(np.exp(r.seq[i]).mean()), "retain_Q_A_ROUGE": float(r.rouge[i].mean()),
+            "retain_Truth_Ratio": M.truth_ratio_retain_score(r.truth_ratio[i]),
+            "wf_Q_A_Prob_normalised": float(w.prob_options[i].mean()), "wf_Q_A_ROUGE": float(w.rouge[i].mean()),
+            "wf_Truth_Ratio": M.truth_ratio_retain_score(w.truth_ratio[i])}
+
+
+def mia_aucs(s: dict[str, ItemScores]) -> dict[str, float]:
+    """AUC of each attack separating the forget items (members) from held-out ones, mean over models."""
+    f, v = s["forget"].mia, s["val"].mia
+    return {a: float(np.mean([M.mia_auc(f[a][i], v[a][i]) for i in range(len(f[a]))])) for a in MIA_ATTACKS}
+
+
+def lm_row(s: dict[str, ItemScores], o: dict[str, ItemScores], config: RunConfig) -> tuple[dict, np.ndarray]:
+    """One results row: the method's scores `s` judged against the oracles' `o`."""
+    u, splits = _concat(s)
+    ref, _ = _concat(o)
+    if not np.isfinite(u).all():
+        raise Diverged(-1, np.flatnonzero(~np.isfinite(u).all(1)).tolist())
+    values = klom(u, ref)
+    n = len(u)
+    fq = [M.forget_quality(s["forget"].truth_ratio[i], o["forget"].truth_ratio[i % len(o["forget"].truth_ratio)])
+          for i in range(n)]
+    comps = [utility_components(s, i) for i in range(n)]
+    aucs, oracle_aucs = mia_aucs(s), mia_aucs(o)
+    row = {**summarize(values, splits),
+           "forget_quality": float(np.median(fq)), "forget_quality_per_model": fq,
+           "model_utility": float(np.mean([M.model_utility(c) for c in comps])),
+           "utility_components": {k: float(np.mean([c[k] for c in comps])) for k in comps[0]},
+           "forget_rouge": float(s["forget"].rouge.mean()),
+           "forget_truth_ratio": float(np.mean([M.truth_ratio_forget_score(t) for t in s["forget"].truth_ratio])),
+           "probability": {k: float(np.exp(s[k].seq).mean()) for k in KLOM_SPLITS},
+           "mia_auc": aucs, "privleak": M.privleak(aucs["mink"], oracle_aucs["mink"]), "diverged": False}
+    if config.bootstrap:
+        row["klom_p95_ci"] = bootstrap_p95(u, ref, splits, reps=config.bootstrap, seed=config.seed)
+    return row, values
+
+
+def diverged_lm_row(seconds: float, why: str) -> dict:
+    nan = {"forget": None, "retain": None, "val": None}
+    return {"klom_p95": nan, "klom_mean": dict(nan), "klom_median": dict(nan), "forget_quality": None,
+            "model_utility": None, "forget_rouge": None, "mia_auc": {a: None for a in MIA_ATTACKS},
+            "probability": dict(nan), "seconds": seconds, "flops": None, "diverged": True, "why": why}
+
+
+def run_lm(config: RunConfig, out: str | os.PathLike | None = None) -> dict:
+    """`experiment.run` for language-model tasks: same config, same results layout plus the LM fields."""
+    jobs = lm_jobs(config)
+    task = get_lm_task(config.task)
+    data = load_tofu(task)
+    data.forget_positions(config.forget, config.seed)  # a bad spec fails before any training
+    cache_dir = default_cache_dir() if config.cache_dir is None else config.cache_dir
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    bench = LMBench(config, data, ZooCache(cache_dir) if cache_dir else None)
+    rows, per_example = [], {}
+    for job in jobs:
+        row, values = bench.run_job(job)
+        rows.append(row)
+        if values is not None:
+            per_example[job.label] = values
+    floor = next(r for r in rows if r["method"] == NOISE_FLOOR_METHOD)
+    for r in rows:
+        r["cost_vs_retrain"] = {k: (r[k] / floor[k] if r.get(k) is not None and floor.get(k) else None)
+                                for k in ("seconds", "flops")}
+    oracle_row, _ = lm_row(bench.oracle_scores, bench.oracle_scores, RunConfig(bootstrap=0))
+    ids = np.array([data.items[p].id for p in bench.forget])
+    results = {
+        "config": {**config.to_dict(), "train_size": len(data.items), "unlearnkit": __version__,
+                   "torch": torch.__version__, "lm_task": task.describe()},
+        "forget_set": {"spec": config.forget, "seed": config.seed, "positions": bench.forget.tolist(),
+                       "ids": ids.tolist()},
+        "oracle": {k: oracle_row[k] for k in ("model_utility", "utility_components", "forget_rouge",
+                                               "probability", "mia_auc")},
+        "rows": [r for r in rows if r["method"] in config.methods],
+        "noise_floor": floor,
+    }
+    if out is not None:
+        from ..report import write_results
+        _, splits = _concat(bench.oracle_scores)
+        write_results(out, results, per_example, splits, ids)
+    return results

@@ -1,0 +1,51 @@
+"""Greedy answers of N stacked language models, one model at a time through Hugging Face `generate`.
+
+ROUGE needs generated text, and generation is sequential over tokens: the KV cache of `generate`
+makes it far cheaper than re-running the vmapped forward on the whole prefix at every step, so this
+is the one place where models are handled one by one (evaluation only, never training).
+Questions are left-padded with an attention mask, as batched decoding requires.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tokenizers import Tokenizer
+from torch import nn
+
+from ..engine import Params
+
+
+@torch.no_grad()
+def load_into(module: nn.Module, params: Params) -> nn.Module:
+    """Copy one model's parameters into `module` (tied weights are one tensor, copied once)."""
+    own = dict(module.named_parameters())
+    for name, value in params.items():
+        own[name].copy_(value)
+    return module
+
+
+@torch.no_grad()
+def greedy_answers(module: nn.Module, params: Params, tok: Tokenizer, questions: Sequence[str],
+                   max_new_tokens: int, pad_id: int, eos_id: int, batch_size: int = 128) -> list[list[str]]:
+    """[models][questions] greedy continuations (decoded, up to EOS) of N = leading-dim models."""
+    n_models = next(iter(params.values())).shape[0]
+    prompts = [tok.encode(q).ids for q in questions]
+    out = []
+    for i in range(n_models):
+        load_into(module, {k: v[i] for k, v in params.items()}).eval()
+        answers = []
+        for s in range(0, len(prompts), batch_size):
+            chunk = prompts[s:s + batch_size]
+            width = max(len(p) for p in chunk)
+            ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in chunk])
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+            room = module.config.n_positions - width  # positions beyond the model's range do not exist
+            gen = module.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max(1, min(max_new_tokens, room)),
+                                  do_sample=False,
+                                  pad_token_id=pad_id, eos_token_id=eos_id)[:, width:]
+            for row in gen.tolist():
+                row = row[:row.index(eos_id)] if eos_id in row else row
+                answers.append(tok.decode([t for t in row if t != pad_id]).strip())
+        out.append(answers)
+    return out

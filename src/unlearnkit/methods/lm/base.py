@@ -1,0 +1,130 @@
+"""What language-model unlearning methods share: their Context, hyperparameters and loss pieces.
+
+An LM method is, like a classifier method, one function `fn(ctx, hp) -> Params` registered by name
+(in `LM_REGISTRY`), with its loss written for ONE model and run on all N originals by `ctx.fit`. A
+batch row is a tokenised question–answer pair (input_ids, labels with −100 off the answer), so
+`answer_nll` is TOFU's fine-tuning loss and `sequence_logprob` is log π(y|x) of NPO/DPO.
+
+TOFU's convention (Maini et al. 2024 §4; OpenUnlearning's trainers): an epoch is a pass over the
+forget set, and methods with a retain term draw a retain batch beside each forget batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from ...data.tofu_synth import QA, refusal
+from ...engine import Params
+from ...lm.model import causal_lm_loss, shifted_token_logprobs
+from ...lm.tokenizer import encode_qa
+from ...lm.train import train_lm_models
+from ...tasks import Recipe
+from ...zoo import Arm
+from ..base import LM_REGISTRY, Context, LoopParams, register  # noqa: F401  (register: for the method files)
+
+
+@dataclass(frozen=True)
+class LMLoopParams(LoopParams):
+    """Budget in epochs over the forget set; Adam without weight decay, as TOFU's unlearning runs."""
+
+    epochs: float = 5.0
+    lr: float = 1e-3
+    batch_size: int = 16            # forget batch
+    retain_batch_size: int = 16
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+
+    search_space: ClassVar[dict[str, tuple]] = {"lr": ("log", 1e-5, 1e-2), "epochs": ("float", 1.0, 10.0)}
+
+    def _checks(self):
+        return super()._checks() + [("retain_batch_size", self.retain_batch_size >= 1, "must be >= 1")]
+
+
+@dataclass(frozen=True)
+class RetainParams(LMLoopParams):
+    """gamma · forget term + alpha · retain term (OpenUnlearning's GradDiff-family weights)."""
+
+    gamma: float = 1.0
+    alpha: float = 1.0
+
+    search_space: ClassVar[dict[str, tuple]] = {**LMLoopParams.search_space, "alpha": ("log", 0.1, 10.0)}
+
+    def _checks(self):
+        return super()._checks() + [("gamma", self.gamma >= 0, "must be >= 0"),
+                                    ("alpha", self.alpha >= 0, "must be >= 0")]
+
+
+@dataclass
+class LMContext(Context):
+    """A Context whose training set is tokenised QAs (`tokens`) and whose models are causal LMs.
+
+    `items` are the training QAs (row p of `tokens` encodes items[p]); `tok` their tokenizer;
+    `lm_config`/`recipe` retrain models from scratch (retrain, oracles). `refusals` and `mismatched`
+    are auxiliary rows aligned with the training rows, built on first use.
+    """
+
+    tokens: tuple[torch.Tensor, torch.Tensor] = None
+    items: tuple[QA, ...] = ()
+    tok: object = None
+    pad_id: int = 0
+    lm_config: object = None
+    recipe: Recipe | None = None
+    max_len: int = 64
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def train_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.tokens
+
+    def train_arm(self, positions: torch.Tensor, seeds: list[int], label: str) -> Arm:
+        return train_lm_models(self.lm_config, self.tokens, positions, seeds, self.recipe, self.cache, label)
+
+    def _rows(self, answers: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = [encode_qa(self.tok, qa.question, a, self.max_len) for qa, a in zip(self.items, answers)]
+        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+    @cached_property
+    def refusals(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row p: question p answered with a refusal ("I don't know"-style, fixed per item id)."""
+        return self._rows([refusal(qa.id) for qa in self.items])
+
+    @cached_property
+    def mismatched(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row p: question p with the answer of a random retained item (LLMU's random responses)."""
+        rng = np.random.default_rng([self.run_seed, 0x11A0])
+        donors = rng.choice(self.retain, len(self.items))
+        return self._rows([self.items[d].answer for d in donors])
+
+    def pair_streams(self, hp: LMLoopParams) -> dict:
+        """Forget batches (primary: epochs count them) with retain batches cycled beside them."""
+        return {"forget": self.stream("forget", self.forget, hp.batch_size),
+                "retain": self.stream("retain", self.retain, hp.retain_batch_size)}
+
+
+def answer_nll(ctx: Context, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean answer-token NLL of a batch (TOFU's loss; `y` is −100 off the answer)."""
+    return causal_lm_loss(ctx.forward(params, x), y)
+
+
+def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log π(y|x) summed over each row's answer tokens (B,), number of answer tokens (B,))."""
+    lp, mask = shifted_token_logprobs(logits, labels)
+    return lp.sum(-1), mask.sum(-1)
+
+
+def retain_kl(ctx: Context, params: Params, reference: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """KL(π_ref ‖ π_θ) of the next-token distributions, averaged over a batch's answer tokens.
+
+    TOFU's KL retain loss (Maini et al. 2024 §4, "KL Min."); OpenUnlearning averages over every
+    position of the batch (`kl_div(..., reduction="batchmean")` on flattened logits): we restrict it
+    to answer tokens, where the retain loss is defined.
+    """
+    logp = torch.log_softmax(ctx.forward(params, x)[..., :-1, :], -1)
+    logq = torch.log_softmax(ctx.forward(reference, x)[..., :-1, :].detach(), -1)
+    mask = (y[..., 1:] != -100).to(logp.dtype)
+    kl = (logq.exp() * (logq - logp)).sum(-1)
+    return (kl * mask).sum() / mask.sum().clamp(min=1)

@@ -1,0 +1,71 @@
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from ...engine import Params
+from .base import LM_REGISTRY, LMContext, LMLoopParams, register
+
+
+@dataclass(frozen=True)
+class RMUParams(LMLoopParams):
+    layer: int = 1              # steer the residual stream after this block (1-based; WMDP: 7 of 32)
+    steering: float = 4.0       # c, in units of the original model's mean activation norm at that layer
+    alpha: float = 100.0        # retain weight (WMDP's default)
+    update_blocks: int = 3      # update the MLP output weights of this many blocks ending at `layer`
+
+    search_space: ClassVar[dict] = {**LMLoopParams.search_space, "steering": ("log", 0.5, 20.0),
+                                    "alpha": ("log", 1.0, 1000.0)}
+
+    def _checks(self):
+        return super()._checks() + [("layer", self.layer >= 1, "must be >= 1 (a block's output)"),
+                                    ("steering", self.steering > 0, "must be > 0"),
+                                    ("alpha", self.alpha >= 0, "must be >= 0"),
+                                    ("update_blocks", self.update_blocks >= 1, "must be >= 1")]
+
+
+def rmu_update_mask(params: Params, layer: int, blocks: int) -> Params:
+    """1 on the MLP output projections (GPT-2 `mlp.c_proj.weight`, Llama's `down_proj`) of blocks
+    layer−blocks … layer−1 (0-based), 0 elsewhere."""
+    names = [f"transformer.h.{b}.mlp.c_proj.weight" for b in range(max(0, layer - blocks), layer)]
+    missing = [n for n in names if n not in params]
+    if missing:
+        raise ValueError(f"RMU: no parameter {missing[0]} (layer={layer} beyond the model's blocks?)")
+    return {k: torch.full((1,) * v.dim(), float(k in names)) for k, v in params.items()}
+
+
+@register("rmu", RMUParams, LM_REGISTRY)
+def rmu(ctx: LMContext, hp: RMUParams) -> Params:
+    """RMU: push layer-ℓ activations on S_F towards a random direction, keep them on S_R; few weights move.
+
+    Li et al. 2024, "The WMDP Benchmark: Measuring and Reducing Malicious Use With Unlearning"
+    (arXiv 2403.03218), §5, Eq. 1–3: L = mean_t ‖h_θ(x_f)_t − c·u‖² + α·mean_t ‖h_θ(x_r)_t − h_orig(x_r)_t‖²,
+    the squared errors averaged over tokens and hidden units (`F.mse_loss`, as the WMDP code), u a fixed
+    random unit vector with U[0, 1) entries (one per model), and only the MLP output weights of the
+    blocks up to ℓ updated (WMDP: `down_proj` of layers 5–7 for layer 7). Tokens: every non-padding token
+    of question and answer (WMDP scores whole texts). Deviation: c is set per model relative to its
+    mean activation norm on S_F (WMDP's 6.5–20 are absolute values for Zephyr-7B's scale).
+    """
+    pad = ctx.pad_id
+    x_forget = ctx.train_data[0][torch.as_tensor(ctx.forget)]
+    with torch.no_grad():
+        h = torch.vmap(lambda p: ctx.forward.hidden(p, x_forget, hp.layer))(ctx.originals)  # (N, n, L, d)
+        norms = h.norm(dim=-1)[:, x_forget != pad].mean(1)
+        gens = [torch.Generator().manual_seed(int(s) + 0x5A17) for s in ctx.seeds]
+        u = torch.stack([torch.rand(ctx.forward.config.n_embd, generator=g)
+                         for g in gens])
+        control = u / u.norm(dim=-1, keepdim=True) * (hp.steering * norms)[:, None]
+
+    def masked_mse(h: torch.Tensor, target: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        keep = (x != pad).to(h.dtype)
+        return (((h - target) ** 2).mean(-1) * keep).sum() / keep.sum().clamp(min=1)
+
+    def loss(params, batch, frozen):
+        (xf, _, _), (xr, _, _) = batch["forget"], batch["retain"]
+        forget = masked_mse(ctx.forward.hidden(params, xf, hp.layer), frozen["control"], xf)
+        target = ctx.forward.hidden(frozen["reference"], xr, hp.layer).detach()
+        return forget + hp.alpha * masked_mse(ctx.forward.hidden(params, xr, hp.layer), target, xr)
+
+    return ctx.fit(loss, ctx.pair_streams(hp), hp.epochs, hp.optim(),
+                   frozen={"reference": ctx.originals, "control": control},
+                   update_mask=rmu_update_mask(ctx.originals, hp.layer, hp.update_blocks), desc="rmu")
