@@ -31,8 +31,9 @@ def cli(verbose: bool) -> None:
 @cli.command()
 @click.option("--task", default="fashion-mnist-mlp", show_default=True, help="See `unlearnkit list`.")
 @click.option("--forget", "forget", default="random:100", show_default=True, help="Forget-set spec.")
-@click.option("--methods", default="none,retrain,finetune,ga,neggrad+", show_default=True,
-              help="Comma-separated method names.")
+@click.option("--methods", default=None,
+              help="Comma-separated method names (default: none,retrain,finetune,ga,neggrad+; for language-model "
+                   "tasks none,retrain,ga,graddiff,npo,simnpo,llmu,rmu,flat,idk).")
 @click.option("--models", default=16, show_default=True, type=int, help="Models per arm (N).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the forget set and the arms.")
 @click.option("--train-size", type=int, default=None, help="Fixed, seeded subset of the training set.")
@@ -53,18 +54,20 @@ def cli(verbose: bool) -> None:
 def run(out, **options) -> None:
     """Unlearn a forget set with each method and compare it with oracles retrained without it."""
     from .experiment import run as run_experiment
-    from .report import format_table
+    from .report import format_lm_table, format_table
 
     results = run_experiment(_run_config(**options), out)
-    click.echo(format_table(results))
+    click.echo(format_lm_table(results) if "lm_task" in results["config"] else format_table(results))
     if out:
         click.echo(f"\nwrote {out}/results.json, {out}/klom.npz, {out}/forget_set.json")
 
 
 def _run_config(task, forget, methods, models, seed, train_size, val_size, data_dir, cache_dir, no_cache, sets,
                 reference_binning, bootstrap, budgets="", tuned=False, datamodels=None, datamodel_models=100):
-    from .experiment import RunConfig
+    from .experiment import RunConfig, default_methods
 
+    if methods is None:
+        methods = ",".join(default_methods(task))
     try:
         budget_list = tuple(float(b) for b in budgets.split(",") if b.strip())
     except ValueError:
@@ -135,6 +138,63 @@ def datamodels(task, models, subset, seed, train_size, data_dir, cache_dir, trak
     click.echo(f"saved {out}/datamodels.safetensors and {out}/datamodels.json")
 
 
+@cli.group()
+def llm() -> None:
+    """Language-model unlearning beyond `run --task tofu-synth-gpt`: ID vs OOD curves, your own checkpoints."""
+
+
+@llm.command()
+@click.option("--task", default="tofu-synth-gpt", show_default=True, help="A language-model task.")
+@click.option("--method", default="ga", show_default=True, help="A language-model method.")
+@click.option("--authors", default=2, show_default=True, type=int,
+              help="In-distribution forget set: this many authors (all their QAs); OOD: as many canaries.")
+@click.option("--steps", default="1,2,4,8,16,32", show_default=True, help="Comma-separated unlearning step counts.")
+@click.option("--models", default=4, show_default=True, type=int, help="Models per arm (N).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--cache-dir", default=None)
+@click.option("--set", "sets", multiple=True, help="Hyperparameter override METHOD.NAME=VALUE (repeatable).")
+@click.option("--out", default=None, help="Directory for id_vs_ood.json.")
+def ood(task, method, authors, steps, models, seed, cache_dir, sets, out) -> None:
+    """Unlearn an in-distribution and an out-of-distribution forget set of one size, step by step."""
+    from .experiment import RunConfig
+    from .lm.ood import format_id_vs_ood, id_vs_ood
+
+    try:
+        step_list = tuple(int(s) for s in steps.split(",") if s.strip())
+    except ValueError:
+        raise UnlearnkitError(f"--steps expects comma-separated whole numbers, got {steps!r}") from None
+    config = RunConfig(task=task, methods=(method,), models=models, seed=seed, cache_dir=cache_dir,
+                       hparams=_overrides(sets), bootstrap=0)
+    click.echo(format_id_vs_ood(id_vs_ood(config, method, authors, step_list, out)))
+    if out:
+        click.echo(f"\nwrote {out}/id_vs_ood.json")
+
+
+@llm.command(name="run")
+@click.option("--model-dir", required=True, help="A local Hugging Face causal-LM checkpoint (never modified).")
+@click.option("--forget", "forget_file", required=True, help="JSONL of question/answer items to forget.")
+@click.option("--retain", "retain_file", required=True, help="JSONL of question/answer items to keep.")
+@click.option("--method", default="npo", show_default=True, help="A language-model method (not retrain).")
+@click.option("--set", "sets", multiple=True, help="Hyperparameter override METHOD.NAME=VALUE (repeatable).")
+@click.option("--max-len", default=128, show_default=True, type=int, help="Tokens per question+answer.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--out", required=True, help="New directory for the unlearned checkpoint (save_pretrained).")
+def llm_run(model_dir, forget_file, retain_file, method, sets, max_len, seed, out) -> None:
+    """Unlearn your forget QAs from your checkpoint, keep your retain QAs, and save the result."""
+    from .lm.checkpoint import unlearn_checkpoint
+
+    overrides = {}
+    for m, name, value in _overrides(sets):
+        if m != method:
+            raise UnlearnkitError(f"hyperparameter {m}.{name} given, but the method is {method}")
+        overrides[name] = value
+    report = unlearn_checkpoint(model_dir, forget_file, retain_file, method, out, overrides, max_len, seed)
+    click.echo(f"{method}: forget-answer probability {report['before_forget_probability']:.4f} → "
+               f"{report['after_forget_probability']:.4f}; retain {report['before_retain_probability']:.4f} → "
+               f"{report['after_retain_probability']:.4f} ({report['seconds']:.1f} s)")
+    click.echo(f"saved the unlearned model to {out} (save_pretrained; report in {out}/unlearnkit.json)")
+
+
 @cli.command(name="list")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_(as_json: bool) -> None:
@@ -142,15 +202,23 @@ def list_(as_json: bool) -> None:
     import dataclasses
 
     from .forget import KINDS
+    from .lm.task import LM_TASKS
     from .methods import REGISTRY
+    from .methods.lm import LM_REGISTRY
     from .tasks import TASKS
+
+    def methods(registry):
+        return {n: {"summary": m.summary, "hparams": {f.name: f.default for f in dataclasses.fields(m.hparams)}}
+                for n, m in registry.items()}
 
     listing = {
         "tasks": {n: t.description for n, t in TASKS.items()},
-        "methods": {n: {"summary": m.summary,
-                        "hparams": {f.name: f.default for f in dataclasses.fields(m.hparams)}}
-                    for n, m in REGISTRY.items()},
+        "methods": methods(REGISTRY),
         "forget": {k: h for k, (_, h) in KINDS.items()},
+        "language-model tasks": {n: t.description for n, t in LM_TASKS.items()},
+        "language-model methods": methods(LM_REGISTRY),
+        "language-model forget": {"authors:F": "a fraction F of the authors with all their QAs (TOFU forget01/05/10)",
+                                  "canaries:K": "K random-string canaries (out of distribution)"},
     }
     if as_json:
         click.echo(json.dumps(listing, indent=2))

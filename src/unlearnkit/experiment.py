@@ -33,6 +33,14 @@ NOISE_FLOOR_METHOD = "retrain"
 MIN_MODELS = 2
 
 
+def default_methods(task: str) -> tuple[str, ...]:
+    from .lm.task import LM_TASKS
+    if task in LM_TASKS:
+        from .lm.experiment import DEFAULT_LM_METHODS
+        return DEFAULT_LM_METHODS
+    return DEFAULT_METHODS
+
+
 def default_cache_dir() -> str:
     return os.environ.get("UNLEARNKIT_CACHE") or str(Path.home() / ".cache" / "unlearnkit")
 
@@ -203,7 +211,12 @@ class Bench:
 
 
 def run(config: RunConfig, out: str | os.PathLike | None = None) -> dict:
-    """Run the whole evaluation; return the results dict (and write it under `out` if given)."""
+    """Run the whole evaluation; return the results dict (and write it under `out` if given).
+    Language-model tasks (`unlearnkit.lm.task.LM_TASKS`) run through `unlearnkit.lm.experiment.run_lm`."""
+    from .lm.task import LM_TASKS
+    if config.task in LM_TASKS:
+        from .lm.experiment import run_lm
+        return run_lm(config, out)
     p = prepare(config)
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)

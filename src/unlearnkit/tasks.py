@@ -61,5 +61,6 @@ TASKS: dict[str, Task] = {t.name: t for t in [
 
 def get_task(name: str) -> Task:
     if name not in TASKS:
-        raise UnlearnkitError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+        raise UnlearnkitError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)} (and the language-model "
+                              "tasks `unlearnkit list` shows)")
     return TASKS[name]

@@ -67,8 +67,8 @@ def token_stats(forward: Callable, params: Params, input_ids: torch.Tensor, labe
     return torch.cat(lps, 1), mask, torch.cat(mus, 1), torch.cat(sigmas, 1)
 
 
-def _encode(tok: Tokenizer, items: Sequence[QA], answers: Sequence[str], max_len: int):
-    pairs = [encode_qa(tok, qa.question, a, max_len) for qa, a in zip(items, answers)]
+def _encode(tok: Tokenizer, items: Sequence[QA], answers: Sequence[str], max_len: int, specials=None):
+    pairs = [encode_qa(tok, qa.question, a, max_len, specials) for qa, a in zip(items, answers)]
     return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
 
@@ -79,10 +79,13 @@ def _per_item(lp: torch.Tensor, mask: torch.Tensor) -> list[list[np.ndarray]]:
 
 
 def score_items(forward: Callable, params: Params, module: nn.Module, tok: Tokenizer, items: Sequence[QA],
-                max_len: int, rouge: bool = False, mia: bool = False, options: bool = False) -> ItemScores:
-    """Score N = leading-dim models on `items` (see the module docstring for what each field is)."""
+                max_len: int, rouge: bool = False, mia: bool = False, options: bool = False,
+                specials: tuple[int, int] | None = None) -> ItemScores:
+    """Score N = leading-dim models on `items` (see the module docstring for what each field is);
+    `specials` = (pad id, eos id) when `tok` is not one of ours."""
     items = list(items)
-    ids, labels = _encode(tok, items, [qa.answer for qa in items], max_len)
+    enc = lambda answers: _encode(tok, items, answers, max_len, specials)  # noqa: E731
+    ids, labels = enc([qa.answer for qa in items])
     if mia:
         lp, mask, mu, sigma = token_stats(forward, params, ids, labels, moments=True)
     else:
@@ -91,13 +94,12 @@ def score_items(forward: Callable, params: Params, module: nn.Module, tok: Token
     out = ItemScores(seq=np.array([[M.answer_logprob_stats(a)[1] for a in model] for model in answers]))
     n_pert = min((len(qa.perturbed) for qa in items), default=0)
     if n_pert:
-        pert = [_per_item(*token_stats(forward, params, *_encode(tok, items, [qa.perturbed[k] for qa in items],
-                                                                  max_len))) for k in range(n_pert)]
+        pert = [_per_item(*token_stats(forward, params, *enc([qa.perturbed[k] for qa in items])))
+                for k in range(n_pert)]
         pert_by_item = [[[pert[k][i][j] for k in range(n_pert)] for j in range(len(items))]
                         for i in range(len(answers))]
         if all(qa.paraphrase for qa in items):
-            para = _per_item(*token_stats(forward, params, *_encode(tok, items, [qa.paraphrase for qa in items],
-                                                                     max_len)))
+            para = _per_item(*token_stats(forward, params, *enc([qa.paraphrase for qa in items])))
         else:
             para = answers
         ref = answers if options else para
@@ -106,7 +108,7 @@ def score_items(forward: Callable, params: Params, module: nn.Module, tok: Token
             out.prob_options = np.stack([M.probability_with_options(answers[i], pert_by_item[i])
                                          for i in range(len(answers))])
     if rouge:
-        pad, eos = special_ids(tok)
+        pad, eos = specials or special_ids(tok)
         longest = int((labels != -100).sum(1).max())
         generated = greedy_answers(module, params, tok, [qa.question for qa in items], longest + 4, pad, eos)
         out.rouge = np.array([[M.rouge_l_recall(g, qa.answer, alnum=True) for g, qa in zip(model, items)]
@@ -114,14 +116,12 @@ def score_items(forward: Callable, params: Params, module: nn.Module, tok: Token
     if mia:
         # OpenUnlearning scores Min-K% and Min-K%++ without the final (EOS) prediction
         cut = [[a[:-1] if a.size > 1 else a for a in model] for model in answers]
-        mus, sigmas = _per_item(mu.clamp(max=0), mask), [[s[m].double().numpy() for s, m in zip(model, mask)]
-                                                         for model in sigma]
+        mus, sigmas = _per_item(mu, mask), [[s[m].double().numpy() for s, m in zip(model, mask)] for model in sigma]
         out.mia = {
             "loss": out.seq,
             "zlib": np.array([[M.zlib_score(a, qa.answer) for a, qa in zip(model, items)] for model in answers]),
             "mink": np.array([[M.min_k_score(a) for a in model] for model in cut]),
-            "minkpp": np.array([[M.min_k_plus_plus_score(a[:len(c)], mu_[:len(c)], sg[:len(c)])
-                                 for a, c, mu_, sg in zip(ans, ct, mu_m, sg_m)]
-                                for ans, ct, mu_m, sg_m in zip(answers, cut, mus, sigmas)]),
+            "minkpp": np.array([[M.min_k_plus_plus_score(c, mu_[:len(c)], sg[:len(c)])
+                                 for c, mu_, sg in zip(ct, mu_m, sg_m)] for ct, mu_m, sg_m in zip(cut, mus, sigmas)]),
         }
     return out

@@ -105,7 +105,8 @@ class LMBench:
         d, c = self.data, self.config
         return LMContext(self.task, d, self.forward, self.originals.params, self.forget, self.retain,
                          arm_seeds(ORIGINAL_SEEDS, c.models, c.seed), c.seed, self.cache, tokens=d.tensors,
-                         items=d.items, tok=d.tok, pad_id=special_ids(d.tok)[0], lm_config=d.config,
+                         items=d.items, tok=d.tok, pad_id=special_ids(d.tok)[0], eos_id=special_ids(d.tok)[1],
+                         lm_config=d.config,
                          recipe=self.task.recipe, max_len=self.task.max_len)
 
     def run_job(self, job: Job) -> tuple[dict, np.ndarray | None]:

@@ -74,15 +74,19 @@ def special_ids(tok: Tokenizer) -> tuple[int, int]:
     return tok.token_to_id(PAD), tok.token_to_id(EOS)
 
 
-def encode_qa(tok: Tokenizer, question: str, answer: str, max_len: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_qa(tok: Tokenizer, question: str, answer: str, max_len: int = 64,
+              specials: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids (max_len,), labels (max_len,)) of "question answer<eos>", right-padded.
 
     labels equal input_ids on the answer tokens and EOS and are -100 elsewhere (question, padding),
     so a causal-LM loss with shifted labels is the answer's NLL given the question, as in TOFU.
+    `specials` = (pad id, eos id) for tokenizers other than ours (a checkpoint's own, e.g. GPT-2's
+    "<|endoftext|>"); the question gets the tokenizer's own special tokens (a BOS, if it adds one),
+    the answer none.
     """
-    pad, eos = special_ids(tok)
+    pad, eos = specials or special_ids(tok)
     q = tok.encode(question).ids
-    a = tok.encode(" " + answer.lstrip()).ids + [eos]
+    a = tok.encode(" " + answer.lstrip(), add_special_tokens=False).ids + [eos]
     ids = (q + a)[:max_len]
     labels = ([IGNORE] * len(q) + a)[:max_len]
     n = len(ids)

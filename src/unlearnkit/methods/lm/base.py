@@ -71,6 +71,7 @@ class LMContext(Context):
     items: tuple[QA, ...] = ()
     tok: object = None
     pad_id: int = 0
+    eos_id: int = 1
     lm_config: object = None
     recipe: Recipe | None = None
     max_len: int = 64
@@ -84,7 +85,8 @@ class LMContext(Context):
         return train_lm_models(self.lm_config, self.tokens, positions, seeds, self.recipe, self.cache, label)
 
     def _rows(self, answers: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        pairs = [encode_qa(self.tok, qa.question, a, self.max_len) for qa, a in zip(self.items, answers)]
+        pairs = [encode_qa(self.tok, qa.question, a, self.max_len, (self.pad_id, self.eos_id))
+                 for qa, a in zip(self.items, answers)]
         return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
     @cached_property

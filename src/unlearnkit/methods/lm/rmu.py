@@ -4,6 +4,7 @@ from typing import ClassVar
 import torch
 
 from ...engine import Params
+from ...errors import UnlearnkitError
 from .base import LM_REGISTRY, LMContext, LMLoopParams, register
 
 
@@ -25,13 +26,14 @@ class RMUParams(LMLoopParams):
 
 
 def rmu_update_mask(params: Params, layer: int, blocks: int) -> Params:
-    """1 on the MLP output projections (GPT-2 `mlp.c_proj.weight`, Llama's `down_proj`) of blocks
-    layer−blocks … layer−1 (0-based), 0 elsewhere."""
-    names = [f"transformer.h.{b}.mlp.c_proj.weight" for b in range(max(0, layer - blocks), layer)]
-    missing = [n for n in names if n not in params]
-    if missing:
-        raise ValueError(f"RMU: no parameter {missing[0]} (layer={layer} beyond the model's blocks?)")
-    return {k: torch.full((1,) * v.dim(), float(k in names)) for k, v in params.items()}
+    """1 on the MLP output projections (GPT-2's `mlp.c_proj.weight`, Llama/Mistral's `mlp.down_proj.weight`)
+    of blocks layer−blocks … layer−1 (0-based), 0 elsewhere."""
+    wanted = {f".{b}.mlp.{proj}.weight" for b in range(max(0, layer - blocks), layer) for proj in ("c_proj", "down_proj")}
+    chosen = {k for k in params if any(k.endswith(w) for w in wanted)}
+    if len(chosen) < min(blocks, layer):
+        raise UnlearnkitError(f"RMU: found {len(chosen)} MLP output projections for blocks "
+                              f"{max(0, layer - blocks)}…{layer - 1}; is layer={layer} beyond the model's blocks?")
+    return {k: torch.full((1,) * v.dim(), float(k in chosen)) for k, v in params.items()}
 
 
 @register("rmu", RMUParams, LM_REGISTRY)
@@ -52,8 +54,7 @@ def rmu(ctx: LMContext, hp: RMUParams) -> Params:
         h = torch.vmap(lambda p: ctx.forward.hidden(p, x_forget, hp.layer))(ctx.originals)  # (N, n, L, d)
         norms = h.norm(dim=-1)[:, x_forget != pad].mean(1)
         gens = [torch.Generator().manual_seed(int(s) + 0x5A17) for s in ctx.seeds]
-        u = torch.stack([torch.rand(ctx.forward.config.n_embd, generator=g)
-                         for g in gens])
+        u = torch.stack([torch.rand(h.shape[-1], generator=g) for g in gens])
         control = u / u.norm(dim=-1, keepdim=True) * (hp.steering * norms)[:, None]
 
     def masked_mse(h: torch.Tensor, target: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,147 @@
+"""How fast the vectorised LM zoo trains an ensemble of causal LMs, against a plain per-model PyTorch loop, in one run.
+
+Prints training throughput in tokens/s (question + answer tokens, i.e. the non-pad tokens of the training
+batches, and also padded tokens/s) for both, their ratio, and each one's achieved FLOP/s as a fraction of
+this machine's torch.mm peak measured here. Both paths train N models for the same number of steps on the
+same batches (model i's batches come from its seed alone); the loop trains the N models one after another,
+each a `transformers.GPT2LMHeadModel` with `torch.optim.Adam`.
+
+    .venv/bin/python benchmarks/lm_throughput.py --models 8 --steps 20
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import GPT2LMHeadModel
+
+from unlearnkit.engine import EpochStream, fit
+from unlearnkit.lm import special_ids
+from unlearnkit.lm.model import LMForward, causal_lm_loss, init_lm_params
+from unlearnkit.lm.task import get_lm_task, load_tofu
+from unlearnkit.lm.train import lm_loss, recipe_optim
+from unlearnkit.zoo import arm_seeds
+
+WARMUP_STEPS = 3
+
+
+def matmul_peak(n: int = 2048, reps: int = 20) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n ** 3 * reps / (time.perf_counter() - start)
+
+
+def zoo_flops_per_sequence(data, seeds, batch_size: int) -> float:
+    """Training FLOPs per (padded) sequence of the vectorised zoo, counted over one `fit` step."""
+    x, y = data.tensors
+    stream = EpochStream(torch.arange(len(x)), seeds, batch_size)
+    init = init_lm_params(data.config, seeds)
+    with FlopCounterMode(display=False) as counter:
+        fit(lm_loss(LMForward(data.config)), init, {"train": stream}, (x, y), 1, recipe_optim(data.task.recipe))
+    return counter.get_total_flops() / (len(seeds) * stream.batch_size)
+
+
+def loop_flops_per_sequence(data, batch_size: int) -> float:
+    """Training FLOPs per (padded) sequence of one GPT2LMHeadModel, counted over one forward + backward."""
+    x, y = data.tensors
+    model = GPT2LMHeadModel(data.config).eval()
+    with FlopCounterMode(display=False) as counter:
+        causal_lm_loss(model(x[:batch_size]).logits, y[:batch_size]).backward()
+    return counter.get_total_flops() / batch_size
+
+
+def time_zoo(data, seeds, batch_size: int, steps: int) -> float:
+    """Seconds for `steps` steps of N models in one vectorised `fit` (after a warm-up `fit`)."""
+    x, y = data.tensors
+    loss = lm_loss(LMForward(data.config))
+    stream = EpochStream(torch.arange(len(x)), seeds, batch_size)
+    init = init_lm_params(data.config, seeds)
+    optim = recipe_optim(data.task.recipe)
+    fit(loss, init, {"train": stream}, (x, y), WARMUP_STEPS, optim)
+    start = time.perf_counter()
+    fit(loss, init, {"train": stream}, (x, y), steps, optim)
+    return time.perf_counter() - start
+
+
+def new_model(config, seed: int) -> GPT2LMHeadModel:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        return GPT2LMHeadModel(config).eval()
+
+
+def train_one(model: GPT2LMHeadModel, lr: float, x, y, batches) -> None:
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for idx in batches:
+        opt.zero_grad()
+        causal_lm_loss(model(x[idx]).logits, y[idx]).backward()
+        opt.step()
+
+
+def time_loop(data, seeds, batches: list[torch.Tensor]) -> float:
+    """Seconds to train the N models one after another with torch.optim.Adam, model i on row i of each
+    step's (N, b) batch indices (the zoo's batches). Model construction is not timed (the zoo's init is
+    not either); each model's optimizer setup and every step are. One throwaway model warms up first."""
+    x, y = data.tensors
+    lr = data.task.recipe.lr
+    train_one(new_model(data.config, max(seeds) + 1), lr, x, y, [b[0] for b in batches[:WARMUP_STEPS]])
+    total = 0.0
+    for i, seed in enumerate(seeds):
+        model = new_model(data.config, seed)
+        start = time.perf_counter()
+        train_one(model, lr, x, y, [b[i] for b in batches])
+        total += time.perf_counter() - start
+    return total
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", default="tofu-synth-gpt")
+    ap.add_argument("--models", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=20, help="timed training steps per model (both paths)")
+    ap.add_argument("--repeats", type=int, default=3, help="timings per path; the best is reported")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    data = load_tofu(get_lm_task(args.task))
+    x, _ = data.tensors
+    pad, _ = special_ids(data.tok)
+    r = data.task.recipe
+    seeds = arm_seeds(0, args.models)
+    stream = EpochStream(torch.arange(len(x)), seeds, r.batch_size)
+    b, seq_len = stream.batch_size, x.shape[1]
+    batches = [idx for idx, _ in zip(stream.batches(), range(args.steps))]  # what `fit` will draw, (N, b) each
+    sequences = sum(idx.numel() for idx in batches)                          # over all N models
+    tokens = sum(int((x[idx] != pad).sum()) for idx in batches)
+    padded = sequences * seq_len
+    n_params = sum(p.numel() for p in GPT2LMHeadModel(data.config).parameters())
+
+    zoo_fps = zoo_flops_per_sequence(data, seeds, r.batch_size)
+    loop_fps = loop_flops_per_sequence(data, b)
+    peak = max(matmul_peak() for _ in range(args.repeats))
+    zoo_s = min(time_zoo(data, seeds, r.batch_size, args.steps) for _ in range(args.repeats))
+    loop_s = min(time_loop(data, seeds, batches) for _ in range(args.repeats))
+
+    zoo_flops, loop_flops = zoo_fps * sequences / zoo_s, loop_fps * sequences / loop_s
+    print(f"task {args.task}: N={args.models} models, {args.steps} timed steps each, batch {b}, seq len {seq_len}, "
+          f"{n_params / 1e6:.3f}M params per model; {len(x)} training sequences, "
+          f"{tokens / padded:.0%} of batch tokens non-pad; best of {args.repeats}")
+    print(f"training FLOPs per sequence: zoo {zoo_fps / 1e6:.1f} MFLOP, loop {loop_fps / 1e6:.1f} MFLOP "
+          f"(FlopCounterMode, one step)")
+    print(f"torch.mm peak (2048², fp32, {torch.get_num_threads()} threads): {peak / 1e9:.1f} GFLOP/s")
+    print(f"vectorised zoo:  {tokens / zoo_s:,.0f} tokens/s ({padded / zoo_s:,.0f} padded), "
+          f"{zoo_s:.2f} s; {zoo_flops / 1e9:.1f} GFLOP/s = {zoo_flops / peak:.0%} of peak")
+    print(f"per-model loop:  {tokens / loop_s:,.0f} tokens/s ({padded / loop_s:,.0f} padded), "
+          f"{loop_s:.2f} s; {loop_flops / 1e9:.1f} GFLOP/s = {loop_flops / peak:.0%} of peak")
+    print(f"zoo speed-up: {loop_s / zoo_s:.2f}×")
+
+
+if __name__ == "__main__":
+    main()

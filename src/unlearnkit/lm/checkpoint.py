@@ -1,0 +1,124 @@
+"""Unlearn a user's own Hugging Face causal LM with their own question–answer data.
+
+`unlearn_checkpoint` loads a local checkpoint directory (never downloads, never writes to it), runs
+any LM method on it exactly as the benchmark does (the same loss files, the same engine, N = 1),
+scores the forget and retain items before and after, and saves the unlearned model with
+`save_pretrained` (and the tokenizer beside it) to a new directory, written under a temporary name
+and renamed only when complete.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.utils import logging as hf_logging
+
+from ..data.tofu_synth import QA, from_jsonl
+from ..errors import UnlearnkitError
+from ..methods.base import make_hparams
+from ..methods.lm import LM_REGISTRY, LMContext
+from .evaluate import score_items
+from .generate import load_into
+from .model import LMForward
+from .tokenizer import encode_qa
+
+NOT_FOR_CHECKPOINTS = ("retrain",)  # needs the training recipe and data of the model, which a checkpoint lacks
+
+
+def _check_dirs(model_dir: Path, out: Path) -> None:
+    if not (model_dir / "config.json").is_file():
+        raise UnlearnkitError(f"--model-dir {model_dir} is not a Hugging Face checkpoint (no config.json)")
+    m, o = model_dir.resolve(), out.resolve()
+    if o == m or m in o.parents or o in m.parents:
+        raise UnlearnkitError(f"--out {out} must be a new directory outside --model-dir {model_dir}: the checkpoint "
+                              "is never overwritten")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UnlearnkitError(f"--out {out} already exists and is not empty; choose a new directory")
+
+
+def load_causal_lm(model_dir: Path) -> tuple[PreTrainedModel, object]:
+    """The checkpoint's model (eager attention, eval mode) and fast tokenizer, checked to fit together."""
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, attn_implementation="eager")
+    except (ValueError, KeyError) as e:
+        raise UnlearnkitError(f"{model_dir} is not a causal language model: {str(e).splitlines()[0]}") from None
+    except OSError as e:
+        raise UnlearnkitError(f"cannot load a model from {model_dir}: {str(e).splitlines()[0]}") from None
+    try:
+        tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    except (OSError, ValueError, TypeError) as e:
+        raise UnlearnkitError(f"cannot load the tokenizer in {model_dir}: {str(e).splitlines()[0]}") from None
+    if not getattr(tok, "is_fast", False):
+        raise UnlearnkitError(f"the tokenizer in {model_dir} is not a fast (tokenizers-backed) tokenizer")
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tok) > rows:
+        raise UnlearnkitError(f"tokenizer mismatch: the tokenizer in {model_dir} has {len(tok)} tokens but the model's "
+                              f"embedding has {rows} rows (a tokenizer of another model?)")
+    if tok.eos_token_id is None:
+        raise UnlearnkitError(f"the tokenizer in {model_dir} defines no EOS token; answers need one to end")
+    _check_causal(model)
+    return model.eval(), tok
+
+
+@torch.no_grad()
+def _check_causal(model: PreTrainedModel) -> None:
+    """A causal LM's logits at position t never depend on later tokens: check it on one input."""
+    vocab = model.get_input_embeddings().weight.shape[0]
+    x = torch.arange(8).remainder(vocab)[None]
+    y = x.clone()
+    y[0, -1] = (x[0, -1] + 1) % vocab
+    a, b = (model(ids, use_cache=False).logits[0, :-1] for ids in (x, y))
+    if not torch.allclose(a, b, atol=1e-4):
+        raise UnlearnkitError(f"{type(model).__name__} is not causal: its predictions depend on later tokens")
+
+
+def unlearn_checkpoint(model_dir, forget_file, retain_file, method: str, out, overrides: dict | None = None,
+                       max_len: int = 128, seed: int = 0) -> dict:
+    """Unlearn `forget_file`'s QAs from the checkpoint in `model_dir`, keeping `retain_file`'s; save to `out`."""
+    model_dir, out = Path(model_dir), Path(out)
+    hf_logging.disable_progress_bar()
+    if method not in LM_REGISTRY or method in NOT_FOR_CHECKPOINTS:
+        usable = [m for m in LM_REGISTRY if m not in NOT_FOR_CHECKPOINTS]
+        raise UnlearnkitError(f"method {method!r} cannot unlearn a checkpoint; use one of {', '.join(usable)}")
+    hp = make_hparams(method, overrides or {}, LM_REGISTRY)
+    _check_dirs(model_dir, out)
+    forget, retain = from_jsonl(forget_file), from_jsonl(retain_file)
+    model, hf_tok = load_causal_lm(model_dir)
+    tok = hf_tok.backend_tokenizer
+    eos = hf_tok.eos_token_id
+    pad = hf_tok.pad_token_id if hf_tok.pad_token_id is not None else eos
+    max_len = min(max_len, getattr(model.config, "max_position_embeddings", None) or max_len)
+    items: tuple[QA, ...] = forget + retain
+    ctx_rows = [encode_qa(tok, qa.question, qa.answer, max_len, (pad, eos)) for qa in items]
+    tokens = torch.stack([r[0] for r in ctx_rows]), torch.stack([r[1] for r in ctx_rows])
+    forward = LMForward(module=model)
+    params = {k: v.detach()[None].clone() for k, v in model.named_parameters()}
+    ctx = LMContext(None, None, forward, params, np.arange(len(forget)), np.arange(len(forget), len(items)),
+                    [seed], seed, None, tokens=tokens, items=items, tok=tok, pad_id=pad, eos_id=eos, max_len=max_len)
+    score = lambda p, qs: score_items(forward, p, model, tok, qs, max_len, specials=(pad, eos))  # noqa: E731
+    before = {"forget": score(params, forget), "retain": score(params, retain)}
+    start = time.perf_counter()
+    unlearned = LM_REGISTRY[method].fn(ctx, hp)
+    seconds = time.perf_counter() - start
+    if not all(torch.isfinite(v).all() for v in unlearned.values()):
+        raise UnlearnkitError(f"{method} diverged (non-finite weights); nothing was saved — lower its lr or epochs")
+    after = {"forget": score(unlearned, forget), "retain": score(unlearned, retain)}
+    report = {"model_dir": str(model_dir), "method": method, "hparams": dataclasses.asdict(hp), "seconds": seconds,
+              "forget_items": len(forget), "retain_items": len(retain),
+              **{f"{when}_{split}_probability": float(np.exp(s[split].seq).mean())
+                 for when, s in (("before", before), ("after", after)) for split in ("forget", "retain")}}
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    load_into(model, {k: v[0] for k, v in unlearned.items()}).save_pretrained(tmp)
+    hf_tok.save_pretrained(tmp)
+    (tmp / "unlearnkit.json").write_text(json.dumps(report, indent=2))
+    if out.exists():
+        out.rmdir()  # checked empty above
+    tmp.rename(out)
+    return report
