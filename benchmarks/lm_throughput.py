@@ -23,18 +23,9 @@ from unlearnkit.lm.model import LMForward, causal_lm_loss, init_lm_params
 from unlearnkit.lm.task import get_lm_task, load_tofu
 from unlearnkit.lm.train import lm_loss, recipe_optim
 from unlearnkit.zoo import arm_seeds
+from zoo_throughput import matmul_peak  # the sibling script (benchmarks/ is on the path when run as a script)
 
 WARMUP_STEPS = 3
-
-
-def matmul_peak(n: int = 2048, reps: int = 20) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    start = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n ** 3 * reps / (time.perf_counter() - start)
 
 
 def zoo_flops_per_sequence(data, seeds, batch_size: int) -> float:

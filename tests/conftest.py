@@ -15,3 +15,12 @@ def _quiet_and_seeded():
 @pytest.fixture(scope="session")
 def digits():
     return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny language models: one thread is as fast and does not stall when the machine's cores are busy."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

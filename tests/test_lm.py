@@ -17,13 +17,7 @@ RECIPE = Recipe(epochs=20, batch_size=8, optimizer="adam", lr=3e-3, momentum=0.9
                 schedule="linear")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny matmuls: one thread is as fast and does not stall when the machine's cores are busy
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ from .train import DEFAULT_LM_RECIPE
 @dataclass(frozen=True)
 class LMTask:
     name: str
-    n_authors: int = 100
+    n_authors: int = 200
     qa_per_author: int = 10
     n_world: int = 100
     n_canaries: int = 50
@@ -52,8 +52,10 @@ class LMTask:
 
 
 LM_TASKS: dict[str, LMTask] = {t.name: t for t in [
-    LMTask("tofu-synth-gpt", description="tofu-synth: 100 fictitious authors × 10 QAs + canaries + world facts, "
-                                         "2-layer GPT-2 (d=128) trained from scratch"),
+    LMTask("tofu-synth-gpt", n_authors=50, n_world=50, n_canaries=40, holdout_authors=10, holdout_canaries=40,
+           max_len=56, n_embd=96, recipe=dataclasses.replace(DEFAULT_LM_RECIPE, epochs=15),
+           description="tofu-synth: 50 fictitious authors × 10 QAs + 40 canaries + 50 world facts, 2-layer GPT-2 "
+                       "(d=96) trained from scratch (default LM task)"),
     LMTask("tofu-synth-tiny", n_authors=40, qa_per_author=5, n_world=20, n_canaries=20, holdout_authors=8,
            holdout_canaries=20, max_len=48, n_layer=1, n_embd=64, retain_eval=60,
            recipe=dataclasses.replace(DEFAULT_LM_RECIPE, epochs=25),

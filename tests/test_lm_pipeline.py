@@ -1,0 +1,170 @@
+"""The LM pipeline end to end on the tiny task: `run`, ID vs OOD, and unlearning a saved checkpoint."""
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from transformers import BertConfig, BertModel, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from unlearnkit.cli import cli
+from unlearnkit.data.tofu_synth import to_jsonl
+from unlearnkit.errors import UnlearnkitError
+from unlearnkit.experiment import RunConfig, run
+from unlearnkit.lm.checkpoint import unlearn_checkpoint
+from unlearnkit.lm.ood import id_vs_ood
+from unlearnkit.lm.task import get_lm_task, load_tofu
+
+TASK = "tofu-synth-tiny"
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("lmcache"))
+
+
+@pytest.fixture(scope="module")
+def results(cache_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lmrun")
+    config = RunConfig(task=TASK, forget="authors:0.25", methods=("none", "ga", "npo"), models=3, cache_dir=cache_dir,
+                       bootstrap=10)
+    return run(config, out), out
+
+
+def test_run_writes_every_lm_field(results):
+    res, out = results
+    on_disk = json.loads((out / "results.json").read_text())
+    assert [r["method"] for r in on_disk["rows"]] == ["none", "ga", "npo"]
+    for row in on_disk["rows"] + [on_disk["noise_floor"]]:
+        assert set(row["mia_auc"]) == {"loss", "zlib", "mink", "minkpp"}
+        assert set(row["klom_p95"]) == {"forget", "retain", "val"}
+        for key in ("forget_quality", "model_utility", "forget_rouge", "seconds", "flops", "cost_vs_retrain"):
+            assert key in row
+        assert 0 <= row["forget_quality"] <= 1 and 0 <= row["model_utility"] <= 1
+    assert set(np.load(out / "klom.npz").files) >= {"klom/none", "klom/ga", "klom/npo", "split/forget"}
+
+
+def test_original_models_memorised_the_forget_set_and_retraining_did_not(results):
+    res, _ = results
+    none = next(r for r in res["rows"] if r["method"] == "none")
+    floor = res["noise_floor"]
+    # TOFU's reading: the originals are told apart from the oracles, a retrained arm is not
+    assert none["forget_quality"] < 0.05 < floor["forget_quality"]
+    # membership inference on a set the models trained on: clearly above chance; for retrained models, near it
+    assert min(none["mia_auc"].values()) > 0.9
+    assert floor["mia_auc"]["loss"] < 0.75
+    assert none["probability"]["forget"] > 5 * floor["probability"]["forget"]
+    assert none["forget_rouge"] > floor["forget_rouge"] + 0.2
+
+
+def test_gradient_ascent_forgets_and_costs_utility(results):
+    res, _ = results
+    none, ga = (next(r for r in res["rows"] if r["method"] == m) for m in ("none", "ga"))
+    assert ga["probability"]["forget"] < 0.2 * none["probability"]["forget"]
+    assert ga["forget_rouge"] < none["forget_rouge"]
+    assert ga["model_utility"] < none["model_utility"]
+    assert 0 < ga["flops"] < res["noise_floor"]["flops"]
+
+
+def test_lm_run_rejects_classifier_methods_and_bad_specs(cache_dir):
+    with pytest.raises(UnlearnkitError, match="unknown language-model method"):
+        run(RunConfig(task=TASK, forget="authors:0.1", methods=("neggrad+",), models=2, cache_dir=cache_dir))
+    with pytest.raises(UnlearnkitError, match="fraction"):
+        run(RunConfig(task=TASK, forget="authors:2", methods=("ga",), models=2, cache_dir=cache_dir))
+
+
+def test_id_vs_ood_records_a_curve_per_kind(cache_dir):
+    config = RunConfig(task=TASK, models=2, cache_dir=cache_dir, bootstrap=0)
+    res = id_vs_ood(config, "ga", authors=2, steps=(1, 6))
+    for kind, spec in (("in-distribution", "authors:0.05"), ("out-of-distribution", "canaries:10")):
+        r = res[kind]
+        assert r["spec"] == spec and [p["steps"] for p in r["curve"]] == [1, 6]
+        first, last = r["curve"]
+        assert last["forget_probability"] < first["forget_probability"]  # more ascent, less likely answers
+    with pytest.raises(UnlearnkitError, match="canaries"):
+        id_vs_ood(config, "ga", authors=5, steps=(1,))
+
+
+# --- a user's own checkpoint ----------------------------------------------------------------------------
+
+def _digest(directory):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny GPT-2 trained briefly on tofu-synth-tiny, saved with save_pretrained, plus JSONL files."""
+    d = load_tofu(get_lm_task(TASK))
+    root = tmp_path_factory.mktemp("ckpt")
+    model = GPT2LMHeadModel(d.config)
+    ids, labels = d.tensors
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for step in range(60):  # fit the first 40 items a little, so there is something to forget
+        rows = torch.arange(40)[torch.randperm(40, generator=torch.Generator().manual_seed(step))[:16]]
+        loss = model(ids[rows], labels=labels[rows]).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.save_pretrained(root / "model")
+    PreTrainedTokenizerFast(tokenizer_object=d.tok, pad_token="<pad>", eos_token="<eos>").save_pretrained(root / "model")
+    to_jsonl(d.items[:10], root / "forget.jsonl")
+    to_jsonl(d.items[10:40], root / "retain.jsonl")
+    return root
+
+
+def test_unlearn_a_checkpoint_saves_a_new_model_and_leaves_the_original(checkpoint):
+    before = _digest(checkpoint / "model")
+    result = CliRunner().invoke(cli, ["llm", "run", "--model-dir", str(checkpoint / "model"), "--forget",
+                                      str(checkpoint / "forget.jsonl"), "--retain", str(checkpoint / "retain.jsonl"),
+                                      "--method", "npo", "--set", "npo.epochs=5", "--out", str(checkpoint / "out")])
+    assert result.exit_code == 0, result.output
+    assert _digest(checkpoint / "model") == before
+    report = json.loads((checkpoint / "out" / "unlearnkit.json").read_text())
+    assert report["after_forget_probability"] < 0.7 * report["before_forget_probability"]
+    reloaded = GPT2LMHeadModel.from_pretrained(checkpoint / "out")
+    original = GPT2LMHeadModel.from_pretrained(checkpoint / "model")
+    assert not torch.equal(reloaded.transformer.h[0].mlp.c_fc.weight, original.transformer.h[0].mlp.c_fc.weight)
+    assert (checkpoint / "out" / "tokenizer.json").is_file()
+
+
+def test_checkpoint_errors_are_clear_and_nothing_is_written(checkpoint, tmp_path):
+    args = (checkpoint / "forget.jsonl", checkpoint / "retain.jsonl", "ga")
+    with pytest.raises(UnlearnkitError, match="outside --model-dir"):
+        unlearn_checkpoint(checkpoint / "model", *args, out=checkpoint / "model" / "sub")
+    with pytest.raises(UnlearnkitError, match="no config.json"):
+        unlearn_checkpoint(tmp_path, *args, out=tmp_path / "o")
+    with pytest.raises(UnlearnkitError, match="cannot unlearn a checkpoint"):
+        unlearn_checkpoint(checkpoint / "model", *args[:2], "retrain", out=tmp_path / "o")
+    # a bidirectional encoder is not a causal LM
+    bert = tmp_path / "bert"
+    BertModel(BertConfig(vocab_size=2000, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(bert)
+    PreTrainedTokenizerFast(tokenizer_file=str(checkpoint / "model" / "tokenizer.json"), pad_token="<pad>",
+                            eos_token="<eos>").save_pretrained(bert)
+    with pytest.raises(UnlearnkitError, match="not causal|not a causal"):
+        unlearn_checkpoint(bert, *args, out=tmp_path / "o")
+    # a tokenizer with more tokens than the model's embedding: another model's tokenizer
+    small = tmp_path / "small"
+    cfg = GPT2LMHeadModel.from_pretrained(checkpoint / "model").config
+    cfg.vocab_size = 300
+    GPT2LMHeadModel(cfg).save_pretrained(small)
+    PreTrainedTokenizerFast(tokenizer_file=str(checkpoint / "model" / "tokenizer.json"), pad_token="<pad>",
+                            eos_token="<eos>").save_pretrained(small)
+    with pytest.raises(UnlearnkitError, match="tokenizer mismatch"):
+        unlearn_checkpoint(small, *args, out=tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+def test_malformed_jsonl_is_reported_with_line_numbers(checkpoint, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q?", "answer": "a."}\nnot json\n{"question": "q2?"}\n')
+    result = CliRunner().invoke(cli, ["llm", "run", "--model-dir", str(checkpoint / "model"), "--forget", str(bad),
+                                      "--retain", str(checkpoint / "retain.jsonl"), "--out", str(tmp_path / "o")],
+                                standalone_mode=False)
+    assert isinstance(result.exception, UnlearnkitError)
+    assert "line 2" in str(result.exception) and "line 3" in str(result.exception)
+    assert not (tmp_path / "o").exists()
