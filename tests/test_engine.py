@@ -70,6 +70,20 @@ def test_update_mask_freezes_coordinates(digits):
         assert (out[k][~frozen] != init[k][~frozen]).float().mean() > 0.9
 
 
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_parameters_the_loss_does_not_use_are_left_alone(digits, name):
+    """As torch.optim: a parameter without a gradient is skipped (RMU's loss never reaches later blocks)."""
+    _, init, _ = _setup(digits, "mlp")
+
+    def first_layer_only(params, batch, frozen):
+        x, _, _ = batch["train"]
+        return (x.flatten(1) @ params["1.weight"].T).pow(2).mean()
+    out = fit(first_layer_only, init, {"train": EpochStream(torch.arange(64), SEEDS, 32)},
+              (digits.x_train, digits.y_train), 4, Optim(name, lr=0.01, weight_decay=1e-3))
+    assert not torch.equal(out["1.weight"], init["1.weight"])
+    assert all(torch.equal(out[k], init[k]) for k in init if k != "1.weight")
+
+
 def test_non_finite_loss_raises_diverged(digits):
     forward, init, _ = _setup(digits, "logreg")
 

@@ -54,6 +54,8 @@ class StackedSGD(_Stacked):
         bufs = self.state.get("buf", [None] * len(self.params))
         m, wd, lr = self.momentum, self.weight_decay, self.lr
         for p, buf, slices in zip(self.params, bufs, self.slices):
+            if p.grad is None:  # unused by the loss (as torch.optim: skipped)
+                continue
             for s in slices:
                 g = p.grad[s]
                 if wd:
@@ -81,6 +83,8 @@ class StackedAdam(_Stacked):
         step_size = self.lr / (1 - b1 ** t)
         bias2 = math.sqrt(1 - b2 ** t)
         for p, m, v, slices in zip(self.params, self.state["m"], self.state["v"], self.slices):
+            if p.grad is None:  # unused by the loss (as torch.optim: skipped)
+                continue
             for s in slices:
                 g = p.grad[s]
                 if self.weight_decay:
