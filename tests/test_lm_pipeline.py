@@ -168,3 +168,23 @@ def test_malformed_jsonl_is_reported_with_line_numbers(checkpoint, tmp_path):
     assert isinstance(result.exception, UnlearnkitError)
     assert "line 2" in str(result.exception) and "line 3" in str(result.exception)
     assert not (tmp_path / "o").exists()
+
+
+def test_a_llama_style_checkpoint_unlearns_too(checkpoint, tmp_path):
+    """Nothing is GPT-2-specific: a Llama (rotary positions, down_proj MLPs, its own config) goes the same way."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    vocab = GPT2LMHeadModel.from_pretrained(checkpoint / "model").config.vocab_size
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64, eos_token_id=1,
+                      pad_token_id=0, bos_token_id=1)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "llama")
+    PreTrainedTokenizerFast(tokenizer_file=str(checkpoint / "model" / "tokenizer.json"), pad_token="<pad>",
+                            eos_token="<eos>").save_pretrained(tmp_path / "llama")
+    args = (checkpoint / "forget.jsonl", checkpoint / "retain.jsonl")
+    report = unlearn_checkpoint(tmp_path / "llama", *args, "rmu", tmp_path / "out", {"layer": "1", "epochs": "2"})
+    before = LlamaForCausalLM.from_pretrained(tmp_path / "llama").state_dict()
+    after = LlamaForCausalLM.from_pretrained(tmp_path / "out").state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"model.layers.0.mlp.down_proj.weight"}, changed
+    assert report["method"] == "rmu"

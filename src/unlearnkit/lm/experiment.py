@@ -51,8 +51,9 @@ def lm_jobs(config: RunConfig) -> list[Job]:
         raise UnlearnkitError(f"unknown language-model method(s) {', '.join(unknown)}; known: {', '.join(LM_REGISTRY)}")
     if config.models < MIN_MODELS:
         raise UnlearnkitError(f"--models must be at least {MIN_MODELS}, got {config.models}")
-    if config.tuned or config.datamodels:
-        raise UnlearnkitError("--tuned and --datamodels apply to classifier tasks only")
+    if config.tuned or config.datamodels or config.train_size or config.val_size or config.data_dir:
+        raise UnlearnkitError("--tuned, --datamodels, --train-size, --val-size and --data-dir apply to classifier "
+                              "tasks only (language-model tasks generate their data)")
     overrides: dict[str, dict[str, str]] = {}
     for method, name, value in config.hparams:
         if method not in config.methods and method != NOISE_FLOOR_METHOD:
@@ -158,7 +159,8 @@ def lm_row(s: dict[str, ItemScores], o: dict[str, ItemScores], config: RunConfig
     ref, _ = _concat(o)
     if not np.isfinite(u).all():
         raise Diverged(-1, np.flatnonzero(~np.isfinite(u).all(1)).tolist())
-    values = klom(u, ref)
+    kw = {"reference_binning": config.reference_binning}
+    values = klom(u, ref, **kw)
     n = len(u)
     fq = [M.forget_quality(s["forget"].truth_ratio[i], o["forget"].truth_ratio[i % len(o["forget"].truth_ratio)])
           for i in range(n)]
@@ -173,7 +175,7 @@ def lm_row(s: dict[str, ItemScores], o: dict[str, ItemScores], config: RunConfig
            "probability": {k: float(np.exp(s[k].seq).mean()) for k in KLOM_SPLITS},
            "mia_auc": aucs, "privleak": M.privleak(aucs["mink"], oracle_aucs["mink"]), "diverged": False}
     if config.bootstrap:
-        row["klom_p95_ci"] = bootstrap_p95(u, ref, splits, reps=config.bootstrap, seed=config.seed)
+        row["klom_p95_ci"] = bootstrap_p95(u, ref, splits, reps=config.bootstrap, seed=config.seed, **kw)
     return row, values
 
 
