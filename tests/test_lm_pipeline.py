@@ -77,6 +77,12 @@ def test_lm_run_rejects_classifier_methods_and_bad_specs(cache_dir):
         run(RunConfig(task=TASK, forget="authors:2", methods=("ga",), models=2, cache_dir=cache_dir))
 
 
+def test_classifier_only_commands_name_the_lm_task_clearly():
+    result = CliRunner().invoke(cli, ["tune", "--task", TASK, "--method", "ga"], standalone_mode=False)
+    assert isinstance(result.exception, UnlearnkitError)
+    assert "language-model task" in str(result.exception)
+
+
 def test_id_vs_ood_records_a_curve_per_kind(cache_dir):
     config = RunConfig(task=TASK, models=2, cache_dir=cache_dir, bootstrap=0)
     res = id_vs_ood(config, "ga", authors=2, steps=(1, 6))
