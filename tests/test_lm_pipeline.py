@@ -106,7 +106,8 @@ def checkpoint(tmp_path_factory):
     """A tiny GPT-2 trained briefly on tofu-synth-tiny, saved with save_pretrained, plus JSONL files."""
     d = load_tofu(get_lm_task(TASK))
     root = tmp_path_factory.mktemp("ckpt")
-    model = GPT2LMHeadModel(d.config)
+    config = d.config.__class__.from_dict({**d.config.to_dict(), "n_positions": 96})  # room for every item
+    model = GPT2LMHeadModel(config)
     ids, labels = d.tensors
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for step in range(60):  # fit the first 40 items a little, so there is something to forget
@@ -115,6 +116,7 @@ def checkpoint(tmp_path_factory):
         opt.zero_grad()
         loss.backward()
         opt.step()
+    model.config.pad_token_id = 0  # as fine-tuned GPT-2s often carry: must not break vmapped training
     model.save_pretrained(root / "model")
     PreTrainedTokenizerFast(tokenizer_object=d.tok, pad_token="<pad>", eos_token="<eos>").save_pretrained(root / "model")
     to_jsonl(d.items[:10], root / "forget.jsonl")
@@ -124,6 +126,8 @@ def checkpoint(tmp_path_factory):
 
 def test_unlearn_a_checkpoint_saves_a_new_model_and_leaves_the_original(checkpoint):
     before = _digest(checkpoint / "model")
+    (checkpoint / "out.partial").mkdir()  # a user's directory that merely looks like a temporary one
+    (checkpoint / "out.partial" / "keep.txt").write_text("mine")
     result = CliRunner().invoke(cli, ["llm", "run", "--model-dir", str(checkpoint / "model"), "--forget",
                                       str(checkpoint / "forget.jsonl"), "--retain", str(checkpoint / "retain.jsonl"),
                                       "--method", "npo", "--set", "npo.epochs=5", "--out", str(checkpoint / "out")])
@@ -135,6 +139,9 @@ def test_unlearn_a_checkpoint_saves_a_new_model_and_leaves_the_original(checkpoi
     original = GPT2LMHeadModel.from_pretrained(checkpoint / "model")
     assert not torch.equal(reloaded.transformer.h[0].mlp.c_fc.weight, original.transformer.h[0].mlp.c_fc.weight)
     assert (checkpoint / "out" / "tokenizer.json").is_file()
+    assert (checkpoint / "out.partial" / "keep.txt").read_text() == "mine"
+    assert reloaded.config.pad_token_id == 0
+    assert not [p for p in checkpoint.iterdir() if p.name.startswith(".out.partial")]
 
 
 def test_checkpoint_errors_are_clear_and_nothing_is_written(checkpoint, tmp_path):
@@ -143,6 +150,8 @@ def test_checkpoint_errors_are_clear_and_nothing_is_written(checkpoint, tmp_path
         unlearn_checkpoint(checkpoint / "model", *args, out=checkpoint / "model" / "sub")
     with pytest.raises(UnlearnkitError, match="no config.json"):
         unlearn_checkpoint(tmp_path, *args, out=tmp_path / "o")
+    with pytest.raises(UnlearnkitError, match="exceed --max-len 8"):
+        unlearn_checkpoint(checkpoint / "model", *args, out=tmp_path / "o", max_len=8)
     with pytest.raises(UnlearnkitError, match="cannot unlearn a checkpoint"):
         unlearn_checkpoint(checkpoint / "model", *args[:2], "retrain", out=tmp_path / "o")
     # a bidirectional encoder is not a causal LM
@@ -184,7 +193,7 @@ def test_a_llama_style_checkpoint_unlearns_too(checkpoint, tmp_path):
     cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64, eos_token_id=1,
                       pad_token_id=0, bos_token_id=1)
-    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "llama")
+    LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(tmp_path / "llama")  # trained in float32, saved back
     PreTrainedTokenizerFast(tokenizer_file=str(checkpoint / "model" / "tokenizer.json"), pad_token="<pad>",
                             eos_token="<eos>").save_pretrained(tmp_path / "llama")
     args = (checkpoint / "forget.jsonl", checkpoint / "retain.jsonl")
@@ -193,4 +202,5 @@ def test_a_llama_style_checkpoint_unlearns_too(checkpoint, tmp_path):
     after = LlamaForCausalLM.from_pretrained(tmp_path / "out").state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed == {"model.layers.0.mlp.down_proj.weight"}, changed
+    assert after["model.layers.0.mlp.down_proj.weight"].dtype == torch.bfloat16
     assert report["method"] == "rmu"

@@ -147,7 +147,7 @@ def llm() -> None:
 @click.option("--task", default="tofu-synth-gpt", show_default=True, help="A language-model task.")
 @click.option("--method", default="ga", show_default=True, help="A language-model method.")
 @click.option("--authors", default=2, show_default=True, type=int,
-              help="In-distribution forget set: this many authors (all their QAs); OOD: as many canaries.")
+              help="In-distribution forget set: this many authors (all their QAs); OOD: as many canaries as QAs.")
 @click.option("--steps", default="1,2,4,8,16,32", show_default=True, help="Comma-separated unlearning step counts.")
 @click.option("--models", default=4, show_default=True, type=int, help="Models per arm (N).")
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -174,7 +174,9 @@ def ood(task, method, authors, steps, models, seed, cache_dir, sets, out) -> Non
 @click.option("--model-dir", required=True, help="A local Hugging Face causal-LM checkpoint (never modified).")
 @click.option("--forget", "forget_file", required=True, help="JSONL of question/answer items to forget.")
 @click.option("--retain", "retain_file", required=True, help="JSONL of question/answer items to keep.")
-@click.option("--method", default="npo", show_default=True, help="A language-model method (not retrain).")
+@click.option("--method", default="npo", show_default=True,
+              help="A language-model method (not retrain). Its defaults suit small models trained from scratch; "
+                   "for a pretrained checkpoint set a TOFU-like budget, e.g. --set npo.lr=1e-5.")
 @click.option("--set", "sets", multiple=True, help="Hyperparameter override METHOD.NAME=VALUE (repeatable).")
 @click.option("--max-len", default=128, show_default=True, type=int, help="Tokens per question+answer.")
 @click.option("--seed", default=0, show_default=True, type=int)

@@ -50,7 +50,7 @@ class StackedSGD(_Stacked):
     def step(self) -> None:
         first = "buf" not in self.state and self.momentum > 0
         if first:
-            self.state["buf"] = [torch.empty_like(p) for p in self.params]
+            self.state["buf"] = [torch.zeros_like(p) for p in self.params]
         bufs = self.state.get("buf", [None] * len(self.params))
         m, wd, lr = self.momentum, self.weight_decay, self.lr
         for p, buf, slices in zip(self.params, bufs, self.slices):

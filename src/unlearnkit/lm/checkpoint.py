@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from ..data.tofu_synth import QA, from_jsonl
@@ -44,8 +45,9 @@ def _check_dirs(model_dir: Path, out: Path) -> None:
 
 def load_causal_lm(model_dir: Path) -> tuple[PreTrainedModel, object]:
     """The checkpoint's model (eager attention, eval mode) and fast tokenizer, checked to fit together."""
-    try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, attn_implementation="eager")
+    try:  # float32 whatever the stored dtype: Adam's small updates vanish in bf16/fp16
+        model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, attn_implementation="eager",
+                                                     dtype=torch.float32)
     except (ValueError, KeyError) as e:
         raise UnlearnkitError(f"{model_dir} is not a causal language model: {str(e).splitlines()[0]}") from None
     except OSError as e:
@@ -96,7 +98,15 @@ def unlearn_checkpoint(model_dir, forget_file, retain_file, method: str, out, ov
     max_len = min(max_len, getattr(model.config, "max_position_embeddings", None) or max_len)
     items: tuple[QA, ...] = forget + retain
     ctx_rows = [encode_qa(tok, qa.question, qa.answer, max_len, (pad, eos)) for qa in items]
+    cut = [f"{'forget' if i < len(forget) else 'retain'} item {qa.id}" for i, (qa, (_, y)) in
+           enumerate(zip(items, ctx_rows)) if int(y[-1]) != -100 and int(y[-1]) != eos or not (y != -100).any()]
+    if cut:  # an answer cut short (EOS lost) or gone would be trained and scored as something else
+        raise UnlearnkitError(f"{len(cut)} question+answer pair(s) exceed --max-len {max_len} tokens: "
+                              f"{', '.join(cut[:10])}{' ...' if len(cut) > 10 else ''}; raise --max-len or shorten them")
     tokens = torch.stack([r[0] for r in ctx_rows]), torch.stack([r[1] for r in ctx_rows])
+    # a pad id in the config makes GPT-2 inspect input_ids for padding (data-dependent, impossible under
+    # vmap); sequences here are right-padded and causal, so it is dropped while unlearning and restored
+    config_pad, model.config.pad_token_id = model.config.pad_token_id, None
     forward = LMForward(module=model)
     params = {k: v.detach()[None].clone() for k, v in model.named_parameters()}
     ctx = LMContext(None, None, forward, params, np.arange(len(forget)), np.arange(len(forget), len(items)),
@@ -113,12 +123,18 @@ def unlearn_checkpoint(model_dir, forget_file, retain_file, method: str, out, ov
               "forget_items": len(forget), "retain_items": len(retain),
               **{f"{when}_{split}_probability": float(np.exp(s[split].seq).mean())
                  for when, s in (("before", before), ("after", after)) for split in ("forget", "retain")}}
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    load_into(model, {k: v[0] for k, v in unlearned.items()}).save_pretrained(tmp)
-    hf_tok.save_pretrained(tmp)
-    (tmp / "unlearnkit.json").write_text(json.dumps(report, indent=2))
-    if out.exists():
-        out.rmdir()  # checked empty above
-    tmp.rename(out)
+    model.config.pad_token_id = config_pad
+    stored_dtype = AutoConfig.from_pretrained(model_dir, local_files_only=True).dtype or torch.float32
+    model = load_into(model, {k: v[0] for k, v in unlearned.items()}).to(stored_dtype)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))  # ours alone: never a user's
+    try:
+        model.save_pretrained(tmp)
+        hf_tok.save_pretrained(tmp)
+        (tmp / "unlearnkit.json").write_text(json.dumps(report, indent=2))
+        if out.exists():
+            out.rmdir()  # checked empty above
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return report

@@ -24,6 +24,7 @@ from torch import nn
 
 from ..data.tofu_synth import QA
 from ..engine import Params
+from ..errors import Diverged
 from ..metrics import llm as M
 from .generate import greedy_answers
 from .model import shifted_token_logprobs
@@ -73,7 +74,10 @@ def _encode(tok: Tokenizer, items: Sequence[QA], answers: Sequence[str], max_len
 
 
 def _per_item(lp: torch.Tensor, mask: torch.Tensor) -> list[list[np.ndarray]]:
-    """[models][items] 1-D float64 arrays of the labelled tokens' log-probs."""
+    """[models][items] 1-D float64 arrays of the labelled tokens' log-probs; `Diverged` if any is not finite."""
+    bad = ~torch.isfinite(lp).all(-1).all(-1)
+    if bad.any():
+        raise Diverged(-1, bad.nonzero().flatten().tolist())
     lp = lp.double().clamp(max=0.0)  # float rounding can give +1e-7 for a sure token
     return [[row[m].numpy() for row, m in zip(model, mask)] for model in lp]
 

@@ -24,12 +24,16 @@ never depend on later (padding) tokens.
 """
 from __future__ import annotations
 
+from functools import cached_property
+
 import torch
 from tokenizers import Tokenizer
+from torch import nn
 from torch.func import functional_call
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel
 
 from ..engine import Forward, Params
+from ..errors import UnlearnkitError
 from .tokenizer import IGNORE, special_ids
 
 
@@ -76,10 +80,41 @@ class LMForward(Forward):
     def __call__(self, params: Params, input_ids: torch.Tensor) -> torch.Tensor:
         return functional_call(self.module, params, (input_ids,), {"use_cache": False}).logits
 
+    @cached_property
+    def blocks(self) -> nn.ModuleList:
+        """The model's transformer blocks (GPT-2's `transformer.h`, Llama's `model.layers`, ...)."""
+        n = self.module.config.num_hidden_layers
+        for m in self.module.modules():
+            if isinstance(m, nn.ModuleList) and len(m) == n:
+                return m
+        raise UnlearnkitError(f"cannot find the {n} transformer blocks of {type(self.module).__name__}")
+
     def hidden(self, params: Params, input_ids: torch.Tensor, layer: int) -> torch.Tensor:
-        """Residual-stream activations after block `layer` (1-based; 0 = embeddings), (..., L, d)."""
-        out = functional_call(self.module, params, (input_ids,), {"use_cache": False, "output_hidden_states": True})
-        return out.hidden_states[layer]
+        """Residual-stream activations output by block `layer` (1-based), (..., L, d).
+
+        Read with a forward hook that stops the forward pass there: unlike `output_hidden_states`,
+        whose last entry comes after the final norm, this is the block's own output, and nothing
+        after it (the other blocks, the vocabulary head) is computed."""
+        if not 1 <= layer <= len(self.blocks):
+            raise UnlearnkitError(f"layer must be in [1, {len(self.blocks)}] (a block's output), got {layer}")
+        seen = {}
+
+        def capture(module, args, out):
+            seen["h"] = out[0] if isinstance(out, tuple) else out
+            raise _Captured
+
+        handle = self.blocks[layer - 1].register_forward_hook(capture)
+        try:
+            functional_call(self.module, params, (input_ids,), {"use_cache": False})
+        except _Captured:
+            pass
+        finally:
+            handle.remove()
+        return seen["h"]
+
+
+class _Captured(Exception):
+    """Raised by `LMForward.hidden`'s hook to end a forward pass once the wanted activations are in."""
 
 
 def init_lm_params(config: GPT2Config, seeds: list[int]) -> Params:

@@ -48,8 +48,8 @@ def id_vs_ood(config: RunConfig, method: str, authors: int, steps: tuple[int, ..
                               f"to match them with; use at most {task.n_canaries // task.qa_per_author} authors")
     overrides = {name: value for m, name, value in config.hparams if m == method}
     hp = make_hparams(method, overrides, LM_REGISTRY)
-    if not hasattr(hp, "epochs"):
-        raise UnlearnkitError(f"method {method!r} takes no unlearning steps")
+    if not hasattr(hp, "epochs") or method == "finetune":
+        raise UnlearnkitError(f"method {method!r} takes no steps on the forget set (the curve's x axis)")
     per_epoch = math.ceil(size / min(hp.batch_size, size))
     data = load_tofu(task)
     cache_dir = default_cache_dir() if config.cache_dir is None else config.cache_dir

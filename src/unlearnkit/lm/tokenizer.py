@@ -85,8 +85,13 @@ def encode_qa(tok: Tokenizer, question: str, answer: str, max_len: int = 64,
     the answer none.
     """
     pad, eos = specials or special_ids(tok)
-    q = tok.encode(question).ids
-    a = tok.encode(" " + answer.lstrip(), add_special_tokens=False).ids + [eos]
+    # encode the joined text and split at the answer's first character: tokenizers that normalise
+    # spaces (SentencePiece's "▁") would add a spurious one to a separately encoded " answer"
+    joined = tok.encode(question + " " + answer.lstrip())
+    boundary = len(question)
+    n_q = next((i for i, (start, end) in enumerate(joined.offsets) if start >= boundary and end > start),
+               len(joined.ids))
+    q, a = joined.ids[:n_q], joined.ids[n_q:] + [eos]
     ids = (q + a)[:max_len]
     labels = ([IGNORE] * len(q) + a)[:max_len]
     n = len(ids)

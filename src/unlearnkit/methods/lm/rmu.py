@@ -10,7 +10,7 @@ from .base import LM_REGISTRY, LMContext, LMLoopParams, register
 
 @dataclass(frozen=True)
 class RMUParams(LMLoopParams):
-    layer: int = 1              # steer the residual stream after this block (1-based; WMDP: 7 of 32)
+    layer: int = 1              # steer the residual stream output by this block (1-based; WMDP's layer_id 7 = 8 here)
     steering: float = 4.0       # c, in units of the original model's mean activation norm at that layer
     alpha: float = 1.0          # retain weight (OpenUnlearning's RMU config; WMDP's 100 is for Zephyr's scale)
     lr: float = 1e-2
