@@ -30,7 +30,8 @@ def cli(verbose: bool) -> None:
 
 @cli.command()
 @click.option("--task", default="fashion-mnist-mlp", show_default=True, help="See `unlearnkit list`.")
-@click.option("--forget", "forget", default="random:100", show_default=True, help="Forget-set spec.")
+@click.option("--forget", "forget", default=None,
+              help="Forget-set spec (default random:100; authors:0.1 for language-model tasks).")
 @click.option("--methods", default=None,
               help="Comma-separated method names (default: none,retrain,finetune,ga,neggrad+; for language-model "
                    "tasks none,retrain,ga,graddiff,npo,simnpo,llmu,rmu,flat,idk).")
@@ -64,10 +65,12 @@ def run(out, **options) -> None:
 
 def _run_config(task, forget, methods, models, seed, train_size, val_size, data_dir, cache_dir, no_cache, sets,
                 reference_binning, bootstrap, budgets="", tuned=False, datamodels=None, datamodel_models=100):
-    from .experiment import RunConfig, default_methods
+    from .experiment import RunConfig, default_forget, default_methods
 
     if methods is None:
         methods = ",".join(default_methods(task))
+    if forget is None:
+        forget = default_forget(task)
     try:
         budget_list = tuple(float(b) for b in budgets.split(",") if b.strip())
     except ValueError:

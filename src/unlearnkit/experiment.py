@@ -41,6 +41,11 @@ def default_methods(task: str) -> tuple[str, ...]:
     return DEFAULT_METHODS
 
 
+def default_forget(task: str) -> str:
+    from .lm.task import LM_TASKS
+    return "authors:0.1" if task in LM_TASKS else "random:100"
+
+
 def default_cache_dir() -> str:
     return os.environ.get("UNLEARNKIT_CACHE") or str(Path.home() / ".cache" / "unlearnkit")
 
