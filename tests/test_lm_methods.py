@@ -124,6 +124,8 @@ def test_idk_makes_refusals_likely_on_forget_questions(bench):
     x, y = ctx.refusals
     rows = torch.as_tensor(ctx.forget)
     from unlearnkit.lm.evaluate import token_stats
-    before, mask = token_stats(ctx.forward, bench.originals.params, x[rows], y[rows])
-    after, _ = token_stats(ctx.forward, out, x[rows], y[rows])
-    assert (after.sum(-1) / mask.sum(-1)).mean() > (before.sum(-1) / mask.sum(-1)).mean() + 1.0
+    before = token_stats(ctx.forward, bench.originals.params, x[rows], y[rows])
+    after = token_stats(ctx.forward, out, x[rows], y[rows])
+    n = before.mask.sum(-1)
+    assert (after.lp.sum(-1) / n).mean() > (before.lp.sum(-1) / n).mean() + 1.0
+    assert after.hit.sum() > before.hit.sum()  # more refusal tokens are the top-1 prediction

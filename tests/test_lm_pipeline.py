@@ -42,7 +42,9 @@ def test_run_writes_every_lm_field(results):
     for row in on_disk["rows"] + [on_disk["noise_floor"]]:
         assert set(row["mia_auc"]) == {"loss", "zlib", "mink", "minkpp"}
         assert set(row["klom_p95"]) == {"forget", "retain", "val"}
-        for key in ("forget_quality", "model_utility", "forget_rouge", "seconds", "flops", "cost_vs_retrain"):
+        assert set(row["accuracy"]) == {"forget", "retain", "val"}
+        for key in ("forget_quality", "model_utility", "forget_rouge", "seconds", "flops", "cost_vs_retrain",
+                    "klom_mean", "klom_median", "diverged", "budget", "tuned", "hparams"):
             assert key in row
         assert 0 <= row["forget_quality"] <= 1 and 0 <= row["model_utility"] <= 1
     assert set(np.load(out / "klom.npz").files) >= {"klom/none", "klom/ga", "klom/npo", "split/forget"}
@@ -59,6 +61,7 @@ def test_original_models_memorised_the_forget_set_and_retraining_did_not(results
     assert floor["mia_auc"]["loss"] < 0.75
     assert none["probability"]["forget"] > 5 * floor["probability"]["forget"]
     assert none["forget_rouge"] > floor["forget_rouge"] + 0.2
+    assert none["accuracy"]["forget"] > floor["accuracy"]["forget"] + 0.2  # teacher-forced answer tokens
 
 
 def test_gradient_ascent_forgets_and_costs_utility(results):

@@ -4,6 +4,7 @@
 answer) and generates greedy answers for ROUGE, then reduces them per model and item with the pure
 functions of `unlearnkit.metrics.llm` (the tested reference of each formula):
 
+- `accuracy`: the fraction of answer tokens that are the model's top-1 prediction (teacher-forced);
 - `seq`: the answer's mean token log-probability (TOFU probability = exp(seq); the sequence-level
   score of KLoM; the LOSS attack's score);
 - `truth_ratio`: R = P_pert / P_para (TOFU §2.5.1), when the items have a paraphrase and perturbed
@@ -38,34 +39,45 @@ class ItemScores:
     """Per-model, per-item scores of one item set: arrays of shape (models, items)."""
 
     seq: np.ndarray
+    accuracy: np.ndarray | None = None   # top-1 next-token accuracy on the answer tokens
     truth_ratio: np.ndarray | None = None
     prob_options: np.ndarray | None = None
     rouge: np.ndarray | None = None
     mia: dict[str, np.ndarray] | None = None
 
 
+@dataclass
+class TokenStats:
+    """Per-model, per-item, per-position answer statistics (N, n, L-1); `mask` (n, L-1) marks answer tokens."""
+
+    lp: torch.Tensor                  # log p(label_t | prefix)
+    hit: torch.Tensor                 # the label is the model's top-1 prediction
+    mask: torch.Tensor
+    mu: torch.Tensor | None = None    # E_z log p(z | prefix) under the model (Min-K%++, Zhang et al. 2024, eq. 3)
+    sigma: torch.Tensor | None = None
+
+
 @torch.no_grad()
 def token_stats(forward: Callable, params: Params, input_ids: torch.Tensor, labels: torch.Tensor,
-                moments: bool = False, chunk: int = 32):
-    """Answer-token log-probs of N models on shared items: (lp (N, n, L-1), mask (n, L-1)), and with
-    `moments` also μ, σ (N, n, L-1) of log p(z | prefix) under the model's own next-token distribution
-    (Min-K%++, Zhang et al. 2024, eq. 3)."""
+                moments: bool = False, chunk: int = 32) -> TokenStats:
+    """Answer-token statistics of N models on shared items (with `moments`, also μ and σ of the
+    model's own next-token log-probabilities, for Min-K%++)."""
     call = torch.vmap(forward, in_dims=(0, None))
-    lps, mus, sigmas = [], [], []
+    parts: dict[str, list] = {"lp": [], "hit": [], "mu": [], "sigma": []}
     for s in range(0, len(input_ids), chunk):
         logits = call(params, input_ids[s:s + chunk])
         lp, _ = shifted_token_logprobs(logits, labels[s:s + chunk])
-        lps.append(lp)
+        parts["lp"].append(lp)
+        parts["hit"].append(logits[..., :-1, :].argmax(-1) == labels[s:s + chunk, 1:])
         if moments:
             logp = torch.log_softmax(logits[..., :-1, :].float(), dim=-1)
             p = logp.exp()
             mu = (p * logp).sum(-1)
-            mus.append(mu)
-            sigmas.append(((p * logp * logp).sum(-1) - mu ** 2).clamp(min=0).sqrt())
+            parts["mu"].append(mu)
+            parts["sigma"].append(((p * logp * logp).sum(-1) - mu ** 2).clamp(min=0).sqrt())
     mask = labels[:, 1:] != -100
-    if not moments:
-        return torch.cat(lps, 1), mask
-    return torch.cat(lps, 1), mask, torch.cat(mus, 1), torch.cat(sigmas, 1)
+    cat = {k: torch.cat(v, 1) if v else None for k, v in parts.items()}
+    return TokenStats(cat["lp"], cat["hit"] & mask, mask, cat["mu"], cat["sigma"])
 
 
 def _encode(tok: Tokenizer, items: Sequence[QA], answers: Sequence[str], max_len: int, specials=None):
@@ -90,20 +102,22 @@ def score_items(forward: Callable, params: Params, module: nn.Module, tok: Token
     items = list(items)
     enc = lambda answers: _encode(tok, items, answers, max_len, specials)  # noqa: E731
     ids, labels = enc([qa.answer for qa in items])
-    if mia:
-        lp, mask, mu, sigma = token_stats(forward, params, ids, labels, moments=True)
-    else:
-        lp, mask = token_stats(forward, params, ids, labels)
-    answers = _per_item(lp, mask)
-    out = ItemScores(seq=np.array([[M.answer_logprob_stats(a)[1] for a in model] for model in answers]))
+    st = token_stats(forward, params, ids, labels, moments=mia)
+    answers = _per_item(st.lp, st.mask)
+    out = ItemScores(seq=np.array([[M.answer_logprob_stats(a)[1] for a in model] for model in answers]),
+                     accuracy=(st.hit.sum(-1) / st.mask.sum(-1).clamp(min=1)).double().numpy())
+
+    def logprobs(answer_texts):
+        t = token_stats(forward, params, *enc(answer_texts))
+        return _per_item(t.lp, t.mask)
+
     n_pert = min((len(qa.perturbed) for qa in items), default=0)
     if n_pert:
-        pert = [_per_item(*token_stats(forward, params, *enc([qa.perturbed[k] for qa in items])))
-                for k in range(n_pert)]
+        pert = [logprobs([qa.perturbed[k] for qa in items]) for k in range(n_pert)]
         pert_by_item = [[[pert[k][i][j] for k in range(n_pert)] for j in range(len(items))]
                         for i in range(len(answers))]
         if all(qa.paraphrase for qa in items):
-            para = _per_item(*token_stats(forward, params, *enc([qa.paraphrase for qa in items])))
+            para = logprobs([qa.paraphrase for qa in items])
         else:
             para = answers
         ref = answers if options else para
@@ -120,7 +134,8 @@ def score_items(forward: Callable, params: Params, module: nn.Module, tok: Token
     if mia:
         # OpenUnlearning scores Min-K% and Min-K%++ without the final (EOS) prediction
         cut = [[a[:-1] if a.size > 1 else a for a in model] for model in answers]
-        mus, sigmas = _per_item(mu, mask), [[s[m].double().numpy() for s, m in zip(model, mask)] for model in sigma]
+        mus = _per_item(st.mu, st.mask)
+        sigmas = [[s[m].double().numpy() for s, m in zip(model, st.mask)] for model in st.sigma]
         out.mia = {
             "loss": out.seq,
             "zlib": np.array([[M.zlib_score(a, qa.answer) for a, qa in zip(model, items)] for model in answers]),

@@ -127,7 +127,7 @@ class LMBench:
         except Diverged as err:
             log.warning("method %s diverged: %s", job.label, err)
             row = diverged_lm_row(time.perf_counter() - start, str(err))
-        return {"method": job.method, "label": job.label, **row, "budget": job.budget,
+        return {"method": job.method, "label": job.label, **row, "budget": job.budget, "tuned": False,
                 "hparams": asdict(job.hparams)}, values
 
 
@@ -171,6 +171,7 @@ def lm_row(s: dict[str, ItemScores], o: dict[str, ItemScores], config: RunConfig
            "forget_rouge": float(s["forget"].rouge.mean()),
            "forget_truth_ratio": float(np.mean([M.truth_ratio_forget_score(t) for t in s["forget"].truth_ratio])),
            "probability": {k: float(np.exp(s[k].seq).mean()) for k in KLOM_SPLITS},
+           "accuracy": {k: float(s[k].accuracy.mean()) for k in KLOM_SPLITS},
            "mia_auc": aucs, "privleak": M.privleak(aucs["mink"], oracle_aucs["mink"]), "diverged": False}
     if config.bootstrap:
         row["klom_p95_ci"] = bootstrap_p95(u, ref, splits, reps=config.bootstrap, seed=config.seed, **kw)
@@ -181,7 +182,7 @@ def diverged_lm_row(seconds: float, why: str) -> dict:
     nan = {"forget": None, "retain": None, "val": None}
     return {"klom_p95": nan, "klom_mean": dict(nan), "klom_median": dict(nan), "forget_quality": None,
             "model_utility": None, "forget_rouge": None, "mia_auc": {a: None for a in MIA_ATTACKS},
-            "probability": dict(nan), "seconds": seconds, "flops": None, "diverged": True, "why": why}
+            "probability": dict(nan), "accuracy": dict(nan), "seconds": seconds, "flops": None, "diverged": True, "why": why}
 
 
 def run_lm(config: RunConfig, out: str | os.PathLike | None = None) -> dict:
