@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from .data import load_dataset
 from .engine import predict
 from .errors import Diverged, UnlearnkitError
 from .forget import build_forget_set
-from .methods import Context, Ensemble, get_method, make_hparams
+from .methods import REGISTRY, Context, Ensemble, get_method, make_hparams
 from .metrics import accuracy, bootstrap_p95, klom, margins, summarize
 from .tasks import get_task
 from .tuning import load_tuned
@@ -99,10 +100,28 @@ class Prepared:
 def prepare(config: RunConfig) -> Prepared:
     """Check every input and load the data; raise UnlearnkitError before any work on bad input."""
     task = get_task(config.task)
+    cache_dir = default_cache_dir() if config.cache_dir is None else config.cache_dir
+    jobs = build_jobs(config, REGISTRY,
+                      lambda m: load_tuned(cache_dir, config.task, config.forget, m) if config.tuned else None)
+    dataset = load_dataset(task.dataset, config.data_dir, config.train_size or task.train_size, config.seed)
+    if config.val_size is not None:
+        if not 1 <= config.val_size <= len(dataset.y_val):
+            raise UnlearnkitError(f"--val-size must be in [1, {len(dataset.y_val)}]")
+        dataset = type(dataset)(dataset.name, dataset.x_train, dataset.y_train, dataset.train_ids,
+                                dataset.x_val[:config.val_size], dataset.y_val[:config.val_size],
+                                dataset.val_ids[:config.val_size], dataset.num_classes)
+    cache = ZooCache(cache_dir) if cache_dir else None
+    forget = build_forget_set(config.forget, dataset, config.seed, ForgetResources(config, task, dataset, cache))
+    return Prepared(config, task, dataset, forget, jobs, cache)
+
+
+def build_jobs(config: RunConfig, registry: dict, tuned_for: Callable[[str], dict | None] = lambda m: None) -> list[Job]:
+    """Check the methods (in `registry`), N, overrides and budgets; one Job per method and budget, with the
+    noise-floor method always included. `tuned_for(method)` gives saved hyperparameters to start from."""
     if not config.methods:
         raise UnlearnkitError("no methods given")
     for m in config.methods:
-        get_method(m)
+        get_method(m, registry)
     if len(set(config.methods)) != len(config.methods):
         raise UnlearnkitError(f"methods listed twice: {config.methods}")
     if config.models < MIN_MODELS:
@@ -115,26 +134,16 @@ def prepare(config: RunConfig) -> Prepared:
         overrides.setdefault(method, {})[name] = value
     if any(b <= 0 for b in config.budgets):
         raise UnlearnkitError(f"budgets must be positive numbers of epochs, got {config.budgets}")
-    cache_dir = default_cache_dir() if config.cache_dir is None else config.cache_dir
     jobs = []
     for m in dict.fromkeys(config.methods + (NOISE_FLOOR_METHOD,)):
-        tuned = load_tuned(cache_dir, config.task, config.forget, m) if config.tuned else None
-        hp = make_hparams(m, {**(tuned or {}), **overrides.get(m, {})})
+        tuned = tuned_for(m)
+        hp = make_hparams(m, {**(tuned or {}), **overrides.get(m, {})}, registry)
         if config.budgets and hasattr(hp, "epochs") and m != NOISE_FLOOR_METHOD:
-            jobs += [Job(f"{m}@{b:g}", m, make_hparams(m, {**asdict(hp), "epochs": b}), b, tuned is not None)
+            jobs += [Job(f"{m}@{b:g}", m, make_hparams(m, {**asdict(hp), "epochs": b}, registry), b, tuned is not None)
                      for b in config.budgets]
         else:
             jobs.append(Job(m, m, hp, None, tuned is not None))
-    dataset = load_dataset(task.dataset, config.data_dir, config.train_size or task.train_size, config.seed)
-    if config.val_size is not None:
-        if not 1 <= config.val_size <= len(dataset.y_val):
-            raise UnlearnkitError(f"--val-size must be in [1, {len(dataset.y_val)}]")
-        dataset = type(dataset)(dataset.name, dataset.x_train, dataset.y_train, dataset.train_ids,
-                                dataset.x_val[:config.val_size], dataset.y_val[:config.val_size],
-                                dataset.val_ids[:config.val_size], dataset.num_classes)
-    cache = ZooCache(cache_dir) if cache_dir else None
-    forget = build_forget_set(config.forget, dataset, config.seed, ForgetResources(config, task, dataset, cache))
-    return Prepared(config, task, dataset, forget, jobs, cache)
+    return jobs
 
 
 class ForgetResources:
@@ -226,16 +235,7 @@ def run(config: RunConfig, out: str | os.PathLike | None = None) -> dict:
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
     bench = Bench(p)
-    rows, per_example = [], {}
-    for job in p.jobs:
-        row, values = bench.run_job(job)
-        rows.append(row)
-        if values is not None:
-            per_example[job.label] = values
-    noise_floor = next(r for r in rows if r["method"] == NOISE_FLOOR_METHOD)
-    for r in rows:
-        r["cost_vs_retrain"] = {k: (r[k] / noise_floor[k] if r.get(k) is not None and noise_floor.get(k) else None)
-                                for k in ("seconds", "flops")}
+    rows, per_example, noise_floor = run_jobs(bench, p.jobs)
     ds = p.dataset
     results = {
         "config": {**config.to_dict(), "train_size": len(ds.y_train), "val_size": len(ds.y_val),
@@ -249,6 +249,22 @@ def run(config: RunConfig, out: str | os.PathLike | None = None) -> dict:
         from .report import write_results
         write_results(out, results, per_example, bench.splits, p.forget.ids)
     return results
+
+
+def run_jobs(bench, jobs: list[Job]) -> tuple[list[dict], dict[str, np.ndarray], dict]:
+    """Every job's row, with its cost relative to the retrain arm's; the per-example KLoM of each job that
+    finished; and the retrain (noise-floor) row. `bench` is a classifier `Bench` or an LM `LMBench`."""
+    rows, per_example = [], {}
+    for job in jobs:
+        row, values = bench.run_job(job)
+        rows.append(row)
+        if values is not None:
+            per_example[job.label] = values
+    floor = next(r for r in rows if r["method"] == NOISE_FLOOR_METHOD)
+    for r in rows:
+        r["cost_vs_retrain"] = {k: (r[k] / floor[k] if r.get(k) is not None and floor.get(k) else None)
+                                for k in ("seconds", "flops")}
+    return rows, per_example, floor
 
 
 class _Evaluator:

@@ -21,8 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .. import __version__
 from ..errors import Diverged, UnlearnkitError
-from ..experiment import MIN_MODELS, Job, RunConfig, default_cache_dir
-from ..methods.base import make_hparams
+from ..experiment import Job, RunConfig, build_jobs, default_cache_dir, run_jobs
 from ..methods.lm import LM_REGISTRY, LMContext
 from ..metrics import bootstrap_p95, klom, summarize
 from ..metrics import llm as M
@@ -36,38 +35,18 @@ from .train import train_lm_models
 log = logging.getLogger(__name__)
 
 DEFAULT_LM_METHODS = ("none", "retrain", "ga", "graddiff", "npo", "simnpo", "llmu", "rmu", "flat", "idk")
-NOISE_FLOOR_METHOD = "retrain"
 KLOM_SPLITS = ("forget", "retain", "val")
 
 
 def lm_jobs(config: RunConfig) -> list[Job]:
-    """Validate the run's LM methods and overrides; one Job per method (and per budget)."""
-    if not config.methods:
-        raise UnlearnkitError("no methods given")
-    if len(set(config.methods)) != len(config.methods):
-        raise UnlearnkitError(f"methods listed twice: {config.methods}")
+    """Validate the run's LM methods and options; one Job per method (and per budget)."""
     unknown = [m for m in config.methods if m not in LM_REGISTRY]
     if unknown:
         raise UnlearnkitError(f"unknown language-model method(s) {', '.join(unknown)}; known: {', '.join(LM_REGISTRY)}")
-    if config.models < MIN_MODELS:
-        raise UnlearnkitError(f"--models must be at least {MIN_MODELS}, got {config.models}")
     if config.tuned or config.datamodels or config.train_size or config.val_size or config.data_dir:
         raise UnlearnkitError("--tuned, --datamodels, --train-size, --val-size and --data-dir apply to classifier "
                               "tasks only (language-model tasks generate their data)")
-    overrides: dict[str, dict[str, str]] = {}
-    for method, name, value in config.hparams:
-        if method not in config.methods and method != NOISE_FLOOR_METHOD:
-            raise UnlearnkitError(f"hyperparameter {method}.{name} given for a method that is not run")
-        overrides.setdefault(method, {})[name] = value
-    jobs = []
-    for m in dict.fromkeys(config.methods + (NOISE_FLOOR_METHOD,)):
-        hp = make_hparams(m, overrides.get(m, {}), LM_REGISTRY)
-        if config.budgets and hasattr(hp, "epochs") and m != NOISE_FLOOR_METHOD:
-            jobs += [Job(f"{m}@{b:g}", m, make_hparams(m, {**asdict(hp), "epochs": b}, LM_REGISTRY), b)
-                     for b in config.budgets]
-        else:
-            jobs.append(Job(m, m, hp))
-    return jobs
+    return build_jobs(config, LM_REGISTRY)
 
 
 class LMBench:
@@ -195,16 +174,7 @@ def run_lm(config: RunConfig, out: str | os.PathLike | None = None) -> dict:
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
     bench = LMBench(config, data, ZooCache(cache_dir) if cache_dir else None)
-    rows, per_example = [], {}
-    for job in jobs:
-        row, values = bench.run_job(job)
-        rows.append(row)
-        if values is not None:
-            per_example[job.label] = values
-    floor = next(r for r in rows if r["method"] == NOISE_FLOOR_METHOD)
-    for r in rows:
-        r["cost_vs_retrain"] = {k: (r[k] / floor[k] if r.get(k) is not None and floor.get(k) else None)
-                                for k in ("seconds", "flops")}
+    rows, per_example, floor = run_jobs(bench, jobs)
     oracle_row, _ = lm_row(bench.oracle_scores, bench.oracle_scores, RunConfig(bootstrap=0))
     ids = np.array([data.items[p].id for p in bench.forget])
     results = {

@@ -75,16 +75,7 @@ def _to_numpy(a) -> np.ndarray:
 
 def _tokens(token_logprobs, name: str = "token_logprobs") -> np.ndarray:
     """One answer's token log-probabilities as a non-empty, finite 1-D float64 array of values ≤ 0."""
-    try:
-        lp = _to_numpy(token_logprobs)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{name} must be a 1-D sequence of numbers: {e}") from None
-    if lp.ndim != 1:
-        raise ValueError(f"{name} must be 1-D (one log-probability per token), got shape {lp.shape}")
-    if lp.size == 0:
-        raise ValueError(f"{name} is empty: an answer needs at least one scored token")
-    if not np.isfinite(lp).all():
-        raise ValueError(f"{name} contains NaN or inf")
+    lp = _sample(token_logprobs, name, " (one log-probability per token)", ": an answer needs at least one scored token")
     if (lp > 1e-6).any():
         raise ValueError(f"{name} must be log-probabilities (≤ 0), got max {lp.max():.4g} "
                          "(negative log-likelihoods passed by mistake?)")
@@ -133,12 +124,16 @@ def _items(x, name: str) -> Sequence:
     return x
 
 
-def _sample(x, name: str) -> np.ndarray:
-    a = _to_numpy(x)
+def _sample(x, name: str, shape_hint: str = "", empty_hint: str = "") -> np.ndarray:
+    """`x` as a non-empty, finite 1-D float64 array (the hints finish the error messages)."""
+    try:
+        a = _to_numpy(x)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name} must be a 1-D sequence of numbers: {e}") from None
     if a.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {a.shape}")
+        raise ValueError(f"{name} must be 1-D{shape_hint}, got shape {a.shape}")
     if a.size == 0:
-        raise ValueError(f"{name} is empty")
+        raise ValueError(f"{name} is empty{empty_hint}")
     if not np.isfinite(a).all():
         raise ValueError(f"{name} contains NaN or inf")
     return a
