@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from . import __version__
 from .data import load_dataset
@@ -206,10 +205,7 @@ class Bench:
         start = time.perf_counter()
         values = None
         try:
-            with FlopCounterMode(display=False) as counter:
-                result = get_method(job.method).fn(ctx, job.hparams)
-            cost = {"seconds": time.perf_counter() - start + ctx.cached_seconds - ctx.uncharged_seconds,
-                    "flops": counter.get_total_flops() + ctx.cached_flops - ctx.uncharged_flops}
+            result, cost = ctx.charged(get_method(job.method).fn, job.hparams)
             if isinstance(result, Ensemble):
                 reference = (margins(result.oracle_logits(self.x_all), self.y_all).numpy()
                              if result.oracle_logits else None)

@@ -27,7 +27,7 @@ from ..methods.lm import LM_REGISTRY, LMContext
 from .evaluate import score_items
 from .generate import load_into
 from .model import LMForward
-from .tokenizer import encode_qa
+from .tokenizer import encode_pairs
 
 NOT_FOR_CHECKPOINTS = ("retrain",)  # needs the training recipe and data of the model, which a checkpoint lacks
 
@@ -97,13 +97,13 @@ def unlearn_checkpoint(model_dir, forget_file, retain_file, method: str, out, ov
     pad = hf_tok.pad_token_id if hf_tok.pad_token_id is not None else eos
     max_len = min(max_len, getattr(model.config, "max_position_embeddings", None) or max_len)
     items: tuple[QA, ...] = forget + retain
-    ctx_rows = [encode_qa(tok, qa.question, qa.answer, max_len, (pad, eos)) for qa in items]
-    cut = [f"{'forget' if i < len(forget) else 'retain'} item {qa.id}" for i, (qa, (_, y)) in
-           enumerate(zip(items, ctx_rows)) if int(y[-1]) != -100 and int(y[-1]) != eos or not (y != -100).any()]
+    tokens = encode_pairs(tok, items, [qa.answer for qa in items], max_len, (pad, eos))
+    last = tokens[1][:, -1]
+    cut = [f"{'forget' if i < len(forget) else 'retain'} item {qa.id}" for i, qa in enumerate(items)
+           if (last[i] != -100 and last[i] != eos) or not (tokens[1][i] != -100).any()]
     if cut:  # an answer cut short (EOS lost) or gone would be trained and scored as something else
         raise UnlearnkitError(f"{len(cut)} question+answer pair(s) exceed --max-len {max_len} tokens: "
                               f"{', '.join(cut[:10])}{' ...' if len(cut) > 10 else ''}; raise --max-len or shorten them")
-    tokens = torch.stack([r[0] for r in ctx_rows]), torch.stack([r[1] for r in ctx_rows])
     # a pad id in the config makes GPT-2 inspect input_ids for padding (data-dependent, impossible under
     # vmap); sequences here are right-padded and causal, so it is dropped while unlearning and restored
     config_pad, model.config.pad_token_id = model.config.pad_token_id, None

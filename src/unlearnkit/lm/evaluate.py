@@ -28,8 +28,8 @@ from ..engine import Params
 from ..errors import Diverged
 from ..metrics import llm as M
 from .generate import greedy_answers
-from .model import shifted_token_logprobs
-from .tokenizer import encode_qa, special_ids
+from .model import token_stats
+from .tokenizer import encode_pairs, special_ids
 
 MIA_ATTACKS = ("loss", "zlib", "mink", "minkpp")
 
@@ -44,45 +44,6 @@ class ItemScores:
     prob_options: np.ndarray | None = None
     rouge: np.ndarray | None = None
     mia: dict[str, np.ndarray] | None = None
-
-
-@dataclass
-class TokenStats:
-    """Per-model, per-item, per-position answer statistics (N, n, L-1); `mask` (n, L-1) marks answer tokens."""
-
-    lp: torch.Tensor                  # log p(label_t | prefix)
-    hit: torch.Tensor                 # the label is the model's top-1 prediction
-    mask: torch.Tensor
-    mu: torch.Tensor | None = None    # E_z log p(z | prefix) under the model (Min-K%++, Zhang et al. 2024, eq. 3)
-    sigma: torch.Tensor | None = None
-
-
-@torch.no_grad()
-def token_stats(forward: Callable, params: Params, input_ids: torch.Tensor, labels: torch.Tensor,
-                moments: bool = False, chunk: int = 32) -> TokenStats:
-    """Answer-token statistics of N models on shared items (with `moments`, also μ and σ of the
-    model's own next-token log-probabilities, for Min-K%++)."""
-    call = torch.vmap(forward, in_dims=(0, None))
-    parts: dict[str, list] = {"lp": [], "hit": [], "mu": [], "sigma": []}
-    for s in range(0, len(input_ids), chunk):
-        logits = call(params, input_ids[s:s + chunk])
-        lp, _ = shifted_token_logprobs(logits, labels[s:s + chunk])
-        parts["lp"].append(lp)
-        parts["hit"].append(logits[..., :-1, :].argmax(-1) == labels[s:s + chunk, 1:])
-        if moments:
-            logp = torch.log_softmax(logits[..., :-1, :].float(), dim=-1)
-            p = logp.exp()
-            mu = (p * logp).sum(-1)
-            parts["mu"].append(mu)
-            parts["sigma"].append(((p * logp * logp).sum(-1) - mu ** 2).clamp(min=0).sqrt())
-    mask = labels[:, 1:] != -100
-    cat = {k: torch.cat(v, 1) if v else None for k, v in parts.items()}
-    return TokenStats(cat["lp"], cat["hit"] & mask, mask, cat["mu"], cat["sigma"])
-
-
-def _encode(tok: Tokenizer, items: Sequence[QA], answers: Sequence[str], max_len: int, specials=None):
-    pairs = [encode_qa(tok, qa.question, a, max_len, specials) for qa, a in zip(items, answers)]
-    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
 
 def _per_item(lp: torch.Tensor, mask: torch.Tensor) -> list[list[np.ndarray]]:
@@ -100,7 +61,7 @@ def score_items(forward: Callable, params: Params, module: nn.Module, tok: Token
     """Score N = leading-dim models on `items` (see the module docstring for what each field is);
     `specials` = (pad id, eos id) when `tok` is not one of ours."""
     items = list(items)
-    enc = lambda answers: _encode(tok, items, answers, max_len, specials)  # noqa: E731
+    enc = lambda answers: encode_pairs(tok, items, answers, max_len, specials)  # noqa: E731
     ids, labels = enc([qa.answer for qa in items])
     st = token_stats(forward, params, ids, labels, moments=mia)
     answers = _per_item(st.lp, st.mask)

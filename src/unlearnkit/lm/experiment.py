@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from .. import __version__
 from ..errors import Diverged, UnlearnkitError
@@ -58,9 +57,7 @@ class LMBench:
         self.data = data or load_tofu(self.task)
         d, n, seed = self.data, config.models, config.seed
         self.forget = d.forget_positions(config.forget, seed)
-        keep = np.ones(len(d.items), dtype=bool)
-        keep[self.forget] = False
-        self.retain = np.flatnonzero(keep)
+        self.retain = d.bench.retain_positions(config.forget, seed)
         self.cache = cache
         self.forward = LMForward(d.config)
         self.generator = build_lm(d.config)
@@ -95,10 +92,7 @@ class LMBench:
         start = time.perf_counter()
         values = None
         try:
-            with FlopCounterMode(display=False) as counter:
-                params = LM_REGISTRY[job.method].fn(ctx, job.hparams)
-            cost = {"seconds": time.perf_counter() - start + ctx.cached_seconds - ctx.uncharged_seconds,
-                    "flops": counter.get_total_flops() + ctx.cached_flops - ctx.uncharged_flops}
+            params, cost = ctx.charged(LM_REGISTRY[job.method].fn, job.hparams)
             if not all(torch.isfinite(v).all() for v in params.values()):
                 raise Diverged(-1, [])
             row, values = lm_row(self.score(params), self.oracle_scores, self.config)
@@ -138,10 +132,8 @@ def lm_row(s: dict[str, ItemScores], o: dict[str, ItemScores], config: RunConfig
     ref, _ = _concat(o)
     kw = {"reference_binning": config.reference_binning}
     values = klom(u, ref, **kw)
-    n = len(u)
-    fq = [M.forget_quality(s["forget"].truth_ratio[i], o["forget"].truth_ratio[i % len(o["forget"].truth_ratio)])
-          for i in range(n)]
-    comps = [utility_components(s, i) for i in range(n)]
+    fq = [M.forget_quality(tu, to) for tu, to in zip(s["forget"].truth_ratio, o["forget"].truth_ratio, strict=True)]
+    comps = [utility_components(s, i) for i in range(len(u))]
     aucs, oracle_aucs = mia_aucs(s), mia_aucs(o)
     row = {**summarize(values, splits),
            "forget_quality": float(np.median(fq)), "forget_quality_per_model": fq,

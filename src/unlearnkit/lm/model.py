@@ -24,6 +24,8 @@ never depend on later (padding) tokens.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cached_property
 
 import torch
@@ -148,21 +150,47 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return -lp.sum() / mask.sum().clamp(min=1)
 
 
+@dataclass
+class TokenStats:
+    """Per-model, per-item, per-position answer statistics (N, n, L-1); `mask` (n, L-1) marks answer tokens."""
+
+    lp: torch.Tensor                  # log p(label_t | prefix)
+    hit: torch.Tensor                 # the label is the model's top-1 prediction
+    mask: torch.Tensor
+    mu: torch.Tensor | None = None    # E_z log p(z | prefix) under the model (Min-K%++, Zhang et al. 2024, eq. 3)
+    sigma: torch.Tensor | None = None
+
+
 @torch.no_grad()
+def token_stats(forward: Callable, params: Params, input_ids: torch.Tensor, labels: torch.Tensor,
+                moments: bool = False, chunk: int = 32) -> TokenStats:
+    """Answer-token statistics of N models on shared items (with `moments`, also μ and σ of the
+    model's own next-token log-probabilities, for Min-K%++)."""
+    call = torch.vmap(forward, in_dims=(0, None))
+    parts: dict[str, list] = {"lp": [], "hit": [], "mu": [], "sigma": []}
+    for s in range(0, len(input_ids), chunk):
+        logits = call(params, input_ids[s:s + chunk])
+        lp, _ = shifted_token_logprobs(logits, labels[s:s + chunk])
+        parts["lp"].append(lp)
+        parts["hit"].append(logits[..., :-1, :].argmax(-1) == labels[s:s + chunk, 1:])
+        if moments:
+            logp = torch.log_softmax(logits[..., :-1, :].float(), dim=-1)
+            p = logp.exp()
+            mu = (p * logp).sum(-1)
+            parts["mu"].append(mu)
+            parts["sigma"].append(((p * logp * logp).sum(-1) - mu ** 2).clamp(min=0).sqrt())
+    mask = labels[:, 1:] != IGNORE
+    cat = {k: torch.cat(v, 1) if v else None for k, v in parts.items()}
+    return TokenStats(cat["lp"], cat["hit"] & mask, mask, cat["mu"], cat["sigma"])
+
+
 def token_logprobs(forward: LMForward, params: Params, input_ids: torch.Tensor, labels: torch.Tensor,
                    chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token answer log-probs of N models on shared items, vectorised over the models.
-
-    Returns (logprobs (N, n, L-1), mask (n, L-1)): logprobs[i, j, t] = log p_i(token t+1 | tokens ≤ t)
-    of item j where mask[j, t] (the answer tokens and EOS), 0 elsewhere. `as_sequences` turns them
-    into the [models][items] 1-D sequences that `unlearnkit.metrics.llm` takes.
-    """
-    call = torch.vmap(forward, in_dims=(0, None))
-    out = []
-    for s in range(0, len(input_ids), chunk):
-        lp, _ = shifted_token_logprobs(call(params, input_ids[s:s + chunk]), labels[s:s + chunk])
-        out.append(lp)
-    return torch.cat(out, dim=1), labels[:, 1:] != IGNORE
+    """(logprobs (N, n, L-1), mask (n, L-1)) of `token_stats`: logprobs[i, j, t] = log p_i(token t+1 |
+    tokens ≤ t) of item j where mask[j, t] (the answer tokens and EOS), 0 elsewhere. `as_sequences`
+    turns them into the [models][items] 1-D sequences that `unlearnkit.metrics.llm` takes."""
+    st = token_stats(forward, params, input_ids, labels, chunk=chunk)
+    return st.lp, st.mask
 
 
 def as_sequences(logprobs: torch.Tensor, mask: torch.Tensor) -> list[list]:

@@ -100,17 +100,19 @@ def encode_qa(tok: Tokenizer, question: str, answer: str, max_len: int = 64,
     return torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long)
 
 
+def encode_pairs(tok: Tokenizer, items: Sequence[QA], answers: Sequence[str], max_len: int = 64,
+                 specials: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stacked (n, max_len) input_ids and labels of each item's question with the matching answer text."""
+    pairs = [encode_qa(tok, qa.question, a, max_len, specials) for qa, a in zip(items, answers, strict=True)]
+    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+
 def encode_items(tok: Tokenizer, items: Sequence[QA], max_len: int = 64, field: str = "answer",
                  which: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Stacked (n, max_len) input_ids and labels of items' question with their `field`
     ("answer", "paraphrase", or "perturbed" with index `which`)."""
-    pairs = []
-    for qa in items:
-        target = getattr(qa, field)
-        if field == "perturbed":
-            target = target[which]
-        pairs.append(encode_qa(tok, qa.question, target, max_len))
-    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+    targets = [getattr(qa, field)[which] if field == "perturbed" else getattr(qa, field) for qa in items]
+    return encode_pairs(tok, items, targets, max_len)
 
 
 def decode_answer(tok: Tokenizer, input_ids: torch.Tensor, labels: torch.Tensor) -> str:

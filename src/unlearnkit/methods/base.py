@@ -116,6 +116,15 @@ class Context:
     def train_arm(self, positions: torch.Tensor, seeds: list[int], label: str) -> Arm:
         return train_models(self.task, self.dataset, positions, seeds, self.cache, label)
 
+    def charged(self, fn: "MethodFn", hp: HParams) -> tuple[object, dict]:
+        """Run method `fn` on this context; return its result and its cost: wall seconds and counted
+        FLOPs, plus zoo training that a cache hit saved, minus the work it marked `uncharged`."""
+        start = time.perf_counter()
+        with FlopCounterMode(display=False) as counter:
+            result = fn(self, hp)
+        return result, {"seconds": time.perf_counter() - start + self.cached_seconds - self.uncharged_seconds,
+                        "flops": counter.get_total_flops() + self.cached_flops - self.uncharged_flops}
+
     def uncharged(self, work: Callable[[], object]):
         """Run `work` that is not part of unlearning — building what the deployed system already has
         (SISA's shard models) or a method's own reference oracles — without charging its cost."""

@@ -20,7 +20,7 @@ import torch
 from ...data.tofu_synth import QA, refusal
 from ...engine import Params
 from ...lm.model import causal_lm_loss, shifted_token_logprobs
-from ...lm.tokenizer import encode_qa
+from ...lm.tokenizer import encode_pairs
 from ...lm.train import train_lm_models
 from ...tasks import Recipe
 from ...zoo import Arm
@@ -85,9 +85,7 @@ class LMContext(Context):
         return train_lm_models(self.lm_config, self.tokens, positions, seeds, self.recipe, self.cache, label)
 
     def _rows(self, answers: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        pairs = [encode_qa(self.tok, qa.question, a, self.max_len, (self.pad_id, self.eos_id))
-                 for qa, a in zip(self.items, answers)]
-        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+        return encode_pairs(self.tok, self.items, answers, self.max_len, (self.pad_id, self.eos_id))
 
     @cached_property
     def refusals(self) -> tuple[torch.Tensor, torch.Tensor]:
