@@ -23,7 +23,7 @@ def test_list_shows_tasks_methods_and_forget_kinds():
 @pytest.mark.parametrize("args, message", [
     (["--task", "nope"], "unknown task 'nope'"),
     (["--methods", "none,unknown"], "unknown method 'unknown'"),
-    (["--models", "1"], "--models must be at least 2"),
+    (["--models", "1"], "--models must be in [2,"),
     (["--forget", "class:x"], "not a class index"),
     (["--set", "ga.lr"], "METHOD.NAME=VALUE"),
 ])

@@ -1,13 +1,17 @@
 """Tests for forget-set specs (unlearnkit.forget.build_forget_set)."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from unlearnkit.data import Dataset, load_dataset
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.forget import ForgetSet, build_forget_set
+from unlearnkit.engine import derived_seed
+from unlearnkit.forget import KINDS, ForgetSet, build_forget_set
+from unlearnkit.forget.specs import FORGET_TAG
 
 N_TRAIN = 200
 ID_OFFSET = 1000
@@ -86,9 +90,9 @@ def test_ids_inline(ds):
     fs = build_forget_set("ids:1007,1003", ds, seed=0)
     np.testing.assert_array_equal(fs.positions, [3, 7])
     np.testing.assert_array_equal(fs.ids, [1003, 1007])
-    # Duplicates collapse; white space is accepted as well as commas.
-    fs2 = build_forget_set("ids:1003, 1007 1003", ds, seed=5)
-    np.testing.assert_array_equal(fs2.positions, [3, 7])
+    # White space is accepted as well as commas.
+    fs2 = build_forget_set("ids:1003, 1007  1010", ds, seed=5)
+    np.testing.assert_array_equal(fs2.positions, [3, 7, 10])
 
 
 def test_ids_from_file(ds, tmp_path):
@@ -159,15 +163,15 @@ def test_digits_forget_set():
     ("foo:3", "malformed"),
     ("", "malformed"),
     ("random:abc", "neither a count nor a fraction"),
-    ("random:1.5", "whole count or a fraction"),
-    ("random:-3", "whole count or a fraction"),
+    ("random:1.5", "fractions lie in (0, 1]"),
+    ("random:-3", "is negative"),
     ("random:1:2", "one argument"),
     ("random:0", "selects no examples"),
     ("random:100000", "the training set has 200"),
     ("random:200", "nothing would be left to retain"),
     ("class:3:25", "only 24"),
     ("class:x", "not a class index"),
-    ("class:42", "no training examples"),
+    ("class:42", "out of range"),
     ("class:9", "no training examples"),
     ("ids:5", "not in the training set"),
     ("ids:1003,5,7", "not in the training set"),
@@ -199,3 +203,158 @@ def test_ids_file_missing(ds, tmp_path):
 def test_non_finite_counts_raise_unlearnkit_error(ds, spec):
     with pytest.raises(UnlearnkitError):
         build_forget_set(spec, ds, seed=0)
+
+
+def _error(spec: str, ds: Dataset) -> str:
+    with pytest.raises(UnlearnkitError) as info:
+        build_forget_set(spec, ds, seed=0)
+    message = str(info.value)
+    assert "\n" not in message  # one line, no traceback
+    return message
+
+
+# ---------------------------------------------------------------------------------------------------
+# 1. amounts: a count has no decimal point, a fraction has one and lies in (0, 1]
+# ---------------------------------------------------------------------------------------------------
+
+def test_class_fraction_one_is_the_whole_class(ds):
+    whole = build_forget_set("class:3", ds, seed=0)
+    for spec in ("class:3:1.0", "class:3:1.", "class:3:1.00"):
+        np.testing.assert_array_equal(build_forget_set(spec, ds, seed=0).positions, whole.positions)
+    assert len(build_forget_set("class:3:1", ds, seed=0)) == 1  # no decimal point: a count
+    assert len(build_forget_set("class:3:5", ds, seed=0)) == 5
+    assert len(build_forget_set("class:3:.25", ds, seed=0)) == 6
+
+
+def test_random_fraction_draws_as_before(digits):
+    """random:F is round(F·n) examples of the seeded permutation, as before, so saved seeds still hold."""
+    n = len(digits.y_train)
+    for seed in (0, 7):
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(derived_seed(seed, FORGET_TAG)))
+        expected = np.sort(perm[:int(round(0.01 * n))].numpy())
+        np.testing.assert_array_equal(build_forget_set("random:0.01", digits, seed=seed).positions, expected)
+        np.testing.assert_array_equal(build_forget_set(f"random:{len(expected)}", digits, seed=seed).positions,
+                                      expected)
+
+
+@pytest.mark.parametrize("spec, needle", [
+    ("random:100.0", "write the count without a decimal point (100)"),
+    ("class:3:5.0", "write the count without a decimal point (5)"),
+    ("random:1.5", "a fraction in (0, 1]"),
+    ("random:0", "selects no examples"),
+    ("random:0.0", "selects no examples"),
+    ("class:3:0", "selects no examples"),
+    ("random:-3", "is negative"),
+    ("class:3:-0.5", "is negative"),
+    ("random:inf", "neither a count nor a fraction"),
+    ("random:nan", "neither a count nor a fraction"),
+    ("random:1e2", "neither a count nor a fraction"),
+    ("class:3:1e-1", "neither a count nor a fraction"),
+    ("random:.", "neither a count nor a fraction"),
+    ("random:", "neither a count nor a fraction"),
+])
+def test_amount_grammar_errors(ds, spec, needle):
+    message = _error(spec, ds)
+    assert needle in message
+    assert "count" in message  # and says what to write instead
+
+
+def test_fraction_rounding_to_nothing_is_refused(ds):
+    message = _error("random:0.001", ds)  # 0.001·200 = 0.2
+    assert "rounds to 0 examples" in message and "at least 0.005" in message
+    assert "rounds to 0" in _error("class:3:0.01", ds)  # 0.01·24
+
+
+def test_random_fraction_one_leaves_nothing_to_retain(ds):
+    assert "nothing would be left to retain" in _error("random:1.0", ds)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 2. id lists: each id once, and at least one
+# ---------------------------------------------------------------------------------------------------
+
+def test_ids_duplicates_refused(ds):
+    message = _error("ids:1005,1005,1005,1007", ds)
+    assert "1 id(s) listed more than once, e.g. [1005]" in message
+    many = "ids:" + ",".join(str(1000 + i) for i in range(8) for _ in range(2))
+    assert "8 id(s) listed more than once, e.g. [1000, 1001, 1002, 1003, 1004];" in _error(many, ds)
+
+
+@pytest.mark.parametrize("spec", ["ids:", "ids: , ,"])
+def test_ids_empty_refused(ds, spec):
+    assert "no ids" in _error(spec, ds)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 3. ids:@FILE: text, a JSON list, or a run's forget_set.json
+# ---------------------------------------------------------------------------------------------------
+
+def test_ids_forget_set_json_round_trips(ds, tmp_path):
+    fs = build_forget_set("random:17", ds, seed=3)
+    path = tmp_path / "forget_set.json"
+    path.write_text(json.dumps(fs.to_dict(), indent=1))  # as report.write_results writes it
+    np.testing.assert_array_equal(build_forget_set(f"ids:@{path}", ds, seed=99).positions, fs.positions)
+    with open(path, "w") as f:
+        json.dump({"spec": "class:3", "ids": [1003, 1013]}, f)
+    np.testing.assert_array_equal(build_forget_set(f"ids:@{path}", ds).positions, [3, 13])
+    path.write_text("[1199, 1000]")
+    np.testing.assert_array_equal(build_forget_set(f"ids:@{path}", ds).positions, [0, 199])
+
+
+@pytest.mark.parametrize("content, needle", [
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "not a text file"),
+    (b"1000, \xff\xfe 1001", "not a text file"),
+    (b"", "is empty"),
+    (b"  \n\n ", "is empty"),
+    (b"1000 1001.5", "expected integers"),
+    (b"{\"ids\": [1000,", "not valid JSON"),
+    (b"{\"spec\": \"random:3\"}", "no \"ids\" list"),
+    (b"[1000, 1.5]", "ids must be whole numbers"),
+    (b"{\"spec\": \"random:3\", \"size\": 3, \"ids\": [1000, 1001]}", "says size 3 but lists 2 ids"),
+    (b"[1000, 1000]", "listed more than once"),
+    (b"[]", "no ids"),
+])
+def test_ids_file_errors(ds, tmp_path, content, needle):
+    path = tmp_path / "ids.txt"
+    path.write_bytes(content)
+    message = _error(f"ids:@{path}", ds)
+    assert needle in message and str(path) in message
+
+
+def test_ids_file_not_a_file_or_unreadable(ds, tmp_path, monkeypatch):
+    assert "needs a file" in _error("ids:@", ds)
+    assert "is a directory" in _error(f"ids:@{tmp_path}", ds)
+    path = tmp_path / "ids.txt"
+    path.write_text("1000")
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self))
+    monkeypatch.setattr(type(path), "read_bytes", denied)
+    assert "cannot read" in _error(f"ids:@{path}", ds) and "Permission denied" in _error(f"ids:@{path}", ds)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 4. class indices, and the counts of near: and pc:
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("spec, needle", [
+    ("class:x", "not a class index; write class:C with C a whole number in 0..9"),
+    ("class:3.0", "not a class index"),
+    ("class:-1", "not a class index"),
+    ("class:10", "out of range, synthetic has classes 0..9"),
+    ("class:9", "no training examples"),
+    ("pc:1:top:100.0", "COUNT must be a whole number without a decimal point"),
+    ("pc:1:top:0.5", "COUNT must be a whole number without a decimal point"),
+    ("pc:1.0:top:5", "K must be a whole number"),
+    ("near:1003:5.0", "COUNT must be a whole number without a decimal point"),
+    ("near:1003:1e1", "COUNT must be a whole number without a decimal point"),
+])
+def test_class_and_count_errors(ds, spec, needle):
+    assert needle in _error(spec, ds)
+
+
+def test_kinds_help_states_the_amount_rule():
+    assert "decimal point" in KINDS["random"][1] and "(0, 1]" in KINDS["random"][1]
+    assert "class:3:1.0" in KINDS["class"][1]
+    assert "forget_set.json" in KINDS["ids"][1]
+    assert all("decimal point" in KINDS[k][1] for k in ("pc", "near"))

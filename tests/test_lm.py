@@ -173,3 +173,47 @@ def test_second_call_loads_from_cache(cfg, data, cache, trained):
     other = train_lm_models(cfg, data, POSITIONS[:, :16], [0, 1],
                             Recipe(epochs=1, batch_size=8, optimizer="adam", lr=3e-3, weight_decay=0.0), cache=cache)
     assert not other.cached  # other positions/recipe: another key
+
+
+# --- (f) forget specs: authors:F|K and canaries:K|F, the classifier specs' count/fraction grammar ---
+
+@pytest.fixture(scope="module")
+def tofu():
+    from unlearnkit.lm.task import get_lm_task, load_tofu
+    return load_tofu(get_lm_task("tofu-synth-tiny"))  # 40 authors × 5 QAs, 20 canaries
+
+
+def test_lm_forget_specs_valid_before_select_the_same_items(tofu):
+    """The benchmark's own parser is the old grammar: every spec it took selects the same items."""
+    for spec in ("authors:0.05", "authors:0.1", "authors:0.5", "canaries:1", "canaries:7", "canaries:20"):
+        for seed in (0, 3):
+            np.testing.assert_array_equal(tofu.forget_positions(spec, seed), tofu.bench.forget_positions(spec, seed))
+
+
+def test_lm_forget_counts_and_fractions(tofu):
+    np.testing.assert_array_equal(tofu.forget_positions("authors:4", 1), tofu.forget_positions("authors:0.1", 1))
+    assert len({tofu.items[p].author for p in tofu.forget_positions("authors:1", 0)}) == 1
+    np.testing.assert_array_equal(tofu.forget_positions("canaries:0.5", 2), tofu.forget_positions("canaries:10", 2))
+    assert len(tofu.forget_positions("canaries:1.0", 0)) == 20
+
+
+@pytest.mark.parametrize("spec, needle", [
+    ("authors:1.0", "use at most authors:39"),
+    ("authors:40", "use at most authors:39"),
+    ("authors:2.0", "write the count without a decimal point (2)"),
+    ("authors:0", "selects no authors"),
+    ("authors:0.001", "rounds to 0 authors"),
+    ("authors:-0.1", "is negative"),
+    ("authors:1e-1", "neither a count nor a fraction"),
+    ("authors:nan", "neither a count nor a fraction"),
+    ("canaries:2.5", "fractions lie in (0, 1]"),
+    ("canaries:21", "there are 20"),
+    ("canaries:0.0", "selects no canaries"),
+    ("authors", "malformed language-model forget spec"),
+    ("random:10", "authors:K (K authors)"),
+])
+def test_lm_forget_spec_errors(tofu, spec, needle):
+    from unlearnkit.errors import UnlearnkitError
+    with pytest.raises(UnlearnkitError) as info:
+        tofu.forget_positions(spec, 0)
+    assert needle in str(info.value) and "\n" not in str(info.value)

@@ -46,8 +46,8 @@ def test_interrupted_run_resumes_and_matches_uninterrupted(digits, tmp_path, mon
     real_save = ZooCache.save_checkpoint
     saved = []
 
-    def save_then_die(self, key, ckpt):
-        real_save(self, key, ckpt)
+    def save_then_die(self, key, ckpt, spent=None):
+        real_save(self, key, ckpt, spent)
         saved.append(ckpt.epoch)
         if ckpt.epoch == 7:
             raise Interrupted

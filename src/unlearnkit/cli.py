@@ -51,20 +51,24 @@ def cli(verbose: bool) -> None:
 @click.option("--datamodels", default=None, help="Saved datamodels (`unlearnkit datamodels --out`) for pc: sets.")
 @click.option("--datamodel-models", default=100, show_default=True, type=int,
               help="Subset models to fit datamodels with when pc: needs them and none are given.")
-@click.option("--out", default=None, help="Directory for results.json, klom.npz, forget_set.json.")
-def run(out, **options) -> None:
+@click.option("--max-hours", default=24.0, show_default=True, type=float,
+              help="Refuse a run whose estimated training time is longer (estimated before anything trains).")
+@click.option("--out", default=None, help="Directory for results.json, timings.json, klom.npz, forget_set.json.")
+@click.option("--overwrite", is_flag=True, help="Replace the results of another run in --out.")
+def run(out, overwrite, **options) -> None:
     """Unlearn a forget set with each method and compare it with oracles retrained without it."""
     from .experiment import run as run_experiment
     from .report import format_lm_table, format_table
 
-    results = run_experiment(_run_config(**options), out)
+    results = run_experiment(_run_config(**options), out, overwrite)
     click.echo(format_lm_table(results) if "lm_task" in results["config"] else format_table(results))
     if out:
-        click.echo(f"\nwrote {out}/results.json, {out}/klom.npz, {out}/forget_set.json")
+        click.echo(f"\nwrote {out}/results.json, {out}/timings.json, {out}/klom.npz, {out}/forget_set.json")
 
 
 def _run_config(task, forget, methods, models, seed, train_size, val_size, data_dir, cache_dir, no_cache, sets,
-                reference_binning, bootstrap, budgets="", tuned=False, datamodels=None, datamodel_models=100):
+                reference_binning, bootstrap, budgets="", tuned=False, datamodels=None, datamodel_models=100,
+                max_hours=24.0):
     from .experiment import RunConfig, default_forget, default_methods
 
     if methods is None:
@@ -79,7 +83,7 @@ def _run_config(task, forget, methods, models, seed, train_size, val_size, data_
                      models=models, seed=seed, train_size=train_size, val_size=val_size, data_dir=data_dir,
                      cache_dir="" if no_cache else cache_dir, hparams=_overrides(sets),
                      reference_binning=reference_binning, bootstrap=bootstrap, budgets=budget_list, tuned=tuned,
-                     datamodels=datamodels, datamodel_models=datamodel_models)
+                     datamodels=datamodels, datamodel_models=datamodel_models, max_hours=max_hours)
 
 
 @cli.command()
@@ -94,12 +98,15 @@ def _run_config(task, forget, methods, models, seed, train_size, val_size, data_
 @click.option("--data-dir", default=None)
 @click.option("--cache-dir", default=None)
 @click.option("--set", "sets", multiple=True, help="Fixed hyperparameters METHOD.NAME=VALUE, not searched.")
-def tune(task, forget, method, trials, tune_forget, models, seed, train_size, data_dir, cache_dir, sets) -> None:
+@click.option("--max-hours", default=24.0, show_default=True, type=float,
+              help="Refuse a search whose estimated training time is longer.")
+def tune(task, forget, method, trials, tune_forget, models, seed, train_size, data_dir, cache_dir, sets,
+         max_hours) -> None:
     """Search a method's hyperparameters on a separate tuning forget set; save the best for `run --tuned`."""
     from .tuning import TuneConfig, tune as run_tuning
 
     config = _run_config(task, forget, method, models, seed, train_size, None, data_dir, cache_dir, False, sets,
-                         False, 0)
+                         False, 0, max_hours=max_hours)
     result = run_tuning(config, TuneConfig(method, trials, tune_forget))
     click.echo(f"best of {len(result['trials'])} trials for {method} on {task} "
                f"(tuning set {result['tuning_forget']['spec']} seed {result['tuning_forget']['seed']}): "
@@ -162,10 +169,14 @@ def ood(task, method, authors, steps, models, seed, cache_dir, sets, out) -> Non
     from .experiment import RunConfig
     from .lm.ood import format_id_vs_ood, id_vs_ood
 
+    from .files import check_writable
+
     try:
         step_list = tuple(int(s) for s in steps.split(",") if s.strip())
     except ValueError:
         raise UnlearnkitError(f"--steps expects comma-separated whole numbers, got {steps!r}") from None
+    if out:
+        check_writable(out, f"--out {out}")
     config = RunConfig(task=task, methods=(method,), models=models, seed=seed, cache_dir=cache_dir,
                        hparams=_overrides(sets), bootstrap=0)
     click.echo(format_id_vs_ood(id_vs_ood(config, method, authors, step_list, out)))
@@ -222,8 +233,9 @@ def list_(as_json: bool) -> None:
         "forget": {k: h for k, (_, h) in KINDS.items()},
         "language-model tasks": {n: t.description for n, t in LM_TASKS.items()},
         "language-model methods": methods(LM_REGISTRY),
-        "language-model forget": {"authors:F": "a fraction F of the authors with all their QAs (TOFU forget01/05/10)",
-                                  "canaries:K": "K random-string canaries (out of distribution)"},
+        "language-model forget": {"authors:F": "a fraction F of the authors with all their QAs (TOFU forget01/05/10: "
+                                               "0.01, 0.05, 0.1); authors:K, K authors (a fraction has a decimal point)",
+                                  "canaries:K": "K random-string canaries (out of distribution); canaries:F, a fraction"},
     }
     if as_json:
         click.echo(json.dumps(listing, indent=2))

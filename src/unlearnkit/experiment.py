@@ -6,6 +6,7 @@ any model is trained; results are written only when the run is complete.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .budget import Budget, StepProfile, check_epochs, check_models
 from .data import load_dataset
 from .engine import predict
 from .errors import Diverged, UnlearnkitError
@@ -24,7 +26,8 @@ from .methods import REGISTRY, Context, Ensemble, get_method, make_hparams
 from .metrics import accuracy, bootstrap_p95, klom, margins, summarize
 from .tasks import get_task
 from .tuning import load_tuned
-from .zoo import ORACLE_SEEDS, ORIGINAL_SEEDS, ZooCache, arm_seeds, template, train_models
+from .zoo import (ORACLE_SEEDS, ORIGINAL_SEEDS, RETRAIN_SEEDS, ZooCache, arm_seeds, cross_entropy_loss, template,
+                  train_models, zoo_key)
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,26 @@ class RunConfig:
     tuned: bool = False                  # start from the configs `unlearnkit tune` saved for this task/forget
     datamodels: str | None = None        # saved datamodels (`unlearnkit datamodels --out`) for pc: sets and dmm
     datamodel_models: int = 100          # M subset models when datamodels are fitted on the fly
+    max_hours: float = 24.0              # refuse a run whose estimated training time is longer
+
+    def __post_init__(self):
+        """Every option's range, checked when the config is made: nothing trains on a value that would
+        fail (or run forever) later."""
+        if not 0 <= self.seed < 2 ** 31:
+            raise UnlearnkitError(f"--seed must be in [0, 2^31), got {self.seed}")
+        for name in ("train_size", "val_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UnlearnkitError(f"--{name.replace('_', '-')} must be at least 1 (leave it out for the task's "
+                                      f"default), got {value}")
+        if not 0 <= self.bootstrap <= 10_000:
+            raise UnlearnkitError(f"--bootstrap must be in [0, 10000] replicates (0: no intervals), got {self.bootstrap}")
+        for b in self.budgets:
+            check_epochs(b, "every --budgets value")
+        if self.datamodel_models < 2:
+            raise UnlearnkitError(f"--datamodel-models must be at least 2, got {self.datamodel_models}")
+        if not (self.max_hours > 0 and math.isfinite(self.max_hours)):
+            raise UnlearnkitError(f"--max-hours must be a positive number, got {self.max_hours}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -102,7 +125,8 @@ def prepare(config: RunConfig) -> Prepared:
     cache_dir = default_cache_dir() if config.cache_dir is None else config.cache_dir
     jobs = build_jobs(config, REGISTRY,
                       lambda m: load_tuned(cache_dir, config.task, config.forget, m) if config.tuned else None)
-    dataset = load_dataset(task.dataset, config.data_dir, config.train_size or task.train_size, config.seed)
+    size = task.train_size if config.train_size is None else config.train_size
+    dataset = load_dataset(task.dataset, config.data_dir, size, config.seed)
     if config.val_size is not None:
         if not 1 <= config.val_size <= len(dataset.y_val):
             raise UnlearnkitError(f"--val-size must be in [1, {len(dataset.y_val)}]")
@@ -110,6 +134,8 @@ def prepare(config: RunConfig) -> Prepared:
                                 dataset.x_val[:config.val_size], dataset.y_val[:config.val_size],
                                 dataset.val_ids[:config.val_size], dataset.num_classes)
     cache = ZooCache(cache_dir) if cache_dir else None
+    if cache is not None:
+        cache.check()
     forget = build_forget_set(config.forget, dataset, config.seed, ForgetResources(config, task, dataset, cache))
     return Prepared(config, task, dataset, forget, jobs, cache)
 
@@ -123,16 +149,12 @@ def build_jobs(config: RunConfig, registry: dict, tuned_for: Callable[[str], dic
         get_method(m, registry)
     if len(set(config.methods)) != len(config.methods):
         raise UnlearnkitError(f"methods listed twice: {config.methods}")
-    if config.models < MIN_MODELS:
-        raise UnlearnkitError(f"--models must be at least {MIN_MODELS} (KLoM compares distributions over "
-                              f"models; 100 per arm is the reference), got {config.models}")
+    check_models(config.models, MIN_MODELS)
     overrides: dict[str, dict[str, str]] = {}
     for method, name, value in config.hparams:
         if method not in config.methods and method != NOISE_FLOOR_METHOD:
             raise UnlearnkitError(f"hyperparameter {method}.{name} given for a method that is not run")
         overrides.setdefault(method, {})[name] = value
-    if any(b <= 0 for b in config.budgets):
-        raise UnlearnkitError(f"budgets must be positive numbers of epochs, got {config.budgets}")
     jobs = []
     for m in dict.fromkeys(config.methods + (NOISE_FLOOR_METHOD,)):
         tuned = tuned_for(m)
@@ -220,16 +242,22 @@ class Bench:
                 "hparams": asdict(job.hparams)}, values
 
 
-def run(config: RunConfig, out: str | os.PathLike | None = None) -> dict:
+def run(config: RunConfig, out: str | os.PathLike | None = None, overwrite: bool = False) -> dict:
     """Run the whole evaluation; return the results dict (and write it under `out` if given).
+
+    Everything that can fail is checked before anything is trained: the options, the data, the forget
+    set, that `out` and the cache can be written, that `out` does not hold another run's results (unless
+    `overwrite`), and that the work fits in memory, on disk and in `config.max_hours`.
     Language-model tasks (`unlearnkit.lm.task.LM_TASKS`) run through `unlearnkit.lm.experiment.run_lm`."""
     from .lm.task import LM_TASKS
+    from .report import check_output, write_results
     if config.task in LM_TASKS:
         from .lm.experiment import run_lm
-        return run_lm(config, out)
-    p = prepare(config)
+        return run_lm(config, out, overwrite)
     if out is not None:
-        Path(out).mkdir(parents=True, exist_ok=True)
+        check_output(out, config.to_dict(), overwrite)
+    p = prepare(config)
+    budget(p).check(config.max_hours, p.cache.root if p.cache else None)
     bench = Bench(p)
     rows, per_example, noise_floor = run_jobs(bench, p.jobs)
     ds = p.dataset
@@ -242,9 +270,30 @@ def run(config: RunConfig, out: str | os.PathLike | None = None) -> dict:
         "noise_floor": noise_floor,
     }
     if out is not None:
-        from .report import write_results
         write_results(out, results, per_example, bench.splits, p.forget.ids)
     return results
+
+
+def budget(p: Prepared) -> Budget:
+    """The training a prepared run will do: its three arms (those not cached yet) and every method with
+    an epochs budget (counted over the whole training set: an upper bound for methods on S_F or S_R)."""
+    task, ds, n, seed = p.task, p.dataset, p.config.models, p.config.seed
+    from .models import init_params
+    one = init_params(task.model, ds.input_shape, ds.num_classes, [0], **task.model_kwargs)
+    profile = StepProfile.measure(cross_entropy_loss(template(task, ds)), one, (ds.x_train, ds.y_train),
+                                  task.recipe.batch_size)
+    out = Budget()
+    everything = torch.arange(len(ds.y_train))
+    retain = torch.as_tensor(p.forget.retain_positions(len(ds.y_train)))
+    for positions, base in ((everything, ORIGINAL_SEEDS), (retain, ORACLE_SEEDS), (retain, RETRAIN_SEEDS)):
+        seeds = arm_seeds(base, n, seed)
+        cached = p.cache is not None and (p.cache.dir(zoo_key(task, ds, positions, seeds)) / "manifest.json").exists()
+        out.add(profile, n, len(positions), task.recipe.epochs, task.recipe.batch_size, cached, p.cache is not None)
+    for job in p.jobs:
+        epochs = getattr(job.hparams, "epochs", None)
+        if epochs and job.method != NOISE_FLOOR_METHOD:
+            out.add(profile, n, len(everything), epochs, getattr(job.hparams, "batch_size", task.recipe.batch_size))
+    return out
 
 
 def run_jobs(bench, jobs: list[Job]) -> tuple[list[dict], dict[str, np.ndarray], dict]:

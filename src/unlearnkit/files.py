@@ -1,17 +1,86 @@
-"""Writing files so that a file that exists is whole: write under a temporary name, then rename."""
+"""Writing files so that a file that exists is whole, and failing early and clearly when one cannot be.
+
+Every file the toolkit writes goes through `atomic_write` (a temporary sibling renamed into place, so an
+interrupted write leaves no file) and every place it writes to is checked with `check_writable` before
+any work starts, so a run never spends its compute and then fails at its last write.
+"""
 from __future__ import annotations
 
+import errno
 import os
+import re
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from .errors import UnlearnkitError
+
+_TEMPORARY = re.compile(r"^\..+\.tmp-(\d+)$")
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Call write(tmp) on a temporary sibling of `path`, then rename it into place (atomic on POSIX);
-    an interrupted write leaves no file at `path` and no temporary behind."""
+    an interrupted write leaves no file at `path` and no temporary behind. A full disk becomes one
+    UnlearnkitError line (what was written before stays)."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        if _disk_full(err, tmp):
+            raise UnlearnkitError(f"the disk holding {path.parent} is full: {path.name} was not written (work "
+                                  "finished before it is kept); free some space and run the command again") from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _disk_full(err: BaseException, tmp: Path) -> bool:
+    """ENOSPC, or torch.save's wrapped form of it ("enforce fail at inline_container.cc ... file write
+    failed"), which does not carry the errno: then ask the file system whether it has room left."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    if "inline_container" in str(err) or "write failed" in str(err):
+        try:
+            st = os.statvfs(tmp.parent)
+            return st.f_bavail * st.f_frsize < (1 << 20)
+        except OSError:
+            return False
+    return False
+
+
+def check_writable(directory: Path, what: str) -> None:
+    """Raise UnlearnkitError unless files can be created in `directory` (created later if missing, so
+    its nearest existing ancestor must be a writable directory). Nothing is left behind."""
+    directory = Path(directory)
+    probe = directory
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UnlearnkitError(f"{what}: {probe} is a file, not a directory; choose another path")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as err:
+        raise UnlearnkitError(f"{what}: cannot write in {probe} ({err.strerror}); choose a writable path") from None
+
+
+def remove_stale_temporaries(directory: Path) -> None:
+    """Delete `atomic_write` temporaries whose writer is no longer running (a kill mid-write)."""
+    for f in Path(directory).iterdir():
+        m = _TEMPORARY.match(f.name)
+        if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+            f.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

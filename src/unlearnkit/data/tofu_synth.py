@@ -58,7 +58,8 @@ CANARY_ID_BASE = 2_000_000
 _TAG_AUTHOR, _TAG_WORLD, _TAG_CANARY, _TAG_FORGET = 0x70F0, 0x70F1, 0x70F2, 0x70F3
 
 FORGET_SPEC_HELP = ("authors:F (a fraction F in (0, 1) of the authors with all their QAs, e.g. "
-                    "authors:0.01|0.05|0.1 as TOFU's forget01/05/10) or canaries:K (K canary items)")
+                    "authors:0.01|0.05|0.1 as TOFU's forget01/05/10) or canaries:K (K canary items); through "
+                    "a run, authors:K is a count of authors (a fraction has a decimal point, a count none)")
 
 
 @dataclass(frozen=True)
@@ -631,15 +632,23 @@ def from_jsonl(path) -> tuple[QA, ...]:
 
     Optional fields: "paraphrase" (or TOFU's "paraphrased_answer"), "perturbed" (or "perturbed_answer"),
     "id" (default: the item's position), "author" (default -1) and "kind" (default "author"). Blank
-    lines are skipped. Every malformed line is reported, with its line number, in one UnlearnkitError.
+    lines are skipped. Every malformed line is reported, with its line number, in one UnlearnkitError
+    of one line (the CLI prints it as one "error:" line).
     """
     path = Path(path)
+    if path.is_dir():
+        raise UnlearnkitError(f"question–answer file {path} is a directory; give a JSONL file")
     if not path.is_file():
         raise UnlearnkitError(f"question–answer file {path} does not exist")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+    try:  # JSON Lines split at "\n" only: str.splitlines would also split at U+2028 etc. inside JSON strings
+        data = path.read_bytes()
+        lines = data.decode("utf-8").split("\n")
     except UnicodeDecodeError as e:
-        raise UnlearnkitError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        lineno = data.count(b"\n", 0, e.start) + 1
+        raise UnlearnkitError(f"{path} is not UTF-8 text: line {lineno} has {e.reason} at byte {e.start}; "
+                              "save it as UTF-8 JSON lines") from None
+    except OSError as e:
+        raise UnlearnkitError(f"cannot read question–answer file {path}: {e.strerror}") from None
     items: list[QA] = []
     errors: list[str] = []
     first_line_of_id: dict[int, int] = {}
@@ -661,13 +670,13 @@ def from_jsonl(path) -> tuple[QA, ...]:
         first_line_of_id[qa.id] = lineno
         items.append(qa)
     if errors:
-        shown = "\n  ".join(errors[:20])
-        more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
-        raise UnlearnkitError(f"{path}: {len(errors)} malformed line(s); each line must be a JSON object with "
-                              f"string \"question\" and \"answer\" (optional \"paraphrase\", \"perturbed\"):\n  "
-                              f"{shown}{more}")
+        shown = "; ".join(errors[:20])
+        more = f"; ... and {len(errors) - 20} more" if len(errors) > 20 else ""
+        raise UnlearnkitError(f"{path}: {len(errors)} malformed line(s) ({shown}{more}); each line must be a JSON "
+                              f"object with string \"question\" and \"answer\" (optional \"paraphrase\", \"perturbed\")")
     if not items:
-        raise UnlearnkitError(f"{path} holds no question–answer items")
+        raise UnlearnkitError(f"{path} holds no question–answer items; write one {{\"question\", \"answer\"}} "
+                              "JSON object per line")
     return tuple(items)
 
 

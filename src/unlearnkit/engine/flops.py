@@ -3,7 +3,9 @@
 Costs are counted with PyTorch's `FlopCounterMode`, which sees every matmul and convolution — but
 intercepting every op costs 30–70% of a zoo step on CPU. A training step's FLOPs are linear in its
 batch size (every counted op is a product over the batch), so the loop lets the counter see its first
-step only and books the rest by proportion: exact, at the cost of one instrumented step.
+step only and books the rest by proportion: exact, at the cost of one instrumented step. Counts are
+booked as whole numbers, so a total does not depend on how it was summed (a resumed loop adds its
+earlier epochs' count to its own and gets the uninterrupted loop's total, bit for bit).
 """
 from __future__ import annotations
 
@@ -32,8 +34,9 @@ class StepExtrapolator:
             return contextlib.nullcontext()
         if self.per_example is None:
             return self._measure(examples)
+        booked = round(self.per_example * examples)
         for c in self.counters:
-            c.flop_counts["Global"]["extrapolated from the first step"] += self.per_example * examples
+            c.flop_counts["Global"]["extrapolated from the first step"] += booked
         return _disable_current_modes()
 
     @contextlib.contextmanager
@@ -41,3 +44,8 @@ class StepExtrapolator:
         before = self.counters[-1].get_total_flops()
         yield
         self.per_example = (self.counters[-1].get_total_flops() - before) / examples
+
+
+def uncounted():
+    """Context in which no FLOP counter counts (work that is not training, e.g. building models)."""
+    return _disable_current_modes()

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.func import functional_call
-from tqdm.auto import tqdm
 
 from ..errors import Diverged, UnlearnkitError
 from .flops import StepExtrapolator
 from .optim import StackedAdam, StackedSGD
+from .progress import steps as progress
 from .streams import EpochStream
 
 Params = dict[str, torch.Tensor]
@@ -99,16 +99,17 @@ def fit(
     primary = next(iter(streams.values()))
     per_epoch = primary.steps_per_epoch
     start_epoch = resume.epoch if resume else 0
-    source = resume.params if resume else params
-    live = {k: v.detach().clone().requires_grad_(True) for k, v in source.items()}
+    # a checkpoint keeps the loop's own layout (see _like_gradients), so a resumed step computes what the
+    # uninterrupted one did; anything else starts from the one canonical layout
+    source = _snapshot(resume.params) if resume else _detached(params)
+    live = {k: v.requires_grad_(True) for k, v in source.items()}
     opt = None
     frozen = frozen or {}
     batched_loss = torch.vmap(loss_fn, in_dims=(0, 0, 0), randomness="error")
     iters = {name: s.batches(start_epoch) for name, s in streams.items()}
     first = start_epoch * per_epoch
     flops = StepExtrapolator()
-    for step in tqdm(range(first, steps), desc=desc, initial=first, total=steps, leave=False,
-                     disable=None if desc else True):
+    for step in progress(first, steps, desc):
         idx = {name: next(it) for name, it in iters.items()}
         with flops.step(sum(i.numel() for i in idx.values())):
             losses = batched_loss(live, {name: (x[i], y[i], i) for name, i in idx.items()}, frozen)
@@ -135,7 +136,7 @@ def fit(
                     for k, v in live.items():
                         v.copy_(torch.where(update_mask[k].bool(), v, before[k]))
         if on_epoch and (step + 1) % per_epoch == 0:
-            on_epoch(Checkpoint((step + 1) // per_epoch, _detached(live), opt.state_dict()))
+            on_epoch(Checkpoint((step + 1) // per_epoch, _snapshot(live), opt.state_dict()))
     if carry is not None and opt is not None:
         carry["optimizer"] = opt.state_dict()
     return _detached(live)
@@ -158,8 +159,17 @@ def _like_gradients(live: Params) -> Params:
     return out
 
 
-def _detached(params: Params) -> Params:
+def _snapshot(params: Params) -> Params:
+    """Copies in the same memory layout (a checkpoint of the live loop)."""
     return {k: v.detach().clone() for k, v in params.items()}
+
+
+def _detached(params: Params) -> Params:
+    """Fresh, contiguous copies. Every ensemble leaves (and enters) a loop in one memory layout, so what
+    is computed from it next is bit-for-bit the same whether it was trained in this process, loaded
+    from the cache or resumed from a checkpoint (a layout or alignment can change a kernel's summation
+    order, and a margin on a histogram edge then changes its KLoM by nats)."""
+    return {k: v.detach().clone(memory_format=torch.contiguous_format) for k, v in params.items()}
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
 """Forget sets: which training examples to unlearn."""
-from .specs import KINDS, ForgetSet, build_forget_set
+from .specs import AMOUNT_RULE, KINDS, ForgetSet, build_forget_set, parse_amount, resolve_amount
 
-__all__ = ["KINDS", "ForgetSet", "build_forget_set"]
+__all__ = ["AMOUNT_RULE", "KINDS", "ForgetSet", "build_forget_set", "parse_amount", "resolve_amount"]

@@ -5,11 +5,19 @@ any LM method on it exactly as the benchmark does (the same loss files, the same
 scores the forget and retain items before and after, and saves the unlearned model with
 `save_pretrained` (and the tokenizer beside it) to a new directory, written under a temporary name
 and renamed only when complete.
+
+Every mistake a user can make (arguments, --out, data files, tokenizer, weights, free space) is
+refused with one `UnlearnkitError` line before any unlearning compute, so an hour of work is never
+lost to a typo; a failure while saving (a disk filled meanwhile) leaves nothing behind either.
 """
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import numbers
+import os
+import pickle
 import shutil
 import tempfile
 import time
@@ -17,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
@@ -30,6 +39,26 @@ from .model import LMForward
 from .tokenizer import encode_pairs
 
 NOT_FOR_CHECKPOINTS = ("retrain",)  # needs the training recipe and data of the model, which a checkpoint lacks
+# what a fast tokenizer is built from: its own JSON, or the vocabulary files it is converted from
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
+                   "sentencepiece.bpe.model")
+MAX_SEED = 2**32 - 1
+
+
+def _weight_files(model_dir: Path) -> list[Path]:
+    """The files transformers loads weights from: safetensors if any (it prefers them), else pickles."""
+    return sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("*.bin"))
+
+
+def _writable(directory: Path) -> bool:
+    """os.access alone trusts mode bits (root passes them, a read-only mount fails later): also try a file."""
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return False
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            return True
+    except OSError:
+        return False
 
 
 def _check_dirs(model_dir: Path, out: Path) -> None:
@@ -39,25 +68,59 @@ def _check_dirs(model_dir: Path, out: Path) -> None:
     if o == m or m in o.parents or o in m.parents:
         raise UnlearnkitError(f"--out {out} must be a new directory outside --model-dir {model_dir}: the checkpoint "
                               "is never overwritten")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise UnlearnkitError(f"--out {out} is an existing file; choose a new directory")
+    if out.exists() and any(out.iterdir()):
         raise UnlearnkitError(f"--out {out} already exists and is not empty; choose a new directory")
+    base = out.parent  # the nearest existing ancestor: the missing ones are created when saving
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise UnlearnkitError(f"--out {out} cannot be created: {base} is a file, not a directory")
+    if not _writable(base):
+        raise UnlearnkitError(f"--out {out} cannot be created: {base} is not writable (permissions or a read-only "
+                              "file system); choose a directory you can write to")
+    need, free = sum(f.stat().st_size for f in _weight_files(model_dir)), shutil.disk_usage(base).free
+    if need > free:
+        raise UnlearnkitError(f"--out {out}: the unlearned model needs about {need / 2**20:.1f} MiB but only "
+                              f"{free / 2**20:.1f} MiB are free there; free space or choose another disk")
+
+
+def _disk_full(e: Exception) -> bool:
+    """ENOSPC or EDQUOT, as an OSError or as safetensors' own error (it reports the OS error in its text)."""
+    codes = (errno.ENOSPC, errno.EDQUOT)
+    return getattr(e, "errno", None) in codes or any(f"os error {c})" in str(e) for c in codes)
 
 
 def load_causal_lm(model_dir: Path) -> tuple[PreTrainedModel, object]:
-    """The checkpoint's model (eager attention, eval mode) and fast tokenizer, checked to fit together."""
-    try:  # float32 whatever the stored dtype: Adam's small updates vanish in bf16/fp16
-        model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, attn_implementation="eager",
-                                                     dtype=torch.float32)
-    except (ValueError, KeyError) as e:
-        raise UnlearnkitError(f"{model_dir} is not a causal language model: {str(e).splitlines()[0]}") from None
-    except OSError as e:
-        raise UnlearnkitError(f"cannot load a model from {model_dir}: {str(e).splitlines()[0]}") from None
+    """The checkpoint's model (eager attention, eval mode) and fast tokenizer, checked to fit together.
+
+    The tokenizer comes first: it is cheap, and without its files transformers builds an empty one
+    that would fail only much later. Pickled weights are read with weights_only=True: never run."""
+    if not any((model_dir / f).is_file() for f in TOKENIZER_FILES):
+        raise UnlearnkitError(f"no tokenizer in {model_dir}: none of {', '.join(TOKENIZER_FILES)} is there; save the "
+                              "model's tokenizer beside it with tokenizer.save_pretrained(DIR)")
     try:
         tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     except (OSError, ValueError, TypeError) as e:
         raise UnlearnkitError(f"cannot load the tokenizer in {model_dir}: {str(e).splitlines()[0]}") from None
     if not getattr(tok, "is_fast", False):
         raise UnlearnkitError(f"the tokenizer in {model_dir} is not a fast (tokenizers-backed) tokenizer")
+    if not tok("a b", add_special_tokens=False)["input_ids"]:
+        raise UnlearnkitError(f"the tokenizer in {model_dir} encodes text to no tokens (an empty vocabulary); save "
+                              "the model's own tokenizer there with tokenizer.save_pretrained(DIR)")
+    try:  # float32 whatever the stored dtype: Adam's small updates vanish in bf16/fp16
+        model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, attn_implementation="eager",
+                                                     dtype=torch.float32, weights_only=True)
+    except (ValueError, KeyError) as e:
+        raise UnlearnkitError(f"{model_dir} is not a causal language model: {str(e).splitlines()[0]}") from None
+    except OSError as e:
+        raise UnlearnkitError(f"cannot load a model from {model_dir}: {str(e).splitlines()[0]}") from None
+    except (SafetensorError, pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        reason = (str(e).splitlines() or [""])[0].split(". ")[0] or "unexpected end of file"
+        raise UnlearnkitError(f"the weights in {model_dir} ({', '.join(f.name for f in _weight_files(model_dir))}) "
+                              f"are truncated, corrupt or not plain tensors ({reason}); re-save or re-download "
+                              "the checkpoint") from None
     rows = model.get_input_embeddings().weight.shape[0]
     if len(tok) > rows:
         raise UnlearnkitError(f"tokenizer mismatch: the tokenizer in {model_dir} has {len(tok)} tokens but the model's "
@@ -89,6 +152,11 @@ def unlearn_checkpoint(model_dir, forget_file, retain_file, method: str, out, ov
         usable = [m for m in LM_REGISTRY if m not in NOT_FOR_CHECKPOINTS]
         raise UnlearnkitError(f"method {method!r} cannot unlearn a checkpoint; use one of {', '.join(usable)}")
     hp = make_hparams(method, overrides or {}, LM_REGISTRY)
+    if not isinstance(max_len, numbers.Integral) or max_len < 2:
+        raise UnlearnkitError(f"--max-len must be a whole number of tokens, at least 2 (a question token and the "
+                              f"answer's end), got {max_len!r}")
+    if not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
+        raise UnlearnkitError(f"--seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
     _check_dirs(model_dir, out)
     forget, retain = from_jsonl(forget_file), from_jsonl(retain_file)
     model, hf_tok = load_causal_lm(model_dir)
@@ -126,15 +194,34 @@ def unlearn_checkpoint(model_dir, forget_file, retain_file, method: str, out, ov
     model.config.pad_token_id = config_pad
     stored_dtype = AutoConfig.from_pretrained(model_dir, local_files_only=True).dtype or torch.float32
     model = load_into(model, {k: v[0] for k, v in unlearned.items()}).to(stored_dtype)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))  # ours alone: never a user's
+    _save(model, hf_tok, report, out)
+    return report
+
+
+def _save(model: PreTrainedModel, hf_tok, report: dict, out: Path) -> None:
+    """Write to a temporary directory and rename it: on any failure (a disk filled while unlearning)
+    the temporary and the parents made for it are removed, so nothing half-written is left."""
+    made = [p for p in out.parents if not p.exists()]  # deepest first
+    tmp = None
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))  # ours alone: never a user's
         model.save_pretrained(tmp)
         hf_tok.save_pretrained(tmp)
         (tmp / "unlearnkit.json").write_text(json.dumps(report, indent=2))
         if out.exists():
             out.rmdir()  # checked empty above
         tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return report
+    except BaseException as e:  # Ctrl-C included: never leave a half-written model behind
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for p in made:
+            try:
+                p.rmdir()
+            except OSError:
+                break
+        if not isinstance(e, (OSError, SafetensorError)):
+            raise
+        why = "the disk is full" if _disk_full(e) else f"cannot write there ({getattr(e, 'strerror', None) or e})"
+        raise UnlearnkitError(f"saving to {out} failed: {why}; nothing was saved — free space or choose another "
+                              "--out and rerun") from None

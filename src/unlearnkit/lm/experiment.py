@@ -24,12 +24,13 @@ from ..experiment import Job, RunConfig, build_jobs, default_cache_dir, run_jobs
 from ..methods.lm import LM_REGISTRY, LMContext
 from ..metrics import bootstrap_p95, klom, summarize
 from ..metrics import llm as M
-from ..zoo import ORACLE_SEEDS, ORIGINAL_SEEDS, ZooCache, arm_seeds
+from ..budget import Budget, StepProfile
+from ..zoo import ORACLE_SEEDS, ORIGINAL_SEEDS, RETRAIN_SEEDS, ZooCache, arm_seeds
 from .evaluate import MIA_ATTACKS, ItemScores, score_items
-from .model import LMForward, build_lm
+from .model import LMForward, build_lm, init_lm_params
 from .task import TofuData, get_lm_task, load_tofu
 from .tokenizer import special_ids
-from .train import train_lm_models
+from .train import lm_key, lm_loss, train_lm_models
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def lm_jobs(config: RunConfig) -> list[Job]:
     unknown = [m for m in config.methods if m not in LM_REGISTRY]
     if unknown:
         raise UnlearnkitError(f"unknown language-model method(s) {', '.join(unknown)}; known: {', '.join(LM_REGISTRY)}")
-    if config.tuned or config.datamodels or config.train_size or config.val_size or config.data_dir:
+    if config.tuned or config.datamodels or config.train_size is not None or config.val_size is not None or config.data_dir:
         raise UnlearnkitError("--tuned, --datamodels, --train-size, --val-size and --data-dir apply to classifier "
                               "tasks only (language-model tasks generate their data)")
     return build_jobs(config, LM_REGISTRY)
@@ -57,7 +58,7 @@ class LMBench:
         self.data = data or load_tofu(self.task)
         d, n, seed = self.data, config.models, config.seed
         self.forget = d.forget_positions(config.forget, seed)
-        self.retain = d.bench.retain_positions(config.forget, seed)
+        self.retain = np.setdiff1d(np.arange(len(d.items)), self.forget)
         self.cache = cache
         self.forward = LMForward(d.config)
         self.generator = build_lm(d.config)
@@ -156,16 +157,43 @@ def diverged_lm_row(seconds: float, why: str) -> dict:
             "probability": dict(nan), "accuracy": dict(nan), "seconds": seconds, "flops": None, "diverged": True, "why": why}
 
 
-def run_lm(config: RunConfig, out: str | os.PathLike | None = None) -> dict:
-    """`experiment.run` for language-model tasks: same config, same results layout plus the LM fields."""
+def lm_budget(config: RunConfig, data: TofuData, jobs: list[Job], cache: ZooCache | None) -> Budget:
+    """The training an LM run will do: the three arms not cached yet, and every method with an epochs
+    budget (counted over the whole training set, an upper bound)."""
+    task, n = data.task, config.models
+    profile = StepProfile.measure(lm_loss(LMForward(data.config)), init_lm_params(data.config, [0]), data.tensors,
+                                  task.recipe.batch_size)
+    out = Budget()
+    everything = torch.arange(len(data.items))
+    retain = torch.as_tensor(np.setdiff1d(np.arange(len(data.items)), data.forget_positions(config.forget, config.seed)))
+    for positions, base in ((everything, ORIGINAL_SEEDS), (retain, ORACLE_SEEDS), (retain, RETRAIN_SEEDS)):
+        seeds = arm_seeds(base, n, config.seed)
+        key = lm_key(data.config, data.tensors, positions, seeds, task.recipe)
+        cached = cache is not None and (cache.dir(key) / "manifest.json").exists()
+        out.add(profile, n, len(positions), task.recipe.epochs, task.recipe.batch_size, cached, cache is not None)
+    for job in jobs:
+        epochs = getattr(job.hparams, "epochs", None)
+        if epochs and job.method != "retrain":
+            out.add(profile, n, len(everything), epochs, getattr(job.hparams, "batch_size", task.recipe.batch_size))
+    return out
+
+
+def run_lm(config: RunConfig, out: str | os.PathLike | None = None, overwrite: bool = False) -> dict:
+    """`experiment.run` for language-model tasks: same config, same results layout plus the LM fields,
+    the same checks before any training."""
+    from ..report import check_output
     jobs = lm_jobs(config)
+    if out is not None:
+        check_output(out, config.to_dict(), overwrite)
     task = get_lm_task(config.task)
     data = load_tofu(task)
     data.forget_positions(config.forget, config.seed)  # a bad spec fails before any training
     cache_dir = default_cache_dir() if config.cache_dir is None else config.cache_dir
-    if out is not None:
-        Path(out).mkdir(parents=True, exist_ok=True)
-    bench = LMBench(config, data, ZooCache(cache_dir) if cache_dir else None)
+    cache = ZooCache(cache_dir) if cache_dir else None
+    if cache is not None:
+        cache.check()
+    lm_budget(config, data, jobs, cache).check(config.max_hours, cache.root if cache else None)
+    bench = LMBench(config, data, cache)
     rows, per_example, floor = run_jobs(bench, jobs)
     oracle_row, _ = lm_row(bench.oracle_scores, bench.oracle_scores, RunConfig(bootstrap=0))
     ids = np.array([data.items[p].id for p in bench.forget])

@@ -29,6 +29,7 @@ from .experiment import LMBench
 from .task import get_lm_task, load_tofu
 
 FORGOTTEN = 0.05   # TOFU's reading: forget quality above 0.05 = not told apart from the oracles
+MAX_STEPS = 100_000  # unlearning steps on a forget set of a few QAs: far past any curve's interesting part
 
 
 def id_vs_ood(config: RunConfig, method: str, authors: int, steps: tuple[int, ...],
@@ -38,8 +39,8 @@ def id_vs_ood(config: RunConfig, method: str, authors: int, steps: tuple[int, ..
     task = get_lm_task(config.task)
     if method not in LM_REGISTRY:
         raise UnlearnkitError(f"unknown language-model method {method!r}; known: {', '.join(LM_REGISTRY)}")
-    if not steps or any(s < 1 for s in steps):
-        raise UnlearnkitError(f"--steps must be positive whole numbers, got {steps}")
+    if not steps or any(not 1 <= s <= MAX_STEPS for s in steps):
+        raise UnlearnkitError(f"--steps must be whole numbers in [1, {MAX_STEPS}], got {list(steps)}")
     size = authors * task.qa_per_author
     if not 1 <= authors < task.n_authors:
         raise UnlearnkitError(f"--authors must be in [1, {task.n_authors - 1}], got {authors}")

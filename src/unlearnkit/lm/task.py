@@ -92,6 +92,28 @@ class TofuData:
         return config_for(self.tok, n_layer=t.n_layer, n_embd=t.n_embd, n_head=t.n_head, n_positions=t.max_len)
 
     def forget_positions(self, spec: str, seed: int) -> np.ndarray:
+        """Sorted training positions of `authors:F` / `authors:K` or `canaries:K` / `canaries:F`.
+
+        The amount follows the classifier specs' grammar (forget.parse_amount: a count has no decimal
+        point, a fraction has one, in (0, 1]); the benchmark gets its own form, authors:FRACTION or
+        canaries:COUNT. Its draw takes a prefix of one seeded permutation whatever the amount, so every
+        spec valid before selects the same items, and authors:5 of 50 authors is authors:0.1."""
+        from ..forget import resolve_amount
+
+        kind, *args = str(spec).strip().split(":")
+        if kind not in ("authors", "canaries") or len(args) != 1:
+            raise UnlearnkitError(f"malformed language-model forget spec {spec!r}; expected authors:F (a fraction of "
+                                  "the authors, with a decimal point: authors:0.01|0.05|0.1 are TOFU's forget01/05/10),"
+                                  " authors:K (K authors) or canaries:K (K canaries)")
+        if kind == "authors":
+            n = self.bench.n_authors
+            k = resolve_amount(args[0], n, "authors", "authors")
+            if k >= n:
+                raise UnlearnkitError(f"authors:{args[0]} asks for {k} of the {n} authors; model utility is scored "
+                                      f"on retained authors, so keep one: use at most authors:{n - 1}")
+            spec = f"authors:{k / n!r}"  # round(k/n · n) == k: the same k authors the fraction gave
+        elif self.bench.canaries:
+            spec = f"canaries:{resolve_amount(args[0], len(self.bench.canaries), 'canaries', 'canaries')}"
         return self.bench.forget_positions(spec, seed)
 
     def holdout_like(self, forget: np.ndarray) -> tuple[QA, ...]:

@@ -43,7 +43,7 @@ def lm_key(config: GPT2Config, data: tuple[torch.Tensor, torch.Tensor], position
     return stable_hash({
         "kind": "causal-lm", "config": describe_config(config), "recipe": dataclasses.asdict(recipe),
         "data": [tensor_digest(input_ids), tensor_digest(labels)], "positions": tensor_digest(positions),
-        "seeds": [int(s) for s in seeds], "torch": torch.__version__, "unlearnkit": __version__, "format": 1,
+        "seeds": [int(s) for s in seeds], "torch": torch.__version__, "unlearnkit": __version__, "format": 2,
     })
 
 

@@ -7,6 +7,7 @@ once through the shared engine: no method contains a training loop or knows abou
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 import zlib
 from collections.abc import Callable
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..budget import check_epochs
 from ..data import Dataset
 from ..engine import EpochStream, Forward, LossFn, Optim, Params, fit
 from ..errors import UnlearnkitError
@@ -32,6 +34,12 @@ class HParams:
     search_space: ClassVar[dict[str, tuple]] = {}
 
     def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UnlearnkitError(f"{type(self).__name__}.{f.name}={value!r} must be a finite number")
+            if f.name == "epochs":
+                check_epochs(value, f"{type(self).__name__}.epochs")
         for name, ok, rule in self._checks():
             if not ok:
                 raise UnlearnkitError(f"{type(self).__name__}.{name}={getattr(self, name)!r} is out of range: "
@@ -78,12 +86,12 @@ class Context:
     seeds: list[int]     # one per original model: the source of each model's method randomness
     run_seed: int = 0
     cache: ZooCache | None = None
-    # Cost of zoo training that a cache hit saved: counted as the method's cost all the same.
+    # Cost of zoo training that a cache hit (or a resumed checkpoint) saved: counted as the method's cost all the same.
     cached_seconds: float = field(default=0.0, init=False)
-    cached_flops: float = field(default=0.0, init=False)
+    cached_flops: int = field(default=0, init=False)
     # Work that is not unlearning (see `uncharged`): subtracted from the method's cost.
     uncharged_seconds: float = field(default=0.0, init=False)
-    uncharged_flops: float = field(default=0.0, init=False)
+    uncharged_flops: int = field(default=0, init=False)
 
     @property
     def n_models(self) -> int:
@@ -108,9 +116,8 @@ class Context:
     def train_from_scratch(self, positions, seeds: list[int], label: str) -> Params:
         """Train fresh models of the task's recipe through the (cached) zoo."""
         arm = self.train_arm(torch.as_tensor(positions), seeds, label)
-        if arm.cached:
-            self.cached_seconds += arm.seconds
-            self.cached_flops += arm.flops
+        self.cached_seconds += arm.seconds if arm.cached else arm.earlier_seconds
+        self.cached_flops += arm.flops if arm.cached else arm.earlier_flops
         return arm.params
 
     def train_arm(self, positions: torch.Tensor, seeds: list[int], label: str) -> Arm:

@@ -1,4 +1,9 @@
-"""Writing a run's results: results.json, klom.npz and forget_set.json, each atomically."""
+"""Writing a run's results: results.json, timings.json, klom.npz and forget_set.json, each atomically.
+
+results.json holds everything a run's config and seed determine, so two runs of one config give the same
+file bit for bit (trained here, loaded from the cache, or resumed). Wall-clock seconds are the one thing
+that differs between identical runs: they go to timings.json.
+"""
 from __future__ import annotations
 
 import json
@@ -7,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import atomic_write
+from ..errors import UnlearnkitError
+from ..files import atomic_write, check_writable
 
 
 def _clean(obj):
@@ -26,10 +32,46 @@ def _savez(path: Path, arrays: dict) -> None:
         np.savez_compressed(f, **arrays)
 
 
+def check_output(out, config: dict, overwrite: bool = False, name: str = "results.json") -> None:
+    """Refuse, before any work, an `out` that cannot be written or that holds another run's results
+    (`name` whose "config" differs from `config`) unless `overwrite`. The same run's results are
+    refreshed. Nothing is created: the folder appears only when the results are written."""
+    out = Path(out)
+    check_writable(out, f"--out {out}")
+    previous = out / name
+    if overwrite or not previous.exists():
+        return
+    try:
+        theirs = json.loads(previous.read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        theirs = None
+    mine = json.loads(json.dumps(config, default=str))
+    if not isinstance(theirs, dict) or {k: theirs.get(k) for k in mine} != mine:
+        what = ", ".join(f"{k} {theirs.get(k)}" for k in ("task", "forget", "models", "seed")
+                         if isinstance(theirs, dict) and k in theirs) or "unreadable"
+        raise UnlearnkitError(f"--out {out} holds another run's results ({what}); choose a new folder, or pass "
+                              "--overwrite to replace them")
+
+
+def split_timings(results: dict) -> tuple[dict, dict]:
+    """(results without wall-clock fields, {row label: {"seconds", "seconds_vs_retrain"}})."""
+    timings, rows = {}, {}
+    for r in results["rows"] + [results["noise_floor"]]:
+        timed = {k: v for k, v in r.items() if k != "seconds"}
+        cost = dict(r.get("cost_vs_retrain") or {})
+        if cost:
+            timed["cost_vs_retrain"] = {k: v for k, v in cost.items() if k != "seconds"}
+        rows[id(r)] = timed
+        timings[r.get("label", r["method"])] = {"seconds": r.get("seconds"), "seconds_vs_retrain": cost.get("seconds")}
+    fixed = {**results, "rows": [rows[id(r)] for r in results["rows"]], "noise_floor": rows[id(results["noise_floor"])]}
+    return fixed, {"rows": timings}
+
+
 def write_results(out, results: dict, per_example: dict[str, np.ndarray], splits: dict[str, np.ndarray],
                   forget_ids: np.ndarray) -> None:
-    """results.json (config, rows, noise_floor); klom.npz (per-example KLoM of every method that
-    finished, as `klom/<method>`, with the split positions and the forget set's ids)."""
+    """results.json (config, rows, noise_floor; no wall-clock), timings.json (seconds per row); klom.npz
+    (per-example KLoM of every method that finished, as `klom/<method>`, with the split positions and
+    the forget set's ids); forget_set.json (pass it back with --forget ids:@FILE)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     arrays = {f"klom/{m}": v for m, v in per_example.items()}
@@ -37,4 +79,6 @@ def write_results(out, results: dict, per_example: dict[str, np.ndarray], splits
     arrays["forget_ids"] = forget_ids
     atomic_write(out / "klom.npz", lambda p: _savez(p, arrays))
     atomic_write(out / "forget_set.json", lambda p: p.write_text(json.dumps(results["forget_set"], indent=1)))
-    atomic_write(out / "results.json", lambda p: p.write_text(json.dumps(_clean(results), indent=2)))
+    fixed, timings = split_timings(results)
+    atomic_write(out / "timings.json", lambda p: p.write_text(json.dumps(_clean(timings), indent=2)))
+    atomic_write(out / "results.json", lambda p: p.write_text(json.dumps(_clean(fixed), indent=2)))

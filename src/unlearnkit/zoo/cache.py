@@ -1,13 +1,19 @@
 """On-disk cache of trained ensembles, keyed by a hash of everything that made them.
 
-Layout: <root>/zoo/<key>/{models.safetensors, manifest.json, checkpoint.pt}. Every file is written under
-a temporary name and renamed into place, so a file that exists is whole; `manifest.json` is written
-last and records the SHA-256 of the weights, so a zoo is trusted only if both agree.
+Layout: <root>/zoo/<key>/{models.safetensors, manifest.json, checkpoint.pt, lock}. Every file is written
+under a temporary name and renamed into place, so a file that exists is whole; `manifest.json` is written
+last and records the SHA-256 and the shape of every tensor, so a zoo is trusted only if all agree.
+An entry is trained under its `lock` (an exclusive `flock`, which the kernel drops when its owner dies,
+so a killed run never leaves a lock that blocks the next one): a second run that wants the same entry
+waits, then loads it instead of training it twice or reading the first run's live checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -16,7 +22,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..engine import Checkpoint, Params
-from ..files import atomic_write
+from ..errors import UnlearnkitError
+from ..files import atomic_write, check_writable, remove_stale_temporaries
+
+log = logging.getLogger(__name__)
 
 
 def stable_hash(obj) -> str:
@@ -36,22 +45,42 @@ def _file_sha(path: Path) -> str:
     return h.hexdigest()
 
 
+def _shapes(params: Params) -> dict[str, list[int]]:
+    return {k: list(v.shape) for k, v in sorted(params.items())}
+
+
 class ZooCache:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root) / "zoo"
 
+    def check(self) -> None:
+        """Raise UnlearnkitError now, before any training, if the cache cannot be written."""
+        check_writable(self.root, "the model cache (--cache-dir or $UNLEARNKIT_CACHE)")
+
     def dir(self, key: str) -> Path:
         return self.root / key[:24]
 
-    def load(self, key: str) -> tuple[Params, dict] | None:
-        """(models, manifest) from the cache, or None if absent, incomplete or not matching their manifest."""
+    def load(self, key: str, models: int | None = None) -> tuple[Params, dict] | None:
+        """(models, manifest) from the cache, or None if absent. An entry that exists but is damaged —
+        torn, edited, or holding another number of models than `models` — is reported and ignored
+        (the caller trains it again and overwrites it)."""
         d = self.dir(key)
+        if not (d / "manifest.json").exists():
+            return None
         try:
             manifest = json.loads((d / "manifest.json").read_text())
-            if manifest["key"] != key or manifest["sha256"] != _file_sha(d / "models.safetensors"):
-                return None
-            return load_file(d / "models.safetensors"), manifest
-        except (OSError, ValueError, KeyError):
+            if manifest["key"] != key:
+                raise ValueError("its manifest belongs to another entry")
+            if manifest["sha256"] != _file_sha(d / "models.safetensors"):
+                raise ValueError("its weights do not match their checksum")
+            params = {k: v.clone() for k, v in load_file(d / "models.safetensors").items()}  # own, aligned memory
+            if _shapes(params) != manifest["shapes"]:
+                raise ValueError("its weights do not have the shapes its manifest records")
+            if models is not None and any(v.shape[0] != models for v in params.values()):
+                raise ValueError(f"it does not hold {models} models")
+            return params, manifest
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            log.warning("cache entry %s is damaged (%s): training it again", d, err)
             return None
 
     def save(self, key: str, params: Params, manifest: dict) -> None:
@@ -59,24 +88,61 @@ class ZooCache:
         d.mkdir(parents=True, exist_ok=True)
         weights = d / "models.safetensors"
         atomic_write(weights, lambda p: save_file({k: v.contiguous() for k, v in params.items()}, p))
-        full = {**manifest, "key": key, "sha256": _file_sha(weights)}
+        full = {**manifest, "key": key, "sha256": _file_sha(weights), "shapes": _shapes(params)}
         atomic_write(d / "manifest.json", lambda p: p.write_text(json.dumps(full, indent=2, default=str)))
         (d / "checkpoint.pt").unlink(missing_ok=True)
 
-    def load_checkpoint(self, key: str) -> Checkpoint | None:
+    def load_checkpoint(self, key: str) -> tuple[Checkpoint, dict] | None:
+        """The last whole epoch of an interrupted training (and what it had cost so far), or None."""
+        path = self.dir(key) / "checkpoint.pt"
+        if not path.exists():
+            return None
         try:
-            state = torch.load(self.dir(key) / "checkpoint.pt", weights_only=True)
+            state = torch.load(path, weights_only=True)
             if state["key"] != key:
-                return None
-            return Checkpoint(state["epoch"], state["params"], state["optimizer"])
-        except Exception:  # a torn or foreign file, whatever the unpickler says: start the epoch over
+                raise ValueError("it belongs to another entry")
+            return (Checkpoint(state["epoch"], state["params"], state["optimizer"]),
+                    {"seconds": float(state.get("seconds", 0.0)), "flops": int(state.get("flops", 0))})
+        except Exception as err:  # a torn or foreign file, whatever the unpickler says: start over
+            log.warning("ignoring a damaged checkpoint %s (%s): training from the start", path, err)
             return None
 
-    def save_checkpoint(self, key: str, ckpt: Checkpoint) -> None:
+    def save_checkpoint(self, key: str, ckpt: Checkpoint, spent: dict | None = None) -> None:
         d = self.dir(key)
         d.mkdir(parents=True, exist_ok=True)
-        state = {"key": key, "epoch": ckpt.epoch, "params": ckpt.params, "optimizer": ckpt.optimizer}
+        state = {"key": key, "epoch": ckpt.epoch, "params": ckpt.params, "optimizer": ckpt.optimizer, **(spent or {})}
         atomic_write(d / "checkpoint.pt", lambda p: torch.save(state, p))
+
+    @contextlib.contextmanager
+    def lock(self, key: str, label: str = "models"):
+        """Hold the entry's lock while it is trained; wait (saying so) while another process holds it.
+        Temporaries in the entry that a killed writer left behind are removed once the lock is held."""
+        d = self.dir(key)
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            f = open(d / "lock", "a+")
+        except OSError as err:
+            raise UnlearnkitError(f"cannot write to the model cache at {self.root}: {err.strerror}; choose another "
+                                  "--cache-dir or pass --no-cache") from None
+        with f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                owner = f.read().strip() or "another process"
+                log.warning("%s: another run (%s) is training this ensemble; waiting for it to finish", label, owner)
+                fcntl.flock(f, fcntl.LOCK_EX)
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()} on {os.uname().nodename}")
+            f.flush()
+            remove_stale_temporaries(d)
+            try:
+                yield
+            finally:
+                f.seek(0)
+                f.truncate()
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def clear(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

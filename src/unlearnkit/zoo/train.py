@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .. import __version__
 from ..data import Dataset
-from ..engine import EpochStream, Forward, LossFn, Optim, Params, fit
+from ..engine import EpochStream, Forward, LossFn, Optim, Params, fit, uncounted
 from ..models import build_model, init_params
 from ..tasks import Task
 from .cache import ZooCache, stable_hash, tensor_digest
@@ -46,7 +46,7 @@ def cross_entropy_loss(forward: Forward):
 def zoo_key(task: Task, dataset: Dataset, positions: torch.Tensor, seeds: list[int]) -> str:
     return stable_hash({
         "task": task.describe(), "data": dataset.fingerprint, "positions": tensor_digest(positions),
-        "seeds": seeds, "torch": torch.__version__, "unlearnkit": __version__, "format": 1,
+        "seeds": seeds, "torch": torch.__version__, "unlearnkit": __version__, "format": 2,
     })
 
 
@@ -56,8 +56,10 @@ class Arm:
 
     params: Params
     seconds: float
-    flops: float
+    flops: int
     cached: bool
+    earlier_seconds: float = 0.0  # of `seconds` and `flops`, what an interrupted earlier run spent (resumed
+    earlier_flops: int = 0        # here): no FLOP counter or clock of this process saw it
 
 
 def train_models(task: Task, dataset: Dataset, positions: torch.Tensor, seeds: list[int],
@@ -79,23 +81,48 @@ def train_cached(key: str, loss: LossFn, init: Callable[[], Params], stream: Epo
                  data: tuple[torch.Tensor, torch.Tensor], epochs: float, optim: Optim, cache: ZooCache | None,
                  label: str, manifest: dict) -> Arm:
     """The zoo's one path from a key to a trained ensemble: load it if cached, else train it with `fit`
-    (resuming from the last whole epoch's checkpoint), count its FLOPs, and cache it under `key`."""
-    if cache is not None and (hit := cache.load(key)) is not None:
-        params, saved = hit
-        log.info("%s: loaded %d cached models (%s)", label, len(stream.seeds), cache.dir(key))
-        return Arm(params, float(saved.get("seconds", 0.0)), float(saved.get("flops", 0.0)), cached=True)
-    resume = cache.load_checkpoint(key) if cache is not None else None
-    if resume:
-        log.info("%s: resuming from epoch %d", label, resume.epoch)
+    (resuming from the last whole epoch's checkpoint), count its FLOPs, and cache it under `key`.
+    Training holds the entry's lock: a concurrent run asking for the same ensemble waits and loads it."""
+    n = len(stream.seeds)
+    if cache is None:
+        return _train(loss, init, stream, data, epochs, optim, label)
+    if (hit := _load(cache, key, n, label)) is not None:
+        return hit
+    with cache.lock(key, label):
+        if (hit := _load(cache, key, n, label)) is not None:  # another run finished it while we waited
+            return hit
+        resume = cache.load_checkpoint(key)
+        if resume:
+            log.info("%s: resuming from epoch %d", label, resume[0].epoch)
+        arm = _train(loss, init, stream, data, epochs, optim, label, resume,
+                     lambda ckpt, spent: cache.save_checkpoint(key, ckpt, spent))
+        cache.save(key, arm.params, {**manifest, "label": label, "n_train": stream.indices.shape[-1],
+                                     "seconds": arm.seconds, "flops": arm.flops,
+                                     "resumed_from_epoch": resume[0].epoch if resume else 0,
+                                     "torch": torch.__version__, "unlearnkit": __version__})
+    return arm
+
+
+def _load(cache: ZooCache, key: str, n: int, label: str) -> Arm | None:
+    if (hit := cache.load(key, n)) is None:
+        return None
+    params, saved = hit
+    log.info("%s: loaded %d cached models (%s)", label, next(iter(params.values())).shape[0], cache.dir(key))
+    return Arm(params, float(saved.get("seconds", 0.0)), int(saved.get("flops", 0)), cached=True)
+
+
+def _train(loss, init, stream, data, epochs, optim, label, resume=None, checkpoint=None) -> Arm:
+    """Train (or finish training) an ensemble; its cost includes what the checkpoint had already spent."""
+    ckpt, before = resume or (None, {"seconds": 0.0, "flops": 0})
     start = time.perf_counter()
+    with uncounted():  # building the models is not training them (and a resumed run builds them too)
+        initial = init()
     with FlopCounterMode(display=False) as counter:
-        params = fit(loss, init(), {"train": stream}, data, steps=stream.steps(epochs), optim=optim, resume=resume,
-                     on_epoch=(lambda c: cache.save_checkpoint(key, c)) if cache is not None else None,
+        def spent() -> dict:
+            return {"seconds": before["seconds"] + time.perf_counter() - start,
+                    "flops": before["flops"] + int(counter.get_total_flops())}
+        params = fit(loss, initial, {"train": stream}, data, steps=stream.steps(epochs), optim=optim, resume=ckpt,
+                     on_epoch=(lambda c: checkpoint(c, spent())) if checkpoint else None,
                      desc=f"train {label} ×{len(stream.seeds)}")
-    seconds, flops = time.perf_counter() - start, float(counter.get_total_flops())
-    if cache is not None:
-        cache.save(key, params, {**manifest, "label": label, "n_train": stream.indices.shape[-1],
-                                 "seconds": seconds, "flops": flops,
-                                 "resumed_from_epoch": resume.epoch if resume else 0,
-                                 "torch": torch.__version__, "unlearnkit": __version__})
-    return Arm(params, seconds, flops, cached=False)
+    total = spent()
+    return Arm(params, total["seconds"], total["flops"], False, before["seconds"], before["flops"])

@@ -1,0 +1,75 @@
+"""The same config and seed give the same results.json, bit for bit: whether the models were trained in
+this process, loaded from the cache (here or in another process), retrained, or resumed after an
+interruption. Wall-clock seconds, the one thing that differs, live in timings.json."""
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from unlearnkit.experiment import RunConfig, run
+from unlearnkit.zoo import ZooCache
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def setting(tmp_path_factory):
+    root = tmp_path_factory.mktemp("repro")
+    config = RunConfig(task="digits-mlp", forget="random:40", methods=("none", "retrain", "finetune", "neggrad+"),
+                       models=4, cache_dir=str(root / "cache"), bootstrap=10,
+                       hparams=(("finetune", "epochs", "1"), ("neggrad+", "epochs", "1")))
+    run(config, root / "first")
+    return config, root
+
+
+def _bytes(out) -> bytes:
+    return (out / "results.json").read_bytes()
+
+
+def _drop(cache_dir, *labels):
+    for manifest in (cache_dir / "zoo").glob("*/manifest.json"):
+        if json.loads(manifest.read_text())["label"] in labels:
+            shutil.rmtree(manifest.parent)
+
+
+def test_loaded_from_the_cache_equals_trained_here(setting):
+    config, root = setting
+    run(config, root / "loaded")
+    assert _bytes(root / "loaded") == _bytes(root / "first")
+    timings = json.loads((root / "first" / "timings.json").read_text())["rows"]
+    assert set(timings) == {"none", "retrain", "finetune", "neggrad+"}
+
+
+def test_another_process_reads_the_same(setting):
+    config, root = setting
+    code = (f"from unlearnkit.experiment import RunConfig, run; "
+            f"run(RunConfig(**{config.to_dict()!r}), {str(root / 'other')!r})")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    assert _bytes(root / "other") == _bytes(root / "first")
+
+
+def test_retrained_and_resumed_arms_equal_uninterrupted(setting, monkeypatch):
+    config, root = setting
+    cache = root / "cache"
+    _drop(cache, "originals", "retrain")
+    run(config, root / "retrained")
+    assert _bytes(root / "retrained") == _bytes(root / "first")
+
+    _drop(cache, "originals", "retrain")
+    real = ZooCache.save_checkpoint
+
+    def save_then_die(self, key, ckpt, spent=None):
+        real(self, key, ckpt, spent)
+        if ckpt.epoch == 11:
+            raise Interrupted
+    monkeypatch.setattr(ZooCache, "save_checkpoint", save_then_die)
+    for _ in range(2):  # the originals, then (on the rerun) the retrain arm are interrupted mid-training
+        with pytest.raises(Interrupted):
+            run(config, root / "resumed")
+    monkeypatch.setattr(ZooCache, "save_checkpoint", real)
+    run(config, root / "resumed")
+    assert _bytes(root / "resumed") == _bytes(root / "first")  # the retrain row's FLOPs include the first part
