@@ -106,3 +106,44 @@ def test_missing_data_directory_says_how_to_install(tmp_path):
     with pytest.raises(UnlearnkitError, match="apt-get install dataset-fashion-mnist"):
         run(config, out=tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_out_holding_another_run_is_refused_unless_overwrite(tmp_path):
+    config = RunConfig(task="digits-logreg", forget="random:10", methods=("none",), models=2,
+                       cache_dir=str(tmp_path / "cache"), bootstrap=0)
+    run(config, tmp_path / "out")
+    first = (tmp_path / "out" / "results.json").read_bytes()
+    run(config, tmp_path / "out")  # the same run: refreshed
+    other = RunConfig(**{**config.to_dict(), "forget": "random:12"})
+    with pytest.raises(UnlearnkitError, match="another run's results .*--overwrite"):
+        run(other, tmp_path / "out")
+    assert (tmp_path / "out" / "results.json").read_bytes() == first
+    run(other, tmp_path / "out", overwrite=True)
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["config"]["forget"] == "random:12"
+
+
+def test_unwritable_out_and_cache_fail_before_training(tmp_path):
+    (tmp_path / "afile").write_text("")
+    base = {"task": "digits-logreg", "forget": "random:10", "methods": ("none",), "models": 2}
+    with pytest.raises(UnlearnkitError, match="is a file"):
+        run(RunConfig(**base, cache_dir=str(tmp_path / "cache")), tmp_path / "afile" / "out")
+    with pytest.raises(UnlearnkitError, match="model cache.*is a file"):
+        run(RunConfig(**base, cache_dir=str(tmp_path / "afile")), tmp_path / "out")
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
+
+
+def test_runs_that_cannot_finish_or_fit_are_refused_with_the_estimate(tmp_path, monkeypatch):
+    base = {"task": "digits-mlp", "forget": "random:10", "methods": ("none",), "cache_dir": str(tmp_path / "c")}
+    with pytest.raises(UnlearnkitError, match=r"would train for about .* \(.* PFLOP at .*--max-hours"):
+        run(RunConfig(**base, models=5000, max_hours=0.01))
+    monkeypatch.setattr("unlearnkit.budget.available_memory", lambda: 2 ** 20)
+    with pytest.raises(UnlearnkitError, match="of memory to train its ensembles"):
+        run(RunConfig(**base, models=8))
+    assert not list(tmp_path.rglob("*.safetensors"))
+
+
+def test_progress_lines_off_a_terminal(tmp_path, capfd):
+    run(RunConfig(task="digits-logreg", forget="random:10", methods=("none",), models=2,
+                  cache_dir=str(tmp_path), bootstrap=0))
+    err = capfd.readouterr().err
+    assert "train originals ×2: " in err and "steps" in err

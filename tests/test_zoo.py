@@ -85,3 +85,90 @@ def test_truncated_checkpoint_is_ignored(digits, tmp_path):
     (cache.dir(key) / "checkpoint.pt").write_bytes(b"PK\x03\x04garbage")
     assert cache.load_checkpoint(key) is None
     assert not train_models(TASK, digits, pos, arm_seeds(0, 2), cache).cached
+
+
+def _key(digits, n):
+    return zoo_train.zoo_key(TASK, digits, torch.arange(len(digits.y_train)), arm_seeds(0, n))
+
+
+def test_a_second_run_waits_for_the_first_and_loads(digits, tmp_path, caplog):
+    """Two runs, one cache: while one trains an entry (holds its lock), the other waits, then loads it."""
+    import threading
+    cache = ZooCache(tmp_path)
+    pos = torch.arange(len(digits.y_train))
+    done = {}
+    with cache.lock(_key(digits, 2)):
+        trained = train_models(TASK, digits, pos, arm_seeds(0, 2), None)
+        worker = threading.Thread(target=lambda: done.setdefault("arm", train_models(TASK, digits, pos,
+                                                                                     arm_seeds(0, 2), cache)))
+        worker.start()
+        worker.join(timeout=1.0)
+        assert worker.is_alive()  # blocked on the lock, not training a second copy
+        cache.save(_key(digits, 2), trained.params, {"label": "models"})
+    worker.join(timeout=60)
+    assert done["arm"].cached and "waiting" in caplog.text
+    for k in trained.params:
+        assert torch.equal(done["arm"].params[k], trained.params[k])
+
+
+def test_lock_of_a_killed_run_is_recovered_and_its_temporaries_removed(digits, tmp_path):
+    import subprocess
+    import sys
+    cache = ZooCache(tmp_path)
+    d = cache.dir(_key(digits, 2))
+    d.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, time, sys; f = open(sys.argv[1], 'a'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)",
+                               str(d / "lock")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    holder.kill()  # dies holding the lock, as a run killed mid-training does
+    holder.wait()
+    stale = d / f".checkpoint.pt.tmp-{holder.pid}"
+    stale.write_bytes(b"half a checkpoint")
+    arm = train_models(TASK, digits, torch.arange(len(digits.y_train)), arm_seeds(0, 2), cache)
+    assert not arm.cached and not stale.exists() and cache.load(_key(digits, 2)) is not None
+
+
+def test_entry_with_another_model_count_is_reported_and_retrained(digits, tmp_path, caplog):
+    cache = ZooCache(tmp_path)
+    pos = torch.arange(len(digits.y_train))
+    three = train_models(TASK, digits, pos, arm_seeds(0, 3), None)
+    cache.save(_key(digits, 2), three.params, {"label": "models"})  # e.g. an entry copied by hand
+    arm = train_models(TASK, digits, pos, arm_seeds(0, 2), cache)
+    assert not arm.cached and all(v.shape[0] == 2 for v in arm.params.values())
+    assert "damaged" in caplog.text and "does not hold 2 models" in caplog.text
+
+
+def test_full_disk_is_one_clear_error_and_keeps_finished_entries(digits, tmp_path, monkeypatch):
+    import errno
+
+    from unlearnkit.errors import UnlearnkitError
+    cache = ZooCache(tmp_path)
+    pos = torch.arange(len(digits.y_train))
+    train_models(TASK, digits, pos, arm_seeds(0, 2), cache)
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr("unlearnkit.zoo.cache.save_file", full)
+    with pytest.raises(UnlearnkitError, match="is full"):
+        train_models(TASK, digits, pos, arm_seeds(5, 2), cache)
+    assert cache.load(_key(digits, 2)) is not None  # what was finished before is kept
+    assert not list(tmp_path.rglob("*.tmp-*"))
+
+
+def test_resumed_arm_costs_what_the_uninterrupted_one_did(digits, tmp_path, monkeypatch):
+    pos = torch.arange(len(digits.y_train))
+    whole = train_models(TASK, digits, pos, arm_seeds(0, 2), None)
+    cache = ZooCache(tmp_path)
+    real = ZooCache.save_checkpoint
+
+    def die(self, key, ckpt, spent=None):
+        real(self, key, ckpt, spent)
+        if ckpt.epoch == 5:
+            raise Interrupted
+    monkeypatch.setattr(ZooCache, "save_checkpoint", die)
+    with pytest.raises(Interrupted):
+        train_models(TASK, digits, pos, arm_seeds(0, 2), cache)
+    monkeypatch.setattr(ZooCache, "save_checkpoint", real)
+    resumed = train_models(TASK, digits, pos, arm_seeds(0, 2), cache)
+    assert resumed.flops == whole.flops and resumed.earlier_flops > 0

@@ -9,6 +9,7 @@ refuse `--set finetune.epochs=1e9` or `--models 100000` in a second instead of a
 """
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import time
@@ -19,6 +20,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import UnlearnkitError
+
+log = logging.getLogger(__name__)
 
 MAX_EPOCHS = 1000        # no recipe, method or budget here needs more passes over its data
 MAX_MODELS = 10_000      # models per arm: 100 is the reference, 10k is far past any use of KLoM
@@ -101,15 +104,16 @@ class Budget:
             if self.disk_bytes > room:
                 raise UnlearnkitError(f"{what} caches about {_gib(self.disk_bytes)} of models and {probe} has "
                                       f"{_gib(room)} free: free some space, use fewer --models, or pass --no-cache")
-        hours = self.seconds() / 3600
-        if hours > max_hours:
-            raise UnlearnkitError(f"{what} would train for about {hours:,.1f} hours ({self.flops / 1e15:,.3g} PFLOP at "
-                                  f"about {ZOO_EFFICIENCY * matmul_rate() / 1e9:,.0f} GFLOP/s on this machine), "
+        log.info("%s: estimated %s", what, self.describe())
+        if self.seconds() > max_hours * 3600:
+            raise UnlearnkitError(f"{what} would train for about {_duration(self.seconds())} "
+                                  f"({self.flops / 1e15:,.3g} PFLOP at about "
+                                  f"{ZOO_EFFICIENCY * matmul_rate() / 1e9:,.0f} GFLOP/s on this machine), "
                                   f"past the {max_hours:g}-hour limit: lower --models or the epochs, or raise "
                                   "--max-hours")
 
     def describe(self) -> str:
-        return (f"{self.flops / 1e12:,.1f} TFLOP (about {self.seconds():,.0f} s here), "
+        return (f"{self.flops / 1e12:,.1f} TFLOP (about {_duration(self.seconds())} here), "
                 f"peak memory {_gib(self.peak_bytes)}")
 
 
@@ -144,6 +148,14 @@ def _existing(path: Path) -> Path:
     while not path.exists() and path.parent != path:
         path = path.parent
     return path
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} seconds"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} minutes"
+    return f"{seconds / 3600:,.1f} hours"
 
 
 def _gib(n: float) -> str:

@@ -126,17 +126,31 @@ def tune(task, forget, method, trials, tune_forget, models, seed, train_size, da
 @click.option("--trak-models", default=2, show_default=True, type=int, help="Models TRAK ensembles (0: skip TRAK).")
 @click.option("--proj-dim", default=256, show_default=True, type=int, help="TRAK's projection dimension.")
 @click.option("--out", required=True, help="Directory for datamodels.safetensors and datamodels.json.")
-def datamodels(task, models, subset, seed, train_size, data_dir, cache_dir, trak_models, proj_dim, out) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace other datamodels saved in --out.")
+def datamodels(task, models, subset, seed, train_size, data_dir, cache_dir, trak_models, proj_dim, out,
+               overwrite) -> None:
     """Fit linear datamodels on subset-trained models; report their LDS (and TRAK's); save them."""
     from .attribution import compute_datamodels, save_datamodels, trak_lds
+    from .attribution.store import datamodels_id
+    from .budget import MAX_MODELS
     from .data import load_dataset
-    from .experiment import default_cache_dir
-    from .tasks import get_task
+    from .experiment import RunConfig, default_cache_dir
+    from .report import check_output
+    from .runs import classifier_task
     from .zoo import ZooCache
 
-    t = get_task(task)
-    ds = load_dataset(t.dataset, data_dir, train_size or t.train_size, seed)
+    t = classifier_task(task)
+    RunConfig(task=task, seed=seed, train_size=train_size)  # the options they share, checked the same way
+    if not 10 <= models <= MAX_MODELS:
+        raise UnlearnkitError(f"--models: datamodels need at least 10 subset models (and at most {MAX_MODELS}), got {models}")
+    if not 0 < subset < 1:
+        raise UnlearnkitError(f"--subset must be a fraction in (0, 1), got {subset}")
+    if trak_models < 0 or proj_dim < 1:
+        raise UnlearnkitError(f"--trak-models must be >= 0 and --proj-dim >= 1, got {trak_models} and {proj_dim}")
+    ds = load_dataset(t.dataset, data_dir, t.train_size if train_size is None else train_size, seed)
+    check_output(out, datamodels_id(t, ds, models, subset, seed), overwrite, "datamodels.json")
     cache = ZooCache(cache_dir or default_cache_dir())
+    cache.check()
     report = compute_datamodels(t, ds, models, subset, seed, cache)
     extra = trak_lds(t, ds, report.held_out_runs, trak_models, proj_dim, seed=seed, cache=cache) if trak_models else None
     save_datamodels(out, report, {"trak": extra} if extra else {})
@@ -164,22 +178,19 @@ def llm() -> None:
 @click.option("--cache-dir", default=None)
 @click.option("--set", "sets", multiple=True, help="Hyperparameter override METHOD.NAME=VALUE (repeatable).")
 @click.option("--out", default=None, help="Directory for id_vs_ood.json.")
-def ood(task, method, authors, steps, models, seed, cache_dir, sets, out) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace another curve's id_vs_ood.json in --out.")
+def ood(task, method, authors, steps, models, seed, cache_dir, sets, out, overwrite) -> None:
     """Unlearn an in-distribution and an out-of-distribution forget set of one size, step by step."""
     from .experiment import RunConfig
     from .lm.ood import format_id_vs_ood, id_vs_ood
-
-    from .files import check_writable
 
     try:
         step_list = tuple(int(s) for s in steps.split(",") if s.strip())
     except ValueError:
         raise UnlearnkitError(f"--steps expects comma-separated whole numbers, got {steps!r}") from None
-    if out:
-        check_writable(out, f"--out {out}")
     config = RunConfig(task=task, methods=(method,), models=models, seed=seed, cache_dir=cache_dir,
                        hparams=_overrides(sets), bootstrap=0)
-    click.echo(format_id_vs_ood(id_vs_ood(config, method, authors, step_list, out)))
+    click.echo(format_id_vs_ood(id_vs_ood(config, method, authors, step_list, out, overwrite)))
     if out:
         click.echo(f"\nwrote {out}/id_vs_ood.json")
 

@@ -5,107 +5,50 @@ any model is trained; results are written only when the run is complete.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
-import math
 import os
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import __version__
-from .budget import Budget, StepProfile, check_epochs, check_models
+from .budget import Budget, StepProfile
 from .data import load_dataset
 from .engine import predict
 from .errors import Diverged, UnlearnkitError
 from .forget import build_forget_set
-from .methods import REGISTRY, Context, Ensemble, get_method, make_hparams
+from .methods import REGISTRY, Context, Ensemble, get_method
 from .metrics import accuracy, bootstrap_p95, klom, margins, summarize
-from .tasks import get_task
-from .tuning import load_tuned
-from .zoo import (ORACLE_SEEDS, ORIGINAL_SEEDS, RETRAIN_SEEDS, ZooCache, arm_seeds, cross_entropy_loss, template,
-                  train_models, zoo_key)
+from .runs import (
+    DEFAULT_METHODS,
+    MIN_MODELS,
+    NOISE_FLOOR_METHOD,
+    Job,
+    RunConfig,
+    build_jobs,
+    classifier_task,
+    default_cache_dir,
+    default_forget,
+    default_methods,
+    run_jobs,
+)
+from .tuned import load_tuned
+from .zoo import (
+    ORACLE_SEEDS,
+    ORIGINAL_SEEDS,
+    RETRAIN_SEEDS,
+    ZooCache,
+    arm_seeds,
+    cross_entropy_loss,
+    template,
+    train_models,
+    zoo_key,
+)
 
 log = logging.getLogger(__name__)
-
-DEFAULT_METHODS = ("none", "retrain", "finetune", "ga", "neggrad+")
-NOISE_FLOOR_METHOD = "retrain"
-MIN_MODELS = 2
-
-
-def default_methods(task: str) -> tuple[str, ...]:
-    from .lm.task import LM_TASKS
-    if task in LM_TASKS:
-        from .lm.experiment import DEFAULT_LM_METHODS
-        return DEFAULT_LM_METHODS
-    return DEFAULT_METHODS
-
-
-def default_forget(task: str) -> str:
-    from .lm.task import LM_TASKS
-    return "authors:0.1" if task in LM_TASKS else "random:100"
-
-
-def default_cache_dir() -> str:
-    return os.environ.get("UNLEARNKIT_CACHE") or str(Path.home() / ".cache" / "unlearnkit")
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    task: str = "fashion-mnist-mlp"
-    forget: str = "random:100"
-    methods: tuple[str, ...] = DEFAULT_METHODS
-    models: int = 16
-    seed: int = 0
-    train_size: int | None = None        # None: the task's default
-    data_dir: str | None = None
-    cache_dir: str | None = None         # None: $UNLEARNKIT_CACHE or ~/.cache/unlearnkit; "" disables
-    hparams: tuple[tuple[str, str, str], ...] = ()  # (method, name, value) overrides
-    reference_binning: bool = False
-    bootstrap: int = 100                 # bootstrap replicates for the p95 intervals (0: none)
-    val_size: int | None = None          # None: the whole validation set
-    budgets: tuple[float, ...] = ()      # run each method with an `epochs` budget at each of these
-    tuned: bool = False                  # start from the configs `unlearnkit tune` saved for this task/forget
-    datamodels: str | None = None        # saved datamodels (`unlearnkit datamodels --out`) for pc: sets and dmm
-    datamodel_models: int = 100          # M subset models when datamodels are fitted on the fly
-    max_hours: float = 24.0              # refuse a run whose estimated training time is longer
-
-    def __post_init__(self):
-        """Every option's range, checked when the config is made: nothing trains on a value that would
-        fail (or run forever) later."""
-        if not 0 <= self.seed < 2 ** 31:
-            raise UnlearnkitError(f"--seed must be in [0, 2^31), got {self.seed}")
-        for name in ("train_size", "val_size"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise UnlearnkitError(f"--{name.replace('_', '-')} must be at least 1 (leave it out for the task's "
-                                      f"default), got {value}")
-        if not 0 <= self.bootstrap <= 10_000:
-            raise UnlearnkitError(f"--bootstrap must be in [0, 10000] replicates (0: no intervals), got {self.bootstrap}")
-        for b in self.budgets:
-            check_epochs(b, "every --budgets value")
-        if self.datamodel_models < 2:
-            raise UnlearnkitError(f"--datamodel-models must be at least 2, got {self.datamodel_models}")
-        if not (self.max_hours > 0 and math.isfinite(self.max_hours)):
-            raise UnlearnkitError(f"--max-hours must be a positive number, got {self.max_hours}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Job:
-    """One row to compute: a method with its hyperparameters (and budget, on a KLoM-vs-cost curve)."""
-
-    label: str
-    method: str
-    hparams: object
-    budget: float | None = None
-    tuned: bool = False
-
 
 @dataclass
 class Prepared:
@@ -121,7 +64,7 @@ class Prepared:
 
 def prepare(config: RunConfig) -> Prepared:
     """Check every input and load the data; raise UnlearnkitError before any work on bad input."""
-    task = get_task(config.task)
+    task = classifier_task(config.task)
     cache_dir = default_cache_dir() if config.cache_dir is None else config.cache_dir
     jobs = build_jobs(config, REGISTRY,
                       lambda m: load_tuned(cache_dir, config.task, config.forget, m) if config.tuned else None)
@@ -138,33 +81,6 @@ def prepare(config: RunConfig) -> Prepared:
         cache.check()
     forget = build_forget_set(config.forget, dataset, config.seed, ForgetResources(config, task, dataset, cache))
     return Prepared(config, task, dataset, forget, jobs, cache)
-
-
-def build_jobs(config: RunConfig, registry: dict, tuned_for: Callable[[str], dict | None] = lambda m: None) -> list[Job]:
-    """Check the methods (in `registry`), N, overrides and budgets; one Job per method and budget, with the
-    noise-floor method always included. `tuned_for(method)` gives saved hyperparameters to start from."""
-    if not config.methods:
-        raise UnlearnkitError("no methods given")
-    for m in config.methods:
-        get_method(m, registry)
-    if len(set(config.methods)) != len(config.methods):
-        raise UnlearnkitError(f"methods listed twice: {config.methods}")
-    check_models(config.models, MIN_MODELS)
-    overrides: dict[str, dict[str, str]] = {}
-    for method, name, value in config.hparams:
-        if method not in config.methods and method != NOISE_FLOOR_METHOD:
-            raise UnlearnkitError(f"hyperparameter {method}.{name} given for a method that is not run")
-        overrides.setdefault(method, {})[name] = value
-    jobs = []
-    for m in dict.fromkeys(config.methods + (NOISE_FLOOR_METHOD,)):
-        tuned = tuned_for(m)
-        hp = make_hparams(m, {**(tuned or {}), **overrides.get(m, {})}, registry)
-        if config.budgets and hasattr(hp, "epochs") and m != NOISE_FLOOR_METHOD:
-            jobs += [Job(f"{m}@{b:g}", m, make_hparams(m, {**asdict(hp), "epochs": b}, registry), b, tuned is not None)
-                     for b in config.budgets]
-        else:
-            jobs.append(Job(m, m, hp, None, tuned is not None))
-    return jobs
 
 
 class ForgetResources:
@@ -255,13 +171,14 @@ def run(config: RunConfig, out: str | os.PathLike | None = None, overwrite: bool
         from .lm.experiment import run_lm
         return run_lm(config, out, overwrite)
     if out is not None:
-        check_output(out, config.to_dict(), overwrite)
+        check_output(out, config.run_id, overwrite)
     p = prepare(config)
     budget(p).check(config.max_hours, p.cache.root if p.cache else None)
     bench = Bench(p)
     rows, per_example, noise_floor = run_jobs(bench, p.jobs)
     ds = p.dataset
     results = {
+        "run_id": config.run_id,
         "config": {**config.to_dict(), "train_size": len(ds.y_train), "val_size": len(ds.y_val),
                    "unlearnkit": __version__, "torch": torch.__version__},
         "forget_set": p.forget.to_dict(),
@@ -296,20 +213,10 @@ def budget(p: Prepared) -> Budget:
     return out
 
 
-def run_jobs(bench, jobs: list[Job]) -> tuple[list[dict], dict[str, np.ndarray], dict]:
-    """Every job's row, with its cost relative to the retrain arm's; the per-example KLoM of each job that
-    finished; and the retrain (noise-floor) row. `bench` is a classifier `Bench` or an LM `LMBench`."""
-    rows, per_example = [], {}
-    for job in jobs:
-        row, values = bench.run_job(job)
-        rows.append(row)
-        if values is not None:
-            per_example[job.label] = values
-    floor = next(r for r in rows if r["method"] == NOISE_FLOOR_METHOD)
-    for r in rows:
-        r["cost_vs_retrain"] = {k: (r[k] / floor[k] if r.get(k) is not None and floor.get(k) else None)
-                                for k in ("seconds", "flops")}
-    return rows, per_example, floor
+def method_flops(p: Prepared) -> float:
+    """The FLOPs `budget` books for the prepared run's methods alone (what one more run of them costs)."""
+    everything, methods = budget(p), budget(dataclasses.replace(p, jobs=[]))
+    return everything.flops - methods.flops
 
 
 class _Evaluator:
@@ -341,3 +248,9 @@ class _Evaluator:
         nan = {"forget": None, "retain": None, "val": None}
         return {"klom_p95": nan, "klom_mean": dict(nan), "klom_median": dict(nan),
                 "accuracy": dict(nan), "seconds": seconds, "flops": None, "diverged": True, "why": why}
+
+
+__all__ = ["DEFAULT_METHODS", "MIN_MODELS", "NOISE_FLOOR_METHOD", "Bench", "ForgetResources", "Job", "Prepared",
+           "RunConfig",
+           "budget", "build_jobs", "default_cache_dir", "default_forget", "default_methods", "method_flops", "prepare",
+           "run", "run_jobs"]

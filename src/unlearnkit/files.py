@@ -28,7 +28,7 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
         write(tmp)
         os.replace(tmp, path)
     except (OSError, RuntimeError) as err:
-        if _disk_full(err, tmp):
+        if disk_full(err, tmp.parent):
             raise UnlearnkitError(f"the disk holding {path.parent} is full: {path.name} was not written (work "
                                   "finished before it is kept); free some space and run the command again") from None
         raise
@@ -36,14 +36,16 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _disk_full(err: BaseException, tmp: Path) -> bool:
-    """ENOSPC, or torch.save's wrapped form of it ("enforce fail at inline_container.cc ... file write
-    failed"), which does not carry the errno: then ask the file system whether it has room left."""
-    if isinstance(err, OSError):
-        return err.errno in (errno.ENOSPC, errno.EDQUOT)
-    if "inline_container" in str(err) or "write failed" in str(err):
+def disk_full(err: BaseException, where: Path | None = None) -> bool:
+    """Whether `err` says the disk is full: ENOSPC/EDQUOT as an OSError, as safetensors' error (the OS
+    error in its text), or as torch.save's ("enforce fail at inline_container.cc ... file write failed",
+    no errno: then ask the file system at `where` whether it has room left)."""
+    codes = (errno.ENOSPC, errno.EDQUOT)
+    if getattr(err, "errno", None) in codes or any(f"os error {c})" in str(err) for c in codes):
+        return True
+    if where is not None and ("inline_container" in str(err) or "write failed" in str(err)):
         try:
-            st = os.statvfs(tmp.parent)
+            st = os.statvfs(where)
             return st.f_bavail * st.f_frsize < (1 << 20)
         except OSError:
             return False
@@ -61,11 +63,14 @@ def check_writable(directory: Path, what: str) -> None:
         probe = probe.parent
     if not probe.is_dir():
         raise UnlearnkitError(f"{what}: {probe} is a file, not a directory; choose another path")
-    try:
+    try:  # os.access alone trusts mode bits (root passes them; a read-only mount fails only later)
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "permission denied")
         with tempfile.TemporaryFile(dir=probe):
             pass
     except OSError as err:
-        raise UnlearnkitError(f"{what}: cannot write in {probe} ({err.strerror}); choose a writable path") from None
+        raise UnlearnkitError(f"{what}: {probe} is not writable ({err.strerror}: permissions or a read-only file "
+                              "system); choose a directory you can write to") from None
 
 
 def remove_stale_temporaries(directory: Path) -> None:

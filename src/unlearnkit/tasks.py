@@ -60,11 +60,7 @@ TASKS: dict[str, Task] = {t.name: t for t in [
 
 
 def get_task(name: str) -> Task:
+    """The classifier task `name` (`runs.classifier_task` adds the hint for a language-model task's name)."""
     if name not in TASKS:
-        from .lm.task import LM_TASKS  # lazily: lm.task builds on this module
-        if name in LM_TASKS:
-            raise UnlearnkitError(f"{name!r} is a language-model task: `unlearnkit run` and `unlearnkit llm` take it; "
-                                  "this command works on classifier tasks")
-        raise UnlearnkitError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}; language-model tasks: "
-                              f"{', '.join(LM_TASKS)}")
+        raise UnlearnkitError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
     return TASKS[name]

@@ -1,7 +1,8 @@
 """Fair hyperparameter tuning: every method searched with Optuna under the same trial budget, scored on
 a *tuning* forget set drawn apart from the reported one, so no method is tuned on what it is judged by.
 
-Saved configs live in <cache>/tuned/<task>/<forget spec>/<method>.json; `unlearnkit run --tuned` reads them.
+Saved configs live in <cache>/tuned/<task>/<forget spec>/<method>.json (tuned.py); `unlearnkit run --tuned`
+reads them.
 """
 from __future__ import annotations
 
@@ -9,35 +10,22 @@ import dataclasses
 import json
 import logging
 import math
-import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from .errors import UnlearnkitError
+from .experiment import Bench, Job, budget, method_flops, prepare
 from .files import atomic_write
+from .forget import build_forget_set
+from .methods import get_method, make_hparams
+from .tuned import load_tuned, tuned_path
 
 log = logging.getLogger(__name__)
 
 TUNING_SEED_OFFSET = 7919  # the tuning forget set is drawn from seed + this
 DIVERGED_SCORE = 2 * math.log(1e5)  # worse than any finite KLoM
-
-
-def _slot(cache_dir: str, task: str, forget: str, method: str) -> Path:
-    safe = re.sub(r"[^A-Za-z0-9_.:-]", "_", forget).replace(":", "-")
-    return Path(cache_dir) / "tuned" / task / safe / f"{method}.json"
-
-
-def load_tuned(cache_dir: str, task: str, forget: str, method: str) -> dict | None:
-    """The hyperparameters `tune` saved for this task, forget spec and method, or None."""
-    if not cache_dir:
-        return None
-    path = _slot(cache_dir, task, forget, method)
-    try:
-        return json.loads(path.read_text())["hparams"]
-    except (OSError, ValueError, KeyError):
-        return None
+MAX_TRIALS = 10_000
 
 
 def score(row: dict) -> float:
@@ -59,16 +47,17 @@ def tune(run_config, tune_config: TuneConfig) -> dict:
     """Search `tune_config.method`'s hyperparameters; save and return the best (with every trial)."""
     import optuna
 
-    from .experiment import Bench, Job, prepare
-    from .forget import build_forget_set
-    from .methods import get_method, make_hparams
-
     method = get_method(tune_config.method)
     if tune_config.trials < 1:
         raise UnlearnkitError("--trials must be at least 1")
     if not method.hparams.search_space:
         raise UnlearnkitError(f"method {method.name!r} has no hyperparameters to tune")
+    if tune_config.trials > MAX_TRIALS:
+        raise UnlearnkitError(f"--trials must be at most {MAX_TRIALS}, got {tune_config.trials}")
     p = prepare(dataclasses.replace(run_config, methods=(method.name,)))
+    plan = budget(p)
+    plan.flops += (tune_config.trials - 1) * method_flops(p)  # every trial runs the method once
+    plan.check(run_config.max_hours, p.cache.root if p.cache else None, "this search")
     if p.cache is None:
         raise UnlearnkitError("tuning saves its result in the cache directory: do not disable the cache")
     spec = tune_config.tune_forget or run_config.forget
@@ -113,8 +102,11 @@ def tune(run_config, tune_config: TuneConfig) -> dict:
         "models": run_config.models, "trials": [
             {"number": t.number, "params": t.params, "score": t.value, **t.user_attrs} for t in completed],
     }
-    path = _slot(p.cache.root.parent, run_config.task, run_config.forget, method.name)
+    path = tuned_path(p.cache.root.parent, run_config.task, run_config.forget, method.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda p: p.write_text(json.dumps(result, indent=2)))
     result["path"] = str(path)
     return result
+
+
+__all__ = ["MAX_TRIALS", "TuneConfig", "load_tuned", "score", "tune"]

@@ -38,6 +38,11 @@ def _identity(task: Task, dataset: Dataset, models: int, subset: float, seed: in
             "seed": seed}
 
 
+def datamodels_id(task: Task, dataset: Dataset, models: int, subset: float, seed: int) -> str:
+    """What saved datamodels are checked against before a fit overwrites them (`run_id` in datamodels.json)."""
+    return stable_hash(_identity(task, dataset, models, subset, seed))[:16]
+
+
 def compute_datamodels(task: Task, dataset: Dataset, models: int, subset: float = 0.5, seed: int = 0,
                        cache: ZooCache | None = None) -> DatamodelReport:
     """Train M subset models (+ held-out ones for the LDS), fit ridge datamodels for every training and
@@ -82,7 +87,7 @@ def save_datamodels(path: str | os.PathLike, report: DatamodelReport, extra: dic
     dm = report.datamodels
     tensors = {"basis": dm.basis, "coef": dm.coef, "bias": dm.bias, "mask_mean": dm.mask_mean}
     atomic_write(d / "datamodels.safetensors", lambda p: save_file({k: v.contiguous() for k, v in tensors.items()}, p))
-    meta = {**report.meta, "key": stable_hash(report.meta), "lds_train": report.lds_train, "lds_val": report.lds_val,
+    meta = {**report.meta, "key": stable_hash(report.meta), "run_id": stable_hash(report.meta)[:16], "lds_train": report.lds_train, "lds_val": report.lds_val,
             "held_out_models": report.held_out, **(extra or {}),
             "layout": "weights[i, x] = (basis @ coef)[i, x]; targets x = training then validation examples"}
     atomic_write(d / "datamodels.json", lambda p: p.write_text(json.dumps(meta, indent=2)))

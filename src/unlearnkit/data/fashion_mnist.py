@@ -44,14 +44,14 @@ def _find(directory: Path, stem: str) -> Path:
     for name in (stem, stem + ".gz"):
         if (directory / name).is_file():
             return directory / name
-    raise UnlearnkitError(f"Fashion-MNIST file {stem}[.gz] not found in {directory}. Install the data with:\n  "
+    raise UnlearnkitError(f"Fashion-MNIST file {stem}[.gz] not found in {directory}; install the data with: "
                           + INSTALL_HINT)
 
 
 def load_fashion_mnist(data_dir: str | os.PathLike | None = None) -> Dataset:
     directory = Path(data_dir or os.environ.get("UNLEARNKIT_DATA") or DEFAULT_DIR)
     if not directory.is_dir():
-        raise UnlearnkitError(f"Fashion-MNIST directory {directory} does not exist. Install the data with:\n  "
+        raise UnlearnkitError(f"Fashion-MNIST directory {directory} does not exist; install the data with: "
                               + INSTALL_HINT)
     arrays = {key: read_idx(_find(directory, stem)) for key, stem in FILES.items()}
 

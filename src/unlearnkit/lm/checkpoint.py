@@ -13,10 +13,8 @@ lost to a typo; a failure while saving (a disk filled meanwhile) leaves nothing 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import numbers
-import os
 import pickle
 import shutil
 import tempfile
@@ -31,6 +29,7 @@ from transformers.utils import logging as hf_logging
 
 from ..data.tofu_synth import QA, from_jsonl
 from ..errors import UnlearnkitError
+from ..files import check_writable, disk_full
 from ..methods.base import make_hparams
 from ..methods.lm import LM_REGISTRY, LMContext
 from .evaluate import score_items
@@ -50,17 +49,6 @@ def _weight_files(model_dir: Path) -> list[Path]:
     return sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("*.bin"))
 
 
-def _writable(directory: Path) -> bool:
-    """os.access alone trusts mode bits (root passes them, a read-only mount fails later): also try a file."""
-    if not os.access(directory, os.W_OK | os.X_OK):
-        return False
-    try:
-        with tempfile.TemporaryFile(dir=directory):
-            return True
-    except OSError:
-        return False
-
-
 def _check_dirs(model_dir: Path, out: Path) -> None:
     if not (model_dir / "config.json").is_file():
         raise UnlearnkitError(f"--model-dir {model_dir} is not a Hugging Face checkpoint (no config.json)")
@@ -72,24 +60,14 @@ def _check_dirs(model_dir: Path, out: Path) -> None:
         raise UnlearnkitError(f"--out {out} is an existing file; choose a new directory")
     if out.exists() and any(out.iterdir()):
         raise UnlearnkitError(f"--out {out} already exists and is not empty; choose a new directory")
+    check_writable(out.parent, f"--out {out} cannot be created")
     base = out.parent  # the nearest existing ancestor: the missing ones are created when saving
     while not base.exists() and base != base.parent:
         base = base.parent
-    if not base.is_dir():
-        raise UnlearnkitError(f"--out {out} cannot be created: {base} is a file, not a directory")
-    if not _writable(base):
-        raise UnlearnkitError(f"--out {out} cannot be created: {base} is not writable (permissions or a read-only "
-                              "file system); choose a directory you can write to")
     need, free = sum(f.stat().st_size for f in _weight_files(model_dir)), shutil.disk_usage(base).free
     if need > free:
         raise UnlearnkitError(f"--out {out}: the unlearned model needs about {need / 2**20:.1f} MiB but only "
                               f"{free / 2**20:.1f} MiB are free there; free space or choose another disk")
-
-
-def _disk_full(e: Exception) -> bool:
-    """ENOSPC or EDQUOT, as an OSError or as safetensors' own error (it reports the OS error in its text)."""
-    codes = (errno.ENOSPC, errno.EDQUOT)
-    return getattr(e, "errno", None) in codes or any(f"os error {c})" in str(e) for c in codes)
 
 
 def load_causal_lm(model_dir: Path) -> tuple[PreTrainedModel, object]:
@@ -222,6 +200,6 @@ def _save(model: PreTrainedModel, hf_tok, report: dict, out: Path) -> None:
                 break
         if not isinstance(e, (OSError, SafetensorError)):
             raise
-        why = "the disk is full" if _disk_full(e) else f"cannot write there ({getattr(e, 'strerror', None) or e})"
+        why = "the disk is full" if disk_full(e) else f"cannot write there ({getattr(e, 'strerror', None) or e})"
         raise UnlearnkitError(f"saving to {out} failed: {why}; nothing was saved — free space or choose another "
                               "--out and rerun") from None

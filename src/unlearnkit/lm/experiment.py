@@ -13,28 +13,26 @@ import logging
 import os
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from .. import __version__
+from ..budget import Budget, StepProfile
 from ..errors import Diverged, UnlearnkitError
-from ..experiment import Job, RunConfig, build_jobs, default_cache_dir, run_jobs
 from ..methods.lm import LM_REGISTRY, LMContext
 from ..metrics import bootstrap_p95, klom, summarize
 from ..metrics import llm as M
-from ..budget import Budget, StepProfile
+from ..runs import Job, RunConfig, build_jobs, default_cache_dir, run_jobs
 from ..zoo import ORACLE_SEEDS, ORIGINAL_SEEDS, RETRAIN_SEEDS, ZooCache, arm_seeds
 from .evaluate import MIA_ATTACKS, ItemScores, score_items
 from .model import LMForward, build_lm, init_lm_params
-from .task import TofuData, get_lm_task, load_tofu
+from .task import DEFAULT_LM_METHODS, TofuData, get_lm_task, load_tofu  # noqa: F401 (re-exported)
 from .tokenizer import special_ids
 from .train import lm_key, lm_loss, train_lm_models
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LM_METHODS = ("none", "retrain", "ga", "graddiff", "npo", "simnpo", "llmu", "rmu", "flat", "idk")
 KLOM_SPLITS = ("forget", "retain", "val")
 
 
@@ -43,7 +41,8 @@ def lm_jobs(config: RunConfig) -> list[Job]:
     unknown = [m for m in config.methods if m not in LM_REGISTRY]
     if unknown:
         raise UnlearnkitError(f"unknown language-model method(s) {', '.join(unknown)}; known: {', '.join(LM_REGISTRY)}")
-    if config.tuned or config.datamodels or config.train_size is not None or config.val_size is not None or config.data_dir:
+    if (config.tuned or config.datamodels or config.train_size is not None or config.val_size is not None
+            or config.data_dir):
         raise UnlearnkitError("--tuned, --datamodels, --train-size, --val-size and --data-dir apply to classifier "
                               "tasks only (language-model tasks generate their data)")
     return build_jobs(config, LM_REGISTRY)
@@ -165,7 +164,8 @@ def lm_budget(config: RunConfig, data: TofuData, jobs: list[Job], cache: ZooCach
                                   task.recipe.batch_size)
     out = Budget()
     everything = torch.arange(len(data.items))
-    retain = torch.as_tensor(np.setdiff1d(np.arange(len(data.items)), data.forget_positions(config.forget, config.seed)))
+    forget = data.forget_positions(config.forget, config.seed)
+    retain = torch.as_tensor(np.setdiff1d(np.arange(len(data.items)), forget))
     for positions, base in ((everything, ORIGINAL_SEEDS), (retain, ORACLE_SEEDS), (retain, RETRAIN_SEEDS)):
         seeds = arm_seeds(base, n, config.seed)
         key = lm_key(data.config, data.tensors, positions, seeds, task.recipe)
@@ -184,7 +184,7 @@ def run_lm(config: RunConfig, out: str | os.PathLike | None = None, overwrite: b
     from ..report import check_output
     jobs = lm_jobs(config)
     if out is not None:
-        check_output(out, config.to_dict(), overwrite)
+        check_output(out, config.run_id, overwrite)
     task = get_lm_task(config.task)
     data = load_tofu(task)
     data.forget_positions(config.forget, config.seed)  # a bad spec fails before any training
@@ -198,6 +198,7 @@ def run_lm(config: RunConfig, out: str | os.PathLike | None = None, overwrite: b
     oracle_row, _ = lm_row(bench.oracle_scores, bench.oracle_scores, RunConfig(bootstrap=0))
     ids = np.array([data.items[p].id for p in bench.forget])
     results = {
+        "run_id": config.run_id,
         "config": {**config.to_dict(), "train_size": len(data.items), "unlearnkit": __version__,
                    "torch": torch.__version__, "lm_task": task.describe()},
         "forget_set": {"spec": config.forget, "seed": config.seed, "positions": bench.forget.tolist(),

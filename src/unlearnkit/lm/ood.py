@@ -20,12 +20,13 @@ import os
 from pathlib import Path
 
 from ..errors import UnlearnkitError
-from ..experiment import Job, RunConfig, default_cache_dir
 from ..files import atomic_write
 from ..methods.base import make_hparams
 from ..methods.lm import LM_REGISTRY
-from ..zoo import ZooCache
-from .experiment import LMBench
+from ..report import check_output
+from ..runs import Job, RunConfig, default_cache_dir
+from ..zoo import ZooCache, stable_hash
+from .experiment import LMBench, lm_budget
 from .task import get_lm_task, load_tofu
 
 FORGOTTEN = 0.05   # TOFU's reading: forget quality above 0.05 = not told apart from the oracles
@@ -33,9 +34,10 @@ MAX_STEPS = 100_000  # unlearning steps on a forget set of a few QAs: far past a
 
 
 def id_vs_ood(config: RunConfig, method: str, authors: int, steps: tuple[int, ...],
-              out: str | os.PathLike | None = None) -> dict:
+              out: str | os.PathLike | None = None, overwrite: bool = False) -> dict:
     """{kind: {"spec", "curve": [{steps, forget_quality, model_utility, ...}], "steps_to_forget",
-    "utility_at_forget"}} for kind in ("in-distribution", "out-of-distribution")."""
+    "utility_at_forget"}} for kind in ("in-distribution", "out-of-distribution"). `out` is checked (writable,
+    not holding another curve unless `overwrite`) before anything trains."""
     task = get_lm_task(config.task)
     if method not in LM_REGISTRY:
         raise UnlearnkitError(f"unknown language-model method {method!r}; known: {', '.join(LM_REGISTRY)}")
@@ -47,16 +49,27 @@ def id_vs_ood(config: RunConfig, method: str, authors: int, steps: tuple[int, ..
     if size > task.n_canaries:
         raise UnlearnkitError(f"{authors} authors = {size} QAs, but the task has only {task.n_canaries} canaries "
                               f"to match them with; use at most {task.n_canaries // task.qa_per_author} authors")
+    others = sorted({m for m, _, _ in config.hparams if m != method})
+    if others:
+        raise UnlearnkitError(f"hyperparameters given for {', '.join(others)}, but the method is {method}")
     overrides = {name: value for m, name, value in config.hparams if m == method}
     hp = make_hparams(method, overrides, LM_REGISTRY)
     if not hasattr(hp, "epochs") or method == "finetune":
         raise UnlearnkitError(f"method {method!r} takes no steps on the forget set (the curve's x axis)")
     per_epoch = math.ceil(size / min(hp.batch_size, size))
+    run_id = stable_hash([config.run_id, method, authors, sorted(set(steps))])[:16]
+    if out is not None:
+        check_output(out, run_id, overwrite, "id_vs_ood.json")
     data = load_tofu(task)
     cache_dir = default_cache_dir() if config.cache_dir is None else config.cache_dir
     cache = ZooCache(cache_dir) if cache_dir else None
     specs = {"in-distribution": f"authors:{authors / task.n_authors:g}", "out-of-distribution": f"canaries:{size}"}
-    results = {"config": {**config.to_dict(), "method": method, "authors": authors, "size": size,
+    if cache is not None:
+        cache.check()
+    for spec in specs.values():  # the arms both curves train, estimated before any of them is
+        lm_budget(dataclasses.replace(config, forget=spec), data, [], cache).check(
+            config.max_hours, cache.root if cache else None)
+    results = {"run_id": run_id, "config": {**config.to_dict(), "method": method, "authors": authors, "size": size,
                           "steps": list(steps), "hparams": dataclasses.asdict(hp)}}
     for kind, spec in specs.items():
         bench = LMBench(dataclasses.replace(config, forget=spec, methods=(method,), bootstrap=0), data, cache)

@@ -28,6 +28,9 @@ from .tokenizer import build_tokenizer, encode_items
 from .train import DEFAULT_LM_RECIPE
 
 
+DEFAULT_LM_METHODS = ("none", "retrain", "ga", "graddiff", "npo", "simnpo", "llmu", "rmu", "flat", "idk")
+
+
 @dataclass(frozen=True)
 class LMTask:
     name: str

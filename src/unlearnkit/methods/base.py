@@ -199,7 +199,10 @@ def make_hparams(name: str, overrides: dict[str, str | float | int] | None = Non
             valid = ", ".join(fields) or "(none)"
             raise UnlearnkitError(f"method {name!r} has no hyperparameter {key!r}; valid: {valid}")
         values[key] = _cast(raw, fields[key].type, f"{name}.{key}")
-    return cls(**values)
+    try:
+        return cls(**values)
+    except UnlearnkitError as err:  # name the setting as the user writes it (--set finetune.lr=...)
+        raise UnlearnkitError(str(err).replace(f"{cls.__name__}.", f"{name}.", 1)) from None
 
 
 def _cast(raw, annotation, where: str):

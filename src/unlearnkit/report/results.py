@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UnlearnkitError
-from ..files import atomic_write, check_writable
+from ..files import atomic_write, check_writable, remove_stale_temporaries
 
 
 def _clean(obj):
@@ -32,9 +32,9 @@ def _savez(path: Path, arrays: dict) -> None:
         np.savez_compressed(f, **arrays)
 
 
-def check_output(out, config: dict, overwrite: bool = False, name: str = "results.json") -> None:
+def check_output(out, run_id: str, overwrite: bool = False, name: str = "results.json") -> None:
     """Refuse, before any work, an `out` that cannot be written or that holds another run's results
-    (`name` whose "config" differs from `config`) unless `overwrite`. The same run's results are
+    (`name` with another "run_id", the hash of a config) unless `overwrite`. The same run's results are
     refreshed. Nothing is created: the folder appears only when the results are written."""
     out = Path(out)
     check_writable(out, f"--out {out}")
@@ -42,15 +42,14 @@ def check_output(out, config: dict, overwrite: bool = False, name: str = "result
     if overwrite or not previous.exists():
         return
     try:
-        theirs = json.loads(previous.read_text())["config"]
-    except (OSError, ValueError, KeyError, TypeError):
-        theirs = None
-    mine = json.loads(json.dumps(config, default=str))
-    if not isinstance(theirs, dict) or {k: theirs.get(k) for k in mine} != mine:
-        what = ", ".join(f"{k} {theirs.get(k)}" for k in ("task", "forget", "models", "seed")
-                         if isinstance(theirs, dict) and k in theirs) or "unreadable"
-        raise UnlearnkitError(f"--out {out} holds another run's results ({what}); choose a new folder, or pass "
-                              "--overwrite to replace them")
+        theirs = json.loads(previous.read_text())
+    except (OSError, ValueError):
+        theirs = {}
+    if not isinstance(theirs, dict) or theirs.get("run_id") != run_id:
+        config = theirs.get("config") if isinstance(theirs, dict) and isinstance(theirs.get("config"), dict) else {}
+        what = ", ".join(f"{k} {config[k]}" for k in ("task", "forget", "models", "seed") if k in config)
+        raise UnlearnkitError(f"--out {out} holds another run's results ({what or 'unreadable'}); choose a new "
+                              "folder, or pass --overwrite to replace them")
 
 
 def split_timings(results: dict) -> tuple[dict, dict]:
@@ -74,6 +73,7 @@ def write_results(out, results: dict, per_example: dict[str, np.ndarray], splits
     the forget set's ids); forget_set.json (pass it back with --forget ids:@FILE)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
     arrays = {f"klom/{m}": v for m, v in per_example.items()}
     arrays.update({f"split/{k}": v for k, v in splits.items()})
     arrays["forget_ids"] = forget_ids

@@ -1,0 +1,154 @@
+"""What a run is, shared by the classifier and language-model pipelines: its config (a frozen dataclass
+that describes it fully), the jobs it computes (one per method and budget, the noise floor always
+among them) and the loop over them. `experiment` (classifiers) and `lm.experiment` both build on it.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .budget import check_epochs, check_models
+from .errors import UnlearnkitError
+from .methods import get_method, make_hparams
+from .tasks import TASKS, Task
+from .zoo import stable_hash
+
+DEFAULT_METHODS = ("none", "retrain", "finetune", "ga", "neggrad+")
+NOISE_FLOOR_METHOD = "retrain"
+MIN_MODELS = 2
+
+
+def default_methods(task: str) -> tuple[str, ...]:
+    from .lm.task import DEFAULT_LM_METHODS, LM_TASKS  # lazily: transformers is slow to import
+    return DEFAULT_LM_METHODS if task in LM_TASKS else DEFAULT_METHODS
+
+
+def default_forget(task: str) -> str:
+    from .lm.task import LM_TASKS
+    return "authors:0.1" if task in LM_TASKS else "random:100"
+
+
+def classifier_task(name: str) -> Task:
+    """The classifier task `name`; a language-model task's name is refused as such, for the commands and
+    functions that work on classifiers only."""
+    from .lm.task import LM_TASKS
+    if name in LM_TASKS:
+        raise UnlearnkitError(f"{name!r} is a language-model task: `unlearnkit run` and `unlearnkit llm` take it; "
+                              "this command works on classifier tasks")
+    if name not in TASKS:
+        raise UnlearnkitError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}; language-model tasks: "
+                              f"{', '.join(LM_TASKS)}")
+    return TASKS[name]
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("UNLEARNKIT_CACHE") or str(Path.home() / ".cache" / "unlearnkit")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    task: str = "fashion-mnist-mlp"
+    forget: str = "random:100"
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    models: int = 16
+    seed: int = 0
+    train_size: int | None = None        # None: the task's default
+    data_dir: str | None = None
+    cache_dir: str | None = None         # None: $UNLEARNKIT_CACHE or ~/.cache/unlearnkit; "" disables
+    hparams: tuple[tuple[str, str, str], ...] = ()  # (method, name, value) overrides
+    reference_binning: bool = False
+    bootstrap: int = 100                 # bootstrap replicates for the p95 intervals (0: none)
+    val_size: int | None = None          # None: the whole validation set
+    budgets: tuple[float, ...] = ()      # run each method with an `epochs` budget at each of these
+    tuned: bool = False                  # start from the configs `unlearnkit tune` saved for this task/forget
+    datamodels: str | None = None        # saved datamodels (`unlearnkit datamodels --out`) for pc: sets and dmm
+    datamodel_models: int = 100          # M subset models when datamodels are fitted on the fly
+    max_hours: float = 24.0              # refuse a run whose estimated training time is longer
+
+    def __post_init__(self):
+        """Every option's range, checked when the config is made: nothing trains on a value that would
+        fail (or run forever) later."""
+        if not 0 <= self.seed < 2 ** 31:
+            raise UnlearnkitError(f"--seed must be in [0, 2^31), got {self.seed}")
+        for name in ("train_size", "val_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UnlearnkitError(f"--{name.replace('_', '-')} must be at least 1 (leave it out for the task's "
+                                      f"default), got {value}")
+        if not 0 <= self.bootstrap <= 10_000:
+            raise UnlearnkitError(f"--bootstrap must be in [0, 10000] replicates (0: no intervals), "
+                                  f"got {self.bootstrap}")
+        for b in self.budgets:
+            check_epochs(b, "every --budgets value")
+        if self.datamodel_models < 2:
+            raise UnlearnkitError(f"--datamodel-models must be at least 2, got {self.datamodel_models}")
+        check_models(self.models, MIN_MODELS)
+        if not (self.max_hours > 0 and math.isfinite(self.max_hours)):
+            raise UnlearnkitError(f"--max-hours must be a positive number, got {self.max_hours}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def run_id(self) -> str:
+        """A hash of the config: results under this id came from exactly this run."""
+        return stable_hash(self.to_dict())[:16]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One row to compute: a method with its hyperparameters (and budget, on a KLoM-vs-cost curve)."""
+
+    label: str
+    method: str
+    hparams: object
+    budget: float | None = None
+    tuned: bool = False
+
+
+def build_jobs(config: RunConfig, registry: dict,
+               tuned_for: Callable[[str], dict | None] = lambda m: None) -> list[Job]:
+    """Check the methods (in `registry`), N, overrides and budgets; one Job per method and budget, with the
+    noise-floor method always included. `tuned_for(method)` gives saved hyperparameters to start from."""
+    if not config.methods:
+        raise UnlearnkitError("no methods given")
+    for m in config.methods:
+        get_method(m, registry)
+    if len(set(config.methods)) != len(config.methods):
+        raise UnlearnkitError(f"methods listed twice: {', '.join(config.methods)}")
+    overrides: dict[str, dict[str, str]] = {}
+    for method, name, value in config.hparams:
+        if method not in config.methods and method != NOISE_FLOOR_METHOD:
+            raise UnlearnkitError(f"hyperparameter {method}.{name} given for a method that is not run")
+        overrides.setdefault(method, {})[name] = value
+    jobs = []
+    for m in dict.fromkeys(config.methods + (NOISE_FLOOR_METHOD,)):
+        tuned = tuned_for(m)
+        hp = make_hparams(m, {**(tuned or {}), **overrides.get(m, {})}, registry)
+        if config.budgets and hasattr(hp, "epochs") and m != NOISE_FLOOR_METHOD:
+            jobs += [Job(f"{m}@{b:g}", m, make_hparams(m, {**asdict(hp), "epochs": b}, registry), b, tuned is not None)
+                     for b in config.budgets]
+        else:
+            jobs.append(Job(m, m, hp, None, tuned is not None))
+    return jobs
+
+
+def run_jobs(bench, jobs: list[Job]) -> tuple[list[dict], dict[str, np.ndarray], dict]:
+    """Every job's row, with its cost relative to the retrain arm's; the per-example KLoM of each job that
+    finished; and the retrain (noise-floor) row. `bench` is a classifier `Bench` or an LM `LMBench`."""
+    rows, per_example = [], {}
+    for job in jobs:
+        row, values = bench.run_job(job)
+        rows.append(row)
+        if values is not None:
+            per_example[job.label] = values
+    floor = next(r for r in rows if r["method"] == NOISE_FLOOR_METHOD)
+    for r in rows:
+        r["cost_vs_retrain"] = {k: (r[k] / floor[k] if r.get(k) is not None and floor.get(k) else None)
+                                for k in ("seconds", "flops")}
+    return rows, per_example, floor
