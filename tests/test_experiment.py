@@ -114,8 +114,11 @@ def test_out_holding_another_run_is_refused_unless_overwrite(tmp_path):
     run(config, tmp_path / "out")
     first = (tmp_path / "out" / "results.json").read_bytes()
     run(config, tmp_path / "out")  # the same run: refreshed
+    run(RunConfig(**{**config.to_dict(), "max_hours": 48.0}), tmp_path / "out")  # settings that change no result
+    assert (tmp_path / "out" / "results.json").read_bytes() != first  # (its config says max_hours 48)
     other = RunConfig(**{**config.to_dict(), "forget": "random:12"})
-    with pytest.raises(UnlearnkitError, match="another run's results .*--overwrite"):
+    run(config, tmp_path / "out")
+    with pytest.raises(UnlearnkitError, match=r"another run's results \(forget random:10\).*--overwrite"):
         run(other, tmp_path / "out")
     assert (tmp_path / "out" / "results.json").read_bytes() == first
     run(other, tmp_path / "out", overwrite=True)
@@ -134,7 +137,7 @@ def test_unwritable_out_and_cache_fail_before_training(tmp_path):
 
 def test_runs_that_cannot_finish_or_fit_are_refused_with_the_estimate(tmp_path, monkeypatch):
     base = {"task": "digits-mlp", "forget": "random:10", "methods": ("none",), "cache_dir": str(tmp_path / "c")}
-    with pytest.raises(UnlearnkitError, match=r"would train for about .* \(.* PFLOP at .*--max-hours"):
+    with pytest.raises(UnlearnkitError, match=r"would train for at least about .* \(.* PFLOP at .*--max-hours"):
         run(RunConfig(**base, models=5000, max_hours=0.01))
     monkeypatch.setattr("unlearnkit.budget.available_memory", lambda: 2 ** 20)
     with pytest.raises(UnlearnkitError, match="of memory to train its ensembles"):

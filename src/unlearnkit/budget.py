@@ -20,6 +20,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import UnlearnkitError
+from .files import check_writable, nearest_existing
 
 log = logging.getLogger(__name__)
 
@@ -98,15 +99,16 @@ class Budget:
         if free and self.peak_bytes > 0.9 * free:
             raise UnlearnkitError(f"{what} needs about {_gib(self.peak_bytes)} of memory to train its ensembles, and "
                                   f"this machine has {_gib(free)} free: use fewer --models")
-        if cache_root is not None and self.disk_bytes:
-            probe = _existing(cache_root)
+        if cache_root is not None and self.disk_bytes:  # something will be cached: the cache must take it
+            check_writable(cache_root, "the model cache (--cache-dir or $UNLEARNKIT_CACHE)")
+            probe = nearest_existing(cache_root)
             room = shutil.disk_usage(probe).free
             if self.disk_bytes > room:
                 raise UnlearnkitError(f"{what} caches about {_gib(self.disk_bytes)} of models and {probe} has "
                                       f"{_gib(room)} free: free some space, use fewer --models, or pass --no-cache")
         log.info("%s: estimated %s", what, self.describe())
         if self.seconds() > max_hours * 3600:
-            raise UnlearnkitError(f"{what} would train for about {_duration(self.seconds())} "
+            raise UnlearnkitError(f"{what} would train for at least about {_duration(self.seconds())} "
                                   f"({self.flops / 1e15:,.3g} PFLOP at about "
                                   f"{ZOO_EFFICIENCY * matmul_rate() / 1e9:,.0f} GFLOP/s on this machine), "
                                   f"past the {max_hours:g}-hour limit: lower --models or the epochs, or raise "
@@ -121,14 +123,18 @@ _RATE: list[float] = []
 
 
 def matmul_rate() -> float:
-    """This machine's float32 matmul throughput (FLOP/s), measured once per process (~20 ms)."""
+    """This machine's float32 matmul throughput (FLOP/s), measured once per process (~30 ms): the best of
+    several short trials, so that a moment of load elsewhere does not decide whether a run is refused."""
     if not _RATE:
         a = torch.randn(512, 512)
         a @ a
-        start, reps = time.perf_counter(), 8
-        for _ in range(reps):
-            a @ a
-        _RATE.append(reps * 2 * 512 ** 3 / max(time.perf_counter() - start, 1e-9))
+        best = float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(3):
+                a @ a
+            best = min(best, time.perf_counter() - start)
+        _RATE.append(3 * 2 * 512 ** 3 / max(best, 1e-9))
     return _RATE[0]
 
 
@@ -141,13 +147,6 @@ def available_memory() -> int | None:
     except OSError:
         pass
     return None
-
-
-def _existing(path: Path) -> Path:
-    path = Path(path)
-    while not path.exists() and path.parent != path:
-        path = path.parent
-    return path
 
 
 def _duration(seconds: float) -> str:

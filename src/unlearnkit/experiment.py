@@ -20,7 +20,9 @@ from .data import load_dataset
 from .engine import predict
 from .errors import Diverged, UnlearnkitError
 from .forget import build_forget_set
+from .attribution.store import HELD_OUT
 from .methods import REGISTRY, Context, Ensemble, get_method
+from .models import init_params
 from .metrics import accuracy, bootstrap_p95, klom, margins, summarize
 from .runs import (
     DEFAULT_METHODS,
@@ -77,9 +79,11 @@ def prepare(config: RunConfig) -> Prepared:
                                 dataset.x_val[:config.val_size], dataset.y_val[:config.val_size],
                                 dataset.val_ids[:config.val_size], dataset.num_classes)
     cache = ZooCache(cache_dir) if cache_dir else None
-    if cache is not None:
-        cache.check()
+    if (before := clustered_budget(config, task, dataset, cache)) is not None:  # what building the set trains
+        before.check(config.max_hours, cache.root if cache else None, "building this forget set")
     forget = build_forget_set(config.forget, dataset, config.seed, ForgetResources(config, task, dataset, cache))
+    for job in jobs:
+        job.hparams.check_setting(task, dataset, forget.positions, config.seed)
     return Prepared(config, task, dataset, forget, jobs, cache)
 
 
@@ -166,12 +170,12 @@ def run(config: RunConfig, out: str | os.PathLike | None = None, overwrite: bool
     `overwrite`), and that the work fits in memory, on disk and in `config.max_hours`.
     Language-model tasks (`unlearnkit.lm.task.LM_TASKS`) run through `unlearnkit.lm.experiment.run_lm`."""
     from .lm.task import LM_TASKS
-    from .report import check_output, write_results
+    from .report import check_output, json_config, write_results
     if config.task in LM_TASKS:
         from .lm.experiment import run_lm
         return run_lm(config, out, overwrite)
     if out is not None:
-        check_output(out, config.run_id, overwrite)
+        check_output(out, config.run_id, overwrite, mine=json_config(config))
     p = prepare(config)
     budget(p).check(config.max_hours, p.cache.root if p.cache else None)
     bench = Bench(p)
@@ -191,25 +195,50 @@ def run(config: RunConfig, out: str | os.PathLike | None = None, overwrite: bool
     return results
 
 
+def _profile(task, ds) -> StepProfile:
+    one = init_params(task.model, ds.input_shape, ds.num_classes, [0], **task.model_kwargs)
+    return StepProfile.measure(cross_entropy_loss(template(task, ds)), one, (ds.x_train, ds.y_train),
+                               task.recipe.batch_size)
+
+
+def _cached(cache: ZooCache | None, key: str) -> bool:
+    return cache is not None and (cache.dir(key) / "manifest.json").exists()
+
+
+def clustered_budget(config: RunConfig, task, ds, cache: ZooCache | None) -> Budget | None:
+    """What building a clustered forget set trains before the run's own budget can be known: the
+    originals (near:) or the subset models its datamodels are fitted on (pc: without --datamodels)."""
+    kind, n_train, batch = config.forget.split(":")[0], len(ds.y_train), task.recipe.batch_size
+    out = Budget()
+    if kind == "near":
+        seeds = arm_seeds(ORIGINAL_SEEDS, config.models, config.seed)
+        out.add(_profile(task, ds), config.models, n_train, task.recipe.epochs, batch,
+                _cached(cache, zoo_key(task, ds, torch.arange(n_train), seeds)), cache is not None)
+    elif kind == "pc" and not config.datamodels:
+        models = config.datamodel_models + max(10, round(HELD_OUT * config.datamodel_models))
+        out.add(_profile(task, ds), models, n_train // 2, task.recipe.epochs, batch, False, cache is not None)
+    else:
+        return None
+    return out
+
+
 def budget(p: Prepared) -> Budget:
     """The training a prepared run will do: its three arms (those not cached yet) and every method with
-    an epochs budget (counted over the whole training set: an upper bound for methods on S_F or S_R)."""
+    an epochs budget, counted over the forget set (the smallest set a method passes over: a lower
+    bound, so that a run is never refused for work it will not do)."""
     task, ds, n, seed = p.task, p.dataset, p.config.models, p.config.seed
-    from .models import init_params
-    one = init_params(task.model, ds.input_shape, ds.num_classes, [0], **task.model_kwargs)
-    profile = StepProfile.measure(cross_entropy_loss(template(task, ds)), one, (ds.x_train, ds.y_train),
-                                  task.recipe.batch_size)
+    profile = _profile(task, ds)
     out = Budget()
     everything = torch.arange(len(ds.y_train))
     retain = torch.as_tensor(p.forget.retain_positions(len(ds.y_train)))
     for positions, base in ((everything, ORIGINAL_SEEDS), (retain, ORACLE_SEEDS), (retain, RETRAIN_SEEDS)):
         seeds = arm_seeds(base, n, seed)
-        cached = p.cache is not None and (p.cache.dir(zoo_key(task, ds, positions, seeds)) / "manifest.json").exists()
-        out.add(profile, n, len(positions), task.recipe.epochs, task.recipe.batch_size, cached, p.cache is not None)
+        out.add(profile, n, len(positions), task.recipe.epochs, task.recipe.batch_size,
+                _cached(p.cache, zoo_key(task, ds, positions, seeds)), p.cache is not None)
     for job in p.jobs:
         epochs = getattr(job.hparams, "epochs", None)
         if epochs and job.method != NOISE_FLOOR_METHOD:
-            out.add(profile, n, len(everything), epochs, getattr(job.hparams, "batch_size", task.recipe.batch_size))
+            out.add(profile, n, len(p.forget), epochs, getattr(job.hparams, "batch_size", task.recipe.batch_size))
     return out
 
 

@@ -55,12 +55,7 @@ def disk_full(err: BaseException, where: Path | None = None) -> bool:
 def check_writable(directory: Path, what: str) -> None:
     """Raise UnlearnkitError unless files can be created in `directory` (created later if missing, so
     its nearest existing ancestor must be a writable directory). Nothing is left behind."""
-    directory = Path(directory)
-    probe = directory
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
+    probe = nearest_existing(directory)
     if not probe.is_dir():
         raise UnlearnkitError(f"{what}: {probe} is a file, not a directory; choose another path")
     try:  # os.access alone trusts mode bits (root passes them; a read-only mount fails only later)
@@ -71,6 +66,14 @@ def check_writable(directory: Path, what: str) -> None:
     except OSError as err:
         raise UnlearnkitError(f"{what}: {probe} is not writable ({err.strerror}: permissions or a read-only file "
                               "system); choose a directory you can write to") from None
+
+
+def nearest_existing(path: Path) -> Path:
+    """`path` or its nearest ancestor that exists (what a later mkdir(parents=True) would create under)."""
+    path = Path(path)
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
 
 
 def remove_stale_temporaries(directory: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .budget import check_epochs, check_models
+from .budget import MAX_MODELS, check_epochs, check_models
 from .errors import UnlearnkitError
 from .methods import get_method, make_hparams
 from .tasks import TASKS, Task
@@ -21,6 +21,8 @@ from .zoo import stable_hash
 DEFAULT_METHODS = ("none", "retrain", "finetune", "ga", "neggrad+")
 NOISE_FLOOR_METHOD = "retrain"
 MIN_MODELS = 2
+MAX_SEED = 2 ** 32 - 1
+NOT_RESULTS = ("cache_dir", "max_hours")  # config fields that never change a number in results.json
 
 
 def default_methods(task: str) -> tuple[str, ...]:
@@ -73,8 +75,8 @@ class RunConfig:
     def __post_init__(self):
         """Every option's range, checked when the config is made: nothing trains on a value that would
         fail (or run forever) later."""
-        if not 0 <= self.seed < 2 ** 31:
-            raise UnlearnkitError(f"--seed must be in [0, 2^31), got {self.seed}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise UnlearnkitError(f"--seed must be a whole number from 0 to {MAX_SEED}, got {self.seed}")
         for name in ("train_size", "val_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -85,8 +87,8 @@ class RunConfig:
                                   f"got {self.bootstrap}")
         for b in self.budgets:
             check_epochs(b, "every --budgets value")
-        if self.datamodel_models < 2:
-            raise UnlearnkitError(f"--datamodel-models must be at least 2, got {self.datamodel_models}")
+        if not 10 <= self.datamodel_models <= MAX_MODELS:
+            raise UnlearnkitError(f"--datamodel-models must be in [10, {MAX_MODELS}], got {self.datamodel_models}")
         check_models(self.models, MIN_MODELS)
         if not (self.max_hours > 0 and math.isfinite(self.max_hours)):
             raise UnlearnkitError(f"--max-hours must be a positive number, got {self.max_hours}")
@@ -96,8 +98,9 @@ class RunConfig:
 
     @property
     def run_id(self) -> str:
-        """A hash of the config: results under this id came from exactly this run."""
-        return stable_hash(self.to_dict())[:16]
+        """A hash of what determines the results (not where models are cached, nor the time limit): results
+        under this id came from exactly this run."""
+        return stable_hash({k: v for k, v in self.to_dict().items() if k not in NOT_RESULTS})[:16]
 
 
 @dataclass(frozen=True)

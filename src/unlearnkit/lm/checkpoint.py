@@ -29,8 +29,9 @@ from transformers.utils import logging as hf_logging
 
 from ..data.tofu_synth import QA, from_jsonl
 from ..errors import UnlearnkitError
-from ..files import check_writable, disk_full
+from ..files import check_writable, disk_full, nearest_existing
 from ..methods.base import make_hparams
+from ..runs import MAX_SEED
 from ..methods.lm import LM_REGISTRY, LMContext
 from .evaluate import score_items
 from .generate import load_into
@@ -41,7 +42,6 @@ NOT_FOR_CHECKPOINTS = ("retrain",)  # needs the training recipe and data of the 
 # what a fast tokenizer is built from: its own JSON, or the vocabulary files it is converted from
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
                    "sentencepiece.bpe.model")
-MAX_SEED = 2**32 - 1
 
 
 def _weight_files(model_dir: Path) -> list[Path]:
@@ -61,9 +61,7 @@ def _check_dirs(model_dir: Path, out: Path) -> None:
     if out.exists() and any(out.iterdir()):
         raise UnlearnkitError(f"--out {out} already exists and is not empty; choose a new directory")
     check_writable(out.parent, f"--out {out} cannot be created")
-    base = out.parent  # the nearest existing ancestor: the missing ones are created when saving
-    while not base.exists() and base != base.parent:
-        base = base.parent
+    base = nearest_existing(out.parent)  # the missing ancestors are created when saving
     need, free = sum(f.stat().st_size for f in _weight_files(model_dir)), shutil.disk_usage(base).free
     if need > free:
         raise UnlearnkitError(f"--out {out}: the unlearned model needs about {need / 2**20:.1f} MiB but only "

@@ -158,7 +158,7 @@ def diverged_lm_row(seconds: float, why: str) -> dict:
 
 def lm_budget(config: RunConfig, data: TofuData, jobs: list[Job], cache: ZooCache | None) -> Budget:
     """The training an LM run will do: the three arms not cached yet, and every method with an epochs
-    budget (counted over the whole training set, an upper bound)."""
+    budget (counted over the forget set, a lower bound: see experiment.budget)."""
     task, n = data.task, config.models
     profile = StepProfile.measure(lm_loss(LMForward(data.config)), init_lm_params(data.config, [0]), data.tensors,
                                   task.recipe.batch_size)
@@ -174,24 +174,24 @@ def lm_budget(config: RunConfig, data: TofuData, jobs: list[Job], cache: ZooCach
     for job in jobs:
         epochs = getattr(job.hparams, "epochs", None)
         if epochs and job.method != "retrain":
-            out.add(profile, n, len(everything), epochs, getattr(job.hparams, "batch_size", task.recipe.batch_size))
+            out.add(profile, n, len(forget), epochs, getattr(job.hparams, "batch_size", task.recipe.batch_size))
     return out
 
 
 def run_lm(config: RunConfig, out: str | os.PathLike | None = None, overwrite: bool = False) -> dict:
     """`experiment.run` for language-model tasks: same config, same results layout plus the LM fields,
     the same checks before any training."""
-    from ..report import check_output
+    from ..report import check_output, json_config
     jobs = lm_jobs(config)
     if out is not None:
-        check_output(out, config.run_id, overwrite)
+        check_output(out, config.run_id, overwrite, mine=json_config(config))
     task = get_lm_task(config.task)
     data = load_tofu(task)
-    data.forget_positions(config.forget, config.seed)  # a bad spec fails before any training
+    forget = data.forget_positions(config.forget, config.seed)  # a bad spec fails before any training
+    for job in jobs:
+        job.hparams.check_setting(task, data, forget, config.seed)
     cache_dir = default_cache_dir() if config.cache_dir is None else config.cache_dir
     cache = ZooCache(cache_dir) if cache_dir else None
-    if cache is not None:
-        cache.check()
     lm_budget(config, data, jobs, cache).check(config.max_hours, cache.root if cache else None)
     bench = LMBench(config, data, cache)
     rows, per_example, floor = run_jobs(bench, jobs)

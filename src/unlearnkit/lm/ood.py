@@ -64,8 +64,6 @@ def id_vs_ood(config: RunConfig, method: str, authors: int, steps: tuple[int, ..
     cache_dir = default_cache_dir() if config.cache_dir is None else config.cache_dir
     cache = ZooCache(cache_dir) if cache_dir else None
     specs = {"in-distribution": f"authors:{authors / task.n_authors:g}", "out-of-distribution": f"canaries:{size}"}
-    if cache is not None:
-        cache.check()
     for spec in specs.values():  # the arms both curves train, estimated before any of them is
         lm_budget(dataclasses.replace(config, forget=spec), data, [], cache).check(
             config.max_hours, cache.root if cache else None)

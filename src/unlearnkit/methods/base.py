@@ -48,6 +48,10 @@ class HParams:
     def _checks(self) -> list[tuple[str, bool, str]]:
         return []
 
+    def check_setting(self, task, dataset, forget: np.ndarray, seed: int) -> None:
+        """Raise UnlearnkitError if these hyperparameters cannot work on this task, data and forget set —
+        called before any model is trained, so a run never fails after its compute (override it)."""
+
 
 @dataclass(frozen=True)
 class LoopParams(HParams):

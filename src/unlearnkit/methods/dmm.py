@@ -17,8 +17,13 @@ class DMMParams(MatchParams):
     search_space: ClassVar[dict] = MatchParams.search_space
 
     def _checks(self):
-        return super()._checks() + [("models", self.models >= 10, "must be >= 10"),
+        return super()._checks() + [("models", 10 <= self.models <= 10_000, "must be in [10, 10000]"),
                                     ("subset", 0 < self.subset < 1, "must be in (0, 1)")]
+
+    def check_setting(self, task, dataset, forget, seed) -> None:
+        if self.datamodels:  # readable, and fitted for this task and training set
+            from ..attribution import load_datamodels
+            load_datamodels(self.datamodels, task, dataset)
 
 
 @register("dmm", DMMParams)

@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, jacrev, vmap
 
 from ..engine import Params
+from ..models import init_params
 from ..errors import UnlearnkitError
 from .base import Context, HParams, register
 
@@ -16,7 +17,18 @@ class NewtonParams(HParams):
 
     def _checks(self):
         return [("damping", self.damping >= 0, "must be >= 0"),
-                ("max_params", self.max_params >= 1, "must be >= 1")]
+                ("max_params", 1 <= self.max_params <= 200_000, "must be in [1, 200000] (the Hessian is its square)")]
+
+    def check_setting(self, task, dataset, forget, seed) -> None:
+        size = sum(v[0].numel() for v in init_params(task.model, dataset.input_shape, dataset.num_classes, [0],
+                                                      **task.model_kwargs).values())
+        _check_size(size, self.max_params)
+
+
+def _check_size(size: int, max_params: int) -> None:
+    if size > max_params:
+        raise UnlearnkitError(f"newton needs the full Hessian; this model has {size} parameters "
+                              f"(max_params={max_params}): use it on a small convex task such as digits-logreg")
 
 
 @register("newton", NewtonParams)
@@ -41,9 +53,7 @@ def newton(ctx: Context, hp: NewtonParams) -> Params:
     names = list(ctx.originals)
     shapes = [ctx.originals[k].shape[1:] for k in names]
     sizes = [s.numel() for s in shapes]
-    if sum(sizes) > hp.max_params:
-        raise UnlearnkitError(f"newton needs the full Hessian; this model has {sum(sizes)} parameters "
-                              f"(max_params={hp.max_params}): use it on a small convex task such as digits-logreg")
+    _check_size(sum(sizes), hp.max_params)
     lam = ctx.task.recipe.weight_decay
     x, y = ctx.dataset.x_train, ctx.dataset.y_train
     forget, retain = torch.as_tensor(ctx.forget), torch.as_tensor(ctx.retain)

@@ -5,6 +5,7 @@ import torch
 
 from ..engine import derived_seed, predict
 from ..zoo import ORACLE_SEEDS, arm_seeds
+from ..errors import UnlearnkitError
 from .base import Context, Ensemble, HParams, register
 
 SHARD_TAG = 0x5157
@@ -15,7 +16,19 @@ class SisaParams(HParams):
     shards: int = 5
 
     def _checks(self):
-        return [("shards", self.shards >= 2, "must be >= 2")]
+        return [("shards", 2 <= self.shards <= 1000, "must be in [2, 1000]")]
+
+    def check_setting(self, task, dataset, forget, seed) -> None:
+        n_train = len(dataset.y_train)
+        if self.shards > n_train // 2:
+            raise UnlearnkitError(f"sisa.shards={self.shards} leaves shards of under 2 examples in a training set of "
+                                  f"{n_train}; use at most {n_train // 2}")
+        gone = set(forget.tolist())
+        parts = shard_partition(n_train, self.shards, seed)
+        emptied = [k for k, part in enumerate(parts) if set(part.tolist()) <= gone]
+        if emptied:
+            raise UnlearnkitError(f"the forget set holds every example of SISA shard(s) {emptied}: nothing would be "
+                                  "left to retrain them on; use fewer sisa.shards")
 
 
 def shard_partition(n_train: int, shards: int, seed: int) -> list[np.ndarray]:

@@ -32,10 +32,12 @@ def _savez(path: Path, arrays: dict) -> None:
         np.savez_compressed(f, **arrays)
 
 
-def check_output(out, run_id: str, overwrite: bool = False, name: str = "results.json") -> None:
+def check_output(out, run_id: str, overwrite: bool = False, name: str = "results.json",
+                 mine: dict | None = None) -> None:
     """Refuse, before any work, an `out` that cannot be written or that holds another run's results
     (`name` with another "run_id", the hash of a config) unless `overwrite`. The same run's results are
-    refreshed. Nothing is created: the folder appears only when the results are written."""
+    refreshed. Nothing is created: the folder appears only when the results are written. `mine` (this run's
+    config) lets the message name the settings that differ."""
     out = Path(out)
     check_writable(out, f"--out {out}")
     previous = out / name
@@ -47,9 +49,16 @@ def check_output(out, run_id: str, overwrite: bool = False, name: str = "results
         theirs = {}
     if not isinstance(theirs, dict) or theirs.get("run_id") != run_id:
         config = theirs.get("config") if isinstance(theirs, dict) and isinstance(theirs.get("config"), dict) else {}
-        what = ", ".join(f"{k} {config[k]}" for k in ("task", "forget", "models", "seed") if k in config)
+        differ = [f"{k} {config[k]}" for k, v in (mine or {}).items()
+                  if k in config and v is not None and config[k] != v and k not in ("cache_dir", "max_hours")]
+        what = ", ".join(differ or [f"{k} {config[k]}" for k in ("task", "forget", "models", "seed") if k in config])
         raise UnlearnkitError(f"--out {out} holds another run's results ({what or 'unreadable'}); choose a new "
                               "folder, or pass --overwrite to replace them")
+
+
+def json_config(config) -> dict:
+    """A config as it reads back from results.json (tuples become lists)."""
+    return json.loads(json.dumps(config.to_dict(), default=str))
 
 
 def split_timings(results: dict) -> tuple[dict, dict]:

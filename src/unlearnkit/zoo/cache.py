@@ -132,6 +132,9 @@ class ZooCache:
                 owner = f.read().strip() or "another process"
                 log.warning("%s: another run (%s) is training this ensemble; waiting for it to finish", label, owner)
                 fcntl.flock(f, fcntl.LOCK_EX)
+            except OSError as err:  # ENOLCK, EOPNOTSUPP: some network and FUSE file systems
+                raise UnlearnkitError(f"the model cache at {self.root} cannot lock files ({err.strerror}); use a "
+                                      "local --cache-dir or pass --no-cache") from None
             f.seek(0)
             f.truncate()
             f.write(f"pid {os.getpid()} on {os.uname().nodename}")

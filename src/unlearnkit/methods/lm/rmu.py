@@ -25,6 +25,11 @@ class RMUParams(LMLoopParams):
                                     ("alpha", self.alpha >= 0, "must be >= 0"),
                                     ("update_blocks", self.update_blocks >= 1, "must be >= 1")]
 
+    def check_setting(self, task, data, forget, seed) -> None:
+        if self.layer > data.config.n_layer:
+            raise UnlearnkitError(f"rmu.layer={self.layer}, but the model has {data.config.n_layer} blocks; use 1 to "
+                                  f"{data.config.n_layer}")
+
 
 def rmu_update_mask(params: Params, layer: int, blocks: int) -> Params:
     """1 on the MLP output projections (GPT-2's `mlp.c_proj.weight`, Llama/Mistral's `mlp.down_proj.weight`)
