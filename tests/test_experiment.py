@@ -150,3 +150,22 @@ def test_progress_lines_off_a_terminal(tmp_path, capfd):
                   cache_dir=str(tmp_path), bootstrap=0))
     err = capfd.readouterr().err
     assert "train originals ×2: " in err and "steps" in err
+
+
+def test_out_being_written_by_another_live_run_is_refused(tmp_path):
+    import subprocess
+    import sys
+    out = tmp_path / "out"
+    out.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".unlearnkit-claim").write_text(json.dumps({"run_id": "another", "pid": other.pid}))
+        config = RunConfig(task="digits-logreg", forget="random:10", methods=("none",), models=2,
+                           cache_dir=str(tmp_path / "cache"), bootstrap=0)
+        with pytest.raises(UnlearnkitError, match=f"being written by another run \\(pid {other.pid}\\)"):
+            run(config, out)
+    finally:
+        other.kill()
+        other.wait()
+    run(config, out)  # its owner is gone: the claim is stale
+    assert sorted(p.name for p in out.iterdir()) == ["forget_set.json", "klom.npz", "results.json", "timings.json"]

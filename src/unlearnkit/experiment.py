@@ -170,7 +170,7 @@ def run(config: RunConfig, out: str | os.PathLike | None = None, overwrite: bool
     `overwrite`), and that the work fits in memory, on disk and in `config.max_hours`.
     Language-model tasks (`unlearnkit.lm.task.LM_TASKS`) run through `unlearnkit.lm.experiment.run_lm`."""
     from .lm.task import LM_TASKS
-    from .report import check_output, json_config, write_results
+    from .report import check_output, claim_output, json_config, write_results
     if config.task in LM_TASKS:
         from .lm.experiment import run_lm
         return run_lm(config, out, overwrite)
@@ -178,6 +178,8 @@ def run(config: RunConfig, out: str | os.PathLike | None = None, overwrite: bool
         check_output(out, config.run_id, overwrite, mine=json_config(config))
     p = prepare(config)
     budget(p).check(config.max_hours, p.cache.root if p.cache else None)
+    if out is not None:
+        claim_output(out, config.run_id)
     bench = Bench(p)
     rows, per_example, noise_floor = run_jobs(bench, p.jobs)
     ds = p.dataset

@@ -80,11 +80,12 @@ def remove_stale_temporaries(directory: Path) -> None:
     """Delete `atomic_write` temporaries whose writer is no longer running (a kill mid-write)."""
     for f in Path(directory).iterdir():
         m = _TEMPORARY.match(f.name)
-        if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+        if m and int(m.group(1)) != os.getpid() and not alive(int(m.group(1))):
             f.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process `pid` is running on this machine."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

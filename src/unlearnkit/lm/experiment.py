@@ -181,7 +181,7 @@ def lm_budget(config: RunConfig, data: TofuData, jobs: list[Job], cache: ZooCach
 def run_lm(config: RunConfig, out: str | os.PathLike | None = None, overwrite: bool = False) -> dict:
     """`experiment.run` for language-model tasks: same config, same results layout plus the LM fields,
     the same checks before any training."""
-    from ..report import check_output, json_config
+    from ..report import check_output, claim_output, json_config
     jobs = lm_jobs(config)
     if out is not None:
         check_output(out, config.run_id, overwrite, mine=json_config(config))
@@ -193,6 +193,8 @@ def run_lm(config: RunConfig, out: str | os.PathLike | None = None, overwrite: b
     cache_dir = default_cache_dir() if config.cache_dir is None else config.cache_dir
     cache = ZooCache(cache_dir) if cache_dir else None
     lm_budget(config, data, jobs, cache).check(config.max_hours, cache.root if cache else None)
+    if out is not None:
+        claim_output(out, config.run_id)
     bench = LMBench(config, data, cache)
     rows, per_example, floor = run_jobs(bench, jobs)
     oracle_row, _ = lm_row(bench.oracle_scores, bench.oracle_scores, RunConfig(bootstrap=0))

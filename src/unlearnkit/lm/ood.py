@@ -23,7 +23,7 @@ from ..errors import UnlearnkitError
 from ..files import atomic_write
 from ..methods.base import make_hparams
 from ..methods.lm import LM_REGISTRY
-from ..report import check_output
+from ..report import check_output, claim_output, release_output
 from ..runs import Job, RunConfig, default_cache_dir
 from ..zoo import ZooCache, stable_hash
 from .experiment import LMBench, lm_budget
@@ -67,6 +67,8 @@ def id_vs_ood(config: RunConfig, method: str, authors: int, steps: tuple[int, ..
     for spec in specs.values():  # the arms both curves train, estimated before any of them is
         lm_budget(dataclasses.replace(config, forget=spec), data, [], cache).check(
             config.max_hours, cache.root if cache else None)
+    if out is not None:
+        claim_output(out, run_id)
     results = {"run_id": run_id, "config": {**config.to_dict(), "method": method, "authors": authors, "size": size,
                           "steps": list(steps), "hparams": dataclasses.asdict(hp)}}
     for kind, spec in specs.items():
@@ -85,6 +87,7 @@ def id_vs_ood(config: RunConfig, method: str, authors: int, steps: tuple[int, ..
         import json
         Path(out).mkdir(parents=True, exist_ok=True)
         atomic_write(Path(out) / "id_vs_ood.json", lambda p: p.write_text(json.dumps(results, indent=2)))
+        release_output(out)
     return results
 
 

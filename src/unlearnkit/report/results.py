@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UnlearnkitError
-from ..files import atomic_write, check_writable, remove_stale_temporaries
+from ..files import alive, atomic_write, check_writable, remove_stale_temporaries
 
 
 def _clean(obj):
@@ -40,6 +41,10 @@ def check_output(out, run_id: str, overwrite: bool = False, name: str = "results
     config) lets the message name the settings that differ."""
     out = Path(out)
     check_writable(out, f"--out {out}")
+    claim = _claim(out)
+    if claim and claim.get("run_id") != run_id and claim.get("pid") != os.getpid() and alive(claim.get("pid", 0)):
+        raise UnlearnkitError(f"--out {out} is being written by another run (pid {claim['pid']}); choose another "
+                              "folder or wait for it to finish")
     previous = out / name
     if overwrite or not previous.exists():
         return
@@ -54,6 +59,30 @@ def check_output(out, run_id: str, overwrite: bool = False, name: str = "results
         what = ", ".join(differ or [f"{k} {config[k]}" for k in ("task", "forget", "models", "seed") if k in config])
         raise UnlearnkitError(f"--out {out} holds another run's results ({what or 'unreadable'}); choose a new "
                               "folder, or pass --overwrite to replace them")
+
+
+CLAIM = ".unlearnkit-claim"
+
+
+def _claim(out: Path) -> dict | None:
+    try:
+        claim = json.loads((out / CLAIM).read_text())
+        return claim if isinstance(claim, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def claim_output(out, run_id: str) -> None:
+    """Mark `out` as being written by this run (once every check has passed, before training), so a
+    second run started into the same folder meanwhile is refused by `check_output` instead of one
+    silently replacing the other's results. `release_output` removes the mark; a dead owner's is ignored."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / CLAIM, lambda p: p.write_text(json.dumps({"run_id": run_id, "pid": os.getpid()})))
+
+
+def release_output(out) -> None:
+    (Path(out) / CLAIM).unlink(missing_ok=True)
 
 
 def json_config(config) -> dict:
@@ -91,3 +120,4 @@ def write_results(out, results: dict, per_example: dict[str, np.ndarray], splits
     fixed, timings = split_timings(results)
     atomic_write(out / "timings.json", lambda p: p.write_text(json.dumps(_clean(timings), indent=2)))
     atomic_write(out / "results.json", lambda p: p.write_text(json.dumps(_clean(fixed), indent=2)))
+    release_output(out)
