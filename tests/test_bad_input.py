@@ -195,6 +195,9 @@ RUN_CASES = [
     ("datamodel-models-too-many", ["--datamodel-models", "100000"], "--datamodel-models"),
     ("lm-rmu-layer-past-the-model", ["--task", "tofu-synth-tiny", "--methods", "rmu", "--set", "rmu.layer=9"],
      "rmu.layer=9"),
+    ("set-twice", ["--methods", "finetune", "--set", "finetune.lr=0.1", "--set", "finetune.lr=0.2"], "set twice"),
+    ("budgets-twice", ["--budgets", "1,1"], "twice"),
+    ("tuned-without-tuning", ["--methods", "finetune", "--tuned"], "unlearnkit tune"),
     ("lm-task-train-size", ["--task", "tofu-synth-tiny", "--train-size", "10"], "--train-size"),
     ("lm-task-val-size", ["--task", "tofu-synth-tiny", "--val-size", "10"], "--val-size"),
     ("lm-task-models=1", ["--task", "tofu-synth-tiny", "--models", "1"], "--models"),
@@ -454,3 +457,12 @@ def test_installed_entry_point_refuses_the_same_way(tmp_path, args, match):
     res = subprocess.run([ENTRY, *args, "--cache-dir", str(cache), "--out", str(out)], capture_output=True,
                          text=True, timeout=120, check=False)
     assert_refused((res.returncode, res.stdout, res.stderr), match, out=out, cache=cache)
+
+
+def test_ctrl_c_is_one_line_that_says_how_to_resume(monkeypatch, capsys, tmp_path):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr("unlearnkit.experiment.run", interrupted)
+    code, _, err = invoke(monkeypatch, capsys, "run", "--task", "digits-mlp", "--cache-dir", tmp_path / "cache")
+    assert code == 130 and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and "rerun the same command to resume" in err

@@ -118,7 +118,8 @@ def test_out_holding_another_run_is_refused_unless_overwrite(tmp_path):
     assert (tmp_path / "out" / "results.json").read_bytes() != first  # (its config says max_hours 48)
     other = RunConfig(**{**config.to_dict(), "forget": "random:12"})
     run(config, tmp_path / "out")
-    with pytest.raises(UnlearnkitError, match=r"another run's results \(forget random:10\).*--overwrite"):
+    with pytest.raises(UnlearnkitError,
+                       match=r"another run's results \(forget random:10 there, random:12 here\).*--overwrite"):
         run(other, tmp_path / "out")
     assert (tmp_path / "out" / "results.json").read_bytes() == first
     run(other, tmp_path / "out", overwrite=True)

@@ -1,6 +1,7 @@
 """The same config and seed give the same results.json, bit for bit: whether the models were trained in
 this process, loaded from the cache (here or in another process), retrained, or resumed after an
-interruption. Wall-clock seconds, the one thing that differs, live in timings.json."""
+interruption (and so are klom.npz and forget_set.json). Wall-clock seconds, the one thing that differs,
+live in timings.json."""
 import json
 import shutil
 import subprocess
@@ -26,8 +27,8 @@ def setting(tmp_path_factory):
     return config, root
 
 
-def _bytes(out) -> bytes:
-    return (out / "results.json").read_bytes()
+def _bytes(out) -> list[bytes]:
+    return [(out / name).read_bytes() for name in ("results.json", "klom.npz", "forget_set.json")]
 
 
 def _drop(cache_dir, *labels):

@@ -142,7 +142,8 @@ def datamodels(task, models, subset, seed, train_size, data_dir, cache_dir, trak
     t = classifier_task(task)
     RunConfig(task=task, seed=seed, train_size=train_size)  # the options they share, checked the same way
     if not 10 <= models <= MAX_MODELS:
-        raise UnlearnkitError(f"--models: datamodels need at least 10 subset models (and at most {MAX_MODELS}), got {models}")
+        raise UnlearnkitError(f"--models: datamodels need at least 10 subset models (and at most {MAX_MODELS}), "
+                              f"got {models}")
     if not 0 < subset < 1:
         raise UnlearnkitError(f"--subset must be a fraction in (0, 1), got {subset}")
     if trak_models < 0 or proj_dim < 1:
@@ -270,6 +271,7 @@ def main() -> None:
     except click.ClickException as err:
         err.show()
         sys.exit(err.exit_code)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("interrupted: the ensembles finished so far are cached (and the one in training at its last "
+                   "epoch); rerun the same command to resume", err=True)
         sys.exit(130)

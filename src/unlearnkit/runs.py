@@ -128,10 +128,17 @@ def build_jobs(config: RunConfig, registry: dict,
     for method, name, value in config.hparams:
         if method not in config.methods and method != NOISE_FLOOR_METHOD:
             raise UnlearnkitError(f"hyperparameter {method}.{name} given for a method that is not run")
+        if name in overrides.get(method, {}):
+            raise UnlearnkitError(f"{method}.{name} is set twice; give each hyperparameter once")
         overrides.setdefault(method, {})[name] = value
     jobs = []
+    if len(set(config.budgets)) != len(config.budgets):
+        raise UnlearnkitError(f"--budgets lists a budget twice: {', '.join(f'{b:g}' for b in config.budgets)}")
     for m in dict.fromkeys(config.methods + (NOISE_FLOOR_METHOD,)):
         tuned = tuned_for(m)
+        if config.tuned and tuned is None and m in config.methods and registry[m].hparams.search_space:
+            raise UnlearnkitError(f"--tuned: no tuned hyperparameters saved for {m} on {config.task} with forget "
+                                  f"{config.forget}; run `unlearnkit tune --method {m}` first, or leave out --tuned")
         hp = make_hparams(m, {**(tuned or {}), **overrides.get(m, {})}, registry)
         if config.budgets and hasattr(hp, "epochs") and m != NOISE_FLOOR_METHOD:
             jobs += [Job(f"{m}@{b:g}", m, make_hparams(m, {**asdict(hp), "epochs": b}, registry), b, tuned is not None)

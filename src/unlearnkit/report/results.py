@@ -6,9 +6,11 @@ that differs between identical runs: they go to timings.json.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +31,14 @@ def _clean(obj):
 
 
 def _savez(path: Path, arrays: dict) -> None:
-    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a temporary name
-        np.savez_compressed(f, **arrays)
+    """np.savez_compressed's format (np.load reads it), but with fixed member timestamps, so the same
+    arrays give the same bytes (np.savez stamps each member with the time of writing)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, array in arrays.items():
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.asanyarray(array), allow_pickle=False)
+            z.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buffer.getvalue(),
+                       compress_type=zipfile.ZIP_DEFLATED)
 
 
 def check_output(out, run_id: str, overwrite: bool = False, name: str = "results.json",
@@ -54,7 +62,7 @@ def check_output(out, run_id: str, overwrite: bool = False, name: str = "results
         theirs = {}
     if not isinstance(theirs, dict) or theirs.get("run_id") != run_id:
         config = theirs.get("config") if isinstance(theirs, dict) and isinstance(theirs.get("config"), dict) else {}
-        differ = [f"{k} {config[k]}" for k, v in (mine or {}).items()
+        differ = [f"{k} {config[k]} there, {v} here" for k, v in (mine or {}).items()
                   if k in config and v is not None and config[k] != v and k not in ("cache_dir", "max_hours")]
         what = ", ".join(differ or [f"{k} {config[k]}" for k in ("task", "forget", "models", "seed") if k in config])
         raise UnlearnkitError(f"--out {out} holds another run's results ({what or 'unreadable'}); choose a new "

@@ -60,10 +60,10 @@ class ZooCache:
     def dir(self, key: str) -> Path:
         return self.root / key[:24]
 
-    def load(self, key: str, models: int | None = None) -> tuple[Params, dict] | None:
+    def load(self, key: str, models: int | None = None, quiet: bool = False) -> tuple[Params, dict] | None:
         """(models, manifest) from the cache, or None if absent. An entry that exists but is damaged —
-        torn, edited, or holding another number of models than `models` — is reported and ignored
-        (the caller trains it again and overwrites it)."""
+        torn, edited, or holding another number of models than `models` — is reported (unless `quiet`:
+        said once already) and ignored (the caller trains it again and overwrites it)."""
         d = self.dir(key)
         if not (d / "manifest.json").exists():
             return None
@@ -80,7 +80,8 @@ class ZooCache:
                 raise ValueError(f"it does not hold {models} models")
             return params, manifest
         except (OSError, ValueError, KeyError, TypeError) as err:
-            log.warning("cache entry %s is damaged (%s): training it again", d, err)
+            if not quiet:
+                log.warning("cache entry %s is damaged (%s): training it again", d, err)
             return None
 
     def save(self, key: str, params: Params, manifest: dict) -> None:

@@ -89,7 +89,7 @@ def train_cached(key: str, loss: LossFn, init: Callable[[], Params], stream: Epo
     if (hit := _load(cache, key, n, label)) is not None:
         return hit
     with cache.lock(key, label):
-        if (hit := _load(cache, key, n, label)) is not None:  # another run finished it while we waited
+        if (hit := _load(cache, key, n, label, quiet=True)) is not None:  # another run finished it meanwhile
             return hit
         resume = cache.load_checkpoint(key)
         if resume:
@@ -103,8 +103,8 @@ def train_cached(key: str, loss: LossFn, init: Callable[[], Params], stream: Epo
     return arm
 
 
-def _load(cache: ZooCache, key: str, n: int, label: str) -> Arm | None:
-    if (hit := cache.load(key, n)) is None:
+def _load(cache: ZooCache, key: str, n: int, label: str, quiet: bool = False) -> Arm | None:
+    if (hit := cache.load(key, n, quiet)) is None:
         return None
     params, saved = hit
     log.info("%s: loaded %d cached models (%s)", label, next(iter(params.values())).shape[0], cache.dir(key))
