@@ -170,3 +170,13 @@ def test_out_being_written_by_another_live_run_is_refused(tmp_path):
         other.wait()
     run(config, out)  # its owner is gone: the claim is stale
     assert sorted(p.name for p in out.iterdir()) == ["forget_set.json", "klom.npz", "results.json", "timings.json"]
+
+
+def test_cache_that_cannot_hold_the_models_is_refused_before_training(tmp_path, monkeypatch):
+    import collections
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr("unlearnkit.budget.shutil.disk_usage", lambda path: usage(10 ** 12, 10 ** 12, 1024))
+    with pytest.raises(UnlearnkitError, match="free some space"):
+        run(RunConfig(task="digits-mlp", forget="random:10", methods=("none",), models=4,
+                      cache_dir=str(tmp_path / "cache")), tmp_path / "out")
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
