@@ -76,17 +76,21 @@ class Budget:
     """The work a run will do, added up job by job, then checked against the machine."""
 
     flops: float = 0.0
+    method_flops: float = 0.0  # the part of `flops` that unlearning methods do (what one more run of them costs)
     peak_bytes: float = 0.0
     disk_bytes: float = 0.0
 
     def add(self, profile: StepProfile, models: int, examples: int, epochs: float, batch: int,
-            cached: bool = False, stored: bool = False) -> None:
+            cached: bool = False, stored: bool = False, method: bool = False) -> None:
         """Training `models` models for `epochs` passes over `examples` examples (minibatches of `batch`);
-        nothing if already cached; `stored`: its weights and checkpoints go to the cache."""
+        nothing if already cached; `stored`: its weights and checkpoints go to the cache; `method`: an
+        unlearning method's training (not a zoo arm's)."""
         memory = models * (STATE_COPIES * profile.param_bytes + min(batch, examples) * profile.activation_bytes)
         self.peak_bytes = max(self.peak_bytes, memory)
         if not cached:
-            self.flops += profile.flops * models * examples * epochs
+            flops = profile.flops * models * examples * epochs
+            self.flops += flops
+            self.method_flops += flops if method else 0.0
             self.disk_bytes += 2 * models * profile.param_bytes if stored else 0
 
     def seconds(self) -> float:

@@ -5,7 +5,6 @@ any model is trained; results are written only when the run is complete.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
@@ -35,13 +34,13 @@ from .runs import (
     default_cache_dir,
     default_forget,
     default_methods,
+    run_budget,
     run_jobs,
 )
 from .tuned import load_tuned
 from .zoo import (
     ORACLE_SEEDS,
     ORIGINAL_SEEDS,
-    RETRAIN_SEEDS,
     ZooCache,
     arm_seeds,
     cross_entropy_loss,
@@ -203,10 +202,6 @@ def _profile(task, ds) -> StepProfile:
                                task.recipe.batch_size)
 
 
-def _cached(cache: ZooCache | None, key: str) -> bool:
-    return cache is not None and (cache.dir(key) / "manifest.json").exists()
-
-
 def clustered_budget(config: RunConfig, task, ds, cache: ZooCache | None) -> Budget | None:
     """What building a clustered forget set trains before the run's own budget can be known: the
     originals (near:) or the subset models its datamodels are fitted on (pc: without --datamodels)."""
@@ -215,7 +210,7 @@ def clustered_budget(config: RunConfig, task, ds, cache: ZooCache | None) -> Bud
     if kind == "near":
         seeds = arm_seeds(ORIGINAL_SEEDS, config.models, config.seed)
         out.add(_profile(task, ds), config.models, n_train, task.recipe.epochs, batch,
-                _cached(cache, zoo_key(task, ds, torch.arange(n_train), seeds)), cache is not None)
+                cache is not None and cache.has(zoo_key(task, ds, torch.arange(n_train), seeds)), cache is not None)
     elif kind == "pc" and not config.datamodels:
         models = config.datamodel_models + max(10, round(HELD_OUT * config.datamodel_models))
         out.add(_profile(task, ds), models, n_train // 2, task.recipe.epochs, batch, False, cache is not None)
@@ -225,29 +220,11 @@ def clustered_budget(config: RunConfig, task, ds, cache: ZooCache | None) -> Bud
 
 
 def budget(p: Prepared) -> Budget:
-    """The training a prepared run will do: its three arms (those not cached yet) and every method with
-    an epochs budget, counted over the forget set (the smallest set a method passes over: a lower
-    bound, so that a run is never refused for work it will not do)."""
-    task, ds, n, seed = p.task, p.dataset, p.config.models, p.config.seed
-    profile = _profile(task, ds)
-    out = Budget()
-    everything = torch.arange(len(ds.y_train))
-    retain = torch.as_tensor(p.forget.retain_positions(len(ds.y_train)))
-    for positions, base in ((everything, ORIGINAL_SEEDS), (retain, ORACLE_SEEDS), (retain, RETRAIN_SEEDS)):
-        seeds = arm_seeds(base, n, seed)
-        out.add(profile, n, len(positions), task.recipe.epochs, task.recipe.batch_size,
-                _cached(p.cache, zoo_key(task, ds, positions, seeds)), p.cache is not None)
-    for job in p.jobs:
-        epochs = getattr(job.hparams, "epochs", None)
-        if epochs and job.method != NOISE_FLOOR_METHOD:
-            out.add(profile, n, len(p.forget), epochs, getattr(job.hparams, "batch_size", task.recipe.batch_size))
-    return out
-
-
-def method_flops(p: Prepared) -> float:
-    """The FLOPs `budget` books for the prepared run's methods alone (what one more run of them costs)."""
-    everything, methods = budget(p), budget(dataclasses.replace(p, jobs=[]))
-    return everything.flops - methods.flops
+    """The training a prepared run will do (`runs.run_budget`)."""
+    task, ds = p.task, p.dataset
+    return run_budget(_profile(task, ds), task.recipe, p.config, torch.arange(len(ds.y_train)),
+                      torch.as_tensor(p.forget.retain_positions(len(ds.y_train))), len(p.forget),
+                      lambda positions, seeds: zoo_key(task, ds, positions, seeds), p.cache, p.jobs)
 
 
 class _Evaluator:
@@ -283,5 +260,5 @@ class _Evaluator:
 
 __all__ = ["DEFAULT_METHODS", "MIN_MODELS", "NOISE_FLOOR_METHOD", "Bench", "ForgetResources", "Job", "Prepared",
            "RunConfig",
-           "budget", "build_jobs", "default_cache_dir", "default_forget", "default_methods", "method_flops", "prepare",
+           "budget", "build_jobs", "default_cache_dir", "default_forget", "default_methods", "prepare",
            "run", "run_jobs"]

@@ -11,12 +11,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from .budget import MAX_MODELS, check_epochs, check_models
+from .budget import MAX_MODELS, Budget, StepProfile, check_epochs, check_models
 from .errors import UnlearnkitError
 from .methods import get_method, make_hparams
 from .tasks import TASKS, Task
-from .zoo import stable_hash
+from .zoo import ORACLE_SEEDS, ORIGINAL_SEEDS, RETRAIN_SEEDS, ZooCache, arm_seeds, stable_hash
 
 DEFAULT_METHODS = ("none", "retrain", "finetune", "ga", "neggrad+")
 NOISE_FLOOR_METHOD = "retrain"
@@ -146,6 +147,26 @@ def build_jobs(config: RunConfig, registry: dict,
         else:
             jobs.append(Job(m, m, hp, None, tuned is not None))
     return jobs
+
+
+def run_budget(profile: StepProfile, recipe, config: RunConfig, everything: torch.Tensor, retain: torch.Tensor,
+               n_forget: int, key_of: Callable[[torch.Tensor, list[int]], str], cache: ZooCache | None,
+               jobs: list[Job]) -> Budget:
+    """The training a run will do, for either pipeline: its three arms (originals on `everything`,
+    oracles and the retrain arm on `retain`; `key_of(positions, seeds)` names an arm's cache entry, and
+    a cached one costs nothing) and every job with an epochs budget, counted over the forget set (the
+    smallest set a method passes over: a lower bound, so a run is never refused for work it will not do)."""
+    out = Budget()
+    for positions, base in ((everything, ORIGINAL_SEEDS), (retain, ORACLE_SEEDS), (retain, RETRAIN_SEEDS)):
+        seeds = arm_seeds(base, config.models, config.seed)
+        out.add(profile, config.models, len(positions), recipe.epochs, recipe.batch_size,
+                cache is not None and cache.has(key_of(positions, seeds)), cache is not None)
+    for job in jobs:
+        epochs = getattr(job.hparams, "epochs", None)
+        if epochs and job.method != NOISE_FLOOR_METHOD:
+            out.add(profile, config.models, n_forget, epochs, getattr(job.hparams, "batch_size", recipe.batch_size),
+                    method=True)
+    return out
 
 
 def run_jobs(bench, jobs: list[Job]) -> tuple[list[dict], dict[str, np.ndarray], dict]:

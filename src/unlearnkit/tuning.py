@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import UnlearnkitError
-from .experiment import Bench, Job, budget, method_flops, prepare
+from .experiment import Bench, Job, budget, prepare
 from .files import atomic_write
 from .forget import build_forget_set
 from .methods import get_method, make_hparams
@@ -56,7 +56,7 @@ def tune(run_config, tune_config: TuneConfig) -> dict:
         raise UnlearnkitError(f"--trials must be at most {MAX_TRIALS}, got {tune_config.trials}")
     p = prepare(dataclasses.replace(run_config, methods=(method.name,)))
     plan = budget(p)
-    plan.flops += (tune_config.trials - 1) * method_flops(p)  # every trial runs the method once
+    plan.flops += (tune_config.trials - 1) * plan.method_flops  # every trial runs the method once
     plan.check(run_config.max_hours, p.cache.root if p.cache else None, "this search")
     if p.cache is None:
         raise UnlearnkitError("tuning saves its result in the cache directory: do not disable the cache")

@@ -87,7 +87,8 @@ def save_datamodels(path: str | os.PathLike, report: DatamodelReport, extra: dic
     dm = report.datamodels
     tensors = {"basis": dm.basis, "coef": dm.coef, "bias": dm.bias, "mask_mean": dm.mask_mean}
     atomic_write(d / "datamodels.safetensors", lambda p: save_file({k: v.contiguous() for k, v in tensors.items()}, p))
-    meta = {**report.meta, "key": stable_hash(report.meta), "run_id": stable_hash(report.meta)[:16], "lds_train": report.lds_train, "lds_val": report.lds_val,
+    key = stable_hash(report.meta)
+    meta = {**report.meta, "key": key, "run_id": key[:16], "lds_train": report.lds_train, "lds_val": report.lds_val,
             "held_out_models": report.held_out, **(extra or {}),
             "layout": "weights[i, x] = (basis @ coef)[i, x]; targets x = training then validation examples"}
     atomic_write(d / "datamodels.json", lambda p: p.write_text(json.dumps(meta, indent=2)))

@@ -23,8 +23,8 @@ from ..errors import Diverged, UnlearnkitError
 from ..methods.lm import LM_REGISTRY, LMContext
 from ..metrics import bootstrap_p95, klom, summarize
 from ..metrics import llm as M
-from ..runs import Job, RunConfig, build_jobs, default_cache_dir, run_jobs
-from ..zoo import ORACLE_SEEDS, ORIGINAL_SEEDS, RETRAIN_SEEDS, ZooCache, arm_seeds
+from ..runs import Job, RunConfig, build_jobs, default_cache_dir, run_budget, run_jobs
+from ..zoo import ORACLE_SEEDS, ORIGINAL_SEEDS, ZooCache, arm_seeds
 from .evaluate import MIA_ATTACKS, ItemScores, score_items
 from .model import LMForward, build_lm, init_lm_params
 from .task import DEFAULT_LM_METHODS, TofuData, get_lm_task, load_tofu  # noqa: F401 (re-exported)
@@ -157,25 +157,15 @@ def diverged_lm_row(seconds: float, why: str) -> dict:
 
 
 def lm_budget(config: RunConfig, data: TofuData, jobs: list[Job], cache: ZooCache | None) -> Budget:
-    """The training an LM run will do: the three arms not cached yet, and every method with an epochs
-    budget (counted over the forget set, a lower bound: see experiment.budget)."""
-    task, n = data.task, config.models
+    """The training an LM run will do (`runs.run_budget`)."""
+    task = data.task
     profile = StepProfile.measure(lm_loss(LMForward(data.config)), init_lm_params(data.config, [0]), data.tensors,
                                   task.recipe.batch_size)
-    out = Budget()
-    everything = torch.arange(len(data.items))
     forget = data.forget_positions(config.forget, config.seed)
-    retain = torch.as_tensor(np.setdiff1d(np.arange(len(data.items)), forget))
-    for positions, base in ((everything, ORIGINAL_SEEDS), (retain, ORACLE_SEEDS), (retain, RETRAIN_SEEDS)):
-        seeds = arm_seeds(base, n, config.seed)
-        key = lm_key(data.config, data.tensors, positions, seeds, task.recipe)
-        cached = cache is not None and (cache.dir(key) / "manifest.json").exists()
-        out.add(profile, n, len(positions), task.recipe.epochs, task.recipe.batch_size, cached, cache is not None)
-    for job in jobs:
-        epochs = getattr(job.hparams, "epochs", None)
-        if epochs and job.method != "retrain":
-            out.add(profile, n, len(forget), epochs, getattr(job.hparams, "batch_size", task.recipe.batch_size))
-    return out
+    return run_budget(profile, task.recipe, config, torch.arange(len(data.items)),
+                      torch.as_tensor(np.setdiff1d(np.arange(len(data.items)), forget)), len(forget),
+                      lambda positions, seeds: lm_key(data.config, data.tensors, positions, seeds, task.recipe),
+                      cache, jobs)
 
 
 def run_lm(config: RunConfig, out: str | os.PathLike | None = None, overwrite: bool = False) -> dict:

@@ -60,12 +60,16 @@ class ZooCache:
     def dir(self, key: str) -> Path:
         return self.root / key[:24]
 
+    def has(self, key: str) -> bool:
+        """Whether a finished entry is there (its manifest, written last, exists); `load` verifies it."""
+        return (self.dir(key) / "manifest.json").exists()
+
     def load(self, key: str, models: int | None = None, quiet: bool = False) -> tuple[Params, dict] | None:
         """(models, manifest) from the cache, or None if absent. An entry that exists but is damaged —
         torn, edited, or holding another number of models than `models` — is reported (unless `quiet`:
         said once already) and ignored (the caller trains it again and overwrites it)."""
         d = self.dir(key)
-        if not (d / "manifest.json").exists():
+        if not self.has(key):
             return None
         try:
             manifest = json.loads((d / "manifest.json").read_text())
