@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from unlearnkit.data import load_dataset
+from unlearnkit.zoo import ZooCache
 
 
 @pytest.fixture(autouse=True)
@@ -24,3 +25,28 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+class Interrupted(Exception):
+    """What `interrupt_at` raises in place of a kill."""
+
+
+@pytest.fixture
+def interrupt_at(monkeypatch):
+    """interrupt_at(epoch): from now on, the zoo dies (raises Interrupted) right after it saves that epoch's
+    checkpoint, as a run killed there would; interrupt_at(None) lets it run. Returns the list of epochs
+    checkpointed since the call."""
+    real = ZooCache.save_checkpoint
+    state = {"epoch": None, "saved": []}
+
+    def save_then_die(self, key, ckpt, spent=None):
+        real(self, key, ckpt, spent)
+        state["saved"].append(ckpt.epoch)
+        if ckpt.epoch == state["epoch"]:
+            raise Interrupted
+    monkeypatch.setattr(ZooCache, "save_checkpoint", save_then_die)
+
+    def arm(epoch: int | None) -> list[int]:
+        state["epoch"], state["saved"] = epoch, []
+        return state["saved"]
+    return arm

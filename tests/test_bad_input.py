@@ -239,6 +239,19 @@ def _value(argv: list[str], option: str) -> Path:
     return Path(argv[len(argv) - 1 - argv[::-1].index(option) + 1])
 
 
+def refused(monkeypatch, capsys, tmp_path, command: list[str], base: list, args,
+            match) -> tuple[Path | None, Path]:
+    """Run `command` with the `base` options, the case's `args` overriding them; assert it is refused and
+    wrote nothing (no --out, where the command has one and it was not a file already; no model in the
+    cache). Returns the --out (None without one) and --cache-dir the command was given."""
+    argv = _merge([str(a) for a in base], _resolve(args, tmp_path))
+    out = _value(argv, "--out") if "--out" in argv else None
+    cache = _value(argv, "--cache-dir")
+    result = invoke(monkeypatch, capsys, *command, *argv)
+    assert_refused(result, match, out=None if out is not None and out.is_file() else out, cache=cache)
+    return out, cache
+
+
 def _params(cases):
     return [pytest.param(args, match, id=case_id)
             for case_id, args, match in cases]
@@ -246,11 +259,9 @@ def _params(cases):
 
 @pytest.mark.parametrize("args, match", _params(RUN_CASES))
 def test_run_refuses(monkeypatch, capsys, tmp_path, args, match):
-    argv = _merge(["--task", "digits-mlp", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out")],
-                  _resolve(args, tmp_path))
-    out, cache = _value(argv, "--out"), _value(argv, "--cache-dir")
-    result = invoke(monkeypatch, capsys, "run", *argv)
-    assert_refused(result, match, out=None if out.is_file() else out, cache=cache)
+    out, _ = refused(monkeypatch, capsys, tmp_path, ["run"],
+                     ["--task", "digits-mlp", "--cache-dir", tmp_path / "cache", "--out", tmp_path / "out"],
+                     args, match)
     if out.is_file():
         assert out.read_text() == "mine"
 
@@ -311,13 +322,9 @@ TUNE_CASES = [
 
 @pytest.mark.parametrize("args, match", _params(TUNE_CASES))
 def test_tune_refuses(monkeypatch, capsys, tmp_path, args, match):
-    cache = tmp_path / "cache"
-    args = _resolve(args, tmp_path)
-    argv = _merge(["--task", "digits-mlp", "--forget", "random:20", "--method", "finetune", "--trials", "2",
-                   "--cache-dir", str(cache)], args)
-    cache = _value(argv, "--cache-dir")
-    result = invoke(monkeypatch, capsys, "tune", *argv)
-    assert_refused(result, match, cache=cache)
+    _, cache = refused(monkeypatch, capsys, tmp_path, ["tune"],
+                       ["--task", "digits-mlp", "--forget", "random:20", "--method", "finetune", "--trials", "2",
+                        "--cache-dir", tmp_path / "cache"], args, match)
     assert not cache.is_dir() or not list(cache.rglob("*.json")), "tuning saved a result"
 
 
@@ -347,12 +354,9 @@ DATAMODELS_CASES = [
 
 @pytest.mark.parametrize("args, match", _params(DATAMODELS_CASES))
 def test_datamodels_refuses(monkeypatch, capsys, tmp_path, args, match):
-    cache, out = tmp_path / "cache", tmp_path / "dm"
-    args = _resolve(args, tmp_path)
-    argv = _merge(["--task", "digits-mlp", "--models", "20", "--cache-dir", str(cache), "--out", str(out)], args)
-    out, cache = _value(argv, "--out"), _value(argv, "--cache-dir")
-    result = invoke(monkeypatch, capsys, "datamodels", *argv)
-    assert_refused(result, match, out=out, cache=cache)
+    refused(monkeypatch, capsys, tmp_path, ["datamodels"],
+            ["--task", "digits-mlp", "--models", "20", "--cache-dir", tmp_path / "cache", "--out", tmp_path / "dm"],
+            args, match)
 
 
 # ---------------------------------------------------------------------------------------------------- llm
@@ -385,13 +389,9 @@ OOD_CASES = [
 
 @pytest.mark.parametrize("args, match", _params(OOD_CASES))
 def test_llm_ood_refuses(monkeypatch, capsys, tmp_path, args, match):
-    cache, out = tmp_path / "cache", tmp_path / "out"
-    args = _resolve(args, tmp_path)
-    argv = _merge(["--task", "tofu-synth-tiny", "--method", "ga", "--steps", "1,2", "--models", "2", "--cache-dir",
-                   str(cache), "--out", str(out)], args)
-    out, cache = _value(argv, "--out"), _value(argv, "--cache-dir")
-    result = invoke(monkeypatch, capsys, "llm", "ood", *argv)
-    assert_refused(result, match, out=out, cache=cache)
+    refused(monkeypatch, capsys, tmp_path, ["llm", "ood"],
+            ["--task", "tofu-synth-tiny", "--method", "ga", "--steps", "1,2", "--models", "2",
+             "--cache-dir", tmp_path / "cache", "--out", tmp_path / "out"], args, match)
 
 
 @pytest.fixture

@@ -8,13 +8,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import Interrupted
 
 from unlearnkit.experiment import RunConfig, run
-from unlearnkit.zoo import ZooCache
-
-
-class Interrupted(Exception):
-    pass
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +49,7 @@ def test_another_process_reads_the_same(setting):
     assert _bytes(root / "other") == _bytes(root / "first")
 
 
-def test_retrained_and_resumed_arms_equal_uninterrupted(setting, monkeypatch):
+def test_retrained_and_resumed_arms_equal_uninterrupted(setting, interrupt_at):
     config, root = setting
     cache = root / "cache"
     _drop(cache, "originals", "retrain")
@@ -61,16 +57,10 @@ def test_retrained_and_resumed_arms_equal_uninterrupted(setting, monkeypatch):
     assert _bytes(root / "retrained") == _bytes(root / "first")
 
     _drop(cache, "originals", "retrain")
-    real = ZooCache.save_checkpoint
-
-    def save_then_die(self, key, ckpt, spent=None):
-        real(self, key, ckpt, spent)
-        if ckpt.epoch == 11:
-            raise Interrupted
-    monkeypatch.setattr(ZooCache, "save_checkpoint", save_then_die)
+    interrupt_at(11)
     for _ in range(2):  # the originals, then (on the rerun) the retrain arm are interrupted mid-training
         with pytest.raises(Interrupted):
             run(config, root / "resumed")
-    monkeypatch.setattr(ZooCache, "save_checkpoint", real)
+    interrupt_at(None)
     run(config, root / "resumed")
     assert _bytes(root / "resumed") == _bytes(root / "first")  # the retrain row's FLOPs include the first part

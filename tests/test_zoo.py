@@ -1,16 +1,13 @@
 """The zoo: cached ensembles are reused, interrupted training resumes exactly, bad files are not trusted."""
 import pytest
 import torch
+from conftest import Interrupted
 
 import unlearnkit.zoo.train as zoo_train
 from unlearnkit.tasks import get_task
 from unlearnkit.zoo import ZooCache, arm_seeds, train_models
 
 TASK = get_task("digits-logreg")
-
-
-class Interrupted(Exception):
-    pass
 
 
 def test_cached_zoo_is_reused(digits, tmp_path, monkeypatch):
@@ -37,26 +34,18 @@ def test_key_depends_on_what_made_the_models(digits, tmp_path):
     assert not train_models(TASK, digits, pos, arm_seeds(5, 2), cache).cached  # other seeds
 
 
-def test_interrupted_run_resumes_and_matches_uninterrupted(digits, tmp_path, monkeypatch):
+def test_interrupted_run_resumes_and_matches_uninterrupted(digits, tmp_path, interrupt_at):
     pos = torch.arange(len(digits.y_train))
     seeds = arm_seeds(0, 3)
     reference = train_models(TASK, digits, pos, seeds, None).params
 
     cache = ZooCache(tmp_path)
-    real_save = ZooCache.save_checkpoint
-    saved = []
-
-    def save_then_die(self, key, ckpt, spent=None):
-        real_save(self, key, ckpt, spent)
-        saved.append(ckpt.epoch)
-        if ckpt.epoch == 7:
-            raise Interrupted
-    monkeypatch.setattr(ZooCache, "save_checkpoint", save_then_die)
+    interrupt_at(7)
     with pytest.raises(Interrupted):
         train_models(TASK, digits, pos, seeds, cache)
     assert cache.load(zoo_train.zoo_key(TASK, digits, pos, seeds)) is None  # no finished zoo was written
 
-    saved.clear()
+    saved = interrupt_at(None)
     resumed = train_models(TASK, digits, pos, seeds, cache)
     assert saved[0] == 8  # picked up after the last whole epoch
     for k in reference:
@@ -156,19 +145,13 @@ def test_full_disk_is_one_clear_error_and_keeps_finished_entries(digits, tmp_pat
     assert not list(tmp_path.rglob("*.tmp-*"))
 
 
-def test_resumed_arm_costs_what_the_uninterrupted_one_did(digits, tmp_path, monkeypatch):
+def test_resumed_arm_costs_what_the_uninterrupted_one_did(digits, tmp_path, interrupt_at):
     pos = torch.arange(len(digits.y_train))
     whole = train_models(TASK, digits, pos, arm_seeds(0, 2), None)
     cache = ZooCache(tmp_path)
-    real = ZooCache.save_checkpoint
-
-    def die(self, key, ckpt, spent=None):
-        real(self, key, ckpt, spent)
-        if ckpt.epoch == 5:
-            raise Interrupted
-    monkeypatch.setattr(ZooCache, "save_checkpoint", die)
+    interrupt_at(5)
     with pytest.raises(Interrupted):
         train_models(TASK, digits, pos, arm_seeds(0, 2), cache)
-    monkeypatch.setattr(ZooCache, "save_checkpoint", real)
+    interrupt_at(None)
     resumed = train_models(TASK, digits, pos, arm_seeds(0, 2), cache)
     assert resumed.flops == whole.flops and resumed.earlier_flops > 0
