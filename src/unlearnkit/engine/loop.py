@@ -15,7 +15,8 @@ from torch import nn
 from torch.func import functional_call
 
 from ..errors import Diverged, UnlearnkitError
-from .flops import StepExtrapolator
+from .compute import current
+from .flops import StepExtrapolator, uncounted
 from .optim import StackedAdam, StackedSGD
 from .progress import steps as progress
 from .streams import EpochStream
@@ -27,13 +28,19 @@ LossFn = Callable[[Params, Batch, Params], torch.Tensor]
 
 
 class Forward:
-    """Calls a template module with any one model's parameters: f(params, x) -> logits."""
+    """Calls a template module with any one model's parameters: f(params, x) -> float32 logits.
+
+    Parameters are cast to the inputs' dtype (a no-op in float32; in bf16 it casts a frozen float32
+    teacher, while the trained weights already arrive in bfloat16), and logits come back in float32 so
+    that every loss is computed in float32 whatever the products were computed in."""
 
     def __init__(self, module: nn.Module):
         self.module = module
 
     def __call__(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        return functional_call(self.module, params, (x,))
+        if x.is_floating_point():
+            params = {k: v.to(x.dtype) if v.is_floating_point() else v for k, v in params.items()}
+        return functional_call(self.module, params, (x,)).float()
 
 
 @dataclass(frozen=True)
@@ -52,10 +59,11 @@ class Optim:
         if self.schedule not in ("linear", "constant"):
             raise UnlearnkitError(f"schedule must be 'linear' or 'constant', got {self.schedule!r}")
 
-    def build(self, tensors: list[torch.Tensor]) -> StackedSGD | StackedAdam:
+    def build(self, tensors: list[torch.Tensor], shadows: list[torch.Tensor] | None = None,
+              chunked: bool = True) -> StackedSGD | StackedAdam:
         if self.name == "adam":
-            return StackedAdam(tensors, self.lr, self.weight_decay)
-        return StackedSGD(tensors, self.lr, self.momentum, self.weight_decay)
+            return StackedAdam(tensors, self.lr, self.weight_decay, shadows, chunked)
+        return StackedSGD(tensors, self.lr, self.momentum, self.weight_decay, shadows, chunked)
 
     def lr_at(self, step: int, total: int) -> float:
         return self.lr * (1 - step / total) if self.schedule == "linear" else self.lr
@@ -95,73 +103,131 @@ def fit(
         methods that alternate losses or change a coefficient between phases (SCRUB, l1-sparse).
     Raises `Diverged` at the first non-finite loss: the caller decides what a divergence means.
     """
-    x, y = data
+    compute = current()
+    dev = torch.device(compute.device)
+    x, y = _placed(data[0], dev, compute.dtype), _placed(data[1], dev)
+    frozen = {k: _placed(v, dev) for k, v in (frozen or {}).items()}
+    mask = {k: _placed(v, dev).bool() for k, v in update_mask.items()} if update_mask is not None else None
     primary = next(iter(streams.values()))
     per_epoch = primary.steps_per_epoch
     start_epoch = resume.epoch if resume else 0
     # a checkpoint keeps the loop's own layout (see _like_gradients), so a resumed step computes what the
     # uninterrupted one did; anything else starts from the one canonical layout
     source = _snapshot(resume.params) if resume else _detached(params)
-    live = {k: v.requires_grad_(True) for k, v in source.items()}
+    master = {k: v.to(dev) for k, v in source.items()}  # float32 weights the optimizer updates
+    mixed = compute.dtype != torch.float32
+    live = _compute_copies(master, compute.dtype)          # what the loss sees and differentiates
     opt = None
-    frozen = frozen or {}
     batched_loss = torch.vmap(loss_fn, in_dims=(0, 0, 0), randomness="error")
+    autocast = torch.autocast(dev.type, torch.bfloat16, enabled=compute.precision == "bf16")
     iters = {name: s.batches(start_epoch) for name, s in streams.items()}
     first = start_epoch * per_epoch
     flops = StepExtrapolator()
     for step in progress(first, steps, desc):
-        idx = {name: next(it) for name, it in iters.items()}
+        idx = {name: next(it).to(dev) for name, it in iters.items()}
         with flops.step(sum(i.numel() for i in idx.values())):
-            losses = batched_loss(live, {name: (x[i], y[i], i) for name, i in idx.items()}, frozen)
+            with autocast:
+                losses = batched_loss(live, {name: (x[i], y[i], i) for name, i in idx.items()}, frozen)
             bad = ~torch.isfinite(losses.detach())
             if bad.any():
                 raise Diverged(step, bad.nonzero().flatten().tolist())
             if opt is not None:
                 opt.zero_grad()
+            layouts: dict[str, tuple] = {}
+            hooks = [] if opt is not None else [
+                v.register_hook(lambda g, k=k: layouts.__setitem__(k, g.stride())) for k, v in live.items()]
             losses.sum().backward()
+            for h in hooks:
+                h.remove()
             if opt is None:  # first step: now that gradients exist, lay parameters out like them
-                live = _like_gradients(live)
-                opt = optim.build(list(live.values()))
+                live = _like_gradients(live, layouts)
+                master = {k: _laid_out_like(m, live[k]) for k, m in master.items()} if mixed else live
+                opt = optim.build(list(master.values()), list(live.values()) if mixed else None,
+                                  chunked=dev.type == "cpu")
                 if resume:
-                    opt.load_state_dict(resume.optimizer)
+                    opt.load_state_dict(_placed_state(resume.optimizer, dev))
                 elif carry and "optimizer" in carry:
-                    opt.load_state_dict(carry["optimizer"])
-            opt.lr = optim.lr_at(step, steps)
-            if update_mask is None:
+                    opt.load_state_dict(_placed_state(carry["optimizer"], dev))
+        opt.lr = optim.lr_at(step, steps)
+        with uncounted():  # elementwise: no FLOPs to count (and a compiled update runs outside the counter)
+            if mask is None:
                 opt.step()
             else:
-                before = {k: v.detach().clone() for k, v in live.items()}
+                before = {k: v.detach().clone() for k, v in master.items()}
                 opt.step()
                 with torch.no_grad():
-                    for k, v in live.items():
-                        v.copy_(torch.where(update_mask[k].bool(), v, before[k]))
+                    for k, v in master.items():
+                        v.copy_(torch.where(mask[k], v, before[k]))
+                        if mixed:
+                            live[k].copy_(v)
         if on_epoch and (step + 1) % per_epoch == 0:
-            on_epoch(Checkpoint((step + 1) // per_epoch, _snapshot(live), opt.state_dict()))
+            on_epoch(Checkpoint((step + 1) // per_epoch, _snapshot(master), _placed_state(opt.state_dict(), "cpu")))
     if carry is not None and opt is not None:
-        carry["optimizer"] = opt.state_dict()
-    return _detached(live)
+        carry["optimizer"] = _placed_state(opt.state_dict(), "cpu")
+    return _detached(master)
 
 
-def _like_gradients(live: Params) -> Params:
-    """Parameters re-created in their gradients' memory layout (gradients kept).
+def _placed(t, dev: torch.device, dtype: torch.dtype | None = None):
+    """`t` (a tensor or a dict of them) on the compute device; floating tensors in `dtype` if given
+    (inputs are cast once per loop)."""
+    if isinstance(t, dict):
+        return {k: _placed(v, dev, dtype) for k, v in t.items()}
+    if dtype is not None and t.is_floating_point():
+        return t.to(dev, dtype)
+    return t.to(dev)
 
-    Under vmap a Linear weight's gradient arrives transposed; a parameter laid out differently makes
-    autograd copy every gradient into its layout on every step (~13% of a zoo step on CPU).
+
+def _placed_state(state: dict, dev) -> dict:
+    return {k: ([t.to(dev) for t in v] if isinstance(v, list) else v) for k, v in state.items()}
+
+
+def _compute_copies(master: Params, dtype: torch.dtype) -> Params:
+    """The tensors the loss is differentiated with: the float32 weights themselves, or bfloat16 copies
+    that the optimizer refreshes from the float32 master after every update (mixed precision)."""
+    if dtype == torch.float32:
+        return {k: v.requires_grad_(True) for k, v in master.items()}
+    return {k: v.detach().to(dtype).requires_grad_(True) for k, v in master.items()}
+
+
+def _laid_out_like(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`t`'s values in `like`'s memory layout, so the optimizer updates both slice by slice."""
+    if t.stride() == like.stride():
+        return t
+    return torch.empty_strided(t.shape, like.stride(), dtype=t.dtype, device=t.device).copy_(t)
+
+
+def _like_gradients(live: Params, layouts: dict[str, tuple]) -> Params:
+    """Parameters re-created in the memory layout their gradients arrive in (gradients kept).
+
+    Under vmap a Linear weight's gradient arrives transposed. Autograd hands a gradient over without a
+    copy only when it matches its parameter's layout; otherwise it copies every gradient on every step
+    (~20% of a zoo step on CPU). `layouts` holds the strides seen by a hook before that copy.
     """
     out = {}
     for k, v in live.items():
-        g = v.grad
-        if g is not None and g.stride() != v.stride():
-            v2 = torch.empty_strided(v.shape, g.stride(), dtype=v.dtype).copy_(v.detach()).requires_grad_(True)
-            v2.grad = g
+        stride = layouts.get(k)
+        if stride is not None and stride != v.stride() and _dense(v.shape, stride):
+            v2 = torch.empty_strided(v.shape, stride, dtype=v.dtype, device=v.device).copy_(v.detach())
+            v2.requires_grad_(True)
+            v2.grad = torch.empty_strided(v.shape, stride, dtype=v.dtype, device=v.device).copy_(v.grad)
             v = v2
         out[k] = v
     return out
 
 
+def _dense(shape, stride) -> bool:
+    """Whether strides describe a layout with no gaps and no overlaps (a permutation of contiguous)."""
+    expected = 1
+    for size, st in sorted(zip(shape, stride), key=lambda d: d[1]):
+        if size > 1 and st != expected:
+            return False
+        expected *= size
+    return True
+
+
 def _snapshot(params: Params) -> Params:
-    """Copies in the same memory layout (a checkpoint of the live loop)."""
-    return {k: v.detach().clone() for k, v in params.items()}
+    """Copies in the same memory layout (a checkpoint of the live loop), on the CPU."""
+    return {k: (v.detach().clone() if v.device.type == "cpu" else v.detach().to("cpu")) for k, v in params.items()}
 
 
 def _detached(params: Params) -> Params:
@@ -169,11 +235,16 @@ def _detached(params: Params) -> Params:
     is computed from it next is bit-for-bit the same whether it was trained in this process, loaded
     from the cache or resumed from a checkpoint (a layout or alignment can change a kernel's summation
     order, and a margin on a histogram edge then changes its KLoM by nats)."""
-    return {k: v.detach().clone(memory_format=torch.contiguous_format) for k, v in params.items()}
+    return {k: v.detach().to("cpu").clone(memory_format=torch.contiguous_format) for k, v in params.items()}
 
 
 @torch.no_grad()
 def predict(forward: Forward, params: Params, x: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
-    """Logits of N models on shared inputs x: shape (N, len(x), classes)."""
+    """Logits of N models on shared inputs x: shape (N, len(x), classes), on the CPU.
+
+    Computed on the run's device in float32 whatever the training precision: margins are what every
+    metric measures."""
+    dev = torch.device(current().device)
+    params = {k: v.to(dev) for k, v in params.items()}
     call = torch.vmap(forward, in_dims=(0, None))
-    return torch.cat([call(params, x[i:i + chunk]) for i in range(0, len(x), chunk)], dim=1)
+    return torch.cat([call(params, x[i:i + chunk].to(dev)).cpu() for i in range(0, len(x), chunk)], dim=1)

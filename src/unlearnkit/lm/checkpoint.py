@@ -92,7 +92,8 @@ def load_causal_lm(model_dir: Path) -> tuple[PreTrainedModel, object]:
         raise UnlearnkitError(f"{model_dir} is not a causal language model: {str(e).splitlines()[0]}") from None
     except OSError as e:
         raise UnlearnkitError(f"cannot load a model from {model_dir}: {str(e).splitlines()[0]}") from None
-    except (SafetensorError, pickle.UnpicklingError, RuntimeError, EOFError) as e:
+    except (SafetensorError, pickle.UnpicklingError, RuntimeError, EOFError, IndexError) as e:
+        # IndexError: torch's weights-only unpickler on some garbage bytes (pops an empty stack)
         reason = (str(e).splitlines() or [""])[0].split(". ")[0] or "unexpected end of file"
         raise UnlearnkitError(f"the weights in {model_dir} ({', '.join(f.name for f in _weight_files(model_dir))}) "
                               f"are truncated, corrupt or not plain tensors ({reason}); re-save or re-download "

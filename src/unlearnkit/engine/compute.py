@@ -1,0 +1,119 @@
+"""Where and in what precision the engine computes: one `Compute` for a whole run.
+
+The engine owns the device. Everything outside it (methods, metrics, the cache) holds tensors on the
+CPU; `fit` and `predict` move what they need to the run's device and hand CPU tensors back. So no
+method or metric needs a device argument, and nothing requires a GPU.
+
+Precision (`fp32`, `tf32`, `bf16`) is a training setting. `bf16` is mixed precision (Micikevicius et
+al. 2018, "Mixed Precision Training"; Kalamkar et al. 2019 for bfloat16): float32 master weights and
+optimizer state, bfloat16 copies of the weights and inputs for the products, losses in float32.
+`tf32` keeps float32 tensors but lets CUDA's tensor cores round matmul inputs to 10 mantissa bits.
+Predictions (the margins every metric is computed from) are always made in float32: they are the
+measurement, and they cost a few seconds against minutes of training.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import UnlearnkitError
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+@dataclass(frozen=True)
+class Compute:
+    """A resolved device ("cpu", "cuda", "cuda:1") and training precision."""
+
+    device: str = "cpu"
+    precision: str = "fp32"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the training step's products (master weights are float32 whatever it is)."""
+        return torch.bfloat16 if self.precision == "bf16" else torch.float32
+
+    @property
+    def is_cuda(self) -> bool:
+        return torch.device(self.device).type == "cuda"
+
+    def key(self) -> dict:
+        """What of the compute changes trained weights: part of every cache key. The device's type,
+        not its index: cuda:0 and cuda:1 compute the same numbers."""
+        return {"device": torch.device(self.device).type, "precision": self.precision}
+
+    def describe(self) -> str:
+        name = torch.cuda.get_device_name(self.device) if self.is_cuda else "CPU"
+        return f"{self.device} ({name}), {self.precision}"
+
+
+def bf16_fast(device: str) -> bool:
+    """Whether `device` multiplies bfloat16 matrices in hardware (AMX or AVX-512 BF16 on x86 CPUs,
+    tensor cores of compute capability ≥ 8.0 on NVIDIA GPUs): elsewhere bf16 is emulated and slower."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_capability(dev)[0] >= 8
+    return any(getattr(torch.cpu, probe, lambda: False)()
+               for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+
+
+def resolve(device: str = "auto", precision: str = "auto") -> Compute:
+    """Check a requested device and precision against this machine; `auto` picks the fastest there
+    (the first CUDA GPU if any, else the CPU; bf16 where it runs in hardware, else fp32)."""
+    device = _device(device)
+    if precision == "auto":
+        precision = "bf16" if bf16_fast(device) else "fp32"
+    elif precision not in PRECISIONS:
+        raise UnlearnkitError(f"--precision must be auto, {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision == "tf32" and torch.device(device).type != "cuda":
+        raise UnlearnkitError("--precision tf32 is a CUDA tensor-core mode; on the CPU use fp32 or bf16")
+    if precision == "bf16" and not bf16_fast(device):
+        raise UnlearnkitError(f"--precision bf16: {device} has no hardware bfloat16 matmul (it needs AMX or "
+                              "AVX-512 BF16 on a CPU, compute capability 8.0+ on a GPU), so it would be slower, "
+                              "not faster; use --precision fp32 (or auto)")
+    return Compute(device, precision)
+
+
+def _device(device: str) -> str:
+    if device == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UnlearnkitError(f"--device must be auto, cpu, cuda or cuda:K; got {device!r}") from None
+    if dev.type == "cpu":
+        return "cpu"
+    if dev.type != "cuda":
+        raise UnlearnkitError(f"--device must be auto, cpu, cuda or cuda:K; got {device!r}")
+    if not torch.cuda.is_available():
+        raise UnlearnkitError(f"--device {device}: PyTorch sees no CUDA GPU here (a CPU-only build, or no "
+                              "driver/GPU); use --device cpu or auto")
+    index = 0 if dev.index is None else dev.index
+    if index >= torch.cuda.device_count():
+        raise UnlearnkitError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                              f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return f"cuda:{index}"
+
+
+_current = Compute()
+
+
+def current() -> Compute:
+    """The compute the engine uses now (float32 on the CPU unless a run says otherwise)."""
+    return _current
+
+
+@contextlib.contextmanager
+def use(compute: Compute):
+    """Run the engine on `compute` inside this context (the run entry points set it from their config)."""
+    global _current
+    previous, _current = _current, compute
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = compute.precision == "tf32"
+    try:
+        yield compute
+    finally:
+        _current = previous
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
