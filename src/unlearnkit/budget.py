@@ -3,14 +3,15 @@
 A run's work is known in advance: every arm and every method trains N models for a given number of
 epochs over a given set. One model's training step is counted once (FLOPs with PyTorch's counter,
 activation memory with a saved-tensors hook, on a real minibatch), and the rest is arithmetic. The
-time estimate divides the FLOPs by a rate measured on this machine (its float32 matmul throughput
-times the fraction of it the zoo reaches, ZOO_EFFICIENCY): it is an order of magnitude, enough to
+time estimate divides the FLOPs by a rate measured on this machine (its matmul throughput in the run's
+precision times the fraction of it the zoo reaches, ZOO_EFFICIENCY): it is an order of magnitude, enough to
 refuse `--set finetune.epochs=1e9` or `--models 100000` in a second instead of after hours.
 """
 from __future__ import annotations
 
 import logging
 import math
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .engine.compute import Compute, current, tf32
 from .errors import UnlearnkitError
 from .files import check_writable, nearest_existing
 
@@ -26,7 +28,9 @@ log = logging.getLogger(__name__)
 
 MAX_EPOCHS = 1000        # no recipe, method or budget here needs more passes over its data
 MAX_MODELS = 10_000      # models per arm: 100 is the reference, 10k is far past any use of KLoM
-ZOO_EFFICIENCY = 0.3     # share of the float32 matmul peak a vectorised training step reaches (about 0.5 on MLPs)
+# share of the matmul peak (of the run's precision) a vectorised training step reaches: about 0.5 in float32
+# and 0.2 in bfloat16 on MLPs here (bf16 products are 5-6x faster, the rest of a step is not)
+ZOO_EFFICIENCY = {"fp32": 0.3, "tf32": 0.3, "bf16": 0.1}
 STATE_COPIES = 5         # parameters, gradients, two optimizer moments, one checkpoint copy
 
 
@@ -52,7 +56,7 @@ class StepProfile:
 
     @staticmethod
     def measure(loss, params: dict[str, torch.Tensor], data: tuple[torch.Tensor, torch.Tensor],
-                batch: int) -> "StepProfile":
+                batch: int) -> StepProfile:
         """Profile `loss` (written for one model, as the engine takes it) on `batch` examples of `data`
         with one model's `params` (leading model dimension of size 1 or none)."""
         one = {k: (v[0] if v.dim() and v.shape[0] == 1 else v).detach().clone().requires_grad_(True)
@@ -70,6 +74,11 @@ class StepProfile:
         return StepProfile(counter.get_total_flops() / b, saved / b,
                            sum(v.numel() * v.element_size() for v in one.values()))
 
+    def model_bytes(self, batch: int) -> float:
+        """Memory one model's training step holds: its weights and their copies (gradients, optimizer
+        moments, a checkpoint) and the activations of a minibatch kept for the backward pass."""
+        return STATE_COPIES * self.param_bytes + batch * self.activation_bytes
+
 
 @dataclass
 class Budget:
@@ -77,7 +86,8 @@ class Budget:
 
     flops: float = 0.0
     method_flops: float = 0.0  # the part of `flops` that unlearning methods do (what one more run of them costs)
-    peak_bytes: float = 0.0
+    peak_bytes: float = 0.0    # all N models of the largest arm in one pass (arms larger than memory are chunked)
+    model_bytes: float = 0.0   # one model's training step: the least any chunk needs
     disk_bytes: float = 0.0
 
     def add(self, profile: StepProfile, models: int, examples: int, epochs: float, batch: int,
@@ -85,8 +95,9 @@ class Budget:
         """Training `models` models for `epochs` passes over `examples` examples (minibatches of `batch`);
         nothing if already cached; `stored`: its weights and checkpoints go to the cache; `method`: an
         unlearning method's training (not a zoo arm's)."""
-        memory = models * (STATE_COPIES * profile.param_bytes + min(batch, examples) * profile.activation_bytes)
-        self.peak_bytes = max(self.peak_bytes, memory)
+        one = profile.model_bytes(min(batch, examples))
+        self.model_bytes = max(self.model_bytes, one)
+        self.peak_bytes = max(self.peak_bytes, models * one)
         if not cached:
             flops = profile.flops * models * examples * epochs
             self.flops += flops
@@ -94,15 +105,16 @@ class Budget:
             self.disk_bytes += 2 * models * profile.param_bytes if stored else 0
 
     def seconds(self) -> float:
-        return self.flops / (ZOO_EFFICIENCY * matmul_rate())
+        return self.flops / training_rate()
 
     def check(self, max_hours: float, cache_root: Path | None, what: str = "this run") -> None:
         """Raise UnlearnkitError (with the estimate) if the work cannot fit in memory or on disk, or would
         take longer than `max_hours`."""
-        free = available_memory()
-        if free and self.peak_bytes > 0.9 * free:
-            raise UnlearnkitError(f"{what} needs about {_gib(self.peak_bytes)} of memory to train its ensembles, and "
-                                  f"this machine has {_gib(free)} free: use fewer --models")
+        limit = memory_limit()
+        if limit and self.model_bytes > limit:
+            raise UnlearnkitError(f"{what} needs about {_gib(self.model_bytes)} of memory to train even one model, and "
+                                  f"{_memory_source()} gives it {_gib(limit)}: raise --max-memory or use a "
+                                  "smaller task")
         if cache_root is not None and self.disk_bytes:  # something will be cached: the cache must take it
             check_writable(cache_root, "the model cache (--cache-dir or $UNLEARNKIT_CACHE)")
             probe = nearest_existing(cache_root)
@@ -114,7 +126,7 @@ class Budget:
         if self.seconds() > max_hours * 3600:
             raise UnlearnkitError(f"{what} would train for at least about {_duration(self.seconds())} "
                                   f"({self.flops / 1e15:,.3g} PFLOP at about "
-                                  f"{ZOO_EFFICIENCY * matmul_rate() / 1e9:,.0f} GFLOP/s on this machine), "
+                                  f"{training_rate() / 1e9:,.0f} GFLOP/s on this machine), "
                                   f"past the {max_hours:g}-hour limit: lower --models or the epochs, or raise "
                                   "--max-hours")
 
@@ -123,23 +135,37 @@ class Budget:
                 f"peak memory {_gib(self.peak_bytes)}")
 
 
-_RATE: list[float] = []
+_RATE: dict[tuple[str, str], float] = {}
 
 
-def matmul_rate() -> float:
-    """This machine's float32 matmul throughput (FLOP/s), measured once per process (~30 ms): the best of
-    several short trials, so that a moment of load elsewhere does not decide whether a run is refused."""
-    if not _RATE:
-        a = torch.randn(512, 512)
-        a @ a
-        best = float("inf")
-        for _ in range(5):
-            start = time.perf_counter()
-            for _ in range(3):
-                a @ a
-            best = min(best, time.perf_counter() - start)
-        _RATE.append(3 * 2 * 512 ** 3 / max(best, 1e-9))
-    return _RATE[0]
+def matmul_rate(compute: Compute | None = None) -> float:
+    """The matmul throughput (FLOP/s) of the run's device in its precision, measured once per process
+    (~30 ms): the best of several short trials, so that a moment of load elsewhere does not decide
+    whether a run is refused."""
+    compute = compute or current()
+    key = (compute.device, compute.precision)
+    if key not in _RATE:
+        n = 2048 if compute.is_cuda else 512
+        a = torch.randn(n, n, device=compute.device, dtype=compute.dtype)
+        sync = torch.cuda.synchronize if compute.is_cuda else (lambda: None)
+        with tf32(compute):
+            a @ a
+            best = float("inf")
+            for _ in range(5):
+                sync()
+                start = time.perf_counter()
+                for _ in range(3):
+                    a @ a
+                sync()
+                best = min(best, time.perf_counter() - start)
+        _RATE[key] = 3 * 2 * n ** 3 / max(best, 1e-9)
+    return _RATE[key]
+
+
+def training_rate(compute: Compute | None = None) -> float:
+    """FLOP/s a vectorised training step is expected to reach on the run's compute."""
+    compute = compute or current()
+    return ZOO_EFFICIENCY[compute.precision] * matmul_rate(compute)
 
 
 def available_memory() -> int | None:
@@ -153,6 +179,40 @@ def available_memory() -> int | None:
     return None
 
 
+def memory_limit(compute: Compute | None = None) -> int | None:
+    """Bytes an arm's training may use: --max-memory if given, else 90% of what the device has free."""
+    compute = compute or current()
+    if compute.max_memory:
+        return compute.max_memory
+    if compute.is_cuda:
+        return int(0.9 * torch.cuda.mem_get_info(compute.device)[0])
+    free = available_memory()
+    return int(0.9 * free) if free else None
+
+
+def _memory_source() -> str:
+    compute = current()
+    return "--max-memory" if compute.max_memory else f"the free memory of {compute.device}"
+
+
+_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2 ** 10, "m": 1e6, "mb": 1e6, "mib": 2 ** 20,
+          "g": 1e9, "gb": 1e9, "gib": 2 ** 30, "t": 1e12, "tb": 1e12, "tib": 2 ** 40}
+
+
+def parse_memory(text: str | int | None) -> int | None:
+    """'8GiB', '512MB', '2e9' or a number of bytes -> bytes (None stays None)."""
+    if text is None or isinstance(text, int):
+        return text
+    match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([A-Za-z]*)\s*", str(text))
+    try:
+        value = float(match.group(1)) * _UNITS[match.group(2).lower()] if match else float("nan")
+    except (KeyError, ValueError):
+        value = float("nan")
+    if not (math.isfinite(value) and value >= 1):
+        raise UnlearnkitError(f"--max-memory expects an amount such as 8GiB, 512MB or a number of bytes, got {text!r}")
+    return int(value)
+
+
 def _duration(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} seconds"
@@ -162,8 +222,21 @@ def _duration(seconds: float) -> str:
 
 
 def _gib(n: float) -> str:
-    return f"{n / 2 ** 30:,.1f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:,.0f} MiB"
+    if n >= 2 ** 30:
+        return f"{n / 2 ** 30:,.1f} GiB"
+    return f"{n / 2 ** 20:,.0f} MiB" if n >= 2 ** 20 else f"{n / 2 ** 10:,.0f} KiB"
 
 
-__all__ = ["Budget", "MAX_EPOCHS", "MAX_MODELS", "StepProfile", "available_memory", "check_epochs", "check_models",
-           "matmul_rate"]
+__all__ = [
+    "MAX_EPOCHS",
+    "MAX_MODELS",
+    "Budget",
+    "StepProfile",
+    "available_memory",
+    "check_epochs",
+    "check_models",
+    "matmul_rate",
+    "memory_limit",
+    "parse_memory",
+    "training_rate",
+]

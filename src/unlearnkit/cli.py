@@ -21,6 +21,25 @@ def _overrides(values: tuple[str, ...]) -> tuple[tuple[str, str, str], ...]:
     return tuple(out)
 
 
+def _compute_options(fn):
+    """--device, --precision, --max-memory, --backend and --ray-address, the same on every command that trains."""
+    for option in reversed([
+        click.option("--device", default="auto", show_default=True,
+                     help="cpu, cuda or cuda:K; auto: the first GPU if there is one, else the CPU."),
+        click.option("--precision", default="auto", show_default=True,
+                     help="Training precision: fp32, bf16 (float32 master weights), tf32 (CUDA); auto: bf16 where "
+                          "the device multiplies bfloat16 in hardware, else fp32."),
+        click.option("--max-memory", default=None,
+                     help="Memory an arm's training may use (e.g. 8GiB); larger arms train in chunks of models. "
+                          "Default: the device's free memory."),
+        click.option("--backend", default="local", show_default=True,
+                     help="local, or ray: arms' chunks as tasks on a Ray cluster (pip install 'unlearnkit[ray]')."),
+        click.option("--ray-address", default=None, help="The Ray cluster to join (default: start a local one)."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log progress (cache hits, resumes, methods).")
 def cli(verbose: bool) -> None:
@@ -53,6 +72,7 @@ def cli(verbose: bool) -> None:
               help="Subset models to fit datamodels with when pc: needs them and none are given.")
 @click.option("--max-hours", default=24.0, show_default=True, type=float,
               help="Refuse a run whose estimated training time is longer (estimated before anything trains).")
+@_compute_options
 @click.option("--out", default=None, help="Directory for results.json, timings.json, klom.npz, forget_set.json.")
 @click.option("--overwrite", is_flag=True, help="Replace the results of another run in --out.")
 def run(out, overwrite, **options) -> None:
@@ -68,7 +88,7 @@ def run(out, overwrite, **options) -> None:
 
 def _run_config(task, forget, methods, models, seed, train_size, val_size, data_dir, cache_dir, no_cache, sets,
                 reference_binning, bootstrap, budgets="", tuned=False, datamodels=None, datamodel_models=100,
-                max_hours=24.0):
+                max_hours=24.0, **compute):
     from .experiment import RunConfig, default_forget, default_methods
 
     if methods is None:
@@ -83,7 +103,7 @@ def _run_config(task, forget, methods, models, seed, train_size, val_size, data_
                      models=models, seed=seed, train_size=train_size, val_size=val_size, data_dir=data_dir,
                      cache_dir="" if no_cache else cache_dir, hparams=_overrides(sets),
                      reference_binning=reference_binning, bootstrap=bootstrap, budgets=budget_list, tuned=tuned,
-                     datamodels=datamodels, datamodel_models=datamodel_models, max_hours=max_hours)
+                     datamodels=datamodels, datamodel_models=datamodel_models, max_hours=max_hours, **compute)
 
 
 @cli.command()
@@ -100,13 +120,15 @@ def _run_config(task, forget, methods, models, seed, train_size, val_size, data_
 @click.option("--set", "sets", multiple=True, help="Fixed hyperparameters METHOD.NAME=VALUE, not searched.")
 @click.option("--max-hours", default=24.0, show_default=True, type=float,
               help="Refuse a search whose estimated training time is longer.")
+@_compute_options
 def tune(task, forget, method, trials, tune_forget, models, seed, train_size, data_dir, cache_dir, sets,
-         max_hours) -> None:
+         max_hours, **compute) -> None:
     """Search a method's hyperparameters on a separate tuning forget set; save the best for `run --tuned`."""
-    from .tuning import TuneConfig, tune as run_tuning
+    from .tuning import TuneConfig
+    from .tuning import tune as run_tuning
 
     config = _run_config(task, forget, method, models, seed, train_size, None, data_dir, cache_dir, False, sets,
-                         False, 0, max_hours=max_hours)
+                         False, 0, max_hours=max_hours, **compute)
     result = run_tuning(config, TuneConfig(method, trials, tune_forget))
     click.echo(f"best of {len(result['trials'])} trials for {method} on {task} "
                f"(tuning set {result['tuning_forget']['spec']} seed {result['tuning_forget']['seed']}): "
@@ -127,11 +149,14 @@ def tune(task, forget, method, trials, tune_forget, models, seed, train_size, da
 @click.option("--proj-dim", default=256, show_default=True, type=int, help="TRAK's projection dimension.")
 @click.option("--out", required=True, help="Directory for datamodels.safetensors and datamodels.json.")
 @click.option("--overwrite", is_flag=True, help="Replace other datamodels saved in --out.")
+@_compute_options
 def datamodels(task, models, subset, seed, train_size, data_dir, cache_dir, trak_models, proj_dim, out,
-               overwrite) -> None:
+               overwrite, **compute) -> None:
     """Fit linear datamodels on subset-trained models; report their LDS (and TRAK's); save them."""
     from .attribution import compute_datamodels, save_datamodels, trak_lds
     from .attribution.store import datamodels_id
+    from .backends import use_backend
+    from .engine.compute import use
     from .budget import MAX_MODELS
     from .data import load_dataset
     from .experiment import RunConfig, default_cache_dir
@@ -140,7 +165,7 @@ def datamodels(task, models, subset, seed, train_size, data_dir, cache_dir, trak
     from .zoo import ZooCache
 
     t = classifier_task(task)
-    RunConfig(task=task, seed=seed, train_size=train_size)  # the options they share, checked the same way
+    config = RunConfig(task=task, seed=seed, train_size=train_size, **compute)  # shared options, checked the same way
     if not 10 <= models <= MAX_MODELS:
         raise UnlearnkitError(f"--models: datamodels need at least 10 subset models (and at most {MAX_MODELS}), "
                               f"got {models}")
@@ -152,8 +177,10 @@ def datamodels(task, models, subset, seed, train_size, data_dir, cache_dir, trak
     check_output(out, datamodels_id(t, ds, models, subset, seed), overwrite, "datamodels.json")
     cache = ZooCache(cache_dir or default_cache_dir())
     cache.check()
-    report = compute_datamodels(t, ds, models, subset, seed, cache)
-    extra = trak_lds(t, ds, report.held_out_runs, trak_models, proj_dim, seed=seed, cache=cache) if trak_models else None
+    with use(config.compute), use_backend(config.backend, config.ray_address):
+        report = compute_datamodels(t, ds, models, subset, seed, cache)
+        extra = (trak_lds(t, ds, report.held_out_runs, trak_models, proj_dim, seed=seed, cache=cache)
+                 if trak_models else None)
     save_datamodels(out, report, {"trak": extra} if extra else {})
     click.echo(f"datamodels on {task}: M = {models} models on {subset:.0%} subsets; LDS on {report.held_out} fresh "
                f"subsets: train {report.lds_train:.3f}, validation {report.lds_val:.3f}")
@@ -180,7 +207,8 @@ def llm() -> None:
 @click.option("--set", "sets", multiple=True, help="Hyperparameter override METHOD.NAME=VALUE (repeatable).")
 @click.option("--out", default=None, help="Directory for id_vs_ood.json.")
 @click.option("--overwrite", is_flag=True, help="Replace another curve's id_vs_ood.json in --out.")
-def ood(task, method, authors, steps, models, seed, cache_dir, sets, out, overwrite) -> None:
+@_compute_options
+def ood(task, method, authors, steps, models, seed, cache_dir, sets, out, overwrite, **compute) -> None:
     """Unlearn an in-distribution and an out-of-distribution forget set of one size, step by step."""
     from .experiment import RunConfig
     from .lm.ood import format_id_vs_ood, id_vs_ood
@@ -190,7 +218,7 @@ def ood(task, method, authors, steps, models, seed, cache_dir, sets, out, overwr
     except ValueError:
         raise UnlearnkitError(f"--steps expects comma-separated whole numbers, got {steps!r}") from None
     config = RunConfig(task=task, methods=(method,), models=models, seed=seed, cache_dir=cache_dir,
-                       hparams=_overrides(sets), bootstrap=0)
+                       hparams=_overrides(sets), bootstrap=0, **compute)
     click.echo(format_id_vs_ood(id_vs_ood(config, method, authors, step_list, out, overwrite)))
     if out:
         click.echo(f"\nwrote {out}/id_vs_ood.json")
@@ -207,8 +235,12 @@ def ood(task, method, authors, steps, models, seed, cache_dir, sets, out, overwr
 @click.option("--max-len", default=128, show_default=True, type=int, help="Tokens per question+answer.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--out", required=True, help="New directory for the unlearned checkpoint (save_pretrained).")
-def llm_run(model_dir, forget_file, retain_file, method, sets, max_len, seed, out) -> None:
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda or cuda:K (auto: a GPU if any).")
+@click.option("--precision", default="auto", show_default=True,
+              help="fp32, bf16 (float32 master weights) or tf32 (CUDA); auto: bf16 where it runs in hardware.")
+def llm_run(model_dir, forget_file, retain_file, method, sets, max_len, seed, out, device, precision) -> None:
     """Unlearn your forget QAs from your checkpoint, keep your retain QAs, and save the result."""
+    from .engine.compute import resolve, use
     from .lm.checkpoint import unlearn_checkpoint
 
     overrides = {}
@@ -216,7 +248,8 @@ def llm_run(model_dir, forget_file, retain_file, method, sets, max_len, seed, ou
         if m != method:
             raise UnlearnkitError(f"hyperparameter {m}.{name} given, but the method is {method}")
         overrides[name] = value
-    report = unlearn_checkpoint(model_dir, forget_file, retain_file, method, out, overrides, max_len, seed)
+    with use(resolve(device, precision)):
+        report = unlearn_checkpoint(model_dir, forget_file, retain_file, method, out, overrides, max_len, seed)
     click.echo(f"{method}: forget-answer probability {report['before_forget_probability']:.4f} → "
                f"{report['after_forget_probability']:.4f}; retain {report['before_retain_probability']:.4f} → "
                f"{report['after_retain_probability']:.4f} ({report['seconds']:.1f} s)")

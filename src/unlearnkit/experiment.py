@@ -14,15 +14,15 @@ import numpy as np
 import torch
 
 from . import __version__
+from .attribution.store import HELD_OUT
 from .budget import Budget, StepProfile
 from .data import load_dataset
 from .engine import predict
 from .errors import Diverged, UnlearnkitError
 from .forget import build_forget_set
-from .attribution.store import HELD_OUT
 from .methods import REGISTRY, Context, Ensemble, get_method
-from .models import init_params
 from .metrics import accuracy, bootstrap_p95, klom, margins, summarize
+from .models import init_params
 from .runs import (
     DEFAULT_METHODS,
     MIN_MODELS,
@@ -31,6 +31,7 @@ from .runs import (
     RunConfig,
     build_jobs,
     classifier_task,
+    computing,
     default_cache_dir,
     default_forget,
     default_methods,
@@ -161,6 +162,7 @@ class Bench:
                 "hparams": asdict(job.hparams)}, values
 
 
+@computing
 def run(config: RunConfig, out: str | os.PathLike | None = None, overwrite: bool = False) -> dict:
     """Run the whole evaluation; return the results dict (and write it under `out` if given).
 

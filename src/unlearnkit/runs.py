@@ -4,6 +4,7 @@ among them) and the loop over them. `experiment` (classifiers) and `lm.experimen
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable
@@ -13,21 +14,42 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .budget import MAX_MODELS, Budget, StepProfile, check_epochs, check_models
+from .backends import check_backend, use_backend
+from .budget import (
+    MAX_MODELS,
+    Budget,
+    StepProfile,
+    check_epochs,
+    check_models,
+    parse_memory,
+)
+from .engine.compute import Compute, resolve, use
 from .errors import UnlearnkitError
 from .methods import get_method, make_hparams
 from .tasks import TASKS, Task
-from .zoo import ORACLE_SEEDS, ORIGINAL_SEEDS, RETRAIN_SEEDS, ZooCache, arm_seeds, stable_hash
+from .zoo import (
+    ORACLE_SEEDS,
+    ORIGINAL_SEEDS,
+    RETRAIN_SEEDS,
+    ZooCache,
+    arm_seeds,
+    stable_hash,
+)
 
 DEFAULT_METHODS = ("none", "retrain", "finetune", "ga", "neggrad+")
 NOISE_FLOOR_METHOD = "retrain"
 MIN_MODELS = 2
 MAX_SEED = 2 ** 32 - 1
-NOT_RESULTS = ("cache_dir", "max_hours")  # config fields that never change a number in results.json
+# config fields that never change a number in results.json (models trained in memory-sized chunks, on
+# another backend, equal those of one pass)
+NOT_RESULTS = ("cache_dir", "max_hours", "max_memory", "backend", "ray_address")
 
 
 def default_methods(task: str) -> tuple[str, ...]:
-    from .lm.task import DEFAULT_LM_METHODS, LM_TASKS  # lazily: transformers is slow to import
+    from .lm.task import (  # lazily: transformers is slow to import
+        DEFAULT_LM_METHODS,
+        LM_TASKS,
+    )
     return DEFAULT_LM_METHODS if task in LM_TASKS else DEFAULT_METHODS
 
 
@@ -72,10 +94,21 @@ class RunConfig:
     datamodels: str | None = None        # saved datamodels (`unlearnkit datamodels --out`) for pc: sets and dmm
     datamodel_models: int = 100          # M subset models when datamodels are fitted on the fly
     max_hours: float = 24.0              # refuse a run whose estimated training time is longer
+    device: str = "auto"                 # auto | cpu | cuda | cuda:K; resolved when the config is made
+    precision: str = "auto"              # auto | fp32 | tf32 | bf16 (training); resolved likewise
+    max_memory: str | None = None        # e.g. "8GiB": train each arm in chunks of models that fit (None: the device's)
+    backend: str = "local"               # local | ray
+    ray_address: str | None = None       # a Ray cluster to join (None: start a local one)
 
     def __post_init__(self):
         """Every option's range, checked when the config is made: nothing trains on a value that would
-        fail (or run forever) later."""
+        fail (or run forever) later. `auto` device and precision are resolved here, so a config (and the
+        results.json that records it) always says what the run computed on."""
+        compute = resolve(self.device, self.precision)
+        object.__setattr__(self, "device", compute.device)
+        object.__setattr__(self, "precision", compute.precision)
+        parse_memory(self.max_memory)
+        check_backend(self.backend, self.ray_address)
         if not 0 <= self.seed <= MAX_SEED:
             raise UnlearnkitError(f"--seed must be a whole number from 0 to {MAX_SEED}, got {self.seed}")
         for name in ("train_size", "val_size"):
@@ -98,10 +131,25 @@ class RunConfig:
         return asdict(self)
 
     @property
+    def compute(self) -> Compute:
+        return Compute(self.device, self.precision, parse_memory(self.max_memory))
+
+    @property
     def run_id(self) -> str:
-        """A hash of what determines the results (not where models are cached, nor the time limit): results
-        under this id came from exactly this run."""
-        return stable_hash({k: v for k, v in self.to_dict().items() if k not in NOT_RESULTS})[:16]
+        """A hash of what determines the results (not where models are cached, nor the time limit, nor which
+        GPU of a kind): results under this id came from exactly this run."""
+        fields = {k: v for k, v in self.to_dict().items() if k not in NOT_RESULTS}
+        return stable_hash({**fields, "device": self.compute.key()["device"]})[:16]
+
+
+def computing(fn: Callable) -> Callable:
+    """Run `fn(config, ...)` on the config's device, precision, memory limit and backend (the engine and
+    the zoo read them from there: no function below needs them as arguments)."""
+    @functools.wraps(fn)
+    def wrapper(config: RunConfig, *args, **kwargs):
+        with use(config.compute), use_backend(config.backend, config.ray_address):
+            return fn(config, *args, **kwargs)
+    return wrapper
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,17 @@ TASKS: dict[str, Task] = {t.name: t for t in [
          description="scikit-learn digits, 1×128 ReLU MLP (seconds to train: quick runs and tests)"),
     Task("digits-logreg", "digits", "logreg", Recipe(epochs=40, batch_size=64, lr=0.1, weight_decay=1e-3),
          description="scikit-learn digits, L2-regularised logistic regression (convex)"),
+    # EasyDUB's CIFAR-10 recipe (data-unlearning-bench, unlearning/training/train.py train_cifar10): 24 epochs,
+    # batch 256, SGD lr 0.4 momentum 0.9 weight decay 5e-4, no augmentation, no label smoothing, all 50k images.
+    # What our Recipe cannot say: EasyDUB's lr rises linearly from 0 to 0.4 over 5 epochs, then falls to 0 at
+    # epoch 24 (ours falls linearly from 0.4 from the first step); its momentum is heavy-ball (ours Nesterov);
+    # it trains under fp16 autocast and predicts with BatchNorm running averages (ours: --precision, and
+    # calibration-set statistics, see models/resnet9.py).
+    Task("cifar10-resnet9", "cifar10", "resnet9",
+         Recipe(epochs=24, batch_size=256, lr=0.4, momentum=0.9, weight_decay=5e-4, schedule="linear"),
+         {"widths": (64, 128, 256, 128), "calibration": "cifar10"},
+         description="CIFAR-10 (50k train images, no augmentation), EasyDUB's ResNet-9; needs the binary "
+                     "files (--data-dir)"),
 ]}
 
 

@@ -19,6 +19,7 @@ from .experiment import Bench, Job, budget, prepare
 from .files import atomic_write
 from .forget import build_forget_set
 from .methods import get_method, make_hparams
+from .runs import computing
 from .tuned import load_tuned, tuned_path
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class TuneConfig:
     tune_forget: str | None = None  # None: the run's spec drawn from another seed
 
 
+@computing
 def tune(run_config, tune_config: TuneConfig) -> dict:
     """Search `tune_config.method`'s hyperparameters; save and return the best (with every trial)."""
     import optuna
@@ -69,7 +71,7 @@ def tune(run_config, tune_config: TuneConfig) -> dict:
     bench = Bench(p, forget=tuning_set)
     base = {n: v for m, n, v in run_config.hparams if m == method.name}
 
-    def objective(trial: "optuna.Trial") -> float:
+    def objective(trial: optuna.Trial) -> float:
         values = dict(base)
         for name, (kind, low, high) in method.hparams.search_space.items():
             if kind == "log":

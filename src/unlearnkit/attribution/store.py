@@ -14,7 +14,15 @@ from ..data import Dataset
 from ..errors import UnlearnkitError
 from ..files import atomic_write
 from ..tasks import Task
-from ..zoo import ORIGINAL_SEEDS, ZooCache, arm_seeds, stable_hash, template, tensor_digest, train_models
+from ..zoo import (
+    ORIGINAL_SEEDS,
+    ZooCache,
+    arm_seeds,
+    stable_hash,
+    template,
+    tensor_digest,
+    train_models,
+)
 from .datamodels import LinearDatamodels, fit_datamodels, lds
 from .subsets import SubsetRuns, train_subset_models
 

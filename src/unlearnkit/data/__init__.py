@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..errors import UnlearnkitError
+from .cifar10 import load_cifar10
 from .dataset import Dataset
 from .digits import load_digits
 from .fashion_mnist import load_fashion_mnist, read_idx
@@ -11,6 +12,7 @@ LOADERS = {
     "fashion-mnist": lambda data_dir: load_fashion_mnist(data_dir),
     "mnist1d": lambda data_dir: load_mnist1d(),
     "digits": lambda data_dir: load_digits(),
+    "cifar10": lambda data_dir: load_cifar10(data_dir),
 }
 
 
@@ -23,4 +25,4 @@ def load_dataset(name: str, data_dir: str | None = None, train_size: int | None 
     return ds if train_size is None else ds.subset_train(train_size, seed)
 
 
-__all__ = ["Dataset", "load_dataset", "read_idx", "LOADERS"]
+__all__ = ["LOADERS", "Dataset", "load_dataset", "read_idx"]

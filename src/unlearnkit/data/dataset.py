@@ -46,7 +46,7 @@ class Dataset:
             h.update(np.ascontiguousarray(t.numpy()).tobytes())
         return h.hexdigest()[:16]
 
-    def subset_train(self, size: int, seed: int) -> "Dataset":
+    def subset_train(self, size: int, seed: int) -> Dataset:
         """A fixed, seeded subset of the training set (ids kept)."""
         n = len(self.y_train)
         if not 1 <= size <= n:

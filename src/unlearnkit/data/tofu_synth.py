@@ -43,9 +43,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 
@@ -680,5 +680,17 @@ def from_jsonl(path) -> tuple[QA, ...]:
     return tuple(items)
 
 
-__all__ = ["QA", "REFUSALS", "TofuSynth", "generate", "refusal", "to_jsonl", "from_jsonl", "FORGET_SPEC_HELP", "KINDS",
-           "CITIES", "WORLD_ID_BASE", "CANARY_ID_BASE"]
+__all__ = [
+    "CANARY_ID_BASE",
+    "CITIES",
+    "FORGET_SPEC_HELP",
+    "KINDS",
+    "QA",
+    "REFUSALS",
+    "WORLD_ID_BASE",
+    "TofuSynth",
+    "from_jsonl",
+    "generate",
+    "refusal",
+    "to_jsonl",
+]

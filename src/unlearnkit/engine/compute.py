@@ -25,10 +25,12 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 
 @dataclass(frozen=True)
 class Compute:
-    """A resolved device ("cpu", "cuda", "cuda:1") and training precision."""
+    """A resolved device ("cpu", "cuda:0", "cuda:1"), training precision, and the memory an arm's training
+    may take (bytes; None: what the device has free) — arms that need more are trained in chunks."""
 
     device: str = "cpu"
     precision: str = "fp32"
+    max_memory: int | None = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -110,10 +112,19 @@ def use(compute: Compute):
     """Run the engine on `compute` inside this context (the run entry points set it from their config)."""
     global _current
     previous, _current = _current, compute
-    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = compute.precision == "tf32"
     try:
-        yield compute
+        with tf32(compute):
+            yield compute
     finally:
         _current = previous
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+
+
+@contextlib.contextmanager
+def tf32(compute: Compute):
+    """CUDA's TF32 matmul and convolution modes on exactly when the precision is `tf32`."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = compute.precision == "tf32"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

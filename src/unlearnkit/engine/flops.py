@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import contextlib
 
-from torch.utils._python_dispatch import _disable_current_modes, _get_current_dispatch_mode_stack
+from torch.utils._python_dispatch import (
+    _disable_current_modes,
+    _get_current_dispatch_mode_stack,
+)
 from torch.utils.flop_counter import FlopCounterMode
 
 

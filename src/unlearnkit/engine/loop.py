@@ -135,7 +135,7 @@ def fit(
                 opt.zero_grad()
             layouts: dict[str, tuple] = {}
             hooks = [] if opt is not None else [
-                v.register_hook(lambda g, k=k: layouts.__setitem__(k, g.stride())) for k, v in live.items()]
+                v.register_hook(lambda g, k=k, seen=layouts: seen.__setitem__(k, g.stride())) for k, v in live.items()]
             losses.sum().backward()
             for h in hooks:
                 h.remove()

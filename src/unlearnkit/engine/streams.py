@@ -37,6 +37,10 @@ class EpochStream:
         self.indices, self.seeds, self.tag = indices, list(seeds), tag
         self.batch_size = min(batch_size, indices.shape[1])
 
+    def subset(self, models: list[int]) -> EpochStream:
+        """The stream of some of the models: each one's batches are the same as in the whole stream."""
+        return EpochStream(self.indices[models], [self.seeds[i] for i in models], self.batch_size, self.tag)
+
     @property
     def steps_per_epoch(self) -> int:
         return math.ceil(self.indices.shape[1] / self.batch_size)

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from ..data import Dataset
-from ..errors import UnlearnkitError
 from ..engine import derived_seed
+from ..errors import UnlearnkitError
 
 FORGET_TAG = 0xF0F
 

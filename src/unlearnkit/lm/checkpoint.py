@@ -24,15 +24,20 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+)
 from transformers.utils import logging as hf_logging
 
 from ..data.tofu_synth import QA, from_jsonl
 from ..errors import UnlearnkitError
 from ..files import check_writable, disk_full, nearest_existing
 from ..methods.base import make_hparams
-from ..runs import MAX_SEED
 from ..methods.lm import LM_REGISTRY, LMContext
+from ..runs import MAX_SEED
 from .evaluate import score_items
 from .generate import load_into
 from .model import LMForward
@@ -156,7 +161,7 @@ def unlearn_checkpoint(model_dir, forget_file, retain_file, method: str, out, ov
     params = {k: v.detach()[None].clone() for k, v in model.named_parameters()}
     ctx = LMContext(None, None, forward, params, np.arange(len(forget)), np.arange(len(forget), len(items)),
                     [seed], seed, None, tokens=tokens, items=items, tok=tok, pad_id=pad, eos_id=eos, max_len=max_len)
-    score = lambda p, qs: score_items(forward, p, model, tok, qs, max_len, specials=(pad, eos))  # noqa: E731
+    score = lambda p, qs: score_items(forward, p, model, tok, qs, max_len, specials=(pad, eos))
     before = {"forget": score(params, forget), "retain": score(params, retain)}
     start = time.perf_counter()
     unlearned = LM_REGISTRY[method].fn(ctx, hp)

@@ -61,7 +61,7 @@ def score_items(forward: Callable, params: Params, module: nn.Module, tok: Token
     """Score N = leading-dim models on `items` (see the module docstring for what each field is);
     `specials` = (pad id, eos id) when `tok` is not one of ours."""
     items = list(items)
-    enc = lambda answers: encode_pairs(tok, items, answers, max_len, specials)  # noqa: E731
+    enc = lambda answers: encode_pairs(tok, items, answers, max_len, specials)
     ids, labels = enc([qa.answer for qa in items])
     st = token_stats(forward, params, ids, labels, moments=mia)
     answers = _per_item(st.lp, st.mask)

@@ -23,7 +23,15 @@ from ..errors import Diverged, UnlearnkitError
 from ..methods.lm import LM_REGISTRY, LMContext
 from ..metrics import bootstrap_p95, klom, summarize
 from ..metrics import llm as M
-from ..runs import Job, RunConfig, build_jobs, default_cache_dir, run_budget, run_jobs
+from ..runs import (
+    Job,
+    RunConfig,
+    build_jobs,
+    computing,
+    default_cache_dir,
+    run_budget,
+    run_jobs,
+)
 from ..zoo import ORACLE_SEEDS, ORIGINAL_SEEDS, ZooCache, arm_seeds
 from .evaluate import MIA_ATTACKS, ItemScores, score_items
 from .model import LMForward, build_lm, init_lm_params
@@ -168,6 +176,7 @@ def lm_budget(config: RunConfig, data: TofuData, jobs: list[Job], cache: ZooCach
                       cache, jobs)
 
 
+@computing
 def run_lm(config: RunConfig, out: str | os.PathLike | None = None, overwrite: bool = False) -> dict:
     """`experiment.run` for language-model tasks: same config, same results layout plus the LM fields,
     the same checks before any training."""

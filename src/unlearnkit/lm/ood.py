@@ -24,7 +24,7 @@ from ..files import atomic_write
 from ..methods.base import make_hparams
 from ..methods.lm import LM_REGISTRY
 from ..report import check_output, claim_output, release_output
-from ..runs import Job, RunConfig, default_cache_dir
+from ..runs import Job, RunConfig, computing, default_cache_dir
 from ..zoo import ZooCache, stable_hash
 from .experiment import LMBench, lm_budget
 from .task import get_lm_task, load_tofu
@@ -33,6 +33,7 @@ FORGOTTEN = 0.05   # TOFU's reading: forget quality above 0.05 = not told apart 
 MAX_STEPS = 100_000  # unlearning steps on a forget set of a few QAs: far past any curve's interesting part
 
 
+@computing
 def id_vs_ood(config: RunConfig, method: str, authors: int, steps: tuple[int, ...],
               out: str | os.PathLike | None = None, overwrite: bool = False) -> dict:
     """{kind: {"spec", "curve": [{steps, forget_quality, model_utility, ...}], "steps_to_forget",

@@ -15,6 +15,7 @@ from transformers import GPT2Config
 
 from .. import __version__
 from ..engine import EpochStream, Optim
+from ..engine.compute import current
 from ..tasks import Recipe
 from ..zoo.cache import ZooCache, stable_hash, tensor_digest
 from ..zoo.train import Arm, train_cached
@@ -43,7 +44,8 @@ def lm_key(config: GPT2Config, data: tuple[torch.Tensor, torch.Tensor], position
     return stable_hash({
         "kind": "causal-lm", "config": describe_config(config), "recipe": dataclasses.asdict(recipe),
         "data": [tensor_digest(input_ids), tensor_digest(labels)], "positions": tensor_digest(positions),
-        "seeds": [int(s) for s in seeds], "torch": torch.__version__, "unlearnkit": __version__, "format": 2,
+        "seeds": [int(s) for s in seeds], "torch": torch.__version__, "unlearnkit": __version__, "format": 3,
+        "compute": current().key(),
     })
 
 

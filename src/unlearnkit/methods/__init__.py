@@ -1,6 +1,32 @@
 """Unlearning methods, one file each, registered by name (see base.py for the contract)."""
-from . import (bad_teacher, dmm, finetune, ga, l1_sparse, neggrad_plus, newton, none, om, potion,  # noqa: F401
-               random_labels, retrain, salun, scrub, sisa, ssd)
-from .base import REGISTRY, Context, Ensemble, HParams, LoopParams, Method, get_method, make_hparams, register
+from . import (  # noqa: F401
+               bad_teacher,
+               dmm,
+               finetune,
+               ga,
+               l1_sparse,
+               neggrad_plus,
+               newton,
+               none,
+               om,
+               potion,
+               random_labels,
+               retrain,
+               salun,
+               scrub,
+               sisa,
+               ssd,
+)
+from .base import (
+               REGISTRY,
+               Context,
+               Ensemble,
+               HParams,
+               LoopParams,
+               Method,
+               get_method,
+               make_hparams,
+               register,
+)
 
 __all__ = ["REGISTRY", "Context", "Ensemble", "HParams", "LoopParams", "Method", "get_method", "make_hparams", "register"]

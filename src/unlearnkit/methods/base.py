@@ -127,7 +127,7 @@ class Context:
     def train_arm(self, positions: torch.Tensor, seeds: list[int], label: str) -> Arm:
         return train_models(self.task, self.dataset, positions, seeds, self.cache, label)
 
-    def charged(self, fn: "MethodFn", hp: HParams) -> tuple[object, dict]:
+    def charged(self, fn: MethodFn, hp: HParams) -> tuple[object, dict]:
         """Run method `fn` on this context; return its result and its cost: wall seconds and counted
         FLOPs, plus zoo training that a cache hit saved, minus the work it marked `uncharged`."""
         start = time.perf_counter()

@@ -5,8 +5,8 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, jacrev, vmap
 
 from ..engine import Params
-from ..models import init_params
 from ..errors import UnlearnkitError
+from ..models import init_params
 from .base import Context, HParams, register
 
 

@@ -5,7 +5,12 @@ import torch.nn.functional as F
 
 from ..engine import Params
 from .base import Context, register
-from .random_labels import RandomLabelsParams, relabel_frozen, relabel_loss, relabel_streams
+from .random_labels import (
+    RandomLabelsParams,
+    relabel_frozen,
+    relabel_loss,
+    relabel_streams,
+)
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ import numpy as np
 import torch
 
 from ..engine import derived_seed, predict
-from ..zoo import ORACLE_SEEDS, arm_seeds
 from ..errors import UnlearnkitError
+from ..zoo import ORACLE_SEEDS, arm_seeds
 from .base import Context, Ensemble, HParams, register
 
 SHARD_TAG = 0x5157

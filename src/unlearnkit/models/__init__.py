@@ -4,24 +4,28 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from ..errors import UnlearnkitError
 from .cnn import cnn
 from .logreg import logreg
 from .mlp import mlp
+from .resnet9 import resnet9
 
-FAMILIES = {"logreg": logreg, "mlp": mlp, "cnn": cnn}
+FAMILIES = {"logreg": logreg, "mlp": mlp, "cnn": cnn, "resnet9": resnet9}
 
 Params = dict[str, torch.Tensor]
 
 
 def build_model(family: str, input_shape: tuple[int, ...], num_classes: int, **kwargs) -> nn.Module:
-    """Build one model; lazy layers are materialised with a dummy forward pass."""
+    """Build one model; lazy layers are materialised with a dummy forward pass (only where there are
+    some: a resnet9's no-grad pass would run its whole calibration set)."""
     if family not in FAMILIES:
         raise UnlearnkitError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}")
     model = FAMILIES[family](input_shape, num_classes, **kwargs)
-    with torch.no_grad():
-        model(torch.zeros(1, *input_shape))
+    if any(is_lazy(p) for p in model.parameters()):
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape))
     return model
 
 

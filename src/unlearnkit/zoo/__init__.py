@@ -1,7 +1,30 @@
 """The model zoo: vectorised, cached training of ensembles (originals, oracles, retrained models)."""
 from .cache import ZooCache, stable_hash, tensor_digest
-from .train import (ORACLE_SEEDS, Arm, ORIGINAL_SEEDS, RETRAIN_SEEDS, arm_seeds, cross_entropy_loss,
-                    recipe_optim, template, train_models, zoo_key)
+from .train import (
+                    ORACLE_SEEDS,
+                    ORIGINAL_SEEDS,
+                    RETRAIN_SEEDS,
+                    Arm,
+                    arm_seeds,
+                    cross_entropy_loss,
+                    recipe_optim,
+                    template,
+                    train_models,
+                    zoo_key,
+)
 
-__all__ = ["Arm", "ORACLE_SEEDS", "ORIGINAL_SEEDS", "RETRAIN_SEEDS", "ZooCache", "arm_seeds", "cross_entropy_loss",
-           "recipe_optim", "stable_hash", "template", "tensor_digest", "train_models", "zoo_key"]
+__all__ = [
+                    "ORACLE_SEEDS",
+                    "ORIGINAL_SEEDS",
+                    "RETRAIN_SEEDS",
+                    "Arm",
+                    "ZooCache",
+                    "arm_seeds",
+                    "cross_entropy_loss",
+                    "recipe_optim",
+                    "stable_hash",
+                    "template",
+                    "tensor_digest",
+                    "train_models",
+                    "zoo_key",
+]

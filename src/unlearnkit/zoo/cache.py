@@ -152,5 +152,9 @@ class ZooCache:
                 f.truncate()
                 fcntl.flock(f, fcntl.LOCK_UN)
 
+    def remove(self, key: str) -> None:
+        """Delete one entry (the chunks of an arm, once the whole arm is stored)."""
+        shutil.rmtree(self.dir(key), ignore_errors=True)
+
     def clear(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

@@ -10,9 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from .. import __version__
+from .. import __version__, backends
+from ..budget import StepProfile, memory_limit
 from ..data import Dataset
 from ..engine import EpochStream, Forward, LossFn, Optim, Params, fit, uncounted
+from ..engine.compute import current
+from ..errors import UnlearnkitError
 from ..models import build_model, init_params
 from ..tasks import Task
 from .cache import ZooCache, stable_hash, tensor_digest
@@ -46,7 +49,8 @@ def cross_entropy_loss(forward: Forward):
 def zoo_key(task: Task, dataset: Dataset, positions: torch.Tensor, seeds: list[int]) -> str:
     return stable_hash({
         "task": task.describe(), "data": dataset.fingerprint, "positions": tensor_digest(positions),
-        "seeds": seeds, "torch": torch.__version__, "unlearnkit": __version__, "format": 2,
+        "seeds": seeds, "torch": torch.__version__, "unlearnkit": __version__, "format": 3,
+        "compute": current().key(),
     })
 
 
@@ -81,13 +85,40 @@ def train_cached(key: str, loss: LossFn, init: Callable[[], Params], stream: Epo
                  data: tuple[torch.Tensor, torch.Tensor], epochs: float, optim: Optim, cache: ZooCache | None,
                  label: str, manifest: dict) -> Arm:
     """The zoo's one path from a key to a trained ensemble: load it if cached, else train it with `fit`
-    (resuming from the last whole epoch's checkpoint), count its FLOPs, and cache it under `key`.
-    Training holds the entry's lock: a concurrent run asking for the same ensemble waits and loads it."""
+    — in one pass, or in chunks of models when one pass would not fit in memory (`--max-memory`) or
+    when a Ray backend spreads them — count its FLOPs, and cache it under `key`."""
+    n = len(stream.seeds)
+    if cache is not None and (hit := _load(cache, key, n, label)) is not None:
+        return hit
+    size = models_per_chunk(loss, init, stream, data, label)
+    if size >= n and backends.current().name == "local":
+        return _one_pass(key, loss, init, stream, data, epochs, optim, cache, label, manifest)
+    return _chunked(key, loss, init, stream, data, epochs, optim, cache, label, manifest, size)
+
+
+def models_per_chunk(loss: LossFn, init: Callable[[], Params], stream: EpochStream,
+                     data: tuple[torch.Tensor, torch.Tensor], label: str) -> int:
+    """How many models of this arm one training pass may hold, from one model's measured step (weights,
+    their optimizer copies, a minibatch's activations) and the memory limit of the run's compute."""
+    limit = memory_limit()
+    if limit is None:
+        return len(stream.seeds)
+    with uncounted():
+        one = {k: v[:1] for k, v in init().items()}
+        need = StepProfile.measure(loss, one, data, stream.batch_size).model_bytes(stream.batch_size)
+    if need > limit:
+        raise UnlearnkitError(f"{label}: one model's training step needs about {need / 2 ** 20:,.0f} MiB and the memory "
+                              f"limit is {limit / 2 ** 20:,.0f} MiB: raise --max-memory (or free memory on "
+                              f"{current().device})")
+    return max(1, int(limit // need))
+
+
+def _one_pass(key, loss, init, stream, data, epochs, optim, cache, label, manifest) -> Arm:
+    """Train (or resume) all of an arm's models in one vectorised pass; training holds the entry's lock:
+    a concurrent run asking for the same ensemble waits and loads it."""
     n = len(stream.seeds)
     if cache is None:
         return _train(loss, init, stream, data, epochs, optim, label)
-    if (hit := _load(cache, key, n, label)) is not None:
-        return hit
     with cache.lock(key, label):
         if (hit := _load(cache, key, n, label, quiet=True)) is not None:  # another run finished it meanwhile
             return hit
@@ -96,11 +127,56 @@ def train_cached(key: str, loss: LossFn, init: Callable[[], Params], stream: Epo
             log.info("%s: resuming from epoch %d", label, resume[0].epoch)
         arm = _train(loss, init, stream, data, epochs, optim, label, resume,
                      lambda ckpt, spent: cache.save_checkpoint(key, ckpt, spent))
-        cache.save(key, arm.params, {**manifest, "label": label, "n_train": stream.indices.shape[-1],
-                                     "seconds": arm.seconds, "flops": arm.flops,
-                                     "resumed_from_epoch": resume[0].epoch if resume else 0,
-                                     "torch": torch.__version__, "unlearnkit": __version__})
+        cache.save(key, arm.params, _manifest(manifest, label, stream, arm, resume[0].epoch if resume else 0))
     return arm
+
+
+def _chunked(key, loss, init, stream, data, epochs, optim, cache, label, manifest, size: int) -> Arm:
+    """Train an arm chunk by chunk (each chunk is a whole zoo entry of its own, so an interrupted arm
+    resumes from its finished chunks and the running chunk's last epoch), then store it as one entry.
+    Model i depends on its seed alone: the arm equals one pass's, bit for bit."""
+    n = len(stream.seeds)
+    parts = [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+    keys = [stable_hash({"arm": key, "models": [p[0], p[-1] + 1]}) for p in parts]
+    labels = [f"{label} [{p[0]}:{p[-1] + 1}]" for p in parts]
+    arms: dict[int, Arm] = {}
+    for j in range(len(parts)):
+        if cache is not None and (hit := _load(cache, keys[j], len(parts[j]), labels[j], quiet=True)) is not None:
+            arms[j] = hit
+    todo = [j for j in range(len(parts)) if j not in arms]
+
+    def piece(j: int):
+        return (lambda: {k: v[parts[j]] for k, v in init().items()}), stream.subset(parts[j])
+
+    backend = backends.current()
+    if backend.name == "local":  # each chunk through the one-pass path: its lock, checkpoints and cache entry
+        for j in todo:
+            part_init, part_stream = piece(j)
+            arms[j] = _one_pass(keys[j], loss, part_init, part_stream, data, epochs, optim, cache, labels[j], manifest)
+    else:
+        def remote(j: int) -> Arm:
+            part_init, part_stream = piece(j)
+            return _train(loss, part_init, part_stream, data, epochs, optim, labels[j])
+        for j, arm in backend.map(remote, todo, current()):
+            arms[j] = arm
+            if cache is not None:  # only the driver writes the cache, one whole chunk at a time
+                cache.save(keys[j], arm.params, _manifest(manifest, labels[j], piece(j)[1], arm, 0))
+    ordered = [arms[j] for j in range(len(parts))]
+    params = {k: torch.cat([a.params[k] for a in ordered]) for k in ordered[0].params}
+    arm = Arm(params, sum(a.seconds for a in ordered), sum(a.flops for a in ordered),
+              all(a.cached for a in ordered), sum(a.seconds if a.cached else a.earlier_seconds for a in ordered),
+              sum(a.flops if a.cached else a.earlier_flops for a in ordered))
+    if cache is not None:
+        cache.save(key, params, _manifest(manifest, label, stream, arm, 0) | {"chunks": len(parts)})
+        for k in keys:
+            cache.remove(k)
+    return arm
+
+
+def _manifest(manifest: dict, label: str, stream: EpochStream, arm: Arm, resumed_from: int) -> dict:
+    return {**manifest, "label": label, "n_train": stream.indices.shape[-1], "seconds": arm.seconds,
+            "flops": arm.flops, "resumed_from_epoch": resumed_from, "compute": current().key(),
+            "torch": torch.__version__, "unlearnkit": __version__}
 
 
 def _load(cache: ZooCache, key: str, n: int, label: str, quiet: bool = False) -> Arm | None:

@@ -1,5 +1,18 @@
 """Language-model unlearning methods, one file each, registered in LM_REGISTRY (see base.py)."""
-from . import finetune, flat, ga, ga_kl, graddiff, idk, llmu, none, npo, retrain, rmu, simnpo  # noqa: F401
+from . import (  # noqa: F401
+    finetune,
+    flat,
+    ga,
+    ga_kl,
+    graddiff,
+    idk,
+    llmu,
+    none,
+    npo,
+    retrain,
+    rmu,
+    simnpo,
+)
 from .base import LM_REGISTRY, LMContext, LMLoopParams, RetainParams
 
 __all__ = ["LM_REGISTRY", "LMContext", "LMLoopParams", "RetainParams"]

@@ -5,7 +5,14 @@ import torch
 import torch.nn.functional as F
 
 from ...engine import Params
-from .base import LM_REGISTRY, LMContext, RetainParams, answer_nll, register, sequence_logprob
+from .base import (
+    LM_REGISTRY,
+    LMContext,
+    RetainParams,
+    answer_nll,
+    register,
+    sequence_logprob,
+)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,89 @@
+"""Where a run's independent pieces of training execute: in this process (`local`, the default), or as
+tasks on a Ray cluster (`ray`: Moritz et al. 2018, "Ray: A Distributed Framework for Emerging AI
+Applications"), for ensembles too large for one machine.
+
+A piece is a chunk of an arm's models (see `zoo.train`): model i's training depends on its seed alone,
+so chunks trained anywhere, in any order, give the models of one pass bit for bit (on the same kind of
+device and precision). Only the driver writes the cache: a task returns its weights, and the driver
+stores each finished chunk as it arrives, so a failed or retried task never leaves a torn entry, and a
+rerun after a crash resumes from the chunks already stored.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+
+from .engine.compute import Compute, use
+from .errors import UnlearnkitError
+
+BACKENDS = ("local", "ray")
+
+
+def check_backend(name: str, address: str | None = None) -> None:
+    if name not in BACKENDS:
+        raise UnlearnkitError(f"--backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+    if address and name != "ray":
+        raise UnlearnkitError("--ray-address is for --backend ray")
+    if name == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise UnlearnkitError("--backend ray needs Ray, which is not installed: pip install 'unlearnkit[ray]' "
+                                  "(or leave out --backend to train in this process)") from None
+
+
+class Local:
+    """Runs pieces one after another in this process (each one already uses every core)."""
+
+    name = "local"
+
+    def map(self, fn: Callable, items: Iterable, compute: Compute) -> Iterator[tuple[object, object]]:
+        for item in items:
+            yield item, fn(item)
+
+
+class Ray:
+    """Runs pieces as Ray tasks (one CPU each, or one GPU each when the run's device is a GPU), and hands
+    back each result as it finishes."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None):
+        import ray
+        if not ray.is_initialized():
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+
+    def map(self, fn: Callable, items: Iterable, compute: Compute) -> Iterator[tuple[object, object]]:
+        import ray
+        task = ray.remote(num_gpus=1 if compute.is_cuda else 0)(_in_compute)
+        device = Compute("cuda:0", compute.precision, compute.max_memory) if compute.is_cuda else compute
+        pending = {task.remote(fn, item, device): item for item in items}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            yield pending.pop(done[0]), ray.get(done[0])
+
+
+def _in_compute(fn: Callable, item, compute: Compute):
+    """A task runs on the driver's kind of device and precision (a Ray worker starts with the defaults;
+    on a GPU node, the one GPU Ray gave it is its cuda:0)."""
+    with use(compute):
+        return fn(item)
+
+
+_current: Local | Ray = Local()
+
+
+def current() -> Local | Ray:
+    return _current
+
+
+@contextlib.contextmanager
+def use_backend(name: str, address: str | None = None):
+    """Run the zoo's pieces on backend `name` inside this context."""
+    global _current
+    check_backend(name, address)
+    previous, _current = _current, (Ray(address) if name == "ray" else Local())
+    try:
+        yield _current
+    finally:
+        _current = previous
