@@ -13,7 +13,8 @@ import argparse
 import tempfile
 import time
 
-from unlearnkit.budget import matmul_rate
+from unlearnkit.budget import training_rate
+from unlearnkit.engine.compute import use
 from unlearnkit.experiment import RunConfig, budget, prepare, run
 
 
@@ -21,13 +22,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="16,64,100", help="comma-separated N per arm")
     parser.add_argument("--task", default="fashion-mnist-mlp")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto")
     args = parser.parse_args()
-    print(f"{'N':>5} {'seconds':>9} {'models/s':>9} {'estimated s':>12}   (float32 matmul rate here: "
-          f"{matmul_rate() / 1e9:.0f} GFLOP/s)")
     for n in (int(v) for v in args.models.split(",")):
         with tempfile.TemporaryDirectory() as cache:
-            config = RunConfig(task=args.task, models=n, cache_dir=cache)
-            estimate = budget(prepare(config)).seconds()
+            config = RunConfig(task=args.task, models=n, cache_dir=cache, device=args.device, precision=args.precision)
+            with use(config.compute):
+                estimate = budget(prepare(config)).seconds()
+                if n == int(args.models.split(",")[0]):
+                    print(f"{config.compute.describe()}; expected training rate {training_rate() / 1e9:.0f} GFLOP/s")
+                    print(f"{'N':>5} {'seconds':>9} {'models/s':>9} {'estimated s':>12}")
             start = time.perf_counter()
             run(config)
             seconds = time.perf_counter() - start

@@ -54,7 +54,8 @@ def cli(verbose: bool) -> None:
 @click.option("--methods", default=None,
               help="Comma-separated method names (default: none,retrain,finetune,ga,neggrad+; for language-model "
                    "tasks none,retrain,ga,graddiff,npo,simnpo,llmu,rmu,flat,idk).")
-@click.option("--models", default=16, show_default=True, type=int, help="Models per arm (N).")
+@click.option("--models", default=None, type=int,
+              help="Models per arm (N). Default: 100 for classifier tasks, 16 for language-model tasks.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the forget set and the arms.")
 @click.option("--train-size", type=int, default=None, help="Fixed, seeded subset of the training set.")
 @click.option("--val-size", type=int, default=None, help="Use only the first K validation examples.")

@@ -53,6 +53,13 @@ def default_methods(task: str) -> tuple[str, ...]:
     return DEFAULT_LM_METHODS if task in LM_TASKS else DEFAULT_METHODS
 
 
+def default_models(task: str) -> int:
+    """Models per arm: 100, the reference N, where KLoM's noise floor is low (mean ≈ 0.35); language-model
+    arms stay at 16 (a GPT zoo trains ~21k tokens/s on a 2-core CPU: N = 100 needs a GPU)."""
+    from .lm.task import LM_TASKS
+    return 16 if task in LM_TASKS else 100
+
+
 def default_forget(task: str) -> str:
     from .lm.task import LM_TASKS
     return "authors:0.1" if task in LM_TASKS else "random:100"
@@ -80,7 +87,7 @@ class RunConfig:
     task: str = "fashion-mnist-mlp"
     forget: str = "random:100"
     methods: tuple[str, ...] = DEFAULT_METHODS
-    models: int = 16
+    models: int | None = None            # None: default_models(task), 100 for classifiers
     seed: int = 0
     train_size: int | None = None        # None: the task's default
     data_dir: str | None = None
@@ -104,6 +111,8 @@ class RunConfig:
         """Every option's range, checked when the config is made: nothing trains on a value that would
         fail (or run forever) later. `auto` device and precision are resolved here, so a config (and the
         results.json that records it) always says what the run computed on."""
+        if self.models is None:
+            object.__setattr__(self, "models", default_models(self.task))
         compute = resolve(self.device, self.precision)
         object.__setattr__(self, "device", compute.device)
         object.__setattr__(self, "precision", compute.precision)

@@ -49,6 +49,12 @@ class StepExtrapolator:
         self.per_example = (self.counters[-1].get_total_flops() - before) / examples
 
 
+def book(flops: int, what: str = "counted elsewhere") -> None:
+    """Add FLOPs done out of the counters' sight (by a Ray task) to every counter counting now."""
+    for c in active_counters():
+        c.flop_counts["Global"][what] += int(flops)
+
+
 def uncounted():
     """Context in which no FLOP counter counts (work that is not training, e.g. building models)."""
     return _disable_current_modes()

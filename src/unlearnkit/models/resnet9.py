@@ -5,8 +5,8 @@ src/models.py, which took it from KakaoBrain's torchskeleton), with widths w = (
 conv3×3(w0), conv5×5 stride 2 (w1), residual[2 × conv3×3(w1)], conv3×3(w2), max-pool 2,
 residual[2 × conv3×3(w2)], unpadded conv3×3(w3), each conv bias-free and followed by BatchNorm and
 ReLU; then a global max pool, a bias-free linear head and logits × 0.2. PyTorch's default inits. This
-is not Page's DAWNBench ResNet-9 (64/128/256/512, logits × 0.125) nor airbench's narrower VGG-like net
-(logits × 1/9): EasyDUB's reference margins come from this one.
+is neither Page's DAWNBench ResNet-9 (widths 64/128/256/512, logits × 0.125) nor airbench94's VGG-like
+net (whitening conv, 64/256/256, GELU, logits × 1/9): EasyDUB's reference margins come from this one.
 
 BatchNorm. With gradients enabled (training, inside `fit`) a layer normalises with the statistics of
 the batch it is given, as nn.BatchNorm2d does in train mode. With gradients disabled (`predict`), a
@@ -22,6 +22,8 @@ and moved to x's device and dtype on use (the engine's template lives on the "me
 its first 1000 training inputs), which keeps a task's model_kwargs, and so its cache keys, plain text.
 """
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn.functional as F
@@ -71,24 +73,43 @@ class Residual(nn.Module):
 
 
 class ResNet9(nn.Module):
-    def __init__(self, channels: int, num_classes: int, widths, scale: float, calibration: torch.Tensor | None):
+    def __init__(self, channels: int, num_classes: int, widths, scale: float, calibration: torch.Tensor | str | None):
         super().__init__()
         w0, w1, w2, w3 = widths
         self.prep, self.down = ConvBN(channels, w0), ConvBN(w0, w1, kernel=5, stride=2, padding=2)
         self.res1, self.wide, self.res2 = Residual(w1), ConvBN(w1, w2), Residual(w2)
         self.last, self.head = ConvBN(w2, w3, padding=0), nn.Linear(w3, num_classes, bias=False)
-        self.scale, self.calibration, self._placed = scale, calibration, None
+        self.scale, self.calibration = scale, calibration
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = 0
         if self.calibration is not None and not torch.is_grad_enabled():
-            placed = self._placed
-            if placed is None or (placed.device, placed.dtype) != (x.device, x.dtype):
-                placed = self._placed = self.calibration.to(x.device, x.dtype)
-            x, k = torch.cat([placed, x]), len(placed)
+            calibration = _calibration(self.calibration, tuple(x.shape[1:])).to(x.device, x.dtype)
+            x, k = torch.cat([calibration, x]), len(calibration)
         h = self.res1(self.down(self.prep(x, k), k), k)
-        h = self.last(self.res2(F.max_pool2d(self.wide(h, k), 2), k), k)
-        return self.head(h.amax(dim=(2, 3)))[k:] * self.scale
+        h = self.last(self.res2(F.max_pool2d(self.wide(h, k), 2), k), k).amax(dim=(2, 3))[k:]
+        head = self._modules.get("head")
+        return h if head is None else head(h) * self.scale
+
+    def __getitem__(self, index: slice) -> ResNet9:
+        """model[:-1]: the network without its head (penultimate features), parameter names kept, as an
+        nn.Sequential slice is (experiment.embeddings takes one)."""
+        if index != slice(None, -1):
+            raise IndexError("a resnet9 slices only as [:-1] (the network without its head)")
+        body = copy.copy(self)
+        body._modules = {name: m for name, m in self._modules.items() if name != "head"}
+        return body
+
+
+def _calibration(calibration: torch.Tensor | str, input_shape: tuple[int, ...]) -> torch.Tensor:
+    if isinstance(calibration, str):
+        if calibration not in CALIBRATIONS:
+            raise UnlearnkitError(f"resnet9 calibration set {calibration!r} is not loaded in this process; its "
+                                  "dataset's loader registers it (load the dataset first)")
+        calibration = CALIBRATIONS[calibration]
+    if tuple(calibration.shape[1:]) != tuple(input_shape):
+        raise UnlearnkitError(f"resnet9 calibration inputs {tuple(calibration.shape)} do not match inputs {input_shape}")
+    return calibration
 
 
 def resnet9(input_shape: tuple[int, ...], num_classes: int, widths=(64, 128, 256, 128), scale: float = 0.2,
@@ -96,11 +117,8 @@ def resnet9(input_shape: tuple[int, ...], num_classes: int, widths=(64, 128, 256
     if len(input_shape) != 3 or min(input_shape[1:]) < 12 or len(widths) != 4:
         raise UnlearnkitError(f"resnet9 needs (C, H, W) images of at least 12×12 and 4 widths, got "
                               f"{tuple(input_shape)} and {tuple(widths)}")
-    if isinstance(calibration, str):
-        if calibration not in CALIBRATIONS:
-            raise UnlearnkitError(f"resnet9 calibration set {calibration!r} is not loaded; its dataset's loader "
-                                  "registers it (load the dataset first)")
-        calibration = CALIBRATIONS[calibration]
-    if calibration is not None and tuple(calibration.shape[1:]) != tuple(input_shape):
-        raise UnlearnkitError(f"resnet9 calibration inputs {tuple(calibration.shape)} do not match inputs {input_shape}")
+    if isinstance(calibration, str) and calibration in CALIBRATIONS:
+        calibration = CALIBRATIONS[calibration]  # else looked up when first needed (a Ray worker only trains)
+    if isinstance(calibration, torch.Tensor):
+        _calibration(calibration, tuple(input_shape))
     return ResNet9(input_shape[0], num_classes, widths, scale, calibration)

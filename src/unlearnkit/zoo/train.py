@@ -15,6 +15,7 @@ from ..budget import StepProfile, memory_limit
 from ..data import Dataset
 from ..engine import EpochStream, Forward, LossFn, Optim, Params, fit, uncounted
 from ..engine.compute import current
+from ..engine.flops import book
 from ..errors import UnlearnkitError
 from ..models import build_model, init_params
 from ..tasks import Task
@@ -158,6 +159,7 @@ def _chunked(key, loss, init, stream, data, epochs, optim, cache, label, manifes
             part_init, part_stream = piece(j)
             return _train(loss, part_init, part_stream, data, epochs, optim, labels[j])
         for j, arm in backend.map(remote, todo, current()):
+            book(arm.flops, "trained by Ray tasks")  # the driver's counters did not see it
             arms[j] = arm
             if cache is not None:  # only the driver writes the cache, one whole chunk at a time
                 cache.save(keys[j], arm.params, _manifest(manifest, labels[j], piece(j)[1], arm, 0))

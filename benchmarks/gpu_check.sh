@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The GPU checks, in one call of a few minutes on a lent GPU machine (the `device` tool). That machine has
+# PyTorch, transformers, safetensors, click and tqdm but not this package, and no internet: src/ goes on
+# PYTHONPATH and Fashion-MNIST travels with the call. Once, here:
+#   mkdir -p .devdata && cp -r /usr/share/datasets/fashion-mnist .devdata/ && echo /.devdata/ >> .git/info/exclude
+# then: device run  command="bash benchmarks/gpu_check.sh"  carry=[".devdata"]  timeout_s=560
+# It prints (and saves under $OUT) the zoo-vs-loop tables of both Fashion-MNIST tasks in every precision,
+# and the whole default run at N = 100 from an empty cache.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH=src PYTHONUNBUFFERED=1 UNLEARNKIT_CACHE=/tmp/unlearnkit-cache
+export UNLEARNKIT_DATA=${UNLEARNKIT_DATA:-$PWD/.devdata/fashion-mnist}
+OUT=${OUT:-/tmp/gpu-check}; mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+python3 -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)" | tee -a "$OUT/gpu.txt"
+step() { echo; echo "== $1"; shift; timeout 240 "$@" 2>&1 | tee -a "$OUT/gpu_check.txt"; }
+# 1. MLP zoo vs a per-model loop (target: >= 50x the loop at N >= 300), fp32 / tf32 / bf16
+step "fashion-mnist-mlp zoo" python3 benchmarks/zoo_throughput.py --device cuda --task fashion-mnist-mlp \
+  --models 100,300,1000 --epochs 1 --loop-models 1 --repeats 1
+# 2. CNN: an arm of 300 fits (chunked by memory if needed) and runs faster per model than at N = 100
+step "fashion-mnist-cnn zoo" python3 benchmarks/zoo_throughput.py --device cuda --task fashion-mnist-cnn \
+  --models 100,300 --epochs 1 --loop-models 1 --repeats 1 --precisions tf32,bf16
+# 3. the whole default run at N = 100 from an empty cache (target: <= 30 s)
+step "default run, N = 100" python3 benchmarks/run_wallclock.py --device cuda --models 100
+nvidia-smi --query-gpu=memory.used --format=csv,noheader | tee -a "$OUT/gpu.txt"

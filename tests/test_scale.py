@@ -1,0 +1,191 @@
+"""Scale: bf16 mixed precision, devices, memory-sized chunks of an arm, the compiled optimizer, Ray."""
+import json
+import sys
+
+import pytest
+import torch
+from conftest import Interrupted
+
+import unlearnkit.engine.optim as optim_module
+import unlearnkit.zoo.train as zoo_train
+from unlearnkit.cli import main
+from unlearnkit.engine import EpochStream, Optim, fit
+from unlearnkit.engine.compute import Compute, bf16_fast, current, resolve, use
+from unlearnkit.errors import UnlearnkitError
+from unlearnkit.experiment import RunConfig, run
+from unlearnkit.metrics import accuracy
+from unlearnkit.models import init_params
+from unlearnkit.tasks import get_task
+from unlearnkit.zoo import ZooCache, arm_seeds, cross_entropy_loss, template, train_models
+
+TASK = get_task("digits-mlp")
+needs_bf16 = pytest.mark.skipif(not bf16_fast("cpu"), reason="this CPU has no hardware bfloat16 matmul")
+
+
+def _arm(digits, n=4, compute=Compute(), cache=None):
+    with use(compute):
+        return train_models(TASK, digits, torch.arange(len(digits.y_train)), arm_seeds(0, n), cache)
+
+
+@needs_bf16
+def test_bf16_trains_float32_masters_as_well_as_fp32(digits):
+    """Mixed precision (Micikevicius et al. 2018): the weights kept are float32 and the models are as
+    accurate as float32 ones, but not the same numbers (the products were rounded)."""
+    fp32 = _arm(digits, compute=Compute("cpu", "fp32")).params
+    bf16 = _arm(digits, compute=Compute("cpu", "bf16")).params
+    forward = template(TASK, digits)
+    from unlearnkit.engine import predict
+    acc = {name: accuracy(predict(forward, p, digits.x_val), digits.y_val).mean().item()
+           for name, p in (("fp32", fp32), ("bf16", bf16))}
+    assert all(v.dtype == torch.float32 for v in bf16.values())
+    assert abs(acc["fp32"] - acc["bf16"]) < 0.02 and acc["bf16"] > 0.9, acc
+    assert not torch.equal(fp32["1.weight"], bf16["1.weight"])
+
+
+def test_precision_and_device_type_are_part_of_the_cache_key(digits):
+    pos, seeds = torch.arange(10), arm_seeds(0, 2)
+    keys = set()
+    for compute in (Compute("cpu", "fp32"), Compute("cpu", "bf16"), Compute("cuda:0", "fp32"),
+                    Compute("cuda:1", "fp32"), Compute("cpu", "fp32", max_memory=1 << 20)):
+        with use(compute):
+            keys.add(zoo_train.zoo_key(TASK, digits, pos, seeds))
+    assert len(keys) == 3  # cuda:0 = cuda:1 (same kind of device); a memory limit changes no weight
+
+
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=needs_bf16)])
+def test_an_arm_trained_in_chunks_equals_one_pass(digits, tmp_path, precision):
+    """Model i depends on its seed alone, so chunks of models give the one-pass arm bit for bit; each
+    chunk is cached on its own while the arm trains, and only the whole arm stays."""
+    whole = _arm(digits, 6, Compute("cpu", precision)).params
+    per_model = StepBytes.of(digits)
+    cache = ZooCache(tmp_path)
+    chunked = _arm(digits, 6, Compute("cpu", precision, max_memory=int(2.5 * per_model)), cache)
+    for k in whole:
+        assert torch.equal(whole[k], chunked.params[k]), k
+    entries = [json.loads(m.read_text()) for m in (tmp_path / "zoo").glob("*/manifest.json")]
+    assert [e.get("chunks") for e in entries] == [3]  # chunks of 2 models; the chunks' own entries removed
+    again = _arm(digits, 6, Compute("cpu", precision, max_memory=int(2.5 * per_model)), cache)
+    assert again.cached
+
+
+def test_an_interrupted_chunked_arm_resumes_from_its_finished_chunks(digits, tmp_path, monkeypatch):
+    per_model = StepBytes.of(digits)
+    compute = Compute("cpu", "fp32", max_memory=int(2.5 * per_model))
+    reference = _arm(digits, 6, compute).params
+    cache = ZooCache(tmp_path)
+    trained = []
+    real = zoo_train._train
+    monkeypatch.setattr(zoo_train, "_train", lambda *a, **k: trained.append(len(a[2].seeds)) or real(*a, **k))
+    calls = {"n": 0}  # the first chunk of 2 finishes; the second dies after its third epoch's checkpoint
+    real_save = ZooCache.save_checkpoint
+
+    def die_in_second_chunk(self, key, ckpt, spent=None):
+        calls["n"] += 1
+        if calls["n"] > TASK.recipe.epochs + 3:
+            raise Interrupted
+        real_save(self, key, ckpt, spent)
+    monkeypatch.setattr(ZooCache, "save_checkpoint", die_in_second_chunk)
+    with pytest.raises(Interrupted):
+        _arm(digits, 6, compute, cache)
+    monkeypatch.setattr(ZooCache, "save_checkpoint", real_save)
+    trained.clear()
+    resumed = _arm(digits, 6, compute, cache)
+    assert trained == [2, 2]  # the first chunk was loaded; the second resumed, the third trained
+    assert not any(p.name == "checkpoint.pt" for p in tmp_path.rglob("*"))
+    for k in reference:
+        assert torch.equal(reference[k], resumed.params[k])
+
+
+def test_compiled_update_equals_the_op_by_op_one(digits, monkeypatch):
+    forward = template(TASK, digits)
+    init = init_params(TASK.model, digits.input_shape, 10, [0, 1], **TASK.model_kwargs)
+    stream = EpochStream(torch.arange(len(digits.y_train)), [0, 1], 64)
+    out = {}
+    for name, threshold in (("eager", 1 << 62), ("compiled", 0)):
+        monkeypatch.setattr(optim_module, "COMPILE_MIN", threshold)
+        for opt in (Optim("sgd", 0.05, 0.9, 5e-4, "linear"), Optim("adam", 1e-3, weight_decay=1e-4)):
+            out[name, opt.name] = fit(cross_entropy_loss(forward), init, {"train": stream},
+                                      (digits.x_train, digits.y_train), 20, opt)
+    for opt in ("sgd", "adam"):
+        for k in init:
+            torch.testing.assert_close(out["compiled", opt][k], out["eager", opt][k], rtol=1e-5, atol=1e-6)
+
+
+def test_auto_resolves_to_what_this_machine_has():
+    compute = resolve()
+    assert compute.device == ("cuda:0" if torch.cuda.is_available() else "cpu")
+    assert compute.precision == ("bf16" if bf16_fast(compute.device) else "fp32")
+    config = RunConfig(task="digits-mlp", models=2)
+    assert (config.device, config.precision) == (compute.device, compute.precision)  # recorded resolved
+    assert current() == Compute()  # nothing changed outside a run
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--device", "cuda"], "sees no CUDA GPU"),
+    (["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:K"),
+    (["--precision", "fp16"], "--precision must be auto"),
+    (["--precision", "tf32"], "CUDA tensor-core mode"),
+    (["--backend", "spark"], "--backend must be one of local, ray"),
+    (["--ray-address", "1.2.3.4:6379"], "--ray-address is for --backend ray"),
+    (["--max-memory", "lots"], "--max-memory expects an amount"),
+    (["--max-memory", "10KiB"], "raise --max-memory"),
+])
+def test_bad_compute_options_are_one_line_and_write_nothing(tmp_path, capsys, monkeypatch, args, message):
+    if args[:2] == ["--device", "cuda"] and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    out = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", ["unlearnkit", "run", "--task", "digits-mlp", "--models", "2", "--out", str(out),
+                                      "--cache-dir", str(tmp_path / "cache"), *args])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists() and not (tmp_path / "cache" / "zoo").exists()
+
+
+def test_bf16_on_a_cpu_without_it_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    with pytest.raises(UnlearnkitError, match="no hardware bfloat16 matmul"):
+        resolve("cpu", "bf16")
+    assert resolve("cpu", "auto").precision == "fp32"
+
+
+def test_ray_missing_is_refused_with_the_install_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(UnlearnkitError, match=r"pip install 'unlearnkit\[ray\]'"):
+        RunConfig(task="digits-mlp", models=2, backend="ray")
+
+
+def test_ray_backend_gives_the_local_results(digits, tmp_path):
+    """Arm chunks as Ray tasks on a local cluster: the same models, the same results.json; only the
+    driver writes the cache."""
+    ray = pytest.importorskip("ray")
+    per_model = StepBytes.of(digits)
+    base = dict(task="digits-mlp", models=4, methods=("none", "finetune"), bootstrap=0,
+                max_memory=str(int(2.5 * per_model)), precision="fp32")
+    local = run(RunConfig(**base, cache_dir=str(tmp_path / "a")), tmp_path / "local")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = run(RunConfig(**base, cache_dir=str(tmp_path / "b"), backend="ray"), tmp_path / "ray")
+    finally:
+        ray.shutdown()
+    assert (tmp_path / "local" / "klom.npz").read_bytes() == (tmp_path / "ray" / "klom.npz").read_bytes()
+    def numbers(rows):  # all but the wall clock
+        return [{k: v for k, v in r.items() if k not in ("seconds", "cost_vs_retrain")} for r in rows]
+    assert numbers(local["rows"] + [local["noise_floor"]]) == numbers(remote["rows"] + [remote["noise_floor"]])
+    assert remote["noise_floor"]["flops"] > 0  # the Ray tasks' work is booked to the method that asked for it
+    assert local["run_id"] == remote["run_id"]  # the backend is not part of what a run computes
+    assert remote["config"]["backend"] == "ray"
+
+
+class StepBytes:
+    """One digits-mlp model's training-step memory, as the zoo measures it (to set --max-memory)."""
+
+    @staticmethod
+    def of(digits) -> float:
+        from unlearnkit.budget import StepProfile
+        one = init_params(TASK.model, digits.input_shape, 10, [0], **TASK.model_kwargs)
+        profile = StepProfile.measure(cross_entropy_loss(template(TASK, digits)), one,
+                                      (digits.x_train, digits.y_train), TASK.recipe.batch_size)
+        return profile.model_bytes(TASK.recipe.batch_size)
