@@ -189,3 +189,20 @@ class StepBytes:
         profile = StepProfile.measure(cross_entropy_loss(template(TASK, digits)), one,
                                       (digits.x_train, digits.y_train), TASK.recipe.batch_size)
         return profile.model_bytes(TASK.recipe.batch_size)
+
+
+@needs_bf16
+def test_bf16_reads_the_same_noise_floor_and_do_nothing_row(tmp_path):
+    """The science does not depend on the training precision: the do-nothing and noise-floor rows'
+    KLoM p95 intervals overlap between fp32 and bf16 on every split (the full-size check, N = 64 on
+    fashion-mnist-mlp, is benchmarks/precision_agreement.py)."""
+    rows = {}
+    for p in ("fp32", "bf16"):
+        res = run(RunConfig(task="digits-mlp", forget="random:40", methods=("none", "retrain"), models=16,
+                            precision=p, cache_dir=str(tmp_path)))
+        rows[p] = {r["method"]: r for r in res["rows"]}
+    for method in ("none", "retrain"):
+        for split in ("forget", "retain", "val"):
+            (a, b), (c, d) = (rows[p][method]["klom_p95_ci"][split] for p in ("fp32", "bf16"))
+            assert a <= d and c <= b, (method, split, (a, b), (c, d))
+    assert rows["fp32"]["none"]["klom_p95"]["forget"] > rows["fp32"]["retrain"]["klom_p95"]["forget"]
