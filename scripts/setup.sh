@@ -11,4 +11,4 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
 .venv/bin/python -c "import unlearnkit, torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
-.venv/bin/unlearnkit run --task fashion-mnist-mlp --forget random:100 --models 16 --out runs/demo --overwrite "$@"
+.venv/bin/unlearnkit run --task fashion-mnist-mlp --forget random:100 --out runs/demo --overwrite "$@"

@@ -8,9 +8,10 @@ from unlearnkit.zoo import ZooCache
 
 
 @pytest.fixture(autouse=True)
-def _quiet_and_seeded():
+def _quiet_and_seeded(monkeypatch):
     torch.manual_seed(0)
     logging.getLogger("unlearnkit").setLevel(logging.INFO)
+    monkeypatch.setattr("unlearnkit.zoo.train.CHECKPOINT_SECONDS", 0.0)  # tiny arms: a checkpoint every epoch
 
 
 @pytest.fixture(scope="session")

@@ -35,6 +35,7 @@ from torch.func import functional_call
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel
 
 from ..engine import Forward, Params
+from ..engine.compute import current
 from ..errors import UnlearnkitError
 from .tokenizer import IGNORE, special_ids
 
@@ -165,20 +166,24 @@ class TokenStats:
 def token_stats(forward: Callable, params: Params, input_ids: torch.Tensor, labels: torch.Tensor,
                 moments: bool = False, chunk: int = 32) -> TokenStats:
     """Answer-token statistics of N models on shared items (with `moments`, also μ and σ of the
-    model's own next-token log-probabilities, for Min-K%++)."""
+    model's own next-token log-probabilities, for Min-K%++). Computed on the run's device in float32, like
+    `engine.predict`; returned on the CPU."""
+    dev = current().device
+    params = {k: v.to(dev) for k, v in params.items()}
     call = torch.vmap(forward, in_dims=(0, None))
     parts: dict[str, list] = {"lp": [], "hit": [], "mu": [], "sigma": []}
     for s in range(0, len(input_ids), chunk):
-        logits = call(params, input_ids[s:s + chunk])
-        lp, _ = shifted_token_logprobs(logits, labels[s:s + chunk])
-        parts["lp"].append(lp)
-        parts["hit"].append(logits[..., :-1, :].argmax(-1) == labels[s:s + chunk, 1:])
+        ids, lab = input_ids[s:s + chunk].to(dev), labels[s:s + chunk].to(dev)
+        logits = call(params, ids)
+        lp, _ = shifted_token_logprobs(logits, lab)
+        parts["lp"].append(lp.cpu())
+        parts["hit"].append((logits[..., :-1, :].argmax(-1) == lab[:, 1:]).cpu())
         if moments:
             logp = torch.log_softmax(logits[..., :-1, :].float(), dim=-1)
             p = logp.exp()
             mu = (p * logp).sum(-1)
-            parts["mu"].append(mu)
-            parts["sigma"].append(((p * logp * logp).sum(-1) - mu ** 2).clamp(min=0).sqrt())
+            parts["mu"].append(mu.cpu())
+            parts["sigma"].append(((p * logp * logp).sum(-1) - mu ** 2).clamp(min=0).sqrt().cpu())
     mask = labels[:, 1:] != IGNORE
     cat = {k: torch.cat(v, 1) if v else None for k, v in parts.items()}
     return TokenStats(cat["lp"], cat["hit"] & mask, mask, cat["mu"], cat["sigma"])

@@ -23,6 +23,10 @@ from .cache import ZooCache, stable_hash, tensor_digest
 
 log = logging.getLogger(__name__)
 
+# An arm's training is checkpointed at the end of an epoch at most this often: an interrupted run loses at
+# most a minute, and a 100-model arm does not spend ~10% of its time writing checkpoints.
+CHECKPOINT_SECONDS = 60.0
+
 # Seed ranges of the arms; disjoint so that no two arms share a model.
 ORIGINAL_SEEDS, ORACLE_SEEDS, RETRAIN_SEEDS = 0, 1_000_000, 2_000_000
 
@@ -201,6 +205,7 @@ def _train(loss, init, stream, data, epochs, optim, label, resume=None, checkpoi
                     "flops": before["flops"] + int(counter.get_total_flops())}
         params = fit(loss, initial, {"train": stream}, data, steps=stream.steps(epochs), optim=optim, resume=ckpt,
                      on_epoch=(lambda c: checkpoint(c, spent())) if checkpoint else None,
+                     checkpoint_every=CHECKPOINT_SECONDS,
                      desc=f"train {label} ×{len(stream.seeds)}")
     total = spent()
     return Arm(params, total["seconds"], total["flops"], False, before["seconds"], before["flops"])
