@@ -2,7 +2,8 @@
 tasks on a Ray cluster (`ray`: Moritz et al. 2018, "Ray: A Distributed Framework for Emerging AI
 Applications"), for ensembles too large for one machine.
 
-A piece is a chunk of an arm's models (see `zoo.train`): model i's training depends on its seed alone,
+A piece is a chunk of an arm's models (see `zoo.train`), or one method's job (`runs.run_jobs`).
+Model i's training depends on its seed alone,
 so chunks trained anywhere, in any order, give the models of one pass bit for bit (on the same kind of
 device and precision). Only the driver writes the cache: a task returns its weights, and the driver
 stores each finished chunk as it arrives, so a failed or retried task never leaves a torn entry, and a
@@ -57,7 +58,8 @@ class Ray:
         import ray
         task = ray.remote(num_gpus=1 if compute.is_cuda else 0)(_in_compute)
         device = Compute("cuda:0", compute.precision, compute.max_memory) if compute.is_cuda else compute
-        pending = {task.remote(fn, item, device): item for item in items}
+        shared = ray.put(fn)  # what every task reads (a bench's models and data): stored once, not per task
+        pending = {task.remote(shared, item, device): item for item in items}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             yield pending.pop(done[0]), ray.get(done[0])

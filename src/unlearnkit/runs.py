@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .backends import check_backend, use_backend
+from .backends import current as current_backend
 from .budget import (
     MAX_MODELS,
     Budget,
@@ -24,6 +25,7 @@ from .budget import (
     parse_memory,
 )
 from .engine.compute import Compute, resolve, use
+from .engine.compute import current as current_compute
 from .errors import UnlearnkitError
 from .methods import get_method, make_hparams
 from .tasks import TASKS, Task
@@ -228,10 +230,18 @@ def run_budget(profile: StepProfile, recipe, config: RunConfig, everything: torc
 
 def run_jobs(bench, jobs: list[Job]) -> tuple[list[dict], dict[str, np.ndarray], dict]:
     """Every job's row, with its cost relative to the retrain arm's; the per-example KLoM of each job that
-    finished; and the retrain (noise-floor) row. `bench` is a classifier `Bench` or an LM `LMBench`."""
+    finished; and the retrain (noise-floor) row. `bench` is a classifier `Bench` or an LM `LMBench`.
+    On a Ray backend the jobs run as parallel tasks (each charged its own seconds and FLOPs); a method
+    that trains an arm (retrain, SISA) caches it from its task, through the cache's locks and atomic
+    writes — on a cluster of several machines, give a --cache-dir that all of them share."""
+    backend = current_backend()
+    if backend.name == "local" or len(jobs) < 2:
+        done = {job.label: bench.run_job(job) for job in jobs}
+    else:
+        done = {job.label: result for job, result in backend.map(bench.run_job, jobs, current_compute())}
     rows, per_example = [], {}
     for job in jobs:
-        row, values = bench.run_job(job)
+        row, values = done[job.label]
         rows.append(row)
         if values is not None:
             per_example[job.label] = values

@@ -18,6 +18,7 @@ from torch.func import functional_call
 from ..errors import Diverged, UnlearnkitError
 from .compute import current
 from .flops import StepExtrapolator, uncounted
+from .heap import keep_freed_memory
 from .optim import StackedAdam, StackedSGD
 from .progress import steps as progress
 from .streams import EpochStream
@@ -107,6 +108,7 @@ def fit(
         methods that alternate losses or change a coefficient between phases (SCRUB, l1-sparse).
     Raises `Diverged` at the first non-finite loss: the caller decides what a divergence means.
     """
+    keep_freed_memory()
     compute = current()
     dev = torch.device(compute.device)
     x, y = _placed(data[0], dev, compute.dtype), _placed(data[1], dev)
