@@ -97,6 +97,10 @@ def fit(
 ) -> Params:
     """Run `steps` optimizer steps of `loss_fn` on N models at once; return their new parameters.
 
+    Runs on the current `engine.compute` (device and precision; set by a run's config): everything is
+    moved there and the result comes back on the CPU in float32. In bf16 the loss sees bfloat16 copies
+    of the weights and inputs, and the optimizer updates float32 masters (mixed precision).
+
     streams: named minibatch streams; the first one sets what an epoch is (for `on_epoch`/`resume`),
         the others cycle alongside it (e.g. forget batches next to retain batches).
     frozen: per-model tensors (leading dim N) the loss reads but does not train (teacher parameters,
