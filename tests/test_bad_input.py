@@ -17,6 +17,7 @@ import traceback
 from pathlib import Path
 
 import pytest
+import torch
 
 import unlearnkit
 import unlearnkit.attribution
@@ -206,7 +207,16 @@ RUN_CASES = [
     ("lm-task-methods=finetune-nope", ["--task", "tofu-synth-tiny", "--methods", "none,nope"], "nope"),
     ("lm-task-set-lr=nan", ["--task", "tofu-synth-tiny", "--methods", "none,ga", "--set", "ga.lr=nan"], "ga.lr"),
     ("lm-task-max-hours=0", ["--task", "tofu-synth-tiny", "--max-hours", "0"], "--max-hours"),
-]
+    ("device=tpu", ["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:K"),
+    ("precision=fp16", ["--precision", "fp16"], "--precision must be auto"),
+    ("precision=tf32-on-cpu", ["--device", "cpu", "--precision", "tf32"], "CUDA tensor-core mode"),
+    ("backend=spark", ["--backend", "spark"], "--backend must be one of local, ray"),
+    ("ray-address-without-ray", ["--ray-address", "1.2.3.4:6379"], "--ray-address is for --backend ray"),
+    ("max-memory=lots", ["--max-memory", "lots"], "--max-memory expects an amount"),
+    ("max-memory=10KiB", ["--max-memory", "10KiB"], "raise --max-memory"),
+] + ([] if torch.cuda.is_available() else [
+    ("device=cuda-without-gpu", ["--device", "cuda"], "sees no CUDA GPU"),
+])
 
 # click's own parsing errors (a non-number for a typed option): a usage message naming the option.
 RUN_USAGE_CASES = [

@@ -1,4 +1,5 @@
-"""Scale: bf16 mixed precision, devices, memory-sized chunks of an arm, the compiled optimizer, Ray."""
+"""Scale: bf16 mixed precision, devices, memory-sized chunks of an arm, the compiled optimizer, Ray.
+(The compute options' bad input is in test_bad_input.py, with every other refused option.)"""
 import json
 import sys
 
@@ -8,7 +9,6 @@ from conftest import Interrupted
 
 import unlearnkit.engine.optim as optim_module
 import unlearnkit.zoo.train as zoo_train
-from unlearnkit.cli import main
 from unlearnkit.engine import EpochStream, Optim, fit
 from unlearnkit.engine.compute import Compute, bf16_fast, current, resolve, use
 from unlearnkit.errors import UnlearnkitError
@@ -118,29 +118,6 @@ def test_auto_resolves_to_what_this_machine_has():
     config = RunConfig(task="digits-mlp", models=2)
     assert (config.device, config.precision) == (compute.device, compute.precision)  # recorded resolved
     assert current() == Compute()  # nothing changed outside a run
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--device", "cuda"], "sees no CUDA GPU"),
-    (["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:K"),
-    (["--precision", "fp16"], "--precision must be auto"),
-    (["--precision", "tf32"], "CUDA tensor-core mode"),
-    (["--backend", "spark"], "--backend must be one of local, ray"),
-    (["--ray-address", "1.2.3.4:6379"], "--ray-address is for --backend ray"),
-    (["--max-memory", "lots"], "--max-memory expects an amount"),
-    (["--max-memory", "10KiB"], "raise --max-memory"),
-])
-def test_bad_compute_options_are_one_line_and_write_nothing(tmp_path, capsys, monkeypatch, args, message):
-    if args[:2] == ["--device", "cuda"] and torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
-    out = tmp_path / "out"
-    monkeypatch.setattr(sys, "argv", ["unlearnkit", "run", "--task", "digits-mlp", "--models", "2", "--out", str(out),
-                                      "--cache-dir", str(tmp_path / "cache"), *args])
-    with pytest.raises(SystemExit) as exit_:
-        main()
-    err = capsys.readouterr().err
-    assert exit_.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
-    assert not out.exists() and not (tmp_path / "cache" / "zoo").exists()
 
 
 def test_bf16_on_a_cpu_without_it_is_refused(monkeypatch):

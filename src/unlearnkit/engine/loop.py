@@ -19,7 +19,7 @@ from ..errors import Diverged, UnlearnkitError
 from .compute import current
 from .flops import StepExtrapolator, uncounted
 from .heap import keep_freed_memory
-from .optim import StackedAdam, StackedSGD
+from .optim import StackedAdam, StackedSGD, dense
 from .progress import steps as progress
 from .streams import EpochStream
 
@@ -116,7 +116,7 @@ def fit(
     compute = current()
     dev = torch.device(compute.device)
     x, y = _placed(data[0], dev, compute.dtype), _placed(data[1], dev)
-    frozen = {k: _placed(v, dev) for k, v in (frozen or {}).items()}
+    frozen = _placed(frozen or {}, dev)
     mask = {k: _placed(v, dev).bool() for k, v in update_mask.items()} if update_mask is not None else None
     primary = next(iter(streams.values()))
     per_epoch = primary.steps_per_epoch
@@ -156,9 +156,9 @@ def fit(
                 opt = optim.build(list(master.values()), list(live.values()) if mixed else None,
                                   chunked=dev.type == "cpu")
                 if resume:
-                    opt.load_state_dict(_placed_state(resume.optimizer, dev))
+                    opt.load_state_dict(_placed(resume.optimizer, dev))
                 elif carry and "optimizer" in carry:
-                    opt.load_state_dict(_placed_state(carry["optimizer"], dev))
+                    opt.load_state_dict(_placed(carry["optimizer"], dev))
         opt.lr = optim.lr_at(step, steps)
         with uncounted():  # elementwise: no FLOPs to count (and a compiled update runs outside the counter)
             if mask is None:
@@ -172,25 +172,25 @@ def fit(
                         if mixed:
                             live[k].copy_(v)
         if on_epoch and (step + 1) % per_epoch == 0 and time.perf_counter() - last_checkpoint >= checkpoint_every:
-            on_epoch(Checkpoint((step + 1) // per_epoch, _snapshot(master), _placed_state(opt.state_dict(), "cpu")))
+            on_epoch(Checkpoint((step + 1) // per_epoch, _snapshot(master), _placed(opt.state_dict(), "cpu")))
             last_checkpoint = time.perf_counter()
     if carry is not None and opt is not None:
-        carry["optimizer"] = _placed_state(opt.state_dict(), "cpu")
+        carry["optimizer"] = _placed(opt.state_dict(), "cpu")
     return _detached(master)
 
 
-def _placed(t, dev: torch.device, dtype: torch.dtype | None = None):
-    """`t` (a tensor or a dict of them) on the compute device; floating tensors in `dtype` if given
-    (inputs are cast once per loop)."""
+def _placed(t, dev, dtype: torch.dtype | None = None):
+    """`t` (a tensor, or a dict or list of them, as optimizer state and frozen teachers are) on device
+    `dev`; floating tensors in `dtype` if given (inputs are cast once per loop); anything else as it is."""
     if isinstance(t, dict):
         return {k: _placed(v, dev, dtype) for k, v in t.items()}
+    if isinstance(t, list):
+        return [_placed(v, dev, dtype) for v in t]
+    if not isinstance(t, torch.Tensor):
+        return t
     if dtype is not None and t.is_floating_point():
         return t.to(dev, dtype)
     return t.to(dev)
-
-
-def _placed_state(state: dict, dev) -> dict:
-    return {k: ([t.to(dev) for t in v] if isinstance(v, list) else v) for k, v in state.items()}
 
 
 def _compute_copies(master: Params, dtype: torch.dtype) -> Params:
@@ -203,9 +203,11 @@ def _compute_copies(master: Params, dtype: torch.dtype) -> Params:
 
 def _laid_out_like(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """`t`'s values in `like`'s memory layout, so the optimizer updates both slice by slice."""
-    if t.stride() == like.stride():
-        return t
-    return torch.empty_strided(t.shape, like.stride(), dtype=t.dtype, device=t.device).copy_(t)
+    return t if t.stride() == like.stride() else _in_layout(t, like.stride())
+
+
+def _in_layout(t: torch.Tensor, stride) -> torch.Tensor:
+    return torch.empty_strided(t.shape, stride, dtype=t.dtype, device=t.device).copy_(t.detach())
 
 
 def _like_gradients(live: Params, layouts: dict[str, tuple]) -> Params:
@@ -218,23 +220,12 @@ def _like_gradients(live: Params, layouts: dict[str, tuple]) -> Params:
     out = {}
     for k, v in live.items():
         stride = layouts.get(k)
-        if stride is not None and stride != v.stride() and _dense(v.shape, stride):
-            v2 = torch.empty_strided(v.shape, stride, dtype=v.dtype, device=v.device).copy_(v.detach())
-            v2.requires_grad_(True)
-            v2.grad = torch.empty_strided(v.shape, stride, dtype=v.dtype, device=v.device).copy_(v.grad)
+        if stride is not None and stride != v.stride() and dense(v.shape, stride):
+            v2 = _in_layout(v, stride).requires_grad_(True)
+            v2.grad = _in_layout(v.grad, stride)
             v = v2
         out[k] = v
     return out
-
-
-def _dense(shape, stride) -> bool:
-    """Whether strides describe a layout with no gaps and no overlaps (a permutation of contiguous)."""
-    expected = 1
-    for size, st in sorted(zip(shape, stride), key=lambda d: d[1]):
-        if size > 1 and st != expected:
-            return False
-        expected *= size
-    return True
 
 
 def _snapshot(params: Params) -> Params:

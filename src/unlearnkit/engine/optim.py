@@ -17,6 +17,7 @@ master, and the master is written back to its shadow — in the same pass.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 
@@ -152,13 +153,9 @@ def _adam(ps, gs, ms, vs, ws, step_size, bias2, wd):
             w.copy_(p)
 
 
-_COMPILED: dict = {}
-
-
+@functools.cache
 def _compiled(update):
-    if update not in _COMPILED:
-        _COMPILED[update] = torch.compile(update, dynamic=False)
-    return _COMPILED[update]
+    return torch.compile(update, dynamic=False)
 
 
 def _chunks(t: torch.Tensor, chunked: bool = True) -> list[slice]:
@@ -169,17 +166,21 @@ def _chunks(t: torch.Tensor, chunked: bool = True) -> list[slice]:
     return [slice(i, i + step) for i in range(0, len(t), step)]
 
 
-def _same_dense_layout(p: torch.Tensor, *others: torch.Tensor) -> bool:
-    """Whether `p` fills its memory with no gaps, models outermost, and `others` share its layout: then
-    each model slice is one run of memory, and an elementwise update may work on flat views."""
-    if p.dim() == 0 or any(o.stride() != p.stride() for o in others) or p.stride(0) != max(p.stride()):
-        return False
+def dense(shape, stride) -> bool:
+    """Whether `stride` lays out `shape` with no gaps and no overlaps (a permutation of contiguous)."""
     expected = 1
-    for size, stride in sorted(zip(p.shape, p.stride()), key=lambda d: d[1]):
-        if size > 1 and stride != expected:
+    for size, st in sorted(zip(shape, stride), key=lambda d: d[1]):
+        if size > 1 and st != expected:
             return False
         expected *= size
     return True
+
+
+def _same_dense_layout(p: torch.Tensor, *others: torch.Tensor) -> bool:
+    """Whether `p` fills its memory with no gaps, models outermost, and `others` share its layout: then
+    each model slice is one run of memory, and an elementwise update may work on flat views."""
+    return (p.dim() > 0 and all(o.stride() == p.stride() for o in others) and p.stride(0) == max(p.stride())
+            and dense(p.shape, p.stride()))
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:

@@ -95,10 +95,22 @@ def train_cached(key: str, loss: LossFn, init: Callable[[], Params], stream: Epo
     n = len(stream.seeds)
     if cache is not None and (hit := _load(cache, key, n, label)) is not None:
         return hit
+    init = _once(init)  # the N models are built once, whether measured, chunked or trained
     size = models_per_chunk(loss, init, stream, data, label)
     if size >= n and backends.current().name == "local":
         return _one_pass(key, loss, init, stream, data, epochs, optim, cache, label, manifest)
     return _chunked(key, loss, init, stream, data, epochs, optim, cache, label, manifest, size)
+
+
+def _once(make: Callable[[], Params]) -> Callable[[], Params]:
+    """`make`, called at most once (a plain closure, so that Ray can ship it to its tasks)."""
+    built: list[Params] = []
+
+    def once() -> Params:
+        if not built:
+            built.append(make())
+        return built[0]
+    return once
 
 
 def models_per_chunk(loss: LossFn, init: Callable[[], Params], stream: EpochStream,
