@@ -138,7 +138,7 @@ def fit(
         idx = {name: next(it).to(dev) for name, it in iters.items()}
         with flops.step(sum(i.numel() for i in idx.values())):
             with autocast:
-                losses = batched_loss(live, {name: (x[i], y[i], i) for name, i in idx.items()}, frozen)
+                losses = batched_loss(live, {name: (_rows(x, i), _rows(y, i), i) for name, i in idx.items()}, frozen)
             bad = ~torch.isfinite(losses.detach())
             if bad.any():
                 raise Diverged(step, bad.nonzero().flatten().tolist())
@@ -177,6 +177,12 @@ def fit(
     if carry is not None and opt is not None:
         carry["optimizer"] = _placed(opt.state_dict(), "cpu")
     return _detached(master)
+
+
+def _rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """t[idx] for an (N, batch) index: one flat index_select, a row copy per example (advanced indexing
+    took 3× as long for 100 models' Fashion-MNIST batches, ~2.4 ms of a 45 ms bf16 step)."""
+    return t.index_select(0, idx.flatten()).view(*idx.shape, *t.shape[1:])
 
 
 def _placed(t, dev, dtype: torch.dtype | None = None):
