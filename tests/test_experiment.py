@@ -169,7 +169,8 @@ def test_out_being_written_by_another_live_run_is_refused(tmp_path):
         other.kill()
         other.wait()
     run(config, out)  # its owner is gone: the claim is stale
-    assert sorted(p.name for p in out.iterdir()) == ["forget_set.json", "klom.npz", "results.json", "timings.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["forget_set.json", "klom.npz", "results.json", "scores.npz",
+                                                     "timings.json"]
 
 
 def test_cache_that_cannot_hold_the_models_is_refused_before_training(tmp_path, monkeypatch):
@@ -180,3 +181,19 @@ def test_cache_that_cannot_hold_the_models_is_refused_before_training(tmp_path, 
         run(RunConfig(task="digits-mlp", forget="random:10", methods=("none",), models=4,
                       cache_dir=str(tmp_path / "cache")), tmp_path / "out")
     assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
+
+
+def test_privacy_metrics_tell_originals_from_retrained_models(class_run):
+    """U-LiRA (Hayes et al. 2024): models retrained without the forget set are indistinguishable from the
+    oracles (≈ 0.5), the originals that learned class 3 are not; the NeurIPS'23 forget score F is higher for
+    retraining than for doing nothing; the small-N estimator reads the originals far above the noise floor."""
+    results, _ = class_run
+    none, retrain = _row(results, "none"), _row(results, "retrain")
+    assert none["ulira"]["accuracy"] > 0.95 and abs(retrain["ulira"]["accuracy"] - 0.5) < 0.1
+    assert none["neurips23"]["forget_score"] < 0.05 < retrain["neurips23"]["forget_score"]
+    gauss = {r: _row(results, r)["klom_estimators"]["gauss"]["p95"]["forget"] for r in ("none", "retrain")}
+    assert gauss["none"] > 5 * gauss["retrain"] and gauss["retrain"] < 2.5
+    for row in (none, retrain):
+        assert set(row["mia"]) == {"correctness", "confidence", "entropy", "m_entropy"}
+    # the SVC attack calls the forget class unseen under retrained models, seen under the originals
+    assert none["mia"]["confidence"] < 0.2 < 0.8 < retrain["mia"]["confidence"]

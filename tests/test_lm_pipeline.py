@@ -51,6 +51,24 @@ def test_run_writes_every_lm_field(results):
     assert set(np.load(out / "klom.npz").files) >= {"klom/none", "klom/ga", "klom/npo", "split/forget"}
 
 
+def test_rescore_reproduces_an_lm_run_from_its_saved_item_scores(results, tmp_path):
+    """scores.npz keeps every item set's per-model scores (sequence log-probs, truth ratios, ROUGE, the
+    attacks' scores): `rescore` recomputes every LM metric from them, byte for byte."""
+    import shutil
+
+    from unlearnkit.rescore import rescore
+    _, out = results
+    copy = shutil.copytree(out, tmp_path / "run")
+    z = np.load(copy / "scores.npz")
+    assert str(z["kind"]) == "lm" and z["row/npo/forget/seq"].shape[0] == 3
+    assert {"arm/oracles/forget/mia/minkpp", "arm/originals/world/prob_options", "row/ga/retain/rouge"} <= set(z.files)
+    before = {n: (copy / n).read_bytes() for n in ("results.json", "klom.npz")}
+    rescore(copy)
+    assert {n: (copy / n).read_bytes() for n in before} == before
+    again = rescore(copy, estimators=("knn",))
+    assert all("knn" in r["klom_estimators"] for r in again["rows"])
+
+
 def test_original_models_memorised_the_forget_set_and_retraining_did_not(results):
     res, _ = results
     none = next(r for r in res["rows"] if r["method"] == "none")

@@ -66,6 +66,10 @@ def cli(verbose: bool) -> None:
 @click.option("--reference-binning", is_flag=True,
               help="Drop each histogram's pooled maximum, as EasyDUB's reference code does.")
 @click.option("--bootstrap", default=100, show_default=True, type=int, help="Bootstrap replicates for CIs.")
+@click.option("--estimators", default="gauss", show_default=True,
+              help="KLoM estimators reported beside the reference histogram (comma-separated; '' for none).")
+@click.option("--metrics", default="klom,ulira,neurips23,mia", show_default=True,
+              help="Metrics computed for every row (comma-separated; see `unlearnkit list`).")
 @click.option("--budgets", default="", help="Comma-separated epoch budgets: one row per method and budget.")
 @click.option("--tuned", is_flag=True, help="Use the hyperparameters `unlearnkit tune` saved for this task/forget.")
 @click.option("--datamodels", default=None, help="Saved datamodels (`unlearnkit datamodels --out`) for pc: sets.")
@@ -74,7 +78,8 @@ def cli(verbose: bool) -> None:
 @click.option("--max-hours", default=24.0, show_default=True, type=float,
               help="Refuse a run whose estimated training time is longer (estimated before anything trains).")
 @_compute_options
-@click.option("--out", default=None, help="Directory for results.json, timings.json, klom.npz, forget_set.json.")
+@click.option("--out", default=None,
+              help="Directory for results.json, timings.json, klom.npz, forget_set.json and scores.npz.")
 @click.option("--overwrite", is_flag=True, help="Replace the results of another run in --out.")
 def run(out, overwrite, **options) -> None:
     """Unlearn a forget set with each method and compare it with oracles retrained without it."""
@@ -84,12 +89,34 @@ def run(out, overwrite, **options) -> None:
     results = run_experiment(_run_config(**options), out, overwrite)
     click.echo(format_lm_table(results) if "lm_task" in results["config"] else format_table(results))
     if out:
-        click.echo(f"\nwrote {out}/results.json, {out}/timings.json, {out}/klom.npz, {out}/forget_set.json")
+        click.echo(f"\nwrote {out}/results.json, {out}/timings.json, {out}/klom.npz, {out}/forget_set.json, "
+                   f"{out}/scores.npz")
+
+
+def _names(value: str | None) -> tuple[str, ...] | None:
+    return None if value is None else tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+@cli.command()
+@click.argument("run_dir")
+@click.option("--estimators", default=None, help="KLoM estimators beside the histogram (default: the run's).")
+@click.option("--metrics", default=None, help="Metrics to compute (default: the run's).")
+@click.option("--bootstrap", default=None, type=int, help="Bootstrap replicates for CIs (default: the run's).")
+@click.option("--reference-binning/--no-reference-binning", default=None,
+              help="EasyDUB's histogram binning (default: the run's).")
+def rescore(run_dir, estimators, metrics, bootstrap, reference_binning) -> None:
+    """Recompute a finished run's metrics from its scores.npz (no training) and rewrite its results."""
+    from .report import format_lm_table, format_table
+    from .rescore import rescore as rescore_run
+
+    results = rescore_run(run_dir, _names(estimators), _names(metrics), bootstrap, reference_binning)
+    click.echo(format_lm_table(results) if "lm_task" in results["config"] else format_table(results))
+    click.echo(f"\nrewrote {run_dir}/results.json and {run_dir}/klom.npz")
 
 
 def _run_config(task, forget, methods, models, seed, train_size, val_size, data_dir, cache_dir, no_cache, sets,
                 reference_binning, bootstrap, budgets="", tuned=False, datamodels=None, datamodel_models=100,
-                max_hours=24.0, **compute):
+                max_hours=24.0, estimators="gauss", metrics="klom,ulira,neurips23,mia", **compute):
     from .experiment import RunConfig, default_forget, default_methods
 
     if methods is None:
@@ -104,7 +131,8 @@ def _run_config(task, forget, methods, models, seed, train_size, val_size, data_
                      models=models, seed=seed, train_size=train_size, val_size=val_size, data_dir=data_dir,
                      cache_dir="" if no_cache else cache_dir, hparams=_overrides(sets),
                      reference_binning=reference_binning, bootstrap=bootstrap, budgets=budget_list, tuned=tuned,
-                     datamodels=datamodels, datamodel_models=datamodel_models, max_hours=max_hours, **compute)
+                     datamodels=datamodels, datamodel_models=datamodel_models, max_hours=max_hours,
+                     estimators=_names(estimators), metrics=_names(metrics), **compute)
 
 
 @cli.command()
@@ -260,9 +288,11 @@ def llm_run(model_dir, forget_file, retain_file, method, sets, max_len, seed, ou
 @cli.command(name="list")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_(as_json: bool) -> None:
-    """Show tasks, methods and forget-set kinds."""
+    """Show tasks, methods, forget-set kinds, metrics and KLoM estimators."""
     import dataclasses
 
+    from .metrics.estimators import ESTIMATORS
+    from .scoring import METRICS
     from .forget import KINDS
     from .lm.task import LM_TASKS
     from .methods import REGISTRY
@@ -282,6 +312,8 @@ def list_(as_json: bool) -> None:
         "language-model forget": {"authors:F": "a fraction F of the authors with all their QAs (TOFU forget01/05/10: "
                                                "0.01, 0.05, 0.1); authors:K, K authors (a fraction has a decimal point)",
                                   "canaries:K": "K random-string canaries (out of distribution); canaries:F, a fraction"},
+        "metrics": METRICS,
+        "KLoM estimators": {k: h for k, (_, h) in ESTIMATORS.items()},
     }
     if as_json:
         click.echo(json.dumps(listing, indent=2))

@@ -21,7 +21,6 @@ from .engine import predict
 from .errors import Diverged, UnlearnkitError
 from .forget import build_forget_set
 from .methods import REGISTRY, Context, Ensemble, get_method
-from .metrics import accuracy, bootstrap_p95, klom, margins, summarize
 from .models import init_params
 from .runs import (
     DEFAULT_METHODS,
@@ -38,6 +37,7 @@ from .runs import (
     run_budget,
     run_jobs,
 )
+from .scoring import ArmScores, Settings, row_metrics
 from .tuned import load_tuned
 from .zoo import (
     ORACLE_SEEDS,
@@ -135,31 +135,46 @@ class Bench:
         self.x_all, self.y_all = torch.cat([ds.x_train, ds.x_val]), torch.cat([ds.y_train, ds.y_val])
         self.splits = {"forget": self.forget.positions, "retain": self.retain,
                        "val": np.arange(len(ds.y_train), len(self.y_all))}
-        self.oracle_logits = predict(self.forward, oracles.params, self.x_all)
-        self.evaluate = _Evaluator(self.splits, margins(self.oracle_logits, self.y_all).numpy(), self.y_all, p.config)
+        self.settings = Settings.of(p.config)
+        self.oracles = self.scores(predict(self.forward, oracles.params, self.x_all))
+        self.originals_scores = self.scores(predict(self.forward, self.originals.params, self.x_all))
 
-    def run_job(self, job: Job) -> tuple[dict, np.ndarray | None]:
-        """One results row (and the per-example KLoM, None if the method diverged)."""
+    def scores(self, logits: torch.Tensor) -> ArmScores:
+        s = ArmScores.from_logits(logits, self.y_all)
+        if not s.finite():
+            raise Diverged(-1, np.nonzero(~np.isfinite(s.margin).all(1))[0].tolist())
+        return s
+
+    def run_job(self, job: Job) -> tuple[dict, dict | None]:
+        """One results row, and (unless the method diverged) {"klom": per-example KLoM, "scores": the
+        arrays scores.npz keeps for the row}."""
         p = self.p
         ctx = Context(p.task, p.dataset, self.forward, self.originals.params, self.forget.positions, self.retain,
                       arm_seeds(ORIGINAL_SEEDS, p.config.models, p.config.seed), p.config.seed, p.cache)
         log.info("method %s", job.label)
         start = time.perf_counter()
-        values = None
+        extra = None
         try:
             result, cost = ctx.charged(get_method(job.method).fn, job.hparams)
+            reference = None
             if isinstance(result, Ensemble):
-                reference = (margins(result.oracle_logits(self.x_all), self.y_all).numpy()
-                             if result.oracle_logits else None)
-                row, values = self.evaluate(result.logits(self.x_all), cost, reference)
-                row["reference"] = result.reference
+                arm = self.scores(result.logits(self.x_all))
+                reference = self.scores(result.oracle_logits(self.x_all)) if result.oracle_logits else None
             else:
-                row, values = self.evaluate(predict(self.forward, result, self.x_all), cost)
+                arm = self.scores(predict(self.forward, result, self.x_all))
+            metrics, values = row_metrics(arm, reference or self.oracles, self.oracles, self.splits, self.settings)
+            row = {**metrics, **cost, "diverged": False}
+            if isinstance(result, Ensemble):
+                row["reference"] = result.reference
+            arrays = arm.arrays(f"row/{job.label}")
+            if reference is not None:
+                arrays.update(reference.arrays(f"reference/{job.label}"))
+            extra = {"klom": values, "scores": arrays}
         except Diverged as err:
-            row = _Evaluator.diverged_row(time.perf_counter() - start, str(err))
+            row = diverged_row(time.perf_counter() - start, str(err))
             log.warning("method %s diverged: %s", job.label, err)
         return {"method": job.method, "label": job.label, **row, "budget": job.budget, "tuned": job.tuned,
-                "hparams": asdict(job.hparams)}, values
+                "hparams": asdict(job.hparams)}, extra
 
 
 @computing
@@ -182,19 +197,21 @@ def run(config: RunConfig, out: str | os.PathLike | None = None, overwrite: bool
     if out is not None:
         claim_output(out, config.run_id)
     bench = Bench(p)
-    rows, per_example, noise_floor = run_jobs(bench, p.jobs)
+    rows, per_example, scores, noise_floor = run_jobs(bench, p.jobs)
     ds = p.dataset
     results = {
         "run_id": config.run_id,
         "config": {**config.to_dict(), "train_size": len(ds.y_train), "val_size": len(ds.y_val),
                    "unlearnkit": __version__, "torch": torch.__version__},
         "forget_set": p.forget.to_dict(),
-        "oracle": {"accuracy": bench.evaluate.accuracies(bench.oracle_logits)},
+        "oracle": {"accuracy": bench.oracles.accuracies(bench.splits)},
         "rows": [r for r in rows if r["method"] in config.methods],
         "noise_floor": noise_floor,
     }
     if out is not None:
-        write_results(out, results, per_example, bench.splits, p.forget.ids)
+        scores.update({**bench.originals_scores.arrays("arm/originals"), **bench.oracles.arrays("arm/oracles"),
+                       "labels": bench.y_all.numpy(), "example_ids": np.concatenate([ds.train_ids, ds.val_ids])})
+        write_results(out, results, per_example, bench.splits, p.forget.ids, scores)
     return results
 
 
@@ -229,35 +246,10 @@ def budget(p: Prepared) -> Budget:
                       lambda positions, seeds: zoo_key(task, ds, positions, seeds), p.cache, p.jobs)
 
 
-class _Evaluator:
-    """Turns one method's logits into a results row (KLoM per split, accuracies, CI, cost)."""
-
-    def __init__(self, splits, oracle_margins, labels, config: RunConfig):
-        self.splits, self.oracle, self.labels, self.config = splits, oracle_margins, labels, config
-
-    def accuracies(self, logits: torch.Tensor) -> dict[str, float]:
-        return {k: float(accuracy(logits[:, idx], self.labels[idx]).mean()) for k, idx in self.splits.items()}
-
-    def __call__(self, logits: torch.Tensor, cost: dict, oracle: np.ndarray | None = None):
-        m = margins(logits, self.labels)
-        if not torch.isfinite(m).all():
-            raise Diverged(-1, torch.nonzero(~torch.isfinite(m).all(1)).flatten().tolist())
-        m = m.numpy()
-        kw = {"reference_binning": self.config.reference_binning}
-        oracle = self.oracle if oracle is None else oracle
-        values = klom(m, oracle, **kw)
-        row = {**summarize(values, self.splits), "accuracy": self.accuracies(logits),
-               **cost, "diverged": False}
-        if self.config.bootstrap:
-            row["klom_p95_ci"] = bootstrap_p95(m, oracle, self.splits, reps=self.config.bootstrap,
-                                               seed=self.config.seed, **kw)
-        return row, values
-
-    @staticmethod
-    def diverged_row(seconds: float, why: str) -> dict:
-        nan = {"forget": None, "retain": None, "val": None}
-        return {"klom_p95": nan, "klom_mean": dict(nan), "klom_median": dict(nan),
-                "accuracy": dict(nan), "seconds": seconds, "flops": None, "diverged": True, "why": why}
+def diverged_row(seconds: float, why: str) -> dict:
+    nan = {"forget": None, "retain": None, "val": None}
+    return {"klom_p95": nan, "klom_mean": dict(nan), "klom_median": dict(nan),
+            "accuracy": dict(nan), "seconds": seconds, "flops": None, "diverged": True, "why": why}
 
 
 __all__ = ["DEFAULT_METHODS", "MIN_MODELS", "NOISE_FLOOR_METHOD", "Bench", "ForgetResources", "Job", "Prepared",

@@ -28,6 +28,7 @@ from .engine.compute import Compute, resolve, use
 from .engine.compute import current as current_compute
 from .errors import UnlearnkitError
 from .methods import get_method, make_hparams
+from .scoring import DEFAULT_ESTIMATORS, DEFAULT_METRICS, check_settings
 from .tasks import TASKS, Task
 from .zoo import (
     ORACLE_SEEDS,
@@ -108,6 +109,8 @@ class RunConfig:
     max_memory: str | None = None        # e.g. "8GiB": train each arm in chunks of models that fit (None: the device's)
     backend: str = "local"               # local | ray
     ray_address: str | None = None       # a Ray cluster to join (None: start a local one)
+    estimators: tuple[str, ...] = DEFAULT_ESTIMATORS  # KLoM estimators beside the reference histogram (scoring.py)
+    metrics: tuple[str, ...] = DEFAULT_METRICS  # see `unlearnkit list`
 
     def __post_init__(self):
         """Every option's range, checked when the config is made: nothing trains on a value that would
@@ -119,6 +122,7 @@ class RunConfig:
         object.__setattr__(self, "device", compute.device)
         object.__setattr__(self, "precision", compute.precision)
         parse_memory(self.max_memory)
+        check_settings(self.estimators, self.metrics)
         check_backend(self.backend, self.ray_address)
         if not 0 <= self.seed <= MAX_SEED:
             raise UnlearnkitError(f"--seed must be a whole number from 0 to {MAX_SEED}, got {self.seed}")
@@ -228,9 +232,9 @@ def run_budget(profile: StepProfile, recipe, config: RunConfig, everything: torc
     return out
 
 
-def run_jobs(bench, jobs: list[Job]) -> tuple[list[dict], dict[str, np.ndarray], dict]:
+def run_jobs(bench, jobs: list[Job]) -> tuple[list[dict], dict[str, np.ndarray], dict[str, np.ndarray], dict]:
     """Every job's row, with its cost relative to the retrain arm's; the per-example KLoM of each job that
-    finished; and the retrain (noise-floor) row. `bench` is a classifier `Bench` or an LM `LMBench`.
+    finished; the score arrays of those jobs (for scores.npz); and the retrain (noise-floor) row. `bench` is a classifier `Bench` or an LM `LMBench`.
     On a Ray backend the jobs run as parallel tasks (each charged its own seconds and FLOPs); a method
     that trains an arm (retrain, SISA) caches it from its task, through the cache's locks and atomic
     writes — on a cluster of several machines, give a --cache-dir that all of them share."""
@@ -239,14 +243,15 @@ def run_jobs(bench, jobs: list[Job]) -> tuple[list[dict], dict[str, np.ndarray],
         done = {job.label: bench.run_job(job) for job in jobs}
     else:
         done = {job.label: result for job, result in backend.map(bench.run_job, jobs, current_compute())}
-    rows, per_example = [], {}
+    rows, per_example, scores = [], {}, {}
     for job in jobs:
-        row, values = done[job.label]
+        row, extra = done[job.label]
         rows.append(row)
-        if values is not None:
-            per_example[job.label] = values
+        if extra is not None:
+            per_example[job.label] = extra["klom"]
+            scores.update(extra["scores"])
     floor = next(r for r in rows if r["method"] == NOISE_FLOOR_METHOD)
     for r in rows:
         r["cost_vs_retrain"] = {k: (r[k] / floor[k] if r.get(k) is not None and floor.get(k) else None)
                                 for k in ("seconds", "flops")}
-    return rows, per_example, floor
+    return rows, per_example, scores, floor

@@ -56,7 +56,8 @@ def tune(run_config, tune_config: TuneConfig) -> dict:
         raise UnlearnkitError(f"method {method.name!r} has no hyperparameters to tune")
     if tune_config.trials > MAX_TRIALS:
         raise UnlearnkitError(f"--trials must be at most {MAX_TRIALS}, got {tune_config.trials}")
-    p = prepare(dataclasses.replace(run_config, methods=(method.name,)))
+    # the objective reads histogram KLoM alone: no other estimator or attack is computed per trial
+    p = prepare(dataclasses.replace(run_config, methods=(method.name,), estimators=(), metrics=("klom",)))
     plan = budget(p)
     plan.flops += (tune_config.trials - 1) * plan.method_flops  # every trial runs the method once
     plan.check(run_config.max_hours, p.cache.root if p.cache else None, "this search")

@@ -45,6 +45,20 @@ class ItemScores:
     rouge: np.ndarray | None = None
     mia: dict[str, np.ndarray] | None = None
 
+    def arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        """The fields that are set, as scores.npz members `prefix/<field>` (`prefix/mia/<attack>`)."""
+        out = {f"{prefix}/{f}": v for f in ITEM_FIELDS if (v := getattr(self, f)) is not None}
+        out.update({f"{prefix}/mia/{a}": v for a, v in (self.mia or {}).items()})
+        return out
+
+    @classmethod
+    def read(cls, arrays, prefix: str) -> ItemScores:
+        mia = {a: arrays[f"{prefix}/mia/{a}"] for a in MIA_ATTACKS if f"{prefix}/mia/{a}" in arrays}
+        return cls(**{f: arrays.get(f"{prefix}/{f}") for f in ITEM_FIELDS}, mia=mia or None)
+
+
+ITEM_FIELDS = ("seq", "accuracy", "truth_ratio", "prob_options", "rouge")
+
 
 def _per_item(lp: torch.Tensor, mask: torch.Tensor) -> list[list[np.ndarray]]:
     """[models][items] 1-D float64 arrays of the labelled tokens' log-probs; `Diverged` if any is not finite."""

@@ -77,6 +77,13 @@ class LMBench:
                      "retain": [d.items[p] for p in d.retain_sample(self.retain, seed)],
                      "world": list(d.bench.world), "val": list(d.holdout_like(self.forget))}
         self.oracle_scores = self.score(self.oracles.params)
+        self._originals_scores = None
+
+    @property
+    def originals_scores(self) -> dict[str, ItemScores]:
+        if self._originals_scores is None:
+            self._originals_scores = self.score(self.originals.params)
+        return self._originals_scores
 
     def score(self, params) -> dict[str, ItemScores]:
         t, d = self.task, self.data
@@ -94,22 +101,38 @@ class LMBench:
                          lm_config=d.config,
                          recipe=self.task.recipe, max_len=self.task.max_len)
 
-    def run_job(self, job: Job) -> tuple[dict, np.ndarray | None]:
+    def run_job(self, job: Job) -> tuple[dict, dict | None]:
+        """One results row, and (unless the method diverged) {"klom": per-example KLoM, "scores": the
+        arrays scores.npz keeps for the row}."""
         ctx = self.context()
         log.info("method %s", job.label)
         start = time.perf_counter()
-        values = None
+        extra = None
         try:
             params, cost = ctx.charged(LM_REGISTRY[job.method].fn, job.hparams)
             if not all(torch.isfinite(v).all() for v in params.values()):
                 raise Diverged(-1, [])
-            row, values = lm_row(self.score(params), self.oracle_scores, self.config)
-            row.update(cost)
+            scores = self.score(params)
+            row, values = lm_row(scores, self.oracle_scores, self.config)
+            row.update({**cost, "diverged": False})
+            extra = {"klom": values, "scores": item_score_arrays(scores, f"row/{job.label}")}
         except Diverged as err:
             log.warning("method %s diverged: %s", job.label, err)
             row = diverged_lm_row(time.perf_counter() - start, str(err))
         return {"method": job.method, "label": job.label, **row, "budget": job.budget, "tuned": False,
-                "hparams": asdict(job.hparams)}, values
+                "hparams": asdict(job.hparams)}, extra
+
+
+def item_score_arrays(scores: dict[str, ItemScores], prefix: str) -> dict[str, np.ndarray]:
+    return {k: v for name, s in scores.items() for k, v in s.arrays(f"{prefix}/{name}").items()}
+
+
+def read_item_scores(arrays, prefix: str) -> dict[str, ItemScores]:
+    """The item sets' scores saved under `prefix` (see `report.scores`)."""
+    names = {k[len(prefix) + 1:].split("/")[0] for k in arrays if k.startswith(prefix + "/")}
+    if not names:
+        raise KeyError(prefix)
+    return {name: ItemScores.read(arrays, f"{prefix}/{name}") for name in sorted(names)}
 
 
 def _concat(scores: dict[str, ItemScores]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -134,12 +157,15 @@ def mia_aucs(s: dict[str, ItemScores]) -> dict[str, float]:
     return {a: float(np.mean([M.mia_auc(f[a][i], v[a][i]) for i in range(len(f[a]))])) for a in MIA_ATTACKS}
 
 
-def lm_row(s: dict[str, ItemScores], o: dict[str, ItemScores], config: RunConfig) -> tuple[dict, np.ndarray]:
-    """One results row: the method's scores `s` judged against the oracles' `o`."""
+def lm_row(s: dict[str, ItemScores], o: dict[str, ItemScores], config) -> tuple[dict, np.ndarray]:
+    """One results row: the method's scores `s` judged against the oracles' `o`. `config`: a RunConfig
+    or `scoring.Settings` (binning, bootstrap, seed, extra KLoM estimators)."""
     u, splits = _concat(s)
     ref, _ = _concat(o)
     kw = {"reference_binning": config.reference_binning}
     values = klom(u, ref, **kw)
+    by_estimator = {e: {k.removeprefix("klom_"): v for k, v in summarize(klom(u, ref, estimator=e), splits).items()}
+                    for e in config.estimators if e != "hist"}
     fq = [M.forget_quality(tu, to) for tu, to in zip(s["forget"].truth_ratio, o["forget"].truth_ratio, strict=True)]
     comps = [utility_components(s, i) for i in range(len(u))]
     aucs, oracle_aucs = mia_aucs(s), mia_aucs(o)
@@ -151,9 +177,11 @@ def lm_row(s: dict[str, ItemScores], o: dict[str, ItemScores], config: RunConfig
            "forget_truth_ratio": float(np.mean([M.truth_ratio_forget_score(t) for t in s["forget"].truth_ratio])),
            "probability": {k: float(np.exp(s[k].seq).mean()) for k in KLOM_SPLITS},
            "accuracy": {k: float(s[k].accuracy.mean()) for k in KLOM_SPLITS},
-           "mia_auc": aucs, "privleak": M.privleak(aucs["mink"], oracle_aucs["mink"]), "diverged": False}
+           "mia_auc": aucs, "privleak": M.privleak(aucs["mink"], oracle_aucs["mink"])}
     if config.bootstrap:
         row["klom_p95_ci"] = bootstrap_p95(u, ref, splits, reps=config.bootstrap, seed=config.seed, **kw)
+    if by_estimator:
+        row["klom_estimators"] = by_estimator
     return row, values
 
 
@@ -195,8 +223,8 @@ def run_lm(config: RunConfig, out: str | os.PathLike | None = None, overwrite: b
     if out is not None:
         claim_output(out, config.run_id)
     bench = LMBench(config, data, cache)
-    rows, per_example, floor = run_jobs(bench, jobs)
-    oracle_row, _ = lm_row(bench.oracle_scores, bench.oracle_scores, RunConfig(bootstrap=0))
+    rows, per_example, scores, floor = run_jobs(bench, jobs)
+    oracle_row, _ = lm_row(bench.oracle_scores, bench.oracle_scores, RunConfig(bootstrap=0, estimators=()))
     ids = np.array([data.items[p].id for p in bench.forget])
     results = {
         "run_id": config.run_id,
@@ -212,5 +240,7 @@ def run_lm(config: RunConfig, out: str | os.PathLike | None = None, overwrite: b
     if out is not None:
         from ..report import write_results
         _, splits = _concat(bench.oracle_scores)
-        write_results(out, results, per_example, splits, ids)
+        scores.update({**item_score_arrays(bench.oracle_scores, "arm/oracles"),
+                       **item_score_arrays(bench.originals_scores, "arm/originals")})
+        write_results(out, results, per_example, splits, ids, scores)
     return results

@@ -20,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .estimators import ESTIMATORS
+
 BINS, CLIP, EPS = 20, 100.0, 1e-5
 # Two samples of one distribution read mean KLoM ≈ 3.0 at N = 20, 0.86 at 50, 0.34 at 100 (shared/README.md):
 # below about this many models per arm the noise floor is high and retain/validation KLoM unstable.
@@ -27,8 +29,13 @@ SETTLED_N = 80
 
 
 def klom(unlearned, oracle, bins: int = BINS, clip: float = CLIP, eps: float = EPS,
-         reference_binning: bool = False, chunk: int = 4096) -> np.ndarray:
-    """Per-example KLoM for margins of shape (models, examples): (N_u, E) and (N_o, E) → (E,)."""
+         reference_binning: bool = False, chunk: int = 4096, estimator: str = "hist") -> np.ndarray:
+    """Per-example KLoM for margins of shape (models, examples): (N_u, E) and (N_o, E) → (E,).
+
+    `estimator`: "hist" (this module's reference histogram; `bins`, `eps` and `reference_binning` apply
+    to it alone) or one of the small-N estimators of `metrics.estimators` ("gauss", "knn")."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown KLoM estimator {estimator!r}; known: {', '.join(ESTIMATORS)}")
     p_all = _as_2d(unlearned, "unlearned")
     q_all = _as_2d(oracle, "oracle")
     if p_all.shape[1] != q_all.shape[1]:
@@ -36,9 +43,12 @@ def klom(unlearned, oracle, bins: int = BINS, clip: float = CLIP, eps: float = E
     if p_all.shape[0] < 2 or q_all.shape[0] < 2:
         raise ValueError("KLoM needs at least 2 models on each side")
     out = np.empty(p_all.shape[1])
+    fn = ESTIMATORS[estimator][0]
+    if fn is not None:  # pairwise distances: (E, N, N) per block, so smaller blocks
+        chunk = max(1, min(chunk, 2 ** 22 // (p_all.shape[0] * max(p_all.shape[0], q_all.shape[0]))))
     for s in range(0, p_all.shape[1], chunk):
-        out[s:s + chunk] = _klom_block(p_all[:, s:s + chunk].T, q_all[:, s:s + chunk].T, bins, clip, eps,
-                                       reference_binning)
+        p, q = p_all[:, s:s + chunk].T, q_all[:, s:s + chunk].T
+        out[s:s + chunk] = _klom_block(p, q, bins, clip, eps, reference_binning) if fn is None else fn(p, q)
     return out
 
 

@@ -30,15 +30,16 @@ def _clean(obj):
     return obj
 
 
-def _savez(path: Path, arrays: dict) -> None:
-    """np.savez_compressed's format (np.load reads it), but with fixed member timestamps, so the same
+def _savez(path: Path, arrays: dict, compress: bool = True) -> None:
+    """np.savez(_compressed)'s format (np.load reads it), but with fixed member timestamps, so the same
     arrays give the same bytes (np.savez stamps each member with the time of writing)."""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(path, "w", method) as z:
         for name, array in arrays.items():
             buffer = io.BytesIO()
             np.lib.format.write_array(buffer, np.asanyarray(array), allow_pickle=False)
             z.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buffer.getvalue(),
-                       compress_type=zipfile.ZIP_DEFLATED)
+                       compress_type=method)
 
 
 def check_output(out, run_id: str, overwrite: bool = False, name: str = "results.json",
@@ -113,19 +114,30 @@ def split_timings(results: dict) -> tuple[dict, dict]:
 
 
 def write_results(out, results: dict, per_example: dict[str, np.ndarray], splits: dict[str, np.ndarray],
-                  forget_ids: np.ndarray) -> None:
+                  forget_ids: np.ndarray, scores: dict[str, np.ndarray] | None = None) -> None:
     """results.json (config, rows, noise_floor; no wall-clock), timings.json (seconds per row); klom.npz
     (per-example KLoM of every method that finished, as `klom/<method>`, with the split positions and
-    the forget set's ids); forget_set.json (pass it back with --forget ids:@FILE)."""
+    the forget set's ids); forget_set.json (pass it back with --forget ids:@FILE); scores.npz (every
+    arm's per-model scores, `report.scores`), written first: results never exist without their scores."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)
+    if scores is not None:
+        from .scores import write_scores
+        write_scores(out, {**scores, "forget_ids": np.asarray(forget_ids)}, splits, results["config"])
+    atomic_write(out / "forget_set.json", lambda p: p.write_text(json.dumps(results["forget_set"], indent=1)))
+    fixed, timings = split_timings(results)
+    atomic_write(out / "timings.json", lambda p: p.write_text(json.dumps(_clean(timings), indent=2)))
+    rewrite_results(out, fixed, per_example, splits, forget_ids)
+    release_output(out)
+
+
+def rewrite_results(out, fixed: dict, per_example: dict[str, np.ndarray], splits: dict[str, np.ndarray],
+                    forget_ids: np.ndarray) -> None:
+    """klom.npz, then results.json (without wall-clock fields): what a run and `rescore` both write."""
+    out = Path(out)
     arrays = {f"klom/{m}": v for m, v in per_example.items()}
     arrays.update({f"split/{k}": v for k, v in splits.items()})
     arrays["forget_ids"] = forget_ids
     atomic_write(out / "klom.npz", lambda p: _savez(p, arrays))
-    atomic_write(out / "forget_set.json", lambda p: p.write_text(json.dumps(results["forget_set"], indent=1)))
-    fixed, timings = split_timings(results)
-    atomic_write(out / "timings.json", lambda p: p.write_text(json.dumps(_clean(timings), indent=2)))
     atomic_write(out / "results.json", lambda p: p.write_text(json.dumps(_clean(fixed), indent=2)))
-    release_output(out)

@@ -9,6 +9,31 @@ def _num(v, fmt="{:.2f}") -> str:
     return "—" if v is None else fmt.format(v)
 
 
+MIA_FEATURE = "confidence"
+
+
+def _evaluation_block(rows: list[dict]) -> list[str]:
+    """The small-N KLoM estimators and the privacy metrics, one line per row (where a run computed them)."""
+    est = sorted({e for r in rows for e in (r.get("klom_estimators") or {})})
+    privacy = any(r.get(k) for r in rows for k in ("ulira", "neurips23", "mia"))
+    if not est and not privacy:
+        return []
+    header = (f"{'method':<22}" + "".join(f"{e + ' p95 ' + s:>17}" for e in est for s in SPLITS)
+              + (f"{'U-LiRA':>9}{'NeurIPS F':>11}{'NeurIPS':>9}{'MIA':>8}" if privacy else ""))
+    lines = ["", header, "-" * len(header)]
+    for r in rows:
+        name = r.get("label", r["method"])
+        by = r.get("klom_estimators") or {}
+        cells = "".join(f"{_num(by.get(e, {}).get('p95', {}).get(s)):>17}" for e in est for s in SPLITS)
+        if privacy:
+            cells += (f"{_num((r.get('ulira') or {}).get('accuracy'), '{:.3f}'):>9}"
+                      f"{_num((r.get('neurips23') or {}).get('forget_score'), '{:.3f}'):>11}"
+                      f"{_num((r.get('neurips23') or {}).get('score'), '{:.3f}'):>9}"
+                      f"{_num((r.get('mia') or {}).get(MIA_FEATURE), '{:.3f}'):>8}")
+        lines.append(f"{name:<22}{cells}")
+    return lines
+
+
 def format_table(results: dict) -> str:
     rows = list(results["rows"])
     floor = results["noise_floor"]
@@ -29,8 +54,9 @@ def format_table(results: dict) -> str:
         accs = "".join(f"{_num(r['accuracy'][s], '{:.3f}'):>12}" for s in SPLITS)
         flops = r.get("flops")
         ratio = (r.get("cost_vs_retrain") or {}).get("flops")
-        lines.append(f"{name:<22}" + "".join(cells) + accs + f"{r['seconds']:>10.1f}"
+        lines.append(f"{name:<22}" + "".join(cells) + accs + f"{_num(r.get('seconds'), '{:.1f}'):>10}"
                      + f"{_num(flops and flops / 1e9, '{:.1f}'):>10}{_num(ratio, '{:.3f}'):>10}")
+    lines += _evaluation_block(rows)
     o = results["oracle"]["accuracy"]
     lines.append(f"{'oracles (reference)':<22}" + " " * 20 * len(SPLITS)
                  + "".join(f"{o[s]:>12.3f}" for s in SPLITS))
@@ -41,6 +67,16 @@ def format_table(results: dict) -> str:
     if nf is not None:
         lines.append(f"The noise floor (independently retrained models) reads forget p95 {nf:.2f}: no method "
                      "can be told apart from retraining below it.")
+    est = [e for e in results["config"].get("estimators", []) if e != "hist"]
+    if est:
+        lines.append(f"{'/'.join(est)} p95: KLoM read by a low-variance estimator (`unlearnkit list`), for small N; "
+                     "the histogram above is the reference that compares with published numbers.")
+    if any(r.get("ulira") or r.get("neurips23") or r.get("mia") for r in rows):
+        lines.append("U-LiRA: accuracy of a per-example likelihood-ratio attack telling the method's models from "
+                     "oracles on forget points (0.5 ideal). NeurIPS F: the challenge's forget score, NeurIPS: "
+                     "F·(RA_u/RA_r)·(TA_u/TA_r) (higher is better; even exact retraining reads well below 1 at "
+                     "finite N: compare with the noise-floor row). MIA: SVC MIA-efficacy on the forget set "
+                     f"({MIA_FEATURE} feature; the noise-floor row's value is ideal).")
     if n < SETTLED_N:
         lines.append(f"Warning: with N = {n} the noise floor is high (KLoM settles near N ≈ {SETTLED_N}; the reference "
                      "uses 100). Use --models 100 for numbers to publish.")

@@ -1,0 +1,75 @@
+"""scores.npz: every per-model, per-example score a run's metrics were computed from.
+
+One uncompressed .npz (np.load reads it; margins hardly compress), written atomically next to
+results.json. Members (arrays of shape (models, examples) unless said otherwise):
+
+    format                 () int: SCORES_FORMAT; a file of another format is refused, not misread
+    kind                   () str: "classifier" or "lm"
+    split/<split>          (k,) int: positions of the forget, retain and val examples along the example axis
+    classifier runs:
+      labels, example_ids  (E,): the class and the dataset id of each example (training set, then validation)
+      arm/originals/<f>, arm/oracles/<f>      the reference arms
+      row/<label>/<f>      each method row that finished (the retrain row is the noise-floor arm)
+      reference/<label>/<f>  the arm a row was judged against when it is not the oracles (e.g. SISA's)
+      with <f> in margin (float32), correct (bool), entropy, m_entropy (float32): see `scoring.ArmScores`
+    language-model runs:
+      arm/oracles/<set>/<field>, arm/originals/<set>/<field>, row/<label>/<set>/<field>
+      with <set> in forget, retain, world, val and <field> the `lm.evaluate.ItemScores` fields (seq: the
+      mean token log-probability of each item's answer; mia/<attack>: the attacks' per-item scores)
+
+`unlearnkit rescore RUN_DIR` recomputes results.json (and klom.npz) from this file alone.
+"""
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UnlearnkitError
+from ..files import atomic_write
+
+SCORES_FORMAT = 1
+NAME = "scores.npz"
+
+
+def write_scores(out, arrays: dict[str, np.ndarray], splits: dict[str, np.ndarray], config: dict) -> None:
+    from .results import _savez
+    kind = "lm" if "lm_task" in config else "classifier"
+    full = {"format": np.array(SCORES_FORMAT), "kind": np.array(kind),
+            **{f"split/{k}": np.asarray(v) for k, v in splits.items()}, **arrays}
+    atomic_write(Path(out) / NAME, lambda p: _savez(p, full, compress=False))
+
+
+def read_scores(run_dir) -> dict[str, np.ndarray]:
+    """Every member of RUN_DIR/scores.npz, loaded; a clear UnlearnkitError for a missing, truncated or
+    foreign file."""
+    path = Path(run_dir) / NAME
+    if not path.is_file():
+        raise UnlearnkitError(f"{run_dir} has no {NAME}: rescoring needs a run written by unlearnkit with saved "
+                              "scores; run it again with --out to get one")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
+        raise UnlearnkitError(f"{path} is truncated or corrupted ({type(e).__name__}); run the job again to "
+                              "rewrite it") from None
+    if "format" not in arrays or arrays["format"].shape != () or int(arrays["format"]) != SCORES_FORMAT:
+        found = arrays["format"] if "format" in arrays else "none"
+        raise UnlearnkitError(f"{path} has scores format {found}, this unlearnkit reads format {SCORES_FORMAT}; "
+                              "rescore it with the version that wrote it, or run the job again")
+    return arrays
+
+
+def read_results(run_dir) -> dict:
+    path = Path(run_dir) / "results.json"
+    try:
+        results = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UnlearnkitError(f"{run_dir} has no results.json: is it a run's --out folder?") from None
+    except (OSError, ValueError) as e:
+        raise UnlearnkitError(f"{path} cannot be read ({type(e).__name__}); run the job again") from None
+    if not isinstance(results, dict) or not {"config", "rows", "noise_floor"} <= set(results):
+        raise UnlearnkitError(f"{path} is not a unlearnkit run's results")
+    return results

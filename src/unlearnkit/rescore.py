@@ -1,0 +1,115 @@
+"""`unlearnkit rescore RUN_DIR`: every metric of a finished run, recomputed from its scores.npz.
+
+No model is trained or loaded. With the run's own settings the rewritten results.json and klom.npz are
+byte-identical to the run's (the run computed them with the same functions from the same arrays);
+with other estimators, metrics, binning or bootstrap replicates, the rows' metric fields and those
+settings in the config change, and everything else stays (the run id: the models are the same; cost,
+hyperparameters, timings.json, scores.npz).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .errors import UnlearnkitError
+from .metrics import SPLITS
+from .report.results import rewrite_results
+from .report.scores import read_results, read_scores
+from .scoring import ArmScores, Settings, check_settings, row_metrics
+
+# the row fields a run's metrics write; everything else in a row (cost, hyperparameters) is kept as it is
+METRIC_KEYS = ("klom_p95", "klom_mean", "klom_median", "klom_p95_ci", "accuracy", "klom_estimators", "ulira",
+               "neurips23", "mia", "forget_quality", "forget_quality_per_model", "model_utility",
+               "utility_components", "forget_rouge", "forget_truth_ratio", "probability", "mia_auc", "privleak")
+
+
+def rescore(run_dir: str | os.PathLike, estimators: tuple[str, ...] | None = None,
+            metrics: tuple[str, ...] | None = None, bootstrap: int | None = None,
+            reference_binning: bool | None = None) -> dict:
+    """Recompute `run_dir`'s results from its scores (None: the run's own setting) and rewrite
+    results.json and klom.npz; return the new results. Every input is checked before anything is written."""
+    results = read_results(run_dir)
+    arrays = read_scores(run_dir)
+    config = dict(results["config"])
+    lm = "lm_task" in config
+    if str(arrays["kind"]) != ("lm" if lm else "classifier"):
+        raise UnlearnkitError(f"{run_dir}: scores.npz is of a {arrays['kind']} run, results.json of another kind; "
+                              "run the job again")
+    for key, value in (("estimators", estimators), ("metrics", metrics), ("bootstrap", bootstrap),
+                       ("reference_binning", reference_binning)):
+        if value is not None:
+            config[key] = list(value) if isinstance(value, tuple) else value
+    if not 0 <= int(config.get("bootstrap", 0)) <= 10_000:
+        raise UnlearnkitError(f"--bootstrap must be in [0, 10000] replicates, got {config['bootstrap']}")
+    settings = Settings(tuple(config.get("estimators", ())), tuple(config.get("metrics", ("klom",))),
+                        bool(config.get("reference_binning")), int(config.get("bootstrap", 0)),
+                        int(config.get("seed", 0)))
+    check_settings(settings.estimators, settings.metrics if not lm else ("klom",))
+    splits = {k: arrays[f"split/{k}"] for k in SPLITS}
+    score = _lm_scorer(arrays, settings) if lm else _classifier_scorer(arrays, splits, settings)
+    per_example, new_rows = {}, {}
+    labelled = results["rows"] + ([results["noise_floor"]] if results["noise_floor"] not in results["rows"] else [])
+    for r in labelled:
+        label = r.get("label", r["method"])
+        if r.get("diverged"):
+            new_rows[label] = r
+            continue
+        try:
+            fresh, values = score(label, r)
+        except KeyError:
+            raise UnlearnkitError(f"{run_dir}: scores.npz has no scores for row {label!r}; run the job again") from None
+        per_example[label] = values
+        new_rows[label] = _merged(r, fresh)
+    out = {**results, "config": config,
+           "rows": [new_rows[r.get("label", r["method"])] for r in results["rows"]],
+           "noise_floor": new_rows[results["noise_floor"].get("label", results["noise_floor"]["method"])]}
+    if not lm:
+        out["oracle"] = {"accuracy": ArmScores.read(arrays, "arm/oracles").accuracies(splits)}
+    rewrite_results(run_dir, out, per_example, splits, arrays["forget_ids"])
+    return _with_timings(out, run_dir)
+
+
+def _with_timings(results: dict, run_dir) -> dict:
+    """The results as a run returns them: each row with its wall-clock seconds (from timings.json)."""
+    try:
+        timings = json.loads((Path(run_dir) / "timings.json").read_text())["rows"]
+    except (OSError, ValueError, KeyError, TypeError):
+        timings = {}
+
+    def timed(r: dict) -> dict:
+        t = timings.get(r.get("label", r["method"])) or {}
+        return {**r, "seconds": t.get("seconds")}
+    return {**results, "rows": [timed(r) for r in results["rows"]], "noise_floor": timed(results["noise_floor"])}
+
+
+def _merged(old: dict, fresh: dict) -> dict:
+    """`old` with its metric fields replaced by `fresh`'s, in place (same key order as the run wrote)."""
+    out = {}
+    for k, v in old.items():
+        if k in METRIC_KEYS:
+            if k in fresh:
+                out[k] = fresh[k]
+        else:
+            out[k] = v
+    out.update({k: v for k, v in fresh.items() if k not in out})
+    return out
+
+
+def _classifier_scorer(arrays, splits, settings: Settings):
+    oracles = ArmScores.read(arrays, "arm/oracles")
+
+    def score(label: str, row: dict):
+        arm = ArmScores.read(arrays, f"row/{label}")
+        reference = ArmScores.read(arrays, f"reference/{label}") if f"reference/{label}/margin" in arrays else None
+        return row_metrics(arm, reference or oracles, oracles, splits, settings)
+    return score
+
+
+def _lm_scorer(arrays, settings: Settings):
+    from .lm.experiment import lm_row, read_item_scores
+    oracles = read_item_scores(arrays, "arm/oracles")
+
+    def score(label: str, row: dict):
+        return lm_row(read_item_scores(arrays, f"row/{label}"), oracles, settings)
+    return score
