@@ -8,7 +8,9 @@ replacement, `--repeats` times) and reports on the forget points, per estimator:
 - floor: KLoM of the retrain arm against the oracles (two samples of one distribution: ideal 0);
 - none: KLoM of the originals against the oracles (what a method must remove);
 - bias: mean over forget points of (the N-model value − the same estimator at the run's full N) for none;
-- separation: none p95 / floor p95 (how far above its noise the do-nothing row reads).
+- separation: none p95 / floor p95 (how far above its noise the do-nothing row reads);
+- agreement with the reference: over every row of the run, how well the N-model estimate ranks examples
+  (Spearman ρ) and rows (Kendall τ of the p95s) as the histogram does at the full N.
 
 Then, at the full N, where the Gaussian fit fails: forget and validation points whose oracle margins are
 bimodal (some oracles classify them correctly, some not) against the rest, comparing each estimator with
@@ -22,6 +24,7 @@ import argparse
 import time
 
 import numpy as np
+import scipy.stats
 
 from unlearnkit.metrics import klom
 from unlearnkit.metrics.estimators import ESTIMATORS
@@ -61,6 +64,26 @@ def main() -> None:
             fm, fp, nm, np_, bias, s = np.mean(stats, 0)
             print(f"{e:>9} {n:>4} {fm:>11.3f} {fp:>10.3f} {nm:>10.3f} {np_:>9.2f} {bias:>+7.2f} "
                   f"{np_ / max(fp, 1e-9):>10.1f}× {s:>8.3f}", flush=True)
+    rows = sorted(k.split("/")[1] for k in z if k.startswith("row/") and k.endswith("/margin"))
+    arms = {r: z[f"row/{r}/margin"] for r in rows if len(z[f"row/{r}/margin"]) >= full}
+    truth = {r: klom(m[:, forget], oracles[:, forget]) for r, m in arms.items()}
+    print(f"\nAgreement with the reference histogram at N = {full}, over the rows {', '.join(arms)} (forget points): "
+          "Spearman ρ per example (pooled) and Kendall τ of the rows' p95s")
+    print(f"{'estimator':>9} " + " ".join(f"{'N=' + str(n) + ' ρ / τ':>15}" for n in [int(v) for v in args.sizes.split(",")]))
+    for e in ESTIMATORS:
+        cells = []
+        for n in [int(v) for v in args.sizes.split(",")]:
+            rho, tau = [], []
+            for _ in range(args.repeats):
+                a = rng.choice(len(oracles), n, replace=False)
+                est = {r: klom(m[rng.choice(len(m), n, replace=False)][:, forget], oracles[a][:, forget], estimator=e)
+                       for r, m in arms.items()}
+                rho.append(scipy.stats.spearmanr(np.concatenate(list(est.values())),
+                                                 np.concatenate(list(truth.values()))).statistic)
+                tau.append(scipy.stats.kendalltau([np.percentile(v, 95) for v in est.values()],
+                                                  [np.percentile(v, 95) for v in truth.values()]).statistic)
+            cells.append(f"{np.mean(rho):>7.2f} / {np.mean(tau):>5.2f}")
+        print(f"{e:>9} " + " ".join(f"{c:>15}" for c in cells), flush=True)
     points = np.concatenate([forget, val])
     m = oracles[:, points]
     mixed = (m > 0).mean(0)
