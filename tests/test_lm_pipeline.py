@@ -105,14 +105,30 @@ def test_classifier_only_commands_name_the_lm_task_clearly():
     assert "language-model task" in str(result.exception)
 
 
-def test_id_vs_ood_records_a_curve_per_kind(cache_dir):
-    config = RunConfig(task=TASK, models=2, cache_dir=cache_dir, bootstrap=0)
-    res = id_vs_ood(config, "ga", authors=2, steps=(1, 6))
+def test_id_vs_ood_records_a_curve_per_kind(cache_dir, tmp_path):
+    """Per kind: the curve, and the NeurIPS'23 ε over sequence scores with its permutation null, each forget
+    item's memorisation and the step it reached the oracles (metrics.generative)."""
+    from unlearnkit.lm.ood import format_id_vs_ood
+    config = RunConfig(task=TASK, models=3, cache_dir=cache_dir, bootstrap=0)
+    res = id_vs_ood(config, "ga", authors=2, steps=(1, 6), out=tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "id_vs_ood.json").read_text()) == json.loads(json.dumps(res))
     for kind, spec in (("in-distribution", "authors:0.05"), ("out-of-distribution", "canaries:10")):
         r = res[kind]
         assert r["spec"] == spec and [p["steps"] for p in r["curve"]] == [1, 6]
         first, last = r["curve"]
         assert last["forget_probability"] < first["forget_probability"]  # more ascent, less likely answers
+        size = len(r["examples"]["ids"])
+        assert size == res["config"]["size"]
+        # the originals were trained on the forget items: memorised, and told apart from the oracles
+        assert all(m > 0 for m in r["examples"]["memorisation"])
+        assert r["original"]["epsilon_forget_score"] < r["original"]["epsilon_forget_score_null"]
+        for p in r["curve"]:
+            assert len(p["epsilon_per_item"]) == size
+            assert 0.0 <= p["epsilon_forget_score"] <= 1.0 and 0.0 <= p["epsilon_forget_score_null"] <= 1.0
+        assert r["speed"]["reached"] >= 1 and r["speed"]["items"] == size  # ascent reaches the oracles
+        assert set(r["examples"]["steps_to_oracle"]) <= {0, 1, 6, None}
+    text = format_id_vs_ood(res)
+    assert "F (null)" in text and "memorisation" in text and "forget Q" in text
     with pytest.raises(UnlearnkitError, match="canaries"):
         id_vs_ood(config, "ga", authors=5, steps=(1,))
 

@@ -16,7 +16,14 @@ import torch
 
 from .metrics import bootstrap_p95, klom, margins, summarize
 from .metrics.estimators import ESTIMATORS
-from .metrics.mia import neurips23_epsilons, neurips23_forget_score, neurips23_score, softmax_features, svc_mia, ulira
+from .metrics.mia import (
+    neurips23_epsilons,
+    neurips23_forget_score,
+    neurips23_score,
+    softmax_features,
+    svc_mia,
+    ulira,
+)
 
 FIELDS = ("margin", "correct", "entropy", "m_entropy")
 # name -> one line for `unlearnkit list` (direction and ideal value: what the table's legend says)
@@ -95,7 +102,7 @@ def row_metrics(arm: ArmScores, oracle: ArmScores, oracles: ArmScores, splits: d
         if name != "hist":
             by = summarize(klom(arm.margin, oracle.margin, estimator=name), splits)
             row.setdefault("klom_estimators", {})[name] = {k.removeprefix("klom_"): v for k, v in by.items()}
-    forget, val, retain = splits["forget"], splits["val"], splits["retain"]
+    forget, val = splits["forget"], splits["val"]
     if "ulira" in s.metrics and min(len(arm.margin), len(oracle.margin)) >= ULIRA_MIN_MODELS:
         row["ulira"] = {k: float(v) for k, v in ulira(arm.margin, oracle.margin, forget, val).items()
                         if np.ndim(v) == 0}

@@ -41,7 +41,7 @@ def format_lm_table(results: dict) -> str:
               "utility = TOFU model utility (harmonic mean of probability, ROUGE-L and truth ratio on retain items "
               "and world facts); f-ROUGE = ROUGE-L recall of greedy answers to forget questions;",
               "AUC = membership inference, forget vs held-out items (0.5 = no signal; compare with the oracles' row); "
-              f"KLoM95 = p95 of sequence-level KLoM (mean answer log-prob); "
+              "KLoM95 = p95 of sequence-level KLoM (mean answer log-prob); "
               + (f"{'/'.join(est)}95 = the same from a low-variance estimator (usable at small N); " if est else "")
               + f"N = {n} models per arm."]
     if n < SETTLED_N:

@@ -56,7 +56,7 @@ def read_scores(run_dir) -> dict[str, np.ndarray]:
         raise UnlearnkitError(f"{path} is truncated or corrupted ({type(e).__name__}); run the job again to "
                               "rewrite it") from None
     if "format" not in arrays or arrays["format"].shape != () or int(arrays["format"]) != SCORES_FORMAT:
-        found = arrays["format"] if "format" in arrays else "none"
+        found = arrays.get("format", "none")
         raise UnlearnkitError(f"{path} has scores format {found}, this unlearnkit reads format {SCORES_FORMAT}; "
                               "rescore it with the version that wrote it, or run the job again")
     return arrays
