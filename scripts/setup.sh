@@ -3,10 +3,14 @@
 # Usage: bash scripts/setup.sh [extra `unlearnkit run` options]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -d /usr/share/datasets/fashion-mnist ] && [ -z "${UNLEARNKIT_DATA:-}" ]; then
+# Debian packages: the dataset, and headless Chromium (the tests open every report.html in a real browser)
+PKGS=""
+[ -d /usr/share/datasets/fashion-mnist ] || [ -n "${UNLEARNKIT_DATA:-}" ] || PKGS="dataset-fashion-mnist"
+command -v chromium >/dev/null || PKGS="$PKGS chromium"
+if [ -n "$PKGS" ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq dataset-fashion-mnist
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $PKGS
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'

@@ -51,3 +51,24 @@ def interrupt_at(monkeypatch):
         state["epoch"], state["saved"] = epoch, []
         return state["saved"]
     return arm
+
+
+def render_in_chromium(html_path, tmp_path):
+    """Open `html_path` in headless Chromium (Debian's package, installed by scripts/setup.sh): a screenshot's
+    PNG bytes and the page's console messages. Skipped where Chromium is missing, except under CI."""
+    import os
+    import shutil
+    import subprocess
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed: scripts/setup.sh installs it (apt-get install chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    shot = tmp_path / "screenshot.png"
+    proc = subprocess.run([browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
+                           "--v=0", f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
+                           "--window-size=1400,2400", f"file://{html_path}"],
+                          capture_output=True, text=True, timeout=120)
+    console = [line for line in proc.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    assert proc.returncode == 0 and shot.is_file(), proc.stderr[-2000:]
+    return shot.read_bytes(), console

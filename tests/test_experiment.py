@@ -169,8 +169,8 @@ def test_out_being_written_by_another_live_run_is_refused(tmp_path):
         other.kill()
         other.wait()
     run(config, out)  # its owner is gone: the claim is stale
-    assert sorted(p.name for p in out.iterdir()) == ["forget_set.json", "klom.npz", "results.json", "scores.npz",
-                                                     "timings.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["figures", "forget_set.json", "klom.npz", "report.html",
+                                                     "results.json", "scores.npz", "timings.json"]
 
 
 def test_cache_that_cannot_hold_the_models_is_refused_before_training(tmp_path, monkeypatch):

@@ -69,6 +69,16 @@ def test_rescore_reproduces_an_lm_run_from_its_saved_item_scores(results, tmp_pa
     assert all("knn" in r["klom_estimators"] for r in again["rows"])
 
 
+def test_an_lm_run_writes_a_report_that_renders_without_console_errors(results, tmp_path):
+    from conftest import render_in_chromium
+    _, out = results
+    page = (out / "report.html").read_text()
+    assert "forget Q" in page and "AUC minkpp" in page and page.count("<svg") == 2
+    assert (out / "figures" / "tradeoff.png").is_file()
+    png, console = render_in_chromium(out / "report.html", tmp_path)
+    assert len(png) > 20_000 and console == []
+
+
 def test_original_models_memorised_the_forget_set_and_retraining_did_not(results):
     res, _ = results
     none = next(r for r in res["rows"] if r["method"] == "none")

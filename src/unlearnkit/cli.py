@@ -90,7 +90,7 @@ def run(out, overwrite, **options) -> None:
     click.echo(format_lm_table(results) if "lm_task" in results["config"] else format_table(results))
     if out:
         click.echo(f"\nwrote {out}/results.json, {out}/timings.json, {out}/klom.npz, {out}/forget_set.json, "
-                   f"{out}/scores.npz")
+                   f"{out}/scores.npz, {out}/report.html")
 
 
 def _names(value: str | None) -> tuple[str, ...] | None:
@@ -112,6 +112,15 @@ def rescore(run_dir, estimators, metrics, bootstrap, reference_binning) -> None:
     results = rescore_run(run_dir, _names(estimators), _names(metrics), bootstrap, reference_binning)
     click.echo(format_lm_table(results) if "lm_task" in results["config"] else format_table(results))
     click.echo(f"\nrewrote {run_dir}/results.json and {run_dir}/klom.npz")
+
+
+@cli.command()
+@click.argument("run_dir")
+def report(run_dir) -> None:
+    """Write RUN_DIR/report.html (self-contained: tables, figures, config, provenance) and RUN_DIR/figures/."""
+    from .report import write_report
+
+    click.echo(f"wrote {write_report(run_dir)} and {run_dir}/figures/")
 
 
 def _run_config(task, forget, methods, models, seed, train_size, val_size, data_dir, cache_dir, no_cache, sets,

@@ -128,10 +128,13 @@ class Bench:
         self.retain = self.forget.retain_positions(len(p.dataset.y_train))
         ds, n, seed = p.dataset, p.config.models, p.config.seed
         self.forward = template(p.task, ds)
-        self.originals = train_models(p.task, ds, torch.arange(len(ds.y_train)), arm_seeds(ORIGINAL_SEEDS, n, seed),
-                                      p.cache, "originals")
-        oracles = train_models(p.task, ds, torch.as_tensor(self.retain), arm_seeds(ORACLE_SEEDS, n, seed),
-                               p.cache, "oracles")
+        everything, retain = torch.arange(len(ds.y_train)), torch.as_tensor(self.retain)
+        seeds = {"originals": arm_seeds(ORIGINAL_SEEDS, n, seed), "oracles": arm_seeds(ORACLE_SEEDS, n, seed)}
+        self.originals = train_models(p.task, ds, everything, seeds["originals"], p.cache, "originals")
+        oracles = train_models(p.task, ds, retain, seeds["oracles"], p.cache, "oracles")
+        # what names the reference arms in a cache (the report's provenance)
+        self.cache_keys = {"originals": zoo_key(p.task, ds, everything, seeds["originals"]),
+                           "oracles": zoo_key(p.task, ds, retain, seeds["oracles"])}
         self.x_all, self.y_all = torch.cat([ds.x_train, ds.x_val]), torch.cat([ds.y_train, ds.y_val])
         self.splits = {"forget": self.forget.positions, "retain": self.retain,
                        "val": np.arange(len(ds.y_train), len(self.y_all))}
@@ -186,7 +189,7 @@ def run(config: RunConfig, out: str | os.PathLike | None = None, overwrite: bool
     `overwrite`), and that the work fits in memory, on disk and in `config.max_hours`.
     Language-model tasks (`unlearnkit.lm.task.LM_TASKS`) run through `unlearnkit.lm.experiment.run_lm`."""
     from .lm.task import LM_TASKS
-    from .report import check_output, claim_output, json_config, write_results
+    from .report import check_output, claim_output, json_config, write_report, write_results
     if config.task in LM_TASKS:
         from .lm.experiment import run_lm
         return run_lm(config, out, overwrite)
@@ -207,11 +210,13 @@ def run(config: RunConfig, out: str | os.PathLike | None = None, overwrite: bool
         "oracle": {"accuracy": bench.oracles.accuracies(bench.splits)},
         "rows": [r for r in rows if r["method"] in config.methods],
         "noise_floor": noise_floor,
+        "provenance": {"cache_keys": bench.cache_keys},
     }
     if out is not None:
         scores.update({**bench.originals_scores.arrays("arm/originals"), **bench.oracles.arrays("arm/oracles"),
                        "labels": bench.y_all.numpy(), "example_ids": np.concatenate([ds.train_ids, ds.val_ids])})
         write_results(out, results, per_example, bench.splits, p.forget.ids, scores)
+        write_report(out, results)
     return results
 
 

@@ -7,7 +7,8 @@ from .results import (
            release_output,
            write_results,
 )
+from .html import write_report
 from .table import format_table
 
 __all__ = ["check_output", "claim_output", "format_lm_table", "format_table", "json_config", "release_output",
-           "write_results"]
+           "write_report", "write_results"]

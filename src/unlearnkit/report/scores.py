@@ -71,5 +71,5 @@ def read_results(run_dir) -> dict:
     except (OSError, ValueError) as e:
         raise UnlearnkitError(f"{path} cannot be read ({type(e).__name__}); run the job again") from None
     if not isinstance(results, dict) or not {"config", "rows", "noise_floor"} <= set(results):
-        raise UnlearnkitError(f"{path} is not a unlearnkit run's results")
+        raise UnlearnkitError(f"{path} is not an unlearnkit run's results")
     return results

@@ -1,0 +1,128 @@
+"""The figures of a run (matplotlib, no display needed): what a reader of a paper looks at.
+
+- `klom_distributions`: per split, the ECDF of per-example KLoM for each method, against the noise floor's
+  (independently retrained models): a method is as good as retraining on the points where its curve lies
+  on or left of the floor's; the p95 (the table's headline) is where a curve crosses 0.95.
+- `cost_frontier`: KLoM p95 on the forget set against cost (FLOPs relative to retraining), with the
+  frontier of methods that no other method beats on both.
+- `accuracy_vs_oracles`: each method's accuracy per split against the oracles'.
+- `lm_tradeoff`: for language-model runs, TOFU's forget quality against model utility.
+
+Every function takes the results dict (and per-example KLoM where it needs it) and returns a Figure.
+"""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: never a window, never a display server
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from ..metrics import SPLITS  # noqa: E402
+
+FLOOR_STYLE = {"color": "0.35", "lw": 3.0, "alpha": 0.45}
+
+
+def _label(r: dict) -> str:
+    return r.get("label", r["method"])
+
+
+def _rows(results: dict) -> tuple[list[dict], dict]:
+    floor = results["noise_floor"]
+    return [r for r in results["rows"] if not r["diverged"] and r is not floor and _label(r) != _label(floor)], floor
+
+
+def klom_distributions(results: dict, per_example: dict[str, np.ndarray], splits: dict[str, np.ndarray]) -> Figure:
+    rows, floor = _rows(results)
+    fig, axes = plt.subplots(1, len(SPLITS), figsize=(4.2 * len(SPLITS), 3.6), sharey=True, layout="constrained")
+    for ax, split in zip(axes, SPLITS):
+        idx = splits[split]
+        if _label(floor) in per_example:
+            v = np.sort(per_example[_label(floor)][idx])
+            ax.step(v, np.arange(1, len(v) + 1) / len(v), where="post", label="noise floor", **FLOOR_STYLE)
+        for r in rows:
+            if _label(r) in per_example:
+                v = np.sort(per_example[_label(r)][idx])
+                ax.step(v, np.arange(1, len(v) + 1) / len(v), where="post", lw=1.3, label=_label(r))
+        ax.axhline(0.95, color="0.6", lw=0.8, ls=":")
+        ax.set(title=f"{split} ({len(idx)} points)", xlabel="KLoM (nats)", xlim=(0, None))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("fraction of points ≤ x")
+    axes[-1].legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"Per-example KLoM, N = {results['config']['models']} models per arm (left is better)")
+    return fig
+
+
+def cost_frontier(results: dict) -> Figure:
+    rows, floor = _rows(results)
+    fig, ax = plt.subplots(figsize=(5.6, 4.0), layout="constrained")
+    points = []
+    for r in rows:
+        cost = (r.get("cost_vs_retrain") or {}).get("flops")
+        k = r["klom_p95"]["forget"]
+        if cost is None or k is None:
+            continue
+        cost = max(cost, 1e-4)  # doing nothing costs nothing: drawn at the axis' left edge
+        points.append((cost, k, _label(r)))
+        ax.scatter(cost, k, s=30, zorder=3)
+        ax.annotate(_label(r), (cost, k), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    front, best = [], np.inf
+    for cost, k, _ in sorted(points):
+        if k < best:
+            front.append((cost, k))
+            best = k
+    if len(front) > 1:
+        ax.plot(*zip(*front), color="C3", lw=1, ls="--", label="frontier")
+    nf = floor["klom_p95"]["forget"]
+    if nf is not None:
+        ax.axhline(nf, label="noise floor (retraining)", **FLOOR_STYLE)
+    ax.axvline(1.0, color="0.6", lw=0.8, ls=":")
+    ax.set(xscale="log", xlabel="FLOPs relative to retraining", ylabel="KLoM p95, forget set (nats)",
+           title="Unlearning quality against cost (lower left is better)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def accuracy_vs_oracles(results: dict) -> Figure:
+    rows, floor = _rows(results)
+    rows = rows + [floor]
+    oracle = results["oracle"]["accuracy"]
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(rows), 3.8), layout="constrained")
+    width = 0.8 / len(SPLITS)
+    x = np.arange(len(rows))
+    for j, split in enumerate(SPLITS):
+        acc = [r["accuracy"][split] or 0.0 for r in rows]
+        ax.bar(x + (j - 1) * width, acc, width, label=split, color=f"C{j}")
+        ax.hlines(oracle[split], x.min() - 0.5, x.max() + 0.5, colors=f"C{j}", linestyles="--", lw=1)
+    ax.set_xticks(x, [_label(r) for r in rows], rotation=30, ha="right", fontsize=8)
+    ax.set(ylabel="accuracy", ylim=(0, 1.05), title="Accuracy per split (dashed: the oracles')")
+    ax.legend(fontsize=8, ncols=3, loc="lower left")
+    return fig
+
+
+def lm_tradeoff(results: dict) -> Figure:
+    rows, floor = _rows(results)
+    fig, ax = plt.subplots(figsize=(5.6, 4.0), layout="constrained")
+    for r in rows + [floor]:
+        if r.get("forget_quality") is None:
+            continue
+        is_floor = r is floor
+        ax.scatter(r["model_utility"], max(r["forget_quality"], 1e-12), s=60 if is_floor else 30,
+                   color="0.35" if is_floor else None, zorder=3)
+        ax.annotate(_label(r) + (" (noise floor)" if is_floor else ""), (r["model_utility"], max(r["forget_quality"],
+                    1e-12)), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.axhline(0.05, color="0.6", lw=0.8, ls=":")
+    ax.set(yscale="log", xlabel="model utility", ylabel="forget quality (KS p-value)",
+           title="Forget quality against utility (upper right is better)")
+    ax.grid(alpha=0.3, which="both")
+    return fig
+
+
+def run_figures(results: dict, per_example: dict[str, np.ndarray], splits: dict[str, np.ndarray]) -> dict[str, Figure]:
+    """{name: figure} for a run: the classifier's three, or the LM trade-off and KLoM distributions."""
+    if "lm_task" in results["config"]:
+        return {"tradeoff": lm_tradeoff(results), "klom": klom_distributions(results, per_example, splits)}
+    return {"klom": klom_distributions(results, per_example, splits), "cost": cost_frontier(results),
+            "accuracy": accuracy_vs_oracles(results)}

@@ -1,0 +1,194 @@
+"""report.html: one self-contained page per run (figures inline as SVG, no scripts, no external files).
+
+Written at the end of every run with --out, and by `unlearnkit report RUN_DIR` from the files a run
+wrote (results.json, timings.json, klom.npz). It holds the tables, the figures (also saved as PNG and
+SVG under figures/), the config, the forget set, and what is needed to reproduce the numbers: the run
+id, the versions, seeds, the cache keys of the reference arms, the device and precision, the machine.
+"""
+from __future__ import annotations
+
+import html
+import io
+import json
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UnlearnkitError
+from ..files import atomic_write
+from ..metrics import SPLITS
+
+CSS = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1500px; padding: 0 1em; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.15em; margin-top: 1.8em; border-bottom: 1px solid #ddd; }
+.wide { overflow-x: auto; } table { border-collapse: collapse; margin: .6em 0; font-variant-numeric: tabular-nums; }
+th, td { padding: .25em .6em; border-bottom: 1px solid #eee; text-align: right; white-space: nowrap; }
+th:first-child, td:first-child { text-align: left; } th { background: #f4f4f4; }
+tr.floor td { color: #555; font-style: italic; } .note { color: #555; max-width: 70em; }
+figure { margin: 1em 0; } figure svg { max-width: 100%; height: auto; }
+dl { display: grid; grid-template-columns: max-content auto; gap: .15em 1.2em; } dt { color: #555; }
+code { background: #f4f4f4; padding: 0 .25em; }
+"""
+
+
+def _fmt(v, spec: str = "{:.2f}") -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float) and not np.isfinite(v):
+        return "—"
+    return spec.format(v)
+
+
+def _get(row: dict, *path):
+    for p in path:
+        if not isinstance(row, dict):
+            return None
+        row = row.get(p)
+    return row
+
+
+def _columns(results: dict) -> list[tuple[str, callable]]:
+    """(header, cell function) of the results table for this kind of run."""
+    if "lm_task" in results["config"]:
+        cols = [("forget Q", lambda r: _fmt(r.get("forget_quality"), "{:.3g}")),
+                ("utility", lambda r: _fmt(r.get("model_utility"), "{:.3f}")),
+                ("forget ROUGE", lambda r: _fmt(r.get("forget_rouge"), "{:.3f}"))]
+        cols += [(f"AUC {a}", lambda r, a=a: _fmt(_get(r, "mia_auc", a), "{:.3f}")) for a in ("loss", "zlib", "mink", "minkpp")]
+    else:
+        cols = []
+    for s in SPLITS:
+        def klom_cell(r, s=s):
+            ci = _get(r, "klom_p95_ci", s)
+            return _fmt(_get(r, "klom_p95", s)) + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "")
+        cols.append((f"KLoM p95 {s}", klom_cell))
+    estimators = sorted({e for r in results["rows"] + [results["noise_floor"]] for e in (r.get("klom_estimators") or {})})
+    for e in estimators:
+        cols += [(f"{e} p95 forget", lambda r, e=e: _fmt(_get(r, "klom_estimators", e, "p95", "forget"))),
+                 (f"{e} mean forget", lambda r, e=e: _fmt(_get(r, "klom_estimators", e, "mean", "forget")))]
+    if "lm_task" not in results["config"]:
+        cols += [(f"acc {s}", lambda r, s=s: _fmt(_get(r, "accuracy", s), "{:.3f}")) for s in SPLITS]
+        cols += [("U-LiRA", lambda r: _fmt(_get(r, "ulira", "accuracy"), "{:.3f}")),
+                 ("NeurIPS F", lambda r: _fmt(_get(r, "neurips23", "forget_score"), "{:.3f}")),
+                 ("NeurIPS score", lambda r: _fmt(_get(r, "neurips23", "score"), "{:.3f}")),
+                 ("MIA (confidence)", lambda r: _fmt(_get(r, "mia", "confidence"), "{:.3f}"))]
+    cols += [("seconds", lambda r: _fmt(r.get("seconds"), "{:.1f}")),
+             ("GFLOP", lambda r: _fmt(r["flops"] / 1e9 if r.get("flops") is not None else None, "{:.1f}")),
+             ("× retrain", lambda r: _fmt(_get(r, "cost_vs_retrain", "flops"), "{:.3f}"))]
+    return cols
+
+
+def _table(results: dict) -> str:
+    cols = _columns(results)
+    rows = list(results["rows"])
+    floor = results["noise_floor"]
+    if floor not in rows:
+        rows.append(floor)
+    out = ["<table><thead><tr><th>method</th>" + "".join(f"<th>{html.escape(h)}</th>" for h, _ in cols) + "</tr></thead><tbody>"]
+    for r in rows:
+        label = r.get("label", r["method"]) + (" (noise floor)" if r is floor else "") + (" DIVERGED" if r["diverged"] else "")
+        cls = ' class="floor"' if r is floor else ""
+        out.append(f"<tr{cls}><td>{html.escape(label)}</td>" + "".join(f"<td>{html.escape(f(r))}</td>" for _, f in cols) + "</tr>")
+    return "\n".join(out) + "</tbody></table>"
+
+
+def _svg(fig) -> str:
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg")
+    text = buffer.getvalue()
+    return text[text.index("<svg"):]  # drop the XML prolog and DOCTYPE: inline SVG in HTML5
+
+
+def _dl(items: dict) -> str:
+    return "<dl>" + "".join(f"<dt>{html.escape(str(k))}</dt><dd><code>{html.escape(json.dumps(v) if not isinstance(v, str) else v)}</code></dd>"
+                            for k, v in items.items()) + "</dl>"
+
+
+def provenance(results: dict) -> dict:
+    import torch
+    c = results["config"]
+    return {"run id": results.get("run_id"), "unlearnkit": c.get("unlearnkit"), "torch (run)": c.get("torch"),
+            "seed": c.get("seed"), "device": c.get("device"), "precision": c.get("precision"),
+            **{f"cache key, {k}": v for k, v in (results.get("provenance") or {}).get("cache_keys", {}).items()},
+            "python": sys.version.split()[0], "numpy": np.__version__, "torch (report)": torch.__version__,
+            "machine": f"{platform.system()} {platform.machine()}, {platform.processor() or 'cpu'}, "
+                       f"{torch.get_num_threads()} threads"}
+
+
+def render(results: dict, figures: dict, legend: list[str]) -> str:
+    c = results["config"]
+    fs = results["forget_set"]
+    ids = fs.get("ids") or []
+    forget = {"spec": fs.get("spec"), "seed": fs.get("seed"), "size": fs.get("size", len(ids)),
+              "ids (first 40)": ids[:40]}
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>unlearnkit: {html.escape(c['task'])} "
+             f"{html.escape(str(c['forget']))}</title><style>{CSS}</style></head><body>",
+             f"<h1>unlearnkit run: {html.escape(c['task'])}, forget <code>{html.escape(str(c['forget']))}</code>, "
+             f"N = {c['models']} models per arm</h1>",
+             "<h2>Results</h2>", f"<div class='wide'>{_table(results)}</div>",
+             "".join(f"<p class='note'>{html.escape(line)}</p>" for line in legend),
+             "<h2>Figures</h2>"]
+    parts += [f"<figure>{svg}</figure>" for svg in figures.values()]
+    parts += ["<h2>Forget set</h2>", _dl(forget), "<h2>Config</h2>", _dl(c),
+              "<h2>Provenance</h2>", _dl(provenance(results)),
+              "<p class='note'>Rerun: <code>unlearnkit run " + html.escape(_command(c)) + "</code></p></body></html>"]
+    return "\n".join(parts)
+
+
+def _command(c: dict) -> str:
+    parts = [f"--task {c['task']}", f"--forget {c['forget']}", f"--methods {','.join(c['methods'])}",
+             f"--models {c['models']}", f"--seed {c['seed']}", f"--device {c.get('device')}",
+             f"--precision {c.get('precision')}"]
+    parts += [f"--set {m}.{n}={v}" for m, n, v in c.get("hparams", [])]
+    return " ".join(parts)
+
+
+def write_report(run_dir, results: dict | None = None) -> Path:
+    """report.html and figures/*.png|svg for the run in `run_dir` (its files, or `results` as `run`
+    returns them, with wall-clock seconds). Returns the report's path."""
+    import matplotlib.pyplot as plt
+
+    from .figures import run_figures
+    from .lm_table import format_lm_table
+    from .scores import read_results
+    from .table import format_table
+    run_dir = Path(run_dir)
+    if results is None:
+        results = _with_seconds(read_results(run_dir), run_dir)
+    per_example, splits = _klom_arrays(run_dir)
+    figures = run_figures(results, per_example, splits)
+    (run_dir / "figures").mkdir(exist_ok=True)
+    svgs = {}
+    for name, fig in figures.items():
+        for ext in ("png", "svg"):
+            atomic_write(run_dir / "figures" / f"{name}.{ext}", lambda p, ext=ext: fig.savefig(p, format=ext, dpi=120))
+        svgs[name] = _svg(fig)
+        plt.close(fig)
+    text = format_lm_table(results) if "lm_task" in results["config"] else format_table(results)
+    lines = text.splitlines()
+    start = max(i for i, line in enumerate(lines) if line.startswith("oracles (reference)")) + 1
+    legend = [line for line in lines[start:] if line.strip()]  # what the printed table says below itself
+    atomic_write(run_dir / "report.html", lambda p: p.write_text(render(results, svgs, legend)))
+    return run_dir / "report.html"
+
+
+def _with_seconds(results: dict, run_dir: Path) -> dict:
+    try:
+        timings = json.loads((run_dir / "timings.json").read_text())["rows"]
+    except (OSError, ValueError, KeyError, TypeError):
+        timings = {}
+
+    def timed(r):
+        return {**r, "seconds": (timings.get(r.get("label", r["method"])) or {}).get("seconds")}
+    return {**results, "rows": [timed(r) for r in results["rows"]], "noise_floor": timed(results["noise_floor"])}
+
+
+def _klom_arrays(run_dir: Path) -> tuple[dict, dict]:
+    try:
+        with np.load(run_dir / "klom.npz", allow_pickle=False) as z:
+            per_example = {k[len("klom/"):]: z[k] for k in z.files if k.startswith("klom/")}
+            splits = {s: z[f"split/{s}"] for s in SPLITS}
+    except (OSError, ValueError, KeyError) as e:
+        raise UnlearnkitError(f"{run_dir}/klom.npz cannot be read ({type(e).__name__}); run the job again") from None
+    return per_example, splits
