@@ -54,3 +54,44 @@ def test_a_folder_that_is_not_a_run_is_refused(tmp_path):
     (tmp_path / "results.json").write_text("[1, 2]")
     with pytest.raises(UnlearnkitError, match="not an unlearnkit run"):
         write_report(tmp_path)
+
+
+def test_trajectories_follow_every_forget_point_and_are_not_charged(tmp_path):
+    """--trajectories K: the forget points' KLoM every K steps of a training method (step 0 = the originals,
+    the last = where it stopped), margins kept in scores.npz, a summary in the row, a figure in the report;
+    the method's FLOPs are the same as without them."""
+    import numpy as np
+    common = dict(task="digits-mlp", forget="random:30", methods=("none", "ga"), models=4,
+                  cache_dir=str(tmp_path / "cache"), bootstrap=0, metrics=("klom",), estimators=())
+    plain = run(RunConfig(**common))
+    traced = run(RunConfig(**common, trajectories=3), out=tmp_path / "out")
+    ga = next(r for r in traced["rows"] if r["method"] == "ga")
+    assert ga["flops"] == next(r for r in plain["rows"] if r["method"] == "ga")["flops"]
+    assert ga["klom_p95"] == next(r for r in plain["rows"] if r["method"] == "ga")["klom_p95"]
+    t = ga["trajectory"]
+    assert t["steps"][0] == 0 and t["steps"][1] == 3 and t["steps"] == sorted(set(t["steps"]))
+    assert 0 <= t["forget_worse_after_best"] <= 1 and t["forget_gap"] >= 0
+    assert "trajectory" not in next(r for r in traced["rows"] if r["method"] == "none")  # nothing to follow
+    z = np.load(tmp_path / "out" / "scores.npz")
+    k, m = z["trajectory/ga/klom"], z["trajectory/ga/margins"]
+    assert k.shape == (len(t["steps"]), len(z["trajectory/positions"])) and m.shape[:2] == (len(t["steps"]), 4)
+    # the last point is the method's result: its KLoM there is the row's own, on the followed forget points
+    forget = z["split/forget"]
+    np.testing.assert_array_equal(z["trajectory/positions"][:len(forget)], forget)
+    np.testing.assert_allclose(z["row/ga/margin"][:, forget], m[-1][:, :len(forget)], atol=1e-4)
+    assert (tmp_path / "out" / "figures" / "trajectories.png").is_file()
+    assert "end worse than their best" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_worse_after_best_and_stopping_gap():
+    import numpy as np
+
+    from unlearnkit.metrics.trajectory import stopping_gap, worse_after_best
+    k = np.array([[5.0, 5.0, 5.0], [1.0, 3.0, 4.0], [2.0, 1.0, 3.0]])  # steps × points
+    np.testing.assert_array_equal(worse_after_best(k), [True, False, False])
+    np.testing.assert_array_equal(worse_after_best(k, tolerance=1.0), [False, False, False])
+    gap = stopping_gap(k)
+    assert gap["best_single_step_index"] == 2 and gap["mean_at_own_best_step"] == pytest.approx(5 / 3)
+    assert gap["gap"] == pytest.approx(2.0 - 5 / 3)
+    with pytest.raises(ValueError, match="steps ≥ 2"):
+        worse_after_best(np.zeros((1, 3)))

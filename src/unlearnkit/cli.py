@@ -71,6 +71,8 @@ def cli(verbose: bool) -> None:
 @click.option("--metrics", default="klom,ulira,neurips23,mia", show_default=True,
               help="Metrics computed for every row (comma-separated; see `unlearnkit list`).")
 @click.option("--budgets", default="", help="Comma-separated epoch budgets: one row per method and budget.")
+@click.option("--trajectories", default=0, show_default=True, type=int,
+              help="Evaluate every K unlearning steps: per-example KLoM trajectories (0: off).")
 @click.option("--tuned", is_flag=True, help="Use the hyperparameters `unlearnkit tune` saved for this task/forget.")
 @click.option("--datamodels", default=None, help="Saved datamodels (`unlearnkit datamodels --out`) for pc: sets.")
 @click.option("--datamodel-models", default=100, show_default=True, type=int,
@@ -125,7 +127,7 @@ def report(run_dir) -> None:
 
 def _run_config(task, forget, methods, models, seed, train_size, val_size, data_dir, cache_dir, no_cache, sets,
                 reference_binning, bootstrap, budgets="", tuned=False, datamodels=None, datamodel_models=100,
-                max_hours=24.0, estimators="gauss", metrics="klom,ulira,neurips23,mia", **compute):
+                max_hours=24.0, estimators="gauss", metrics="klom,ulira,neurips23,mia", trajectories=0, **compute):
     from .experiment import RunConfig, default_forget, default_methods
 
     if methods is None:
@@ -141,7 +143,7 @@ def _run_config(task, forget, methods, models, seed, train_size, val_size, data_
                      cache_dir="" if no_cache else cache_dir, hparams=_overrides(sets),
                      reference_binning=reference_binning, bootstrap=bootstrap, budgets=budget_list, tuned=tuned,
                      datamodels=datamodels, datamodel_models=datamodel_models, max_hours=max_hours,
-                     estimators=_names(estimators), metrics=_names(metrics), **compute)
+                     estimators=_names(estimators), metrics=_names(metrics), trajectories=trajectories, **compute)
 
 
 @cli.command()

@@ -37,7 +37,10 @@ from .runs import (
     run_budget,
     run_jobs,
 )
+from .engine.observe import observing
+from .metrics.trajectory import worse_after_best
 from .scoring import ArmScores, Settings, row_metrics
+from .trajectories import Recorder, sample_positions
 from .tuned import load_tuned
 from .zoo import (
     ORACLE_SEEDS,
@@ -141,12 +144,21 @@ class Bench:
         self.settings = Settings.of(p.config)
         self.oracles = self.scores(predict(self.forward, oracles.params, self.x_all))
         self.originals_scores = self.scores(predict(self.forward, self.originals.params, self.x_all))
+        self.followed = np.concatenate(list(sample_positions(self.splits, seed).values()))
 
     def scores(self, logits: torch.Tensor) -> ArmScores:
         s = ArmScores.from_logits(logits, self.y_all)
         if not s.finite():
             raise Diverged(-1, np.nonzero(~np.isfinite(s.margin).all(1))[0].tolist())
         return s
+
+    def recorder(self, job: Job) -> Recorder | None:
+        """A trajectory recorder, started at the originals, for a method that trains (when asked)."""
+        if not self.p.config.trajectories or not hasattr(job.hparams, "epochs") or job.method == NOISE_FLOOR_METHOD:
+            return None
+        recorder = Recorder(self.forward, self.x_all[self.followed], self.y_all[self.followed])
+        recorder(0, self.originals.params)
+        return recorder
 
     def run_job(self, job: Job) -> tuple[dict, dict | None]:
         """One results row, and (unless the method diverged) {"klom": per-example KLoM, "scores": the
@@ -158,7 +170,16 @@ class Bench:
         start = time.perf_counter()
         extra = None
         try:
-            result, cost = ctx.charged(get_method(job.method).fn, job.hparams)
+            recorder = self.recorder(job)
+            if recorder is None:
+                result, cost = ctx.charged(get_method(job.method).fn, job.hparams)
+            else:
+                template = {k: tuple(v.shape) for k, v in self.originals.params.items()}
+                with observing(recorder, p.config.trajectories, template) as watched:
+                    result, cost = ctx.charged(get_method(job.method).fn, job.hparams)
+                cost["seconds"] -= watched.seconds
+                if not isinstance(result, Ensemble) and recorder.steps[-1] != watched.steps:
+                    recorder(watched.steps, result)  # where the method stopped
             reference = None
             if isinstance(result, Ensemble):
                 arm = self.scores(result.logits(self.x_all))
@@ -172,6 +193,10 @@ class Bench:
             arrays = arm.arrays(f"row/{job.label}")
             if reference is not None:
                 arrays.update(reference.arrays(f"reference/{job.label}"))
+            if recorder is not None and len(recorder.steps) > 1:
+                row["trajectory"], traj = recorder.result(self.oracles.margin[:, self.followed],
+                                                          len(self.splits["forget"]))
+                arrays.update({f"trajectory/{job.label}/{k}": v for k, v in traj.items()})
             extra = {"klom": values, "scores": arrays}
         except Diverged as err:
             row = diverged_row(time.perf_counter() - start, str(err))
@@ -201,6 +226,11 @@ def run(config: RunConfig, out: str | os.PathLike | None = None, overwrite: bool
         claim_output(out, config.run_id)
     bench = Bench(p)
     rows, per_example, scores, noise_floor = run_jobs(bench, p.jobs)
+    for r in rows:  # a point "worse after its best step" by more than the noise floor's p95, not by noise
+        if "trajectory" in r and noise_floor["klom_p95"]["forget"] is not None:
+            forget = scores[f"trajectory/{r['label']}/klom"][:, :len(bench.splits["forget"])]
+            r["trajectory"]["forget_worse_after_best_beyond_floor"] = float(
+                worse_after_best(forget, noise_floor["klom_p95"]["forget"]).mean())
     ds = p.dataset
     results = {
         "run_id": config.run_id,
@@ -213,6 +243,8 @@ def run(config: RunConfig, out: str | os.PathLike | None = None, overwrite: bool
         "provenance": {"cache_keys": bench.cache_keys},
     }
     if out is not None:
+        if p.config.trajectories:
+            scores["trajectory/positions"] = bench.followed
         scores.update({**bench.originals_scores.arrays("arm/originals"), **bench.oracles.arrays("arm/oracles"),
                        "labels": bench.y_all.numpy(), "example_ids": np.concatenate([ds.train_ids, ds.val_ids])})
         write_results(out, results, per_example, bench.splits, p.forget.ids, scores)

@@ -111,6 +111,7 @@ class RunConfig:
     ray_address: str | None = None       # a Ray cluster to join (None: start a local one)
     estimators: tuple[str, ...] = DEFAULT_ESTIMATORS  # KLoM estimators beside the reference histogram (scoring.py)
     metrics: tuple[str, ...] = DEFAULT_METRICS  # see `unlearnkit list`
+    trajectories: int = 0                # evaluate every K unlearning steps (per-example trajectories); 0: off
 
     def __post_init__(self):
         """Every option's range, checked when the config is made: nothing trains on a value that would
@@ -123,6 +124,8 @@ class RunConfig:
         object.__setattr__(self, "precision", compute.precision)
         parse_memory(self.max_memory)
         check_settings(self.estimators, self.metrics)
+        if not 0 <= self.trajectories <= 100_000:
+            raise UnlearnkitError(f"--trajectories must be a number of steps in [1, 100000] (0: off), got {self.trajectories}")
         check_backend(self.backend, self.ray_address)
         if not 0 <= self.seed <= MAX_SEED:
             raise UnlearnkitError(f"--seed must be a whole number from 0 to {MAX_SEED}, got {self.seed}")

@@ -19,6 +19,7 @@ from ..errors import Diverged, UnlearnkitError
 from .compute import current
 from .flops import StepExtrapolator, uncounted
 from .heap import keep_freed_memory
+from .observe import current as current_observer
 from .optim import StackedAdam, StackedSGD, dense
 from .progress import steps as progress
 from .streams import EpochStream
@@ -133,6 +134,8 @@ def fit(
     iters = {name: s.batches(start_epoch) for name, s in streams.items()}
     first = start_epoch * per_epoch
     flops = StepExtrapolator()
+    observer = current_observer()
+    observer = observer if observer is not None and observer.watches(master) else None
     last_checkpoint = time.perf_counter()
     for step in progress(first, steps, desc):
         idx = {name: next(it).to(dev) for name, it in iters.items()}
@@ -171,6 +174,8 @@ def fit(
                         v.copy_(torch.where(mask[k], v, before[k]))
                         if mixed:
                             live[k].copy_(v)
+        if observer is not None:
+            observer.after_step(master)
         if on_epoch and (step + 1) % per_epoch == 0 and time.perf_counter() - last_checkpoint >= checkpoint_every:
             on_epoch(Checkpoint((step + 1) // per_epoch, _snapshot(master), _placed(opt.state_dict(), "cpu")))
             last_checkpoint = time.perf_counter()

@@ -120,9 +120,37 @@ def lm_tradeoff(results: dict) -> Figure:
     return fig
 
 
-def run_figures(results: dict, per_example: dict[str, np.ndarray], splits: dict[str, np.ndarray]) -> dict[str, Figure]:
-    """{name: figure} for a run: the classifier's three, or the LM trade-off and KLoM distributions."""
+def run_figures(results: dict, per_example: dict[str, np.ndarray], splits: dict[str, np.ndarray],
+                trajectory_arrays: dict[str, np.ndarray] | None = None) -> dict[str, Figure]:
+    """{name: figure} for a run: the classifier's three (and the trajectories, when the run recorded
+    them), or the LM trade-off and KLoM distributions."""
     if "lm_task" in results["config"]:
         return {"tradeoff": lm_tradeoff(results), "klom": klom_distributions(results, per_example, splits)}
-    return {"klom": klom_distributions(results, per_example, splits), "cost": cost_frontier(results),
-            "accuracy": accuracy_vs_oracles(results)}
+    out = {"klom": klom_distributions(results, per_example, splits), "cost": cost_frontier(results),
+           "accuracy": accuracy_vs_oracles(results)}
+    if trajectory_arrays and any(r.get("trajectory") for r in results["rows"]):
+        out["trajectories"] = trajectories(results, trajectory_arrays)
+    return out
+
+
+def trajectories(results: dict, arrays: dict[str, np.ndarray]) -> Figure:
+    """One panel per method: each line one forget point's KLoM over unlearning steps; red, the points that
+    end worse than their best step by more than the noise floor's p95 (the missing-targets picture)."""
+    rows = [r for r in results["rows"] if r.get("trajectory")]
+    tol = results["noise_floor"]["klom_p95"]["forget"] or 0.0
+    fig, axes = plt.subplots(1, len(rows), figsize=(4.6 * len(rows), 3.8), squeeze=False, sharey=True,
+                             layout="constrained")
+    for ax, r in zip(axes[0], rows):
+        steps = arrays[f"trajectory/{_label(r)}/steps"]
+        k = arrays[f"trajectory/{_label(r)}/klom"][:, :results["forget_set"]["size"]]
+        worse = k[-1] > k.min(0) + tol
+        for j in np.argsort(worse):  # red lines drawn last, on top
+            ax.plot(steps, k[:, j], color="C3" if worse[j] else "0.55", lw=0.9 if worse[j] else 0.5,
+                    alpha=0.9 if worse[j] else 0.35)
+        ax.plot(steps, k.mean(1), color="k", lw=2, label="mean")
+        ax.axhline(tol, label="noise floor p95", **FLOOR_STYLE)
+        ax.set(title=f"{_label(r)}: {worse.mean():.0%} end worse than their best", xlabel="unlearning step")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("KLoM, forget points (nats)")
+    axes[0][-1].legend(fontsize=8)
+    return fig

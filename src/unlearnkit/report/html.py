@@ -157,7 +157,7 @@ def write_report(run_dir, results: dict | None = None) -> Path:
     if results is None:
         results = _with_seconds(read_results(run_dir), run_dir)
     per_example, splits = _klom_arrays(run_dir)
-    figures = run_figures(results, per_example, splits)
+    figures = run_figures(results, per_example, splits, _trajectory_arrays(run_dir))
     (run_dir / "figures").mkdir(exist_ok=True)
     svgs = {}
     for name, fig in figures.items():
@@ -182,6 +182,15 @@ def _with_seconds(results: dict, run_dir: Path) -> dict:
     def timed(r):
         return {**r, "seconds": (timings.get(r.get("label", r["method"])) or {}).get("seconds")}
     return {**results, "rows": [timed(r) for r in results["rows"]], "noise_floor": timed(results["noise_floor"])}
+
+
+def _trajectory_arrays(run_dir: Path) -> dict[str, np.ndarray]:
+    """The trajectory members of scores.npz (loaded alone: the file can be hundreds of MB)."""
+    try:
+        with np.load(run_dir / "scores.npz", allow_pickle=False) as z:
+            return {k: z[k] for k in z.files if k.startswith("trajectory/") and not k.endswith("/margins")}
+    except (OSError, ValueError, KeyError):
+        return {}
 
 
 def _klom_arrays(run_dir: Path) -> tuple[dict, dict]:

@@ -12,6 +12,8 @@ results.json. Members (arrays of shape (models, examples) unless said otherwise)
       row/<label>/<f>      each method row that finished (the retrain row is the noise-floor arm)
       reference/<label>/<f>  the arm a row was judged against when it is not the oracles (e.g. SISA's)
       with <f> in margin (float32), correct (bool), entropy, m_entropy (float32): see `scoring.ArmScores`
+      with --trajectories K: trajectory/positions (k,) the followed points (forget, then samples of retain
+      and val); trajectory/<label>/steps (T,), /klom (T, k) float32, /margins (T, N, k) float32
     language-model runs:
       arm/oracles/<set>/<field>, arm/originals/<set>/<field>, row/<label>/<set>/<field>
       with <set> in forget, retain, world, val and <field> the `lm.evaluate.ItemScores` fields (seq: the

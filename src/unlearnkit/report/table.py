@@ -79,6 +79,16 @@ def format_table(results: dict) -> str:
                      "F·(RA_u/RA_r)·(TA_u/TA_r) (higher is better; even exact retraining reads well below 1 at "
                      "finite N: compare with the noise-floor row). MIA: SVC MIA-efficacy on the forget set "
                      f"({MIA_FEATURE} feature; the noise-floor row's value is ideal).")
+    for r in rows:
+        t = r.get("trajectory")
+        if t:
+            beyond = t.get("forget_worse_after_best_beyond_floor")
+            lines.append(f"Trajectory of {r.get('label', r['method'])} ({len(t['steps'])} points over {t['steps'][-1]} steps): "
+                         f"{t['forget_worse_after_best']:.0%} of forget points end worse than at their best step"
+                         + (f" ({beyond:.0%} by more than the noise floor's p95)" if beyond is not None else "")
+                         + f"; mean KLoM at the best single stopping step {t['forget_mean_at_best_single_step']:.2f} "
+                         f"vs {t['forget_mean_at_own_best_step']:.2f} with each point stopped at its own best "
+                         f"(gap {t['forget_gap']:.2f}), {t['forget_mean_at_last_step']:.2f} at the last step.")
     if n < SETTLED_N:
         lines.append(f"Warning: with N = {n} the noise floor is high (KLoM settles near N ≈ {SETTLED_N}; the reference "
                      "uses 100). Use --models 100 for numbers to publish.")
