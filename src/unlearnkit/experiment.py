@@ -18,9 +18,11 @@ from .attribution.store import HELD_OUT
 from .budget import Budget, StepProfile
 from .data import load_dataset
 from .engine import predict
+from .engine.observe import observing
 from .errors import Diverged, UnlearnkitError
 from .forget import build_forget_set
 from .methods import REGISTRY, Context, Ensemble, get_method
+from .metrics.trajectory import worse_after_best
 from .models import init_params
 from .runs import (
     DEFAULT_METHODS,
@@ -37,8 +39,6 @@ from .runs import (
     run_budget,
     run_jobs,
 )
-from .engine.observe import observing
-from .metrics.trajectory import worse_after_best
 from .scoring import ArmScores, Settings, row_metrics
 from .trajectories import Recorder, sample_positions
 from .tuned import load_tuned
@@ -214,7 +214,13 @@ def run(config: RunConfig, out: str | os.PathLike | None = None, overwrite: bool
     `overwrite`), and that the work fits in memory, on disk and in `config.max_hours`.
     Language-model tasks (`unlearnkit.lm.task.LM_TASKS`) run through `unlearnkit.lm.experiment.run_lm`."""
     from .lm.task import LM_TASKS
-    from .report import check_output, claim_output, json_config, write_report, write_results
+    from .report import (
+        check_output,
+        claim_output,
+        json_config,
+        write_report,
+        write_results,
+    )
     if config.task in LM_TASKS:
         from .lm.experiment import run_lm
         return run_lm(config, out, overwrite)

@@ -1,4 +1,5 @@
 """Reports: the printed tables and the files a run writes."""
+from .html import write_report
 from .lm_table import format_lm_table
 from .results import (
            check_output,
@@ -7,7 +8,6 @@ from .results import (
            release_output,
            write_results,
 )
-from .html import write_report
 from .table import format_table
 
 __all__ = ["check_output", "claim_output", "format_lm_table", "format_table", "json_config", "release_output",

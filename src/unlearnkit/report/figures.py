@@ -15,11 +15,11 @@ from __future__ import annotations
 import matplotlib
 
 matplotlib.use("Agg")  # files only: never a window, never a display server
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
 
-from ..metrics import SPLITS  # noqa: E402
+from ..metrics import SPLITS
 
 FLOOR_STYLE = {"color": "0.35", "lw": 3.0, "alpha": 0.45}
 
