@@ -7,6 +7,15 @@ from unlearnkit.data import load_dataset
 from unlearnkit.zoo import ZooCache
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_run_index(tmp_path_factory):
+    """Tests add their runs to a run index of their own, never the user's (session scope: set before any
+    module's fixtures run)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("UNLEARNKIT_INDEX", str(tmp_path_factory.getbasetemp() / "runs.sqlite"))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _quiet_and_seeded(monkeypatch):
     torch.manual_seed(0)

@@ -95,3 +95,31 @@ def test_worse_after_best_and_stopping_gap():
     assert gap["gap"] == pytest.approx(2.0 - 5 / 3)
     with pytest.raises(ValueError, match="steps ≥ 2"):
         worse_after_best(np.zeros((1, 3)))
+
+
+def test_run_index_lists_shows_and_compares_runs(run_dir, tmp_path):
+    other = tmp_path / "other"
+    run(RunConfig(task="digits-mlp", forget="random:40", methods=("none", "retrain", "ga"), models=4, seed=1,
+                  cache_dir=str(tmp_path / "cache"), bootstrap=0), out=other)
+    ids = [json.loads((d / "results.json").read_text())["run_id"] for d in (run_dir, other)]
+    runner = CliRunner()
+    listing = runner.invoke(cli, ["runs", "list", "--task", "digits-mlp"]).output
+    assert all(i in listing for i in ids) and str(other.resolve()) in listing
+    shown = runner.invoke(cli, ["runs", "show", ids[1][:8]])
+    assert shown.exit_code == 0 and "KLoM p95 forget" in shown.output and str(other.resolve()) in shown.output
+    compared = runner.invoke(cli, ["runs", "compare", ids[0], str(other)])
+    assert compared.exit_code == 0, compared.output
+    assert "seed: 0 → 1" in compared.output and "bootstrap: 10 → 0" in compared.output
+    assert "ga" in compared.output and "B − A" in compared.output
+
+
+def test_run_index_refuses_unknown_or_vanished_runs(tmp_path):
+    from unlearnkit.report import index
+    with pytest.raises(UnlearnkitError, match="no run 'zzzz'"):
+        index.find("zzzz")
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    index.record(gone, {"run_id": "feedbeef00000000", "config": {"task": "digits-mlp", "methods": ["none"]}})
+    gone.rmdir()
+    with pytest.raises(UnlearnkitError, match="no longer exists"):
+        index.find("feedbeef")

@@ -103,10 +103,10 @@ def _other_format(d):
 ])
 def test_bad_run_folders_are_refused_and_nothing_is_written(run_dir, damage, kwargs, match):
     damage(run_dir)
-    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
     with pytest.raises(UnlearnkitError, match=match):
         rescore(run_dir, **kwargs)
-    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
 
 
 def test_cli_rescore_error_is_one_line(tmp_path, capsys, monkeypatch):

@@ -125,6 +125,37 @@ def report(run_dir) -> None:
     click.echo(f"wrote {write_report(run_dir)} and {run_dir}/figures/")
 
 
+@cli.group()
+def runs() -> None:
+    """The index of runs written with --out: list, show and compare them."""
+
+
+@runs.command(name="list")
+@click.option("--task", default=None, help="Only runs of this task.")
+def runs_list(task) -> None:
+    """Every indexed run: id, when, task, forget set, N, methods, folder."""
+    from .report import index
+    click.echo(index.format_list(index.entries(task)))
+
+
+@runs.command(name="show")
+@click.argument("ref")
+def runs_show(ref) -> None:
+    """A run's table (REF: a run id, a unique prefix of one, or its folder)."""
+    from .report import format_lm_table, format_table, index
+    path, results = index.load(ref)
+    click.echo(f"{path}\n" + (format_lm_table(results) if "lm_task" in results["config"] else format_table(results)))
+
+
+@runs.command(name="compare")
+@click.argument("a")
+@click.argument("b")
+def runs_compare(a, b) -> None:
+    """Two runs' rows side by side (KLoM p95 per split, B − A), after the settings in which they differ."""
+    from .report import index
+    click.echo(index.format_compare(index.load(a), index.load(b)))
+
+
 def _run_config(task, forget, methods, models, seed, train_size, val_size, data_dir, cache_dir, no_cache, sets,
                 reference_binning, bootstrap, budgets="", tuned=False, datamodels=None, datamodel_models=100,
                 max_hours=24.0, estimators="gauss", metrics="klom,ulira,neurips23,mia", trajectories=0, **compute):

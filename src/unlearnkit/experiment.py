@@ -214,13 +214,7 @@ def run(config: RunConfig, out: str | os.PathLike | None = None, overwrite: bool
     `overwrite`), and that the work fits in memory, on disk and in `config.max_hours`.
     Language-model tasks (`unlearnkit.lm.task.LM_TASKS`) run through `unlearnkit.lm.experiment.run_lm`."""
     from .lm.task import LM_TASKS
-    from .report import (
-        check_output,
-        claim_output,
-        json_config,
-        write_report,
-        write_results,
-    )
+    from .report import check_output, claim_output, index, json_config, write_report, write_results
     if config.task in LM_TASKS:
         from .lm.experiment import run_lm
         return run_lm(config, out, overwrite)
@@ -255,6 +249,7 @@ def run(config: RunConfig, out: str | os.PathLike | None = None, overwrite: bool
                        "labels": bench.y_all.numpy(), "example_ids": np.concatenate([ds.train_ids, ds.val_ids])})
         write_results(out, results, per_example, bench.splits, p.forget.ids, scores)
         write_report(out, results)
+        index.record(out, results)
     return results
 
 

@@ -8,14 +8,12 @@ hyperparameters, timings.json, scores.npz).
 """
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 from .errors import UnlearnkitError
 from .metrics import SPLITS
 from .report.results import rewrite_results
-from .report.scores import read_results, read_scores
+from .report.scores import read_results, read_scores, with_seconds
 from .scoring import ArmScores, Settings, check_settings, row_metrics
 
 # the row fields a run's metrics write; everything else in a row (cost, hyperparameters) is kept as it is
@@ -67,20 +65,7 @@ def rescore(run_dir: str | os.PathLike, estimators: tuple[str, ...] | None = Non
     if not lm:
         out["oracle"] = {"accuracy": ArmScores.read(arrays, "arm/oracles").accuracies(splits)}
     rewrite_results(run_dir, out, per_example, splits, arrays["forget_ids"])
-    return _with_timings(out, run_dir)
-
-
-def _with_timings(results: dict, run_dir) -> dict:
-    """The results as a run returns them: each row with its wall-clock seconds (from timings.json)."""
-    try:
-        timings = json.loads((Path(run_dir) / "timings.json").read_text())["rows"]
-    except (OSError, ValueError, KeyError, TypeError):
-        timings = {}
-
-    def timed(r: dict) -> dict:
-        t = timings.get(r.get("label", r["method"])) or {}
-        return {**r, "seconds": t.get("seconds")}
-    return {**results, "rows": [timed(r) for r in results["rows"]], "noise_floor": timed(results["noise_floor"])}
+    return with_seconds(out, run_dir)
 
 
 def _merged(old: dict, fresh: dict) -> dict:

@@ -238,10 +238,11 @@ def run_lm(config: RunConfig, out: str | os.PathLike | None = None, overwrite: b
         "noise_floor": floor,
     }
     if out is not None:
-        from ..report import write_report, write_results
+        from ..report import index, write_report, write_results
         _, splits = _concat(bench.oracle_scores)
         scores.update({**item_score_arrays(bench.oracle_scores, "arm/oracles"),
                        **item_score_arrays(bench.originals_scores, "arm/originals")})
         write_results(out, results, per_example, splits, ids, scores)
         write_report(out, results)
+        index.record(out, results)
     return results

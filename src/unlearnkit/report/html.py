@@ -151,11 +151,11 @@ def write_report(run_dir, results: dict | None = None) -> Path:
 
     from .figures import run_figures
     from .lm_table import format_lm_table
-    from .scores import read_results
+    from .scores import read_results, with_seconds
     from .table import format_table
     run_dir = Path(run_dir)
     if results is None:
-        results = _with_seconds(read_results(run_dir), run_dir)
+        results = with_seconds(read_results(run_dir), run_dir)
     per_example, splits = _klom_arrays(run_dir)
     figures = run_figures(results, per_example, splits, _trajectory_arrays(run_dir))
     (run_dir / "figures").mkdir(exist_ok=True)
@@ -171,17 +171,6 @@ def write_report(run_dir, results: dict | None = None) -> Path:
     legend = [line for line in lines[start:] if line.strip()]  # what the printed table says below itself
     atomic_write(run_dir / "report.html", lambda p: p.write_text(render(results, svgs, legend)))
     return run_dir / "report.html"
-
-
-def _with_seconds(results: dict, run_dir: Path) -> dict:
-    try:
-        timings = json.loads((run_dir / "timings.json").read_text())["rows"]
-    except (OSError, ValueError, KeyError, TypeError):
-        timings = {}
-
-    def timed(r):
-        return {**r, "seconds": (timings.get(r.get("label", r["method"])) or {}).get("seconds")}
-    return {**results, "rows": [timed(r) for r in results["rows"]], "noise_floor": timed(results["noise_floor"])}
 
 
 def _trajectory_arrays(run_dir: Path) -> dict[str, np.ndarray]:

@@ -75,3 +75,16 @@ def read_results(run_dir) -> dict:
     if not isinstance(results, dict) or not {"config", "rows", "noise_floor"} <= set(results):
         raise UnlearnkitError(f"{path} is not an unlearnkit run's results")
     return results
+
+
+def with_seconds(results: dict, run_dir) -> dict:
+    """`results` as a run returns them: each row with its wall-clock seconds, read from timings.json (kept
+    apart from results.json, which holds only what the config determines)."""
+    try:
+        timings = json.loads((Path(run_dir) / "timings.json").read_text())["rows"]
+    except (OSError, ValueError, KeyError, TypeError):
+        timings = {}
+
+    def timed(r: dict) -> dict:
+        return {**r, "seconds": (timings.get(r.get("label", r["method"])) or {}).get("seconds")}
+    return {**results, "rows": [timed(r) for r in results["rows"]], "noise_floor": timed(results["noise_floor"])}
