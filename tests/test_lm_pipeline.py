@@ -139,6 +139,8 @@ def test_id_vs_ood_records_a_curve_per_kind(cache_dir, tmp_path):
         assert set(r["examples"]["steps_to_oracle"]) <= {0, 1, 6, None}
     text = format_id_vs_ood(res)
     assert "F (null)" in text and "memorisation" in text and "forget Q" in text
+    page = (tmp_path / "out" / "report.html").read_text()  # the curves as a figure, in a report of its own
+    assert page.count("<svg") == 1 and (tmp_path / "out" / "figures" / "id_vs_ood.png").is_file()
     with pytest.raises(UnlearnkitError, match="canaries"):
         id_vs_ood(config, "ga", authors=5, steps=(1,))
 

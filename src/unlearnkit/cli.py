@@ -292,7 +292,7 @@ def ood(task, method, authors, steps, models, seed, cache_dir, sets, out, overwr
                        hparams=_overrides(sets), bootstrap=0, **compute)
     click.echo(format_id_vs_ood(id_vs_ood(config, method, authors, step_list, out, overwrite)))
     if out:
-        click.echo(f"\nwrote {out}/id_vs_ood.json")
+        click.echo(f"\nwrote {out}/id_vs_ood.json and {out}/report.html")
 
 
 @llm.command(name="run")

@@ -116,6 +116,8 @@ def id_vs_ood(config: RunConfig, method: str, authors: int, steps: tuple[int, ..
         import json
         Path(out).mkdir(parents=True, exist_ok=True)
         atomic_write(Path(out) / "id_vs_ood.json", lambda p: p.write_text(json.dumps(results, indent=2)))
+        from ..report.html import write_ood_report
+        write_ood_report(out, results)
         release_output(out)
     return results
 

@@ -154,3 +154,36 @@ def trajectories(results: dict, arrays: dict[str, np.ndarray]) -> Figure:
     axes[0][0].set_ylabel("KLoM, forget points (nats)")
     axes[0][-1].legend(fontsize=8)
     return fig
+
+
+def id_vs_ood_curves(results: dict) -> Figure:
+    """`llm ood`: forget quality, model utility and the challenge's forget score F (dashed: its permutation
+    null) over unlearning steps, in- and out-of-distribution; then each forget item's steps to reach the
+    oracles against its memorisation."""
+    kinds = ("in-distribution", "out-of-distribution")
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8), layout="constrained")
+    for j, kind in enumerate(kinds):
+        r = results[kind]
+        curve = [p for p in r["curve"] if not p["diverged"]]
+        steps = [0] + [p["steps"] for p in curve]
+        for ax, key in zip(axes[:2], ("forget_quality", "model_utility")):
+            ax.plot([p["steps"] for p in curve], [p[key] for p in curve], "o-", color=f"C{j}", label=kind)
+        f = [r["original"].get("epsilon_forget_score")] + [p.get("epsilon_forget_score") for p in curve]
+        null = [r["original"].get("epsilon_forget_score_null")] + [p.get("epsilon_forget_score_null") for p in curve]
+        if all(v is not None for v in f):
+            axes[2].plot(steps, f, "o-", color=f"C{j}", label=kind)
+            axes[2].plot(steps, null, "--", color=f"C{j}", lw=1)
+        ex = r.get("examples") or {}
+        need = [np.nan if s is None else s for s in ex.get("steps_to_oracle", [])]
+        if need:
+            axes[3].scatter(ex["memorisation"], need, color=f"C{j}", s=18, label=kind)
+    axes[0].axhline(0.05, color="0.6", lw=0.8, ls=":")
+    axes[0].set(yscale="log", title="forget quality (KS p-value)", xlabel="unlearning steps")
+    axes[1].set(title="model utility", xlabel="unlearning steps")
+    axes[2].set(title="challenge forget score F (dashed: null)", xlabel="unlearning steps", ylim=(0, 1))
+    axes[3].set(title="steps to reach the oracles", xlabel="memorisation (nats/token)", ylabel="steps")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{results['config']['method']}: in- vs out-of-distribution forget sets of {results['config']['size']} items")
+    return fig

@@ -190,3 +190,30 @@ def _klom_arrays(run_dir: Path) -> tuple[dict, dict]:
     except (OSError, ValueError, KeyError) as e:
         raise UnlearnkitError(f"{run_dir}/klom.npz cannot be read ({type(e).__name__}); run the job again") from None
     return per_example, splits
+
+
+def write_ood_report(out, results: dict) -> Path:
+    """report.html and figures/id_vs_ood.png|svg for an `llm ood` study (the curves, its printed table,
+    the config and provenance)."""
+    import matplotlib.pyplot as plt
+
+    from ..lm.ood import format_id_vs_ood
+    from .figures import id_vs_ood_curves
+    out = Path(out)
+    fig = id_vs_ood_curves(results)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    for ext in ("png", "svg"):
+        atomic_write(out / "figures" / f"id_vs_ood.{ext}", lambda p, ext=ext: fig.savefig(p, format=ext, dpi=120))
+    svg = _svg(fig)
+    plt.close(fig)
+    c = results["config"]
+    page = "\n".join([
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>unlearnkit llm ood: "
+        f"{html.escape(c['method'])}</title><style>{CSS}</style></head><body>",
+        f"<h1>In- vs out-of-distribution unlearning: {html.escape(c['method'])} on {html.escape(c['task'])}, "
+        f"N = {c['models']} models per arm</h1>",
+        f"<h2>Curves</h2><div class='wide'><pre>{html.escape(format_id_vs_ood(results))}</pre></div>",
+        f"<figure>{svg}</figure>", "<h2>Config</h2>", _dl(c),
+        "<h2>Provenance</h2>", _dl(provenance({**results, "config": c})), "</body></html>"])
+    atomic_write(out / "report.html", lambda p: p.write_text(page))
+    return out / "report.html"
