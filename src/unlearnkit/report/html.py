@@ -162,7 +162,7 @@ def write_report(run_dir, results: dict | None = None) -> Path:
     svgs = {}
     for name, fig in figures.items():
         for ext in ("png", "svg"):
-            atomic_write(run_dir / "figures" / f"{name}.{ext}", lambda p, ext=ext: fig.savefig(p, format=ext, dpi=120))
+            atomic_write(run_dir / "figures" / f"{name}.{ext}", lambda p, ext=ext, fig=fig: fig.savefig(p, format=ext, dpi=120))
         svgs[name] = _svg(fig)
         plt.close(fig)
     text = format_lm_table(results) if "lm_task" in results["config"] else format_table(results)
@@ -203,7 +203,7 @@ def write_ood_report(out, results: dict) -> Path:
     fig = id_vs_ood_curves(results)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     for ext in ("png", "svg"):
-        atomic_write(out / "figures" / f"id_vs_ood.{ext}", lambda p, ext=ext: fig.savefig(p, format=ext, dpi=120))
+        atomic_write(out / "figures" / f"id_vs_ood.{ext}", lambda p, ext=ext, fig=fig: fig.savefig(p, format=ext, dpi=120))
     svg = _svg(fig)
     plt.close(fig)
     c = results["config"]
