@@ -77,6 +77,7 @@ def test_rescore_command_prints_the_table(run_dir):
     result = CliRunner().invoke(cli, ["rescore", str(run_dir), "--estimators", "gauss"])
     assert result.exit_code == 0, result.output
     assert "gauss p95 forget" in result.output and "U-LiRA" in result.output
+    assert max(len(line) for line in result.output.split("\nrewrote")[0].splitlines()) <= 100  # a terminal's width
     assert f"rewrote {run_dir}/results.json" in result.output
 
 

@@ -125,6 +125,17 @@ def report(run_dir) -> None:
     click.echo(f"wrote {write_report(run_dir)} and {run_dir}/figures/")
 
 
+@cli.command()
+@click.argument("spec")
+@click.option("--out", required=True, help="The study's folder: cells/, study.json, report.html, figures/.")
+def study(spec, out) -> None:
+    """Run a grid of runs from a TOML spec ([run] shared options, [grid] axes); finished cells are kept."""
+    from .study import format_study, load_study, run_study
+
+    click.echo(format_study(run_study(load_study(spec), out)))
+    click.echo(f"\nwrote {out}/study.json, {out}/report.html and a folder per cell under {out}/cells/")
+
+
 @cli.group()
 def runs() -> None:
     """The index of runs written with --out: list, show and compare them."""

@@ -187,3 +187,25 @@ def id_vs_ood_curves(results: dict) -> Figure:
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{results['config']['method']}: in- vs out-of-distribution forget sets of {results['config']['size']} items")
     return fig
+
+
+def study_bars(summary: dict) -> Figure:
+    """A study: each cell's KLoM p95 on the forget set per method (bars), the cell's noise floor (grey tick)."""
+    from ..study import cell_name
+    cells = summary["cells"]
+    labels = list(dict.fromkeys(r["label"] for c in cells for r in c["rows"]))
+    fig, ax = plt.subplots(figsize=(1.5 + 0.5 * len(cells) * max(1, len(labels)), 4.0), layout="constrained")
+    width = 0.8 / max(1, len(labels))
+    for j, label in enumerate(labels):
+        values = [next((r["klom_p95"]["forget"] for r in c["rows"] if r["label"] == label), None) for c in cells]
+        ax.bar(np.arange(len(cells)) + (j - (len(labels) - 1) / 2) * width,
+               [np.nan if v is None else v for v in values], width, label=label)
+    for i, c in enumerate(cells):
+        nf = c["noise_floor"]["klom_p95"]["forget"]
+        if nf is not None:
+            ax.hlines(nf, i - 0.45, i + 0.45, label="noise floor" if i == 0 else None, **FLOOR_STYLE)
+    ax.set_xticks(np.arange(len(cells)), [cell_name(c["cell"]) for c in cells], rotation=20, ha="right", fontsize=8)
+    ax.set(ylabel="KLoM p95, forget set (nats)", title="KLoM p95 on the forget set, per cell and method")
+    ax.legend(fontsize=8, ncols=2)
+    ax.grid(alpha=0.3, axis="y")
+    return fig

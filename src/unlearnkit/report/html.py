@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import io
 import json
+import os
 import platform
 import sys
 from pathlib import Path
@@ -152,7 +153,7 @@ def write_report(run_dir, results: dict | None = None) -> Path:
     from .figures import run_figures
     from .lm_table import format_lm_table
     from .scores import read_results, with_seconds
-    from .table import format_table
+    from .table import legend as table_legend
     run_dir = Path(run_dir)
     if results is None:
         results = with_seconds(read_results(run_dir), run_dir)
@@ -165,10 +166,12 @@ def write_report(run_dir, results: dict | None = None) -> Path:
             atomic_write(run_dir / "figures" / f"{name}.{ext}", lambda p, ext=ext, fig=fig: fig.savefig(p, format=ext, dpi=120))
         svgs[name] = _svg(fig)
         plt.close(fig)
-    text = format_lm_table(results) if "lm_task" in results["config"] else format_table(results)
-    lines = text.splitlines()
-    start = max(i for i, line in enumerate(lines) if line.startswith("oracles (reference)")) + 1
-    legend = [line for line in lines[start:] if line.strip()]  # what the printed table says below itself
+    if "lm_task" in results["config"]:
+        lines = format_lm_table(results).splitlines()
+        start = max(i for i, line in enumerate(lines) if line.startswith("oracles (reference)")) + 1
+        legend = [line for line in lines[start:] if line.strip()]  # what the printed table says below itself
+    else:
+        legend = table_legend(results)
     atomic_write(run_dir / "report.html", lambda p: p.write_text(render(results, svgs, legend)))
     return run_dir / "report.html"
 
@@ -215,5 +218,30 @@ def write_ood_report(out, results: dict) -> Path:
         f"<h2>Curves</h2><div class='wide'><pre>{html.escape(format_id_vs_ood(results))}</pre></div>",
         f"<figure>{svg}</figure>", "<h2>Config</h2>", _dl(c),
         "<h2>Provenance</h2>", _dl(provenance({**results, "config": c})), "</body></html>"])
+    atomic_write(out / "report.html", lambda p: p.write_text(page))
+    return out / "report.html"
+
+
+def write_study_report(out, summary: dict, table: str) -> Path:
+    """report.html and figures/study.png|svg of a study: its table, the per-cell figure, links to the cells' reports."""
+    import matplotlib.pyplot as plt
+
+    from .figures import study_bars
+    out = Path(out)
+    fig = study_bars(summary)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    for ext in ("png", "svg"):
+        atomic_write(out / "figures" / f"study.{ext}", lambda p, ext=ext, fig=fig: fig.savefig(p, format=ext, dpi=120))
+    svg = _svg(fig)
+    plt.close(fig)
+    links = "".join(f"<li><a href='{html.escape(os.path.relpath(c['path'], out))}/report.html'>"
+                    f"{html.escape(json.dumps(c['cell']))}</a> (run {html.escape(c['run_id'])})</li>" for c in summary["cells"])
+    page = "\n".join([
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>unlearnkit study {summary['study_id']}"
+        f"</title><style>{CSS}</style></head><body>",
+        f"<h1>unlearnkit study {summary['study_id']}: {len(summary['cells'])} cells</h1>",
+        f"<h2>Results</h2><div class='wide'><pre>{html.escape(table)}</pre></div>", f"<figure>{svg}</figure>",
+        f"<h2>Cells</h2><ul>{links}</ul>", "<h2>Spec</h2>", _dl({"run": summary["run"], "grid": summary["grid"]}),
+        "<h2>Provenance</h2>", _dl(provenance({"run_id": summary["study_id"], "config": {}})), "</body></html>"])
     atomic_write(out / "report.html", lambda p: p.write_text(page))
     return out / "report.html"

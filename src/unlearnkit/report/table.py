@@ -1,6 +1,8 @@
 """The table a run prints: one row per method, the noise floor and the do-nothing row framing it."""
 from __future__ import annotations
 
+import textwrap
+
 from ..metrics import SPLITS
 from ..metrics.klom import SETTLED_N
 
@@ -12,70 +14,88 @@ def _num(v, fmt="{:.2f}") -> str:
 MIA_FEATURE = "confidence"
 
 
+WIDTH = 100  # the terminal table fits 100 columns; results.json and report.html carry every field
+
+
 def _evaluation_block(rows: list[dict]) -> list[str]:
-    """The small-N KLoM estimators and the privacy metrics, one line per row (where a run computed them)."""
-    est = sorted({e for r in rows for e in (r.get("klom_estimators") or {})})
+    """The small-N KLoM estimator and the privacy metrics, one line per row (where a run computed them)."""
+    est = sorted({e for r in rows for e in (r.get("klom_estimators") or {})})[:1]
     privacy = any(r.get(k) for r in rows for k in ("ulira", "neurips23", "mia"))
     if not est and not privacy:
         return []
     cols = [(e, stat, s) for e in est for stat, s in [("p95", "forget")] + [("mean", s) for s in SPLITS]]
-    header = (f"{'method':<22}" + "".join(f"{e + ' ' + stat + ' ' + s:>18}" for e, stat, s in cols)
-              + (f"{'U-LiRA':>9}{'NeurIPS F':>11}{'NeurIPS':>9}{'MIA':>8}" if privacy else ""))
+    names = {("p95", "forget"): "p95 forget", ("mean", "forget"): "mean f", ("mean", "retain"): "mean r",
+             ("mean", "val"): "mean v"}
+    header = (f"{'method':<22}" + "".join(f"{(e + ' ' if j == 0 else '') + names[stat, s]:>{17 if j == 0 else 7}}"
+                                          for j, (e, stat, s) in enumerate(cols))
+              + (f"{'U-LiRA':>7}{'NeurIPS F':>10}{'score':>7}{'MIA':>7}" if privacy else "") + f"{'seconds':>9}")
     lines = ["", header, "-" * len(header)]
     for r in rows:
-        name = r.get("label", r["method"])
         by = r.get("klom_estimators") or {}
-        cells = "".join(f"{_num(by.get(e, {}).get(stat, {}).get(s)):>18}" for e, stat, s in cols)
+        cells = "".join(f"{_num(by.get(e, {}).get(stat, {}).get(s)):>{17 if j == 0 else 7}}"
+                        for j, (e, stat, s) in enumerate(cols))
         if privacy:
-            cells += (f"{_num((r.get('ulira') or {}).get('accuracy'), '{:.3f}'):>9}"
-                      f"{_num((r.get('neurips23') or {}).get('forget_score'), '{:.3f}'):>11}"
-                      f"{_num((r.get('neurips23') or {}).get('score'), '{:.3f}'):>9}"
-                      f"{_num((r.get('mia') or {}).get(MIA_FEATURE), '{:.3f}'):>8}")
-        lines.append(f"{name:<22}{cells}")
+            cells += (f"{_num((r.get('ulira') or {}).get('accuracy'), '{:.3f}'):>7}"
+                      f"{_num((r.get('neurips23') or {}).get('forget_score'), '{:.3f}'):>10}"
+                      f"{_num((r.get('neurips23') or {}).get('score'), '{:.3f}'):>7}"
+                      f"{_num((r.get('mia') or {}).get(MIA_FEATURE), '{:.3f}'):>7}")
+        lines.append(f"{_name(r):<22.22}{cells}{_num(r.get('seconds'), '{:.1f}'):>9}")
     return lines
 
 
+def _name(r: dict) -> str:
+    name = r.get("label", r["method"]) + (" DIVERGED" if r["diverged"] else "")
+    if r.get("reference", "oracles") != "oracles":
+        name += f" (vs {r['reference']})"
+    return name
+
+
 def format_table(results: dict) -> str:
+    """The run's rows in at most 100 columns: KLoM p95 per split [95% CI], accuracies and cost, then the
+    small-N estimator and the privacy metrics, then the legend."""
     rows = list(results["rows"])
     floor = results["noise_floor"]
     if floor not in rows:
         rows.append({**floor, "label": f"{floor['method']} (noise floor)"})
-    header = (f"{'method':<22}" + "".join(f"{'KLoM p95 ' + s:>20}" for s in SPLITS)
-              + "".join(f"{'acc ' + s:>12}" for s in SPLITS) + f"{'seconds':>10}{'GFLOP':>10}{'×retrain':>10}")
+    header = (f"{'method':<22}" + "".join(f"{('KLoM p95 ' if s == 'forget' else '') + s:>16}" for s in SPLITS)
+              + "".join(f"{'acc ' + s[0]:>7}" for s in SPLITS) + f"{'×retrain':>9}")
     lines = [header, "-" * len(header)]
     for r in rows:
-        name = r.get("label", r["method"]) + (" DIVERGED" if r["diverged"] else "")
-        if r.get("reference", "oracles") != "oracles":
-            name += f" (vs {r['reference']})"
         cells = []
         for s in SPLITS:
             ci = r.get("klom_p95_ci", {}).get(s)
-            cell = _num(r["klom_p95"][s]) + (f" [{ci[0]:.1f},{ci[1]:.1f}]" if ci else "")
-            cells.append(f"{cell:>20}")
-        accs = "".join(f"{_num(r['accuracy'][s], '{:.3f}'):>12}" for s in SPLITS)
-        flops = r.get("flops")
+            cells.append(f"{_num(r['klom_p95'][s]) + (f' [{ci[0]:.1f},{ci[1]:.1f}]' if ci else ''):>16}")
+        accs = "".join(f"{_num(r['accuracy'][s], '{:.3f}'):>7}" for s in SPLITS)
         ratio = (r.get("cost_vs_retrain") or {}).get("flops")
-        lines.append(f"{name:<22}" + "".join(cells) + accs + f"{_num(r.get('seconds'), '{:.1f}'):>10}"
-                     + f"{_num(flops and flops / 1e9, '{:.1f}'):>10}{_num(ratio, '{:.3f}'):>10}")
-    lines += _evaluation_block(rows)
+        lines.append(f"{_name(r):<22.22}" + "".join(cells) + accs + f"{_num(ratio, '{:.3f}'):>9}")
     o = results["oracle"]["accuracy"]
-    lines.append(f"{'oracles (reference)':<22}" + " " * 20 * len(SPLITS)
-                 + "".join(f"{o[s]:>12.3f}" for s in SPLITS))
+    lines.append(f"{'oracles (reference)':<22}" + " " * 16 * len(SPLITS) + "".join(f"{o[s]:>7.3f}" for s in SPLITS))
+    lines += _evaluation_block(rows)
+    lines.append("")
+    lines += [textwrap.fill(line, WIDTH) for line in legend(results, rows)]
+    return "\n".join(lines)
+
+
+def legend(results: dict, rows: list[dict] | None = None) -> list[str]:
+    """What the table's numbers mean, one sentence group per line (the report prints them too)."""
+    rows = rows if rows is not None else results["rows"] + [results["noise_floor"]]
+    floor = results["noise_floor"]
     n = results["config"]["models"]
     nf = floor["klom_p95"]["forget"]
-    lines.append(f"\nKLoM = KL(unlearned ‖ oracle) of margins per example, in nats (lower is better; "
-                 f"cap ≈ 11.5); [95% CI over models]; N = {n} models per arm.")
+    lines = [f"KLoM = KL(unlearned ‖ oracle) of margins per example, in nats (lower is better; cap ≈ 11.5); "
+             f"[95% CI over models]; acc f/r/v = accuracy on forget/retain/val; ×retrain = FLOPs relative to "
+             f"retraining; N = {n} models per arm."]
     if nf is not None:
         lines.append(f"The noise floor (independently retrained models) reads forget p95 {nf:.2f}: no method "
                      "can be told apart from retraining below it.")
-    est = [e for e in results["config"].get("estimators", []) if e != "hist"]
+    est = [e for e in results["config"].get("estimators", []) if e != "hist"][:1]
     if est:
         lines.append(f"{'/'.join(est)}: KLoM read by a low-variance estimator (`unlearnkit list`), for small N; the "
                      "histogram above is the reference that compares with published numbers. Its p95 reaches the cap "
                      "for any method that moves a few points far: its means rank methods.")
     if any(r.get("ulira") or r.get("neurips23") or r.get("mia") for r in rows):
         lines.append("U-LiRA: accuracy of a per-example likelihood-ratio attack telling the method's models from "
-                     "oracles on forget points (0.5 ideal). NeurIPS F: the challenge's forget score, NeurIPS: "
+                     "oracles on forget points (0.5 ideal). NeurIPS F: the challenge's forget score, score: "
                      "F·(RA_u/RA_r)·(TA_u/TA_r) (higher is better; even exact retraining reads well below 1 at "
                      "finite N: compare with the noise-floor row). MIA: SVC MIA-efficacy on the forget set "
                      f"({MIA_FEATURE} feature; the noise-floor row's value is ideal).")
@@ -92,4 +112,4 @@ def format_table(results: dict) -> str:
     if n < SETTLED_N:
         lines.append(f"Warning: with N = {n} the noise floor is high (KLoM settles near N ≈ {SETTLED_N}; the reference "
                      "uses 100). Use --models 100 for numbers to publish.")
-    return "\n".join(lines)
+    return lines

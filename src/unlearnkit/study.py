@@ -1,0 +1,194 @@
+"""Studies: a grid of runs with one output folder, one table, one figure and one report.
+
+    unlearnkit study spec.toml --out studies/forget-kinds
+
+A spec file has two tables: [run], the options every cell shares (any `RunConfig` field, as
+`unlearnkit run` names them with underscores: task, methods, models, ...), and [grid], the axes whose
+product is the study (each a list of values of a `RunConfig` field: forget, seed, models, ...):
+
+    [run]
+    task = "fashion-mnist-mlp"
+    methods = ["none", "retrain", "finetune", "ga"]
+    [grid]
+    forget = ["random:100", "class:3:0.1"]
+    seed = [0, 1]
+
+Every cell is an ordinary run written to `cells/<name>/` (its results.json, scores.npz, report.html): a
+finished cell — its folder holds results.json with the cell's run id — is never recomputed, so an
+interrupted study resumes where it stopped. On the Ray backend the cells run as parallel tasks. Every
+cell's config (options, methods, forget spec, hyperparameters) is checked before any cell trains; an
+error names the spec's offending line.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import re
+import tomllib
+from pathlib import Path
+
+from .backends import current as current_backend
+from .backends import use_backend
+from .engine.compute import use
+from .errors import UnlearnkitError
+from .files import atomic_write
+from .runs import RunConfig, build_jobs, classifier_task
+from .zoo import stable_hash
+
+FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
+TUPLES = {"methods", "budgets", "estimators", "metrics", "hparams"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    base: dict
+    grid: dict[str, list]
+    cells: list[tuple[dict, RunConfig]]  # (the cell's grid values, its config)
+
+    @property
+    def study_id(self) -> str:
+        return stable_hash([c.run_id for _, c in self.cells])[:16]
+
+
+def _line(text: str, key: str) -> str:
+    for n, line in enumerate(text.splitlines(), 1):
+        if re.match(rf"\s*{re.escape(key)}\s*=", line) or line.strip() == f"[{key}]":
+            return f"line {n} ({line.strip()})"
+    return f"key {key!r}"
+
+
+def _value(key: str, v):
+    if key in TUPLES and isinstance(v, list):
+        return tuple(tuple(x) if isinstance(x, list) else x for x in v)
+    return v
+
+
+def load_study(path) -> Study:
+    """Parse and check a spec: every cell's config is built (and its methods checked) before anything runs."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise UnlearnkitError(f"cannot read the study spec {path}: {e.strerror or e}") from None
+    try:
+        spec = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UnlearnkitError(f"{path} is not valid TOML: {e}") from None
+    extra = sorted(set(spec) - {"run", "grid"})
+    if extra:
+        raise UnlearnkitError(f"{path}, {_line(text, extra[0])}: unknown table or key {extra[0]!r}; a spec has [run] "
+                              "and [grid]")
+    base, grid = spec.get("run", {}), spec.get("grid", {})
+    for table, keys in (("run", base), ("grid", grid)):
+        for k in keys:
+            if k not in FIELDS:
+                raise UnlearnkitError(f"{path}, {_line(text, k)}: unknown [{table}] key {k!r}; known: "
+                                      f"{', '.join(sorted(FIELDS))}")
+    if not grid:
+        raise UnlearnkitError(f"{path}: the [grid] table is missing or empty; give at least one axis, e.g. seed = [0, 1]")
+    for k, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise UnlearnkitError(f"{path}, {_line(text, k)}: grid axis {k!r} must be a non-empty list")
+        if k in base:
+            raise UnlearnkitError(f"{path}, {_line(text, k)}: {k!r} is both in [run] and in [grid]")
+    cells = []
+    for combo in itertools.product(*grid.values()):
+        values = dict(zip(grid, combo))
+        fields = {k: _value(k, v) for k, v in {**base, **values}.items()}
+        try:
+            config = RunConfig(**fields)
+            _check_methods(config)
+        except UnlearnkitError as e:
+            where = next((k for k in values if str(values[k]) in str(e) or k in str(e)), None)
+            at = _line(text, where) if where else "its [run] options"
+            raise UnlearnkitError(f"{path}, cell {values} ({at}): {e}") from None
+        except TypeError as e:
+            raise UnlearnkitError(f"{path}, cell {values}: {e}") from None
+        cells.append((values, config))
+    return Study(base, grid, cells)
+
+
+def _check_methods(config: RunConfig) -> None:
+    from .lm.task import LM_TASKS
+    if config.task in LM_TASKS:
+        from .lm.experiment import lm_jobs
+        lm_jobs(config)
+    else:
+        from .methods import REGISTRY
+        classifier_task(config.task)
+        build_jobs(config, REGISTRY)
+
+
+def cell_name(values: dict) -> str:
+    return "-".join(f"{k}={re.sub(r'[^A-Za-z0-9.+_-]', '_', str(v))}" for k, v in values.items())
+
+
+def _done(folder: Path, config: RunConfig) -> dict | None:
+    try:
+        results = json.loads((folder / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return results if isinstance(results, dict) and results.get("run_id") == config.run_id else None
+
+
+def _run_cell(item: tuple[str, RunConfig]) -> dict:
+    from .experiment import run
+    folder, config = item
+    return run(config, folder, overwrite=True)
+
+
+def run_study(study: Study, out: str | os.PathLike) -> dict:
+    """Run every cell not already finished under `out`; write study.json, the study's figure and report."""
+    from .report import index
+    out = Path(out)
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    todo = [(out / "cells" / cell_name(v), c) for v, c in study.cells if _done(out / "cells" / cell_name(v), c) is None]
+    if todo:
+        first = todo[0][1]
+        with use(first.compute), use_backend(first.backend, first.ray_address):
+            backend = current_backend()
+            if backend.name == "local":
+                for item in todo:
+                    _run_cell(item)
+            else:
+                list(backend.map(_run_cell, todo, first.compute))
+    cells = []
+    for values, config in study.cells:
+        folder = out / "cells" / cell_name(values)
+        results = _done(folder, config)
+        if results is None:
+            raise UnlearnkitError(f"cell {values} did not finish: {folder} has no results for it")
+        cells.append({"cell": values, "path": str(folder), "run_id": config.run_id,
+                      "rows": [_summary(r) for r in results["rows"]], "noise_floor": _summary(results["noise_floor"])})
+    summary = {"study_id": study.study_id, "run": study.base, "grid": study.grid, "cells": cells}
+    atomic_write(out / "study.json", lambda p: p.write_text(json.dumps(summary, indent=2)))
+    from .report.html import write_study_report
+    write_study_report(out, summary, format_study(summary))
+    index.record(out, {"run_id": study.study_id, "config": {**_plain(study.base), "forget": str(study.grid.get(
+        "forget", study.base.get("forget"))), "models": study.base.get("models")}}, kind="study")
+    return summary
+
+
+def _plain(base: dict) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in base.items()}
+
+
+def _summary(row: dict) -> dict:
+    return {k: row.get(k) for k in ("method", "label", "klom_p95", "accuracy", "cost_vs_retrain", "diverged")}
+
+
+def format_study(summary: dict) -> str:
+    """One line per cell and method: the cell's grid values, KLoM p95 per split, forget accuracy, ×retrain."""
+    axes = list(summary["grid"])
+    width = max([len(cell_name(c["cell"])) for c in summary["cells"]] + [4])
+    lines = [f"{'cell':<{width}}  {'method':<16}{'p95 forget':>11}{'retain':>8}{'val':>8}{'acc f':>7}{'×retrain':>9}"]
+    for c in summary["cells"]:
+        for r in c["rows"] + ([] if any(x["label"] == c["noise_floor"]["label"] for x in c["rows"]) else [c["noise_floor"]]):
+            k, ratio = r["klom_p95"], (r.get("cost_vs_retrain") or {}).get("flops")
+            fmt = lambda v, f="{:.2f}": "—" if v is None else f.format(v)  # noqa: E731
+            lines.append(f"{cell_name(c['cell']):<{width}}  {r['label']:<16}{fmt(k['forget']):>11}{fmt(k['retain']):>8}"
+                         f"{fmt(k['val']):>8}{fmt(r['accuracy']['forget'], '{:.3f}'):>7}{fmt(ratio, '{:.3f}'):>9}")
+    lines.append(f"\n{len(summary['cells'])} cells over {', '.join(axes)}; each cell's own report is in its folder.")
+    return "\n".join(lines)

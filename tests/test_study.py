@@ -1,0 +1,84 @@
+"""Studies: a grid of runs from a TOML spec, one folder, one table, one report; finished cells are never
+recomputed (an interrupted study resumes); a bad spec fails before any training, naming its line."""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from unlearnkit.cli import cli
+from unlearnkit.errors import UnlearnkitError
+from unlearnkit.study import format_study, load_study, run_study
+
+SPEC = """[run]
+task = "digits-mlp"
+methods = ["none", "retrain", "ga"]
+models = 3
+bootstrap = 0
+metrics = ["klom"]
+estimators = []
+cache_dir = "{cache}"
+
+[grid]
+forget = ["random:20", "class:3:0.5"]
+seed = [0, 1]
+"""
+
+
+def _spec(tmp_path, text=None):
+    path = tmp_path / "spec.toml"
+    path.write_text(text if text is not None else SPEC.format(cache=tmp_path / "cache"))
+    return path
+
+
+def test_a_study_runs_every_cell_and_resumes_without_recomputing(tmp_path, monkeypatch):
+    study = load_study(_spec(tmp_path))
+    assert len(study.cells) == 4 and {c.seed for _, c in study.cells} == {0, 1}
+    import unlearnkit.study as S
+    real, calls = S._run_cell, []
+
+    def interrupted(item):
+        calls.append(item[0].name)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # killed during the third cell
+        return real(item)
+    monkeypatch.setattr(S, "_run_cell", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(study, tmp_path / "out")
+    monkeypatch.setattr(S, "_run_cell", lambda item: calls.append(item[0].name) or real(item))
+    summary = run_study(study, tmp_path / "out")
+    # the rerun ran only the two unfinished cells: the interrupted one again, then the last
+    assert len(calls) == 5 and calls[3] == calls[2] and calls[4] not in calls[:4]
+    assert len(summary["cells"]) == 4
+    for c in summary["cells"]:
+        assert {r["label"] for r in c["rows"]} == {"none", "retrain", "ga"}
+        assert (tmp_path / "out" / "cells" / c["path"].rsplit("/", 1)[1] / "report.html").is_file()
+    on_disk = json.loads((tmp_path / "out" / "study.json").read_text())
+    assert on_disk["study_id"] == summary["study_id"] and (tmp_path / "out" / "figures" / "study.png").is_file()
+    text = format_study(summary)
+    assert "forget=class_3_0.5-seed=1" in text and "4 cells over forget, seed" in text
+    again = len(calls)
+    run_study(study, tmp_path / "out")  # everything finished: nothing runs
+    assert len(calls) == again
+
+
+@pytest.mark.parametrize("text, match", [
+    ("[run]\ntask = 'digits-mlp'\nnope = 3\n[grid]\nseed = [0]\n", r"line 3 \(nope = 3\): unknown \[run\] key 'nope'"),
+    ("[run]\ntask = 'digits-mlp'\n[grid]\n", "grid] table is missing or empty"),
+    ("[run]\ntask = 'digits-mlp'\n[grid]\nseed = []\n", r"line 4 \(seed = \[\]\): grid axis 'seed' must be a non-empty"),
+    ("[run]\ntask = 'digits-mlp'\n[grid]\nmethods = [['none', 'nosuch']]\n", "nosuch"),
+    ("[run]\ntask = 'digits-mlp'\n[grid]\nmodels = [4, 1]\n", r"line 4 \(models = \[4, 1\]\).*--models"),
+    ("[runs]\ntask = 'x'\n", r"line 1 \(\[runs\]\): unknown table"),
+    ("[run\n", "not valid TOML"),
+])
+def test_a_bad_spec_fails_before_any_training_naming_its_line(tmp_path, text, match):
+    with pytest.raises(UnlearnkitError, match=match):
+        load_study(_spec(tmp_path, text))
+    assert not (tmp_path / "cache").exists()
+
+
+def test_study_command(tmp_path):
+    spec = _spec(tmp_path, SPEC.format(cache=tmp_path / "cache").replace('seed = [0, 1]', 'seed = [0]')
+                 .replace('forget = ["random:20", "class:3:0.5"]', 'forget = ["random:20"]'))
+    result = CliRunner().invoke(cli, ["study", str(spec), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "1 cells over forget, seed" in result.output and (tmp_path / "out" / "report.html").is_file()
