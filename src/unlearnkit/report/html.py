@@ -94,6 +94,17 @@ def _table(results: dict) -> str:
     return "\n".join(out) + "</tbody></table>"
 
 
+def save_figure(out: Path, name: str, fig) -> str:
+    """`fig` as out/figures/NAME.png and .svg (each written atomically); returns its inline SVG and closes it."""
+    import matplotlib.pyplot as plt
+    (Path(out) / "figures").mkdir(parents=True, exist_ok=True)
+    for ext in ("png", "svg"):
+        atomic_write(Path(out) / "figures" / f"{name}.{ext}", lambda p, ext=ext: fig.savefig(p, format=ext, dpi=120))
+    svg = _svg(fig)
+    plt.close(fig)
+    return svg
+
+
 def _svg(fig) -> str:
     buffer = io.StringIO()
     fig.savefig(buffer, format="svg")
@@ -148,8 +159,6 @@ def _command(c: dict) -> str:
 def write_report(run_dir, results: dict | None = None) -> Path:
     """report.html and figures/*.png|svg for the run in `run_dir` (its files, or `results` as `run`
     returns them, with wall-clock seconds). Returns the report's path."""
-    import matplotlib.pyplot as plt
-
     from .figures import run_figures
     from .lm_table import format_lm_table
     from .scores import read_results, with_seconds
@@ -159,13 +168,7 @@ def write_report(run_dir, results: dict | None = None) -> Path:
         results = with_seconds(read_results(run_dir), run_dir)
     per_example, splits = _klom_arrays(run_dir)
     figures = run_figures(results, per_example, splits, _trajectory_arrays(run_dir))
-    (run_dir / "figures").mkdir(exist_ok=True)
-    svgs = {}
-    for name, fig in figures.items():
-        for ext in ("png", "svg"):
-            atomic_write(run_dir / "figures" / f"{name}.{ext}", lambda p, ext=ext, fig=fig: fig.savefig(p, format=ext, dpi=120))
-        svgs[name] = _svg(fig)
-        plt.close(fig)
+    svgs = {name: save_figure(run_dir, name, fig) for name, fig in figures.items()}
     if "lm_task" in results["config"]:
         lines = format_lm_table(results).splitlines()
         start = max(i for i, line in enumerate(lines) if line.startswith("oracles (reference)")) + 1
@@ -198,17 +201,10 @@ def _klom_arrays(run_dir: Path) -> tuple[dict, dict]:
 def write_ood_report(out, results: dict) -> Path:
     """report.html and figures/id_vs_ood.png|svg for an `llm ood` study (the curves, its printed table,
     the config and provenance)."""
-    import matplotlib.pyplot as plt
-
     from ..lm.ood import format_id_vs_ood
     from .figures import id_vs_ood_curves
     out = Path(out)
-    fig = id_vs_ood_curves(results)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
-    for ext in ("png", "svg"):
-        atomic_write(out / "figures" / f"id_vs_ood.{ext}", lambda p, ext=ext, fig=fig: fig.savefig(p, format=ext, dpi=120))
-    svg = _svg(fig)
-    plt.close(fig)
+    svg = save_figure(out, "id_vs_ood", id_vs_ood_curves(results))
     c = results["config"]
     page = "\n".join([
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>unlearnkit llm ood: "
@@ -224,16 +220,9 @@ def write_ood_report(out, results: dict) -> Path:
 
 def write_study_report(out, summary: dict, table: str) -> Path:
     """report.html and figures/study.png|svg of a study: its table, the per-cell figure, links to the cells' reports."""
-    import matplotlib.pyplot as plt
-
     from .figures import study_bars
     out = Path(out)
-    fig = study_bars(summary)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
-    for ext in ("png", "svg"):
-        atomic_write(out / "figures" / f"study.{ext}", lambda p, ext=ext, fig=fig: fig.savefig(p, format=ext, dpi=120))
-    svg = _svg(fig)
-    plt.close(fig)
+    svg = save_figure(out, "study", study_bars(summary))
     links = "".join(f"<li><a href='{html.escape(os.path.relpath(c['path'], out))}/report.html'>"
                     f"{html.escape(json.dumps(c['cell']))}</a> (run {html.escape(c['run_id'])})</li>" for c in summary["cells"])
     page = "\n".join([
