@@ -69,6 +69,13 @@ def test_rescore_reproduces_an_lm_run_from_its_saved_item_scores(results, tmp_pa
     assert all("knn" in r["klom_estimators"] for r in again["rows"])
 
 
+def test_the_lm_table_fits_a_terminal(results):
+    from unlearnkit.report import format_lm_table
+    text = format_lm_table(results[0])
+    assert max(len(line) for line in text.splitlines()) <= 100
+    assert "forget Q" in text and "mink++" in text and "KLoM95 forget" in text and "gauss95 forget" in text
+
+
 def test_an_lm_run_writes_a_report_that_renders_without_console_errors(results, tmp_path):
     from conftest import render_in_chromium
     _, out = results

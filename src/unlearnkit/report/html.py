@@ -160,7 +160,7 @@ def write_report(run_dir, results: dict | None = None) -> Path:
     """report.html and figures/*.png|svg for the run in `run_dir` (its files, or `results` as `run`
     returns them, with wall-clock seconds). Returns the report's path."""
     from .figures import run_figures
-    from .lm_table import format_lm_table
+    from .lm_table import lm_legend
     from .scores import read_results, with_seconds
     from .table import legend as table_legend
     run_dir = Path(run_dir)
@@ -169,12 +169,7 @@ def write_report(run_dir, results: dict | None = None) -> Path:
     per_example, splits = _klom_arrays(run_dir)
     figures = run_figures(results, per_example, splits, _trajectory_arrays(run_dir))
     svgs = {name: save_figure(run_dir, name, fig) for name, fig in figures.items()}
-    if "lm_task" in results["config"]:
-        lines = format_lm_table(results).splitlines()
-        start = max(i for i, line in enumerate(lines) if line.startswith("oracles (reference)")) + 1
-        legend = [line for line in lines[start:] if line.strip()]  # what the printed table says below itself
-    else:
-        legend = table_legend(results)
+    legend = lm_legend(results) if "lm_task" in results["config"] else table_legend(results)
     atomic_write(run_dir / "report.html", lambda p: p.write_text(render(results, svgs, legend)))
     return run_dir / "report.html"
 
