@@ -18,9 +18,9 @@ With the floor, KLoM is at most about ln(1/eps) ≈ 11.5.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from .estimators import ESTIMATORS
+from .margins import model_pair
 
 BINS, CLIP, EPS = 20, 100.0, 1e-5
 # Two samples of one distribution read mean KLoM ≈ 3.0 at N = 20, 0.86 at 50, 0.34 at 100 (shared/README.md):
@@ -36,12 +36,7 @@ def klom(unlearned, oracle, bins: int = BINS, clip: float = CLIP, eps: float = E
     to it alone) or one of the small-N estimators of `metrics.estimators` ("gauss", "knn")."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown KLoM estimator {estimator!r}; known: {', '.join(ESTIMATORS)}")
-    p_all = _as_2d(unlearned, "unlearned")
-    q_all = _as_2d(oracle, "oracle")
-    if p_all.shape[1] != q_all.shape[1]:
-        raise ValueError(f"unlearned and oracle margins cover {p_all.shape[1]} and {q_all.shape[1]} examples")
-    if p_all.shape[0] < 2 or q_all.shape[0] < 2:
-        raise ValueError("KLoM needs at least 2 models on each side")
+    p_all, q_all = model_pair(unlearned, oracle, ("unlearned", "oracle"), "KLoM", min_examples=0)
     out = np.empty(p_all.shape[1])
     fn = ESTIMATORS[estimator][0]
     if fn is not None:  # pairwise distances: (E, N, N) per block, so smaller blocks
@@ -50,15 +45,6 @@ def klom(unlearned, oracle, bins: int = BINS, clip: float = CLIP, eps: float = E
         p, q = p_all[:, s:s + chunk].T, q_all[:, s:s + chunk].T
         out[s:s + chunk] = _klom_block(p, q, bins, clip, eps, reference_binning) if fn is None else fn(p, q)
     return out
-
-
-def _as_2d(a, name: str) -> np.ndarray:
-    a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
-    if a.ndim != 2:
-        raise ValueError(f"{name} margins must be (models, examples), got shape {a.shape}")
-    if not np.isfinite(a).all():
-        raise ValueError(f"{name} margins contain NaN or inf")
-    return a.astype(np.float64)
 
 
 def _klom_block(p: np.ndarray, q: np.ndarray, bins: int, clip: float, eps: float, reference: bool):

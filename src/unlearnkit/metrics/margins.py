@@ -1,6 +1,7 @@
 """Margins and accuracies from logits (pure functions over arrays)."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -25,3 +26,33 @@ def margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-model accuracy, logits (models, examples, classes) → (models,)."""
     return (logits.argmax(dim=2) == labels.view(1, -1)).double().mean(dim=1)
+
+
+def as_model_array(a, name: str, what: str = "margins", min_examples: int = 1) -> np.ndarray:
+    """`a` (a tensor or array of one score per model and example) as a finite float64 (models, examples)
+    array, or a ValueError that names it: what every per-example metric checks first."""
+    a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+    if a.ndim != 2:
+        raise ValueError(f"{name} {what} must be (models, examples), got shape {a.shape}")
+    if a.dtype == bool:
+        a = a.astype(np.float64)
+    if not np.issubdtype(a.dtype, np.number):
+        raise ValueError(f"{name} {what} must be numeric, got dtype {a.dtype}")
+    if a.shape[1] < min_examples:
+        raise ValueError(f"{name} {what} cover no examples")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} {what} contain NaN or inf")
+    return a.astype(np.float64)
+
+
+def model_pair(a, b, names: tuple[str, str], who: str, min_models: int = 2, why: str = "",
+               min_examples: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Two arms' margins over the same examples (`as_model_array` each), with at least `min_models` models
+    per arm for the metric `who` (`why` says why, in the message)."""
+    x, y = (as_model_array(v, n, min_examples=min_examples) for v, n in zip((a, b), names))
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"{names[0]} and {names[1]} margins cover {x.shape[1]} and {y.shape[1]} examples")
+    if x.shape[0] < min_models or y.shape[0] < min_models:
+        raise ValueError(f"{who} needs at least {min_models} models per arm{why}, got {x.shape[0]} {names[0]} and "
+                         f"{y.shape[0]} {names[1]}")
+    return x, y

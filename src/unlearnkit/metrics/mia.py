@@ -16,6 +16,8 @@ import math
 import numpy as np
 import torch
 
+from .margins import as_model_array, model_pair
+
 # NeurIPS 2023 challenge constants (google-deepmind/unlearning_evaluation @ ffae0ff, metric.py lines 24-26, 77).
 DELTA = 1e-5
 EPSILON_CAP = 50.0
@@ -28,21 +30,6 @@ LOG_FLOOR = math.log(1e-30)  # Song & Mittal's `_log_value` floor, probabilities
 
 # ----------------------------------------------------------------------------------------------------------
 # Input checks
-
-
-def _as_2d(a, name: str, what: str = "margins") -> np.ndarray:
-    a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
-    if a.ndim != 2:
-        raise ValueError(f"{name} {what} must be (models, examples), got shape {a.shape}")
-    if a.dtype == bool:
-        a = a.astype(np.float64)
-    if not np.issubdtype(a.dtype, np.number):
-        raise ValueError(f"{name} {what} must be numeric, got dtype {a.dtype}")
-    if a.shape[1] == 0:
-        raise ValueError(f"{name} {what} cover no examples")
-    if not np.isfinite(a).all():
-        raise ValueError(f"{name} {what} contain NaN or inf")
-    return a.astype(np.float64)
 
 
 def _indices(idx, n: int, name: str) -> np.ndarray:
@@ -123,13 +110,8 @@ def ulira(unlearned, oracle, forget, unseen, min_std: float = 1e-6) -> dict:
       auc: threshold-free AUC of the log-likelihood ratio, unlearned-target pairs vs oracle-target pairs;
       unseen_accuracy, unseen_per_model, unseen_per_example: the same on `unseen` (control).
     """
-    u = _as_2d(unlearned, "unlearned")
-    o = _as_2d(oracle, "oracle")
-    if u.shape[1] != o.shape[1]:
-        raise ValueError(f"unlearned and oracle margins cover {u.shape[1]} and {o.shape[1]} examples")
-    if u.shape[0] < 3 or o.shape[0] < 3:
-        raise ValueError(f"U-LiRA needs at least 3 models per arm (2 left when the target is left out), got "
-                         f"{u.shape[0]} unlearned and {o.shape[0]} oracle")
+    u, o = model_pair(unlearned, oracle, ("unlearned", "oracle"), "U-LiRA", 3,
+                      " (2 left when the target is left out)")
     if not min_std > 0:
         raise ValueError(f"min_std must be positive, got {min_std}")
     n = u.shape[1]
@@ -221,12 +203,7 @@ def neurips23_epsilons(unlearned, retrained, delta: float = DELTA, chunk: int = 
     ratios (e.g. 4 of 100 models vs 1 of 100: ε = ln 4), so at N = 100 per arm exact retraining gets mean
     ε ≈ 1.6 and F ≈ 0.15-0.2; compare methods with that null, not with F = 1.
     """
-    u = _as_2d(unlearned, "unlearned")
-    r = _as_2d(retrained, "retrained")
-    if u.shape[1] != r.shape[1]:
-        raise ValueError(f"unlearned and retrained margins cover {u.shape[1]} and {r.shape[1]} examples")
-    if u.shape[0] < 2 or r.shape[0] < 2:
-        raise ValueError("the NeurIPS 2023 ε needs at least 2 models on each side")
+    u, r = model_pair(unlearned, retrained, ("unlearned", "retrained"), "the NeurIPS 2023 ε")
     if not 0 <= delta < 1:
         raise ValueError(f"delta must lie in [0, 1), got {delta}")
     tables = {}
@@ -495,8 +472,8 @@ def threshold_mia(member_scores, nonmember_scores, higher_is_member: bool = True
     Per model: balanced accuracy ½(TPR + TNR) at the best threshold (chosen on these same points, so an
     optimistic attacker; 0.5 = chance) and the AUC (ties count ½). Returns accuracy and auc (means over
     models), per_model_accuracy and per_model_auc."""
-    mem = _as_2d(member_scores, "member", "scores")
-    non = _as_2d(nonmember_scores, "nonmember", "scores")
+    mem = as_model_array(member_scores, "member", "scores")
+    non = as_model_array(nonmember_scores, "nonmember", "scores")
     if mem.shape[0] != non.shape[0]:
         raise ValueError(f"member and nonmember scores come from {mem.shape[0]} and {non.shape[0]} models")
     rows = _model_subset(models, mem.shape[0])
@@ -611,5 +588,5 @@ def _features(x, name: str) -> dict:
     if isinstance(x, dict):
         if not x:
             raise ValueError(f"{name} holds no features")
-        return {k: _as_2d(v, f"{name}[{k!r}]", "features") for k, v in x.items()}
-    return {"feature": _as_2d(x, name, "features")}
+        return {k: as_model_array(v, f"{name}[{k!r}]", "features") for k, v in x.items()}
+    return {"feature": as_model_array(x, name, "features")}
