@@ -185,7 +185,9 @@ class Bench:
                 arm = self.scores(result.logits(self.x_all))
                 reference = self.scores(result.oracle_logits(self.x_all)) if result.oracle_logits else None
             else:
-                arm = self.scores(predict(self.forward, result, self.x_all))
+                # the originals themselves (`none`) were scored when the bench was built
+                arm = (self.originals_scores if result is self.originals.params
+                       else self.scores(predict(self.forward, result, self.x_all)))
             metrics, values = row_metrics(arm, reference or self.oracles, self.oracles, self.splits, self.settings)
             row = {**metrics, **cost, "diverged": False}
             if isinstance(result, Ensemble):

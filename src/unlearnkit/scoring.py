@@ -111,7 +111,7 @@ def row_metrics(arm: ArmScores, oracle: ArmScores, oracles: ArmScores, splits: d
     if "neurips23" in s.metrics:
         eps = neurips23_epsilons(arm.margin[:, forget], oracle.margin[:, forget])
         f = neurips23_forget_score(eps, n_models=len(arm.margin))
-        acc_u, acc_o = arm.accuracies(splits), oracles.accuracies(splits)
+        acc_u, acc_o = row["accuracy"], oracles.accuracies(splits)
         row["neurips23"] = {"forget_score": float(f), "eps_mean": float(np.mean(eps)),
                             "score": float(neurips23_score(f, acc_u["retain"], acc_o["retain"], acc_u["val"],
                                                            acc_o["val"]))}
