@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import SafetensorError
@@ -15,7 +16,7 @@ from transformers import GPT2LMHeadModel, PreTrainedModel, PreTrainedTokenizerFa
 
 from unlearnkit.data.tofu_synth import to_jsonl
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.lm.checkpoint import unlearn_checkpoint
+from unlearnkit.lm.checkpoint import load_causal_lm, unlearn_checkpoint
 from unlearnkit.lm.task import get_lm_task, load_tofu
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -89,12 +90,24 @@ def test_corrupt_weights_are_refused_and_pickles_never_run(ckpt, tmp_path, damag
     if "truncated" in damage:
         _truncate(weights)
     elif "garbage" in damage:
-        weights.write_bytes(os.urandom(4000))
+        weights.write_bytes(np.random.default_rng(0).bytes(4000))
     msg = _refused("truncated, corrupt or not plain tensors", model, ckpt / "forget.jsonl", ckpt / "retain.jsonl",
                    tmp_path / "out")
     assert weights.name in msg
     assert not (tmp_path / "ran").exists()
 
+
+
+@pytest.mark.parametrize("name", ["pytorch_model.bin", "model.safetensors"])
+def test_any_garbage_weights_read_as_corrupt_not_as_another_error(ckpt, tmp_path, name):
+    """Random bytes make the unpickler fail in many ways (a missing memo key, an empty stack, a bad opcode):
+    every one is reported as corrupt weights, never as "not a causal language model"."""
+    model = _copy_model(ckpt, tmp_path)
+    (model / "model.safetensors").unlink()
+    for seed in range(40):
+        (model / name).write_bytes(np.random.default_rng(seed).bytes(4000))
+        with pytest.raises(UnlearnkitError, match="truncated, corrupt or not plain tensors"):
+            load_causal_lm(model)
 
 def test_out_in_a_read_only_directory_is_refused(ckpt, tmp_path, monkeypatch):
     ro = tmp_path / "ro"

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import numbers
-import pickle
 import shutil
 import tempfile
 import time
@@ -30,6 +29,7 @@ from transformers import (
     AutoTokenizer,
     PreTrainedModel,
 )
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 from transformers.utils import logging as hf_logging
 
 from ..data.tofu_synth import QA, from_jsonl
@@ -90,15 +90,23 @@ def load_causal_lm(model_dir: Path) -> tuple[PreTrainedModel, object]:
     if not tok("a b", add_special_tokens=False)["input_ids"]:
         raise UnlearnkitError(f"the tokenizer in {model_dir} encodes text to no tokens (an empty vocabulary); save "
                               "the model's own tokenizer there with tokenizer.save_pretrained(DIR)")
-    try:  # float32 whatever the stored dtype: Adam's small updates vanish in bf16/fp16
-        model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, attn_implementation="eager",
-                                                     dtype=torch.float32, weights_only=True)
+    try:  # the config first: its errors mean "not a causal LM", the weights' errors below mean "corrupt"
+        config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
     except (ValueError, KeyError) as e:
         raise UnlearnkitError(f"{model_dir} is not a causal language model: {str(e).splitlines()[0]}") from None
     except OSError as e:
         raise UnlearnkitError(f"cannot load a model from {model_dir}: {str(e).splitlines()[0]}") from None
-    except (SafetensorError, pickle.UnpicklingError, RuntimeError, EOFError, IndexError) as e:
-        # IndexError: torch's weights-only unpickler on some garbage bytes (pops an empty stack)
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:  # an encoder's config (BERT) has no causal-LM head
+        raise UnlearnkitError(f"{model_dir} is not a causal language model: its config is {type(config).__name__}, "
+                              "which has no causal-LM head")
+    try:  # float32 whatever the stored dtype: Adam's small updates vanish in bf16/fp16
+        model = AutoModelForCausalLM.from_pretrained(model_dir, config=config, local_files_only=True,
+                                                     attn_implementation="eager", dtype=torch.float32,
+                                                     weights_only=True)
+    except OSError as e:
+        raise UnlearnkitError(f"cannot load a model from {model_dir}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 — garbage bytes fail the (weights-only) unpickler in any way it can
+        # (a missing memo key, an empty stack, a bad UTF-8 string, a safetensors header error)
         reason = (str(e).splitlines() or [""])[0].split(". ")[0] or "unexpected end of file"
         raise UnlearnkitError(f"the weights in {model_dir} ({', '.join(f.name for f in _weight_files(model_dir))}) "
                               f"are truncated, corrupt or not plain tensors ({reason}); re-save or re-download "
