@@ -23,7 +23,8 @@ from unlearnkit.lm.model import LMForward, causal_lm_loss, init_lm_params
 from unlearnkit.lm.task import get_lm_task, load_tofu
 from unlearnkit.lm.train import lm_loss, recipe_optim
 from unlearnkit.zoo import arm_seeds
-from zoo_throughput import matmul_peak  # the sibling script (benchmarks/ is on the path when run as a script)
+from unlearnkit.engine.compute import Compute, resolve, use
+from zoo_throughput import _sync, matmul_peak  # the sibling script (benchmarks/ is on the path when run as a script)
 
 WARMUP_STEPS = 3
 
@@ -47,16 +48,17 @@ def loop_flops_per_sequence(data, batch_size: int) -> float:
     return counter.get_total_flops() / batch_size
 
 
-def time_zoo(data, seeds, batch_size: int, steps: int) -> float:
-    """Seconds for `steps` steps of N models in one vectorised `fit` (after a warm-up `fit`)."""
+def time_zoo(data, seeds, batch_size: int, steps: int, compute: Compute) -> float:
+    """Seconds for `steps` steps of N models in one vectorised `fit` (after a warm-up `fit`) on `compute`."""
     x, y = data.tensors
     loss = lm_loss(LMForward(data.config))
     stream = EpochStream(torch.arange(len(x)), seeds, batch_size)
     init = init_lm_params(data.config, seeds)
     optim = recipe_optim(data.task.recipe)
-    fit(loss, init, {"train": stream}, (x, y), WARMUP_STEPS, optim)
-    start = time.perf_counter()
-    fit(loss, init, {"train": stream}, (x, y), steps, optim)
+    with use(compute):
+        fit(loss, init, {"train": stream}, (x, y), WARMUP_STEPS, optim)
+        start = time.perf_counter()
+        fit(loss, init, {"train": stream}, (x, y), steps, optim)  # returns CPU tensors: synchronised
     return time.perf_counter() - start
 
 
@@ -74,19 +76,25 @@ def train_one(model: GPT2LMHeadModel, lr: float, x, y, batches) -> None:
         opt.step()
 
 
-def time_loop(data, seeds, batches: list[torch.Tensor]) -> float:
+def time_loop(data, seeds, batches: list[torch.Tensor], compute: Compute) -> float:
     """Seconds to train the N models one after another with torch.optim.Adam, model i on row i of each
     step's (N, b) batch indices (the zoo's batches). Model construction is not timed (the zoo's init is
-    not either); each model's optimizer setup and every step are. One throwaway model warms up first."""
-    x, y = data.tensors
+    not either); each model's optimizer setup and every step are. One throwaway model warms up first.
+    The loop trains in float32 (TF32 products where the precision is tf32): what plain training code does."""
+    dev = compute.device
+    x, y = (t.to(dev) for t in data.tensors)
+    batches = [b.to(dev) for b in batches]
     lr = data.task.recipe.lr
-    train_one(new_model(data.config, max(seeds) + 1), lr, x, y, [b[0] for b in batches[:WARMUP_STEPS]])
-    total = 0.0
-    for i, seed in enumerate(seeds):
-        model = new_model(data.config, seed)
-        start = time.perf_counter()
-        train_one(model, lr, x, y, [b[i] for b in batches])
-        total += time.perf_counter() - start
+    with use(compute):
+        train_one(new_model(data.config, max(seeds) + 1).to(dev), lr, x, y, [b[0] for b in batches[:WARMUP_STEPS]])
+        total = 0.0
+        for i, seed in enumerate(seeds):
+            model = new_model(data.config, seed).to(dev)
+            _sync(compute)
+            start = time.perf_counter()
+            train_one(model, lr, x, y, [b[i] for b in batches])
+            _sync(compute)
+            total += time.perf_counter() - start
     return total
 
 
@@ -97,7 +105,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="timed training steps per model (both paths)")
     ap.add_argument("--repeats", type=int, default=3, help="timings per path; the best is reported")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", default="fp32", help="the zoo's training precision (the loop's is fp32)")
+    ap.add_argument("--loop-models", type=int, default=None, help="models timed in the loop (default: all N); "
+                    "its tokens/s is per model, so fewer suffice")
     args = ap.parse_args()
+    compute = resolve(args.device, args.precision)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -116,9 +129,10 @@ def main() -> None:
 
     zoo_fps = zoo_flops_per_sequence(data, seeds, r.batch_size)
     loop_fps = loop_flops_per_sequence(data, b)
-    peak = max(matmul_peak() for _ in range(args.repeats))
-    zoo_s = min(time_zoo(data, seeds, r.batch_size, args.steps) for _ in range(args.repeats))
-    loop_s = min(time_loop(data, seeds, batches) for _ in range(args.repeats))
+    peak = max(matmul_peak(compute) for _ in range(args.repeats))
+    zoo_s = min(time_zoo(data, seeds, r.batch_size, args.steps, compute) for _ in range(args.repeats))
+    k = args.loop_models or args.models  # the loop's time scales with the models it trains: extrapolate to N
+    loop_s = min(time_loop(data, seeds[:k], batches, compute) for _ in range(args.repeats)) * args.models / k
 
     zoo_flops, loop_flops = zoo_fps * sequences / zoo_s, loop_fps * sequences / loop_s
     print(f"task {args.task}: N={args.models} models, {args.steps} timed steps each, batch {b}, seq len {seq_len}, "
@@ -126,7 +140,9 @@ def main() -> None:
           f"{tokens / padded:.0%} of batch tokens non-pad; best of {args.repeats}")
     print(f"training FLOPs per sequence: zoo {zoo_fps / 1e6:.1f} MFLOP, loop {loop_fps / 1e6:.1f} MFLOP "
           f"(FlopCounterMode, one step)")
-    print(f"torch.mm peak (2048², fp32, {torch.get_num_threads()} threads): {peak / 1e9:.1f} GFLOP/s")
+    print(f"{compute.describe()}; torch.mm peak (2048², {compute.precision}): {peak / 1e9:.1f} GFLOP/s"
+          f"{'' if compute.is_cuda else f', {torch.get_num_threads()} threads'}"
+          f"{'' if k == args.models else f'; loop timed on {k} models, extrapolated to {args.models}'}")
     print(f"vectorised zoo:  {tokens / zoo_s:,.0f} tokens/s ({padded / zoo_s:,.0f} padded), "
           f"{zoo_s:.2f} s; {zoo_flops / 1e9:.1f} GFLOP/s = {zoo_flops / peak:.0%} of peak")
     print(f"per-model loop:  {tokens / loop_s:,.0f} tokens/s ({padded / loop_s:,.0f} padded), "
