@@ -3,7 +3,7 @@
 # PyTorch, transformers, safetensors, click and tqdm but not this package, and no internet: src/ goes on
 # PYTHONPATH and Fashion-MNIST travels with the call. Once, here:
 #   mkdir -p .devdata && cp -r /usr/share/datasets/fashion-mnist .devdata/ && echo /.devdata/ >> .git/info/exclude
-# then: device run  command="bash benchmarks/gpu_check.sh"  carry=[".devdata"]  timeout_s=480
+# then: device run  command="bash benchmarks/gpu_check.sh"  carry=[".devdata"]  timeout_s=500
 # It prints (and saves under $OUT) the zoo-vs-loop tables of both Fashion-MNIST tasks in every precision,
 # and the whole default run at N = 100 from an empty cache.
 set -uo pipefail
@@ -14,12 +14,15 @@ OUT=${OUT:-/tmp/gpu-check}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)" | tee -a "$OUT/gpu.txt"
 step() { local t=$1; shift; echo; echo "== $1" | tee -a "$OUT/gpu_check.txt"; shift
-         timeout "$t" "$@" 2>&1 | grep -v '^train \|^predict' | tee -a "$OUT/gpu_check.txt"; }
+         timeout "$t" "$@" 2>&1 | grep --line-buffered -v '^train \|^predict' | stamp | tee -a "$OUT/gpu_check.txt"; }
+stamp() { while IFS= read -r l; do printf '%(%T)T %s\n' -1 "$l"; done; }  # when each line came: where time goes
+# 0. what the optimizer update costs on the device, compiled or op by op (why a GPU updates op by op)
+step 40 "optimizer update" python3 benchmarks/optimizer_update.py --device cuda --models 100,300
 # 1. MLP zoo vs a per-model loop (target: >= 50x the loop at N >= 300), fp32 / tf32 / bf16
-step 110 "fashion-mnist-mlp zoo" python3 benchmarks/zoo_throughput.py --device cuda --task fashion-mnist-mlp \
+step 80 "fashion-mnist-mlp zoo" python3 benchmarks/zoo_throughput.py --device cuda --task fashion-mnist-mlp \
   --models 100,300,1000 --epochs 1 --loop-models 1 --repeats 1
 # 2. CNN: an arm of 300 fits (chunked by memory if needed) and runs faster per model than at N = 100
-step 110 "fashion-mnist-cnn zoo" python3 benchmarks/zoo_throughput.py --device cuda --task fashion-mnist-cnn \
+step 60 "fashion-mnist-cnn zoo" python3 benchmarks/zoo_throughput.py --device cuda --task fashion-mnist-cnn \
   --models 100,300 --epochs 1 --loop-models 1 --repeats 1 --precisions tf32,bf16
 # 3. the same science on the GPU: CPU vs CUDA, one pass vs memory chunks, bf16 vs fp32
 step 70 "consistency" python3 benchmarks/gpu_consistency.py --task fashion-mnist-mlp --models 16
@@ -27,5 +30,5 @@ step 70 "consistency" python3 benchmarks/gpu_consistency.py --task fashion-mnist
 step 60 "tofu-synth-gpt LM zoo" python3 benchmarks/lm_throughput.py --device cuda --precision tf32 --models 128 \
   --steps 20 --repeats 1 --loop-models 2
 # 5. the whole default run at N = 100 from an empty cache (target: <= 30 s)
-step 100 "default run, N = 100" python3 benchmarks/run_wallclock.py --device cuda --models 100
+step 170 "default run, N = 100" python3 benchmarks/run_wallclock.py --device cuda --models 100 --verbose
 nvidia-smi --query-gpu=memory.used --format=csv,noheader | tee -a "$OUT/gpu.txt"

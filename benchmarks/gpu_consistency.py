@@ -31,13 +31,13 @@ from unlearnkit.zoo import arm_seeds, template, train_models
 def arm_margins(task, ds, seeds, compute: Compute) -> tuple[torch.Tensor, float, int]:
     """Validation margins (N × examples) of an arm trained on `compute`, its seconds and peak CUDA bytes."""
     if compute.is_cuda:
-        torch.cuda.reset_peak_memory_stats(compute.device)
+        torch.cuda.reset_peak_memory_stats(torch.device(compute.device))
     start = time.perf_counter()
     with use(compute):
         arm = train_models(task, ds, torch.arange(len(ds.y_train)), seeds)
         logits = predict(template(task, ds), arm.params, ds.x_val)
     seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated(compute.device) if compute.is_cuda else 0
+    peak = torch.cuda.max_memory_allocated(torch.device(compute.device)) if compute.is_cuda else 0
     return margins(logits, ds.y_val), seconds, peak
 
 

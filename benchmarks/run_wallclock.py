@@ -10,6 +10,7 @@ estimate's error is visible beside the measurement.
 from __future__ import annotations
 
 import argparse
+import logging
 import tempfile
 import time
 
@@ -24,7 +25,9 @@ def main() -> None:
     parser.add_argument("--task", default="fashion-mnist-mlp")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")
+    parser.add_argument("--verbose", action="store_true", help="log each stage (pipe through a timestamper)")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     for n in (int(v) for v in args.models.split(",")):
         with tempfile.TemporaryDirectory() as cache:
             config = RunConfig(task=args.task, models=n, cache_dir=cache, device=args.device, precision=args.precision)

@@ -63,10 +63,10 @@ class Optim:
             raise UnlearnkitError(f"schedule must be 'linear' or 'constant', got {self.schedule!r}")
 
     def build(self, tensors: list[torch.Tensor], shadows: list[torch.Tensor] | None = None,
-              chunked: bool = True) -> StackedSGD | StackedAdam:
+              cpu: bool = True) -> StackedSGD | StackedAdam:
         if self.name == "adam":
-            return StackedAdam(tensors, self.lr, self.weight_decay, shadows, chunked)
-        return StackedSGD(tensors, self.lr, self.momentum, self.weight_decay, shadows, chunked)
+            return StackedAdam(tensors, self.lr, self.weight_decay, shadows, cpu)
+        return StackedSGD(tensors, self.lr, self.momentum, self.weight_decay, shadows, cpu)
 
     def lr_at(self, step: int, total: int) -> float:
         return self.lr * (1 - step / total) if self.schedule == "linear" else self.lr
@@ -157,7 +157,7 @@ def fit(
                 live = _like_gradients(live, layouts)
                 master = {k: _laid_out_like(m, live[k]) for k, m in master.items()} if mixed else live
                 opt = optim.build(list(master.values()), list(live.values()) if mixed else None,
-                                  chunked=dev.type == "cpu")
+                                  cpu=dev.type == "cpu")
                 if resume:
                     opt.load_state_dict(_placed(resume.optimizer, dev))
                 elif carry and "optimizer" in carry:

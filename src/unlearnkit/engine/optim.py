@@ -6,10 +6,13 @@ torch.optim. What differs is speed on ensembles. An update is a handful of eleme
 models' parameters: op by op (torch.optim's way) each op streams every tensor from memory again, and
 a zoo step's optimizer was ~45% of the step. Two ways around it:
 
-- large ensembles: the update is compiled (`torch.compile`) into one fused kernel per tensor that
-  reads and writes each number once (on a GPU too, where it also saves the kernel launches);
-- otherwise (or where compiling fails): op by op, but on the CPU over cache-sized slices of ~256K
-  numbers, so that only the first op of a slice reaches main memory.
+- on the CPU, large ensembles: the update is compiled (`torch.compile`) into one fused kernel per
+  tensor that reads and writes each number once;
+- on the CPU otherwise (or where compiling fails): op by op over cache-sized slices of ~256K numbers,
+  so that only the first op of a slice reaches main memory;
+- on a GPU: op by op over whole tensors. Its memory streams an unfused update of 100 MLPs in well under
+  a millisecond, while compiling one (Triton) takes seconds for every new set of shapes a run meets
+  (each arm size, each method's trained subset): measured by benchmarks/optimizer_update.py.
 
 Mixed precision: with `shadows` (bfloat16 copies of the float32 parameters that the loss was
 differentiated with), the gradient is read from the shadow, widened to float32, applied to the float32
@@ -31,12 +34,12 @@ COMPILE_MIN = 1 << 23  # an ensemble this large (numbers) pays back a compile of
 
 class _Stacked:
     def __init__(self, params: list[torch.Tensor], lr: float, weight_decay: float,
-                 shadows: list[torch.Tensor] | None = None, chunked: bool = True):
+                 shadows: list[torch.Tensor] | None = None, cpu: bool = True):
         self.params, self.lr, self.weight_decay = params, lr, weight_decay
         self.shadows = shadows or [None] * len(params)
-        self.slices = [_chunks(p, chunked) for p in params]
+        self.slices = [_chunks(p, cpu) for p in params]
         self.state: dict = {"step": 0}
-        self.compiled = sum(p.numel() for p in params) >= COMPILE_MIN
+        self.compiled = cpu and sum(p.numel() for p in params) >= COMPILE_MIN
         self.scalars: dict[str, torch.Tensor] = {}  # per-step numbers passed to a compiled update as tensors
 
     def zero_grad(self) -> None:
@@ -90,8 +93,8 @@ class _Stacked:
 class StackedSGD(_Stacked):
     """torch.optim.SGD(momentum=m, nesterov=m > 0, weight_decay=wd), in place."""
 
-    def __init__(self, params, lr: float, momentum: float, weight_decay: float, shadows=None, chunked=True):
-        super().__init__(params, lr, weight_decay, shadows, chunked)
+    def __init__(self, params, lr: float, momentum: float, weight_decay: float, shadows=None, cpu=True):
+        super().__init__(params, lr, weight_decay, shadows, cpu)
         self.momentum = momentum
 
     @torch.no_grad()
