@@ -152,6 +152,22 @@ def test_id_vs_ood_records_a_curve_per_kind(cache_dir, tmp_path):
         id_vs_ood(config, "ga", authors=5, steps=(1,))
 
 
+def test_id_vs_ood_points_are_cells_a_rerun_reads_back(cache_dir, tmp_path, monkeypatch):
+    """The curve's points are cells (cells.run_cells): a second run with one more step count computes that
+    point alone and reads the others back."""
+    from unlearnkit.lm.experiment import LMBench
+    config = RunConfig(task=TASK, models=3, cache_dir=cache_dir, bootstrap=0)
+    first = id_vs_ood(config, "ga", authors=2, steps=(1, 6))
+    real, calls = LMBench.run_job, []
+    monkeypatch.setattr(LMBench, "run_job", lambda self, job: calls.append(job.label) or real(self, job))
+    again = id_vs_ood(config, "ga", authors=2, steps=(1, 3, 6))
+    assert calls == ["ga@3", "ga@3"]  # once per kind (in- and out-of-distribution)
+    for kind in ("in-distribution", "out-of-distribution"):
+        points = {p["steps"]: p for p in again[kind]["curve"]}
+        assert [points[p["steps"]]["forget_quality"] for p in first[kind]["curve"]] == [
+            p["forget_quality"] for p in first[kind]["curve"]]
+
+
 # --- a user's own checkpoint ----------------------------------------------------------------------------
 
 def _digest(directory):
@@ -261,3 +277,32 @@ def test_a_llama_style_checkpoint_unlearns_too(checkpoint, tmp_path):
     assert changed == {"model.layers.0.mlp.down_proj.weight"}, changed
     assert after["model.layers.0.mlp.down_proj.weight"].dtype == torch.bfloat16
     assert report["method"] == "rmu"
+
+
+def test_lm_trajectories_evaluate_every_k_steps_and_pick_the_stated_best_step(cache_dir, tmp_path):
+    """`--trajectories K` on an LM run: forget quality, utility and seq-KLoM at step 0 and every K steps, the
+    step the stated rule selects, per-item arrays in scores.npz, and the method's cost unchanged."""
+    base = dict(task=TASK, forget="authors:0.25", methods=("ga",), models=3, cache_dir=cache_dir, bootstrap=0)
+    plain = run(RunConfig(**base))["rows"][0]
+    res = run(RunConfig(**base, trajectories=2, best_step="min:forget_probability;model_utility>=0.5x"),
+              tmp_path / "out")
+    row = res["rows"][0]
+    t = row["trajectory"]
+    assert t["steps"][0] == 0 and t["steps"][1] == 2 and t["steps"] == sorted(set(t["steps"]))
+    assert len(t["forget_quality"]) == len(t["steps"]) == len(t["klom_forget"])
+    assert t["klom_forget"][-1] == pytest.approx(row["klom_p95"]["forget"])  # the last step is the row itself
+    assert t["forget_probability"][-1] < t["forget_probability"][0]  # ascent lowers the answers' probability
+    best = t["best_step"]
+    allowed = [i for i, u in enumerate(t["model_utility"]) if u >= 0.5 * t["model_utility"][0]]
+    assert best["index"] == min(allowed, key=lambda i: t["forget_probability"][i])
+    assert best["step"] == t["steps"][best["index"]] and best["rule"] == "min:forget_probability;model_utility>=0.5x"
+    assert row["flops"] == plain["flops"]  # the evaluation is not charged to the method
+    with np.load(tmp_path / "out" / "scores.npz") as z:
+        assert z["trajectory/ga/klom"].shape[0] == len(t["steps"]) == z["trajectory/ga/seq"].shape[0]
+        assert z["trajectory/ga/seq"].shape[1] == 3
+    from unlearnkit.report import format_lm_table
+    assert f"selects step {best['step']}" in format_lm_table(res).replace("\n  ", " ")
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert (tmp_path / "out" / "figures" / "steps.png").is_file() and "--best-step" in page
+    with pytest.raises(UnlearnkitError, match="--best-step"):
+        RunConfig(**base, best_step="max:accuracy")

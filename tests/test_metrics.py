@@ -346,3 +346,17 @@ def test_knn_estimator_works_with_very_few_models_and_refuses_unknown_estimators
     assert np.isfinite(klom(rng.normal(size=(2, 10)), rng.normal(size=(2, 10)), estimator="knn")).all()
     with pytest.raises(ValueError, match="unknown KLoM estimator 'kde'"):
         klom(rng.normal(size=(4, 3)), rng.normal(size=(4, 3)), estimator="kde")
+
+
+def test_a_best_step_rule_picks_the_best_step_that_meets_its_constraints():
+    from unlearnkit.metrics.trajectory import StepRule
+    curves = {"steps": [0, 5, 10, 15], "forget_quality": [0.01, 0.3, 0.6, 0.9],
+              "model_utility": [0.5, 0.48, 0.46, 0.2]}
+    assert StepRule.parse("max:forget_quality").select(curves)["step"] == 15
+    picked = StepRule.parse("max:forget_quality; model_utility >= 0.9x").select(curves)
+    assert picked["step"] == 10 and picked["model_utility"] == 0.46  # 0.2 < 0.9 × 0.5 rules out step 15
+    assert StepRule.parse("max:forget_quality;model_utility>=0.99").select(curves)["step"] is None
+    assert StepRule.parse("min:model_utility;forget_quality<=0.3").select(curves)["step"] == 5
+    for bad in ("forget_quality", "max:accuracy", "max:forget_quality;model_utility>>1", "max:model_utility;x>=1"):
+        with pytest.raises(ValueError):
+            StepRule.parse(bad)

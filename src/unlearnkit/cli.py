@@ -73,6 +73,10 @@ def cli(verbose: bool) -> None:
 @click.option("--budgets", default="", help="Comma-separated epoch budgets: one row per method and budget.")
 @click.option("--trajectories", default=0, show_default=True, type=int,
               help="Evaluate every K unlearning steps: per-example KLoM trajectories (0: off).")
+@click.option("--best-step", default=None,
+              help="LM trajectories: the rule that picks a step, max:METRIC or min:METRIC then ;METRIC>=V "
+                   "constraints (V ending in x: times the originals'). Default: "
+                   "max:forget_quality;model_utility>=0.9x.")
 @click.option("--tuned", is_flag=True, help="Use the hyperparameters `unlearnkit tune` saved for this task/forget.")
 @click.option("--datamodels", default=None, help="Saved datamodels (`unlearnkit datamodels --out`) for pc: sets.")
 @click.option("--datamodel-models", default=100, show_default=True, type=int,
@@ -169,7 +173,8 @@ def runs_compare(a, b) -> None:
 
 def _run_config(task, forget, methods, models, seed, train_size, val_size, data_dir, cache_dir, no_cache, sets,
                 reference_binning, bootstrap, budgets="", tuned=False, datamodels=None, datamodel_models=100,
-                max_hours=24.0, estimators="gauss", metrics="klom,ulira,neurips23,mia", trajectories=0, **compute):
+                max_hours=24.0, estimators="gauss", metrics="klom,ulira,neurips23,mia", trajectories=0, best_step=None,
+                **compute):
     from .experiment import RunConfig, default_forget, default_methods
 
     if methods is None:
@@ -185,7 +190,8 @@ def _run_config(task, forget, methods, models, seed, train_size, val_size, data_
                      cache_dir="" if no_cache else cache_dir, hparams=_overrides(sets),
                      reference_binning=reference_binning, bootstrap=bootstrap, budgets=budget_list, tuned=tuned,
                      datamodels=datamodels, datamodel_models=datamodel_models, max_hours=max_hours,
-                     estimators=_names(estimators), metrics=_names(metrics), trajectories=trajectories, **compute)
+                     estimators=_names(estimators), metrics=_names(metrics), trajectories=trajectories,
+                     **({"best_step": best_step} if best_step else {}), **compute)
 
 
 @cli.command()

@@ -16,6 +16,7 @@ import torch
 from . import __version__
 from .attribution.store import HELD_OUT
 from .budget import Budget, StepProfile
+from .cells import CellStore
 from .data import load_dataset
 from .engine import predict
 from .engine.observe import observing
@@ -48,6 +49,7 @@ from .zoo import (
     ZooCache,
     arm_seeds,
     cross_entropy_loss,
+    stable_hash,
     template,
     train_models,
     zoo_key,
@@ -127,7 +129,9 @@ class Bench:
     """
 
     def __init__(self, p: Prepared, forget=None):
-        self.p, self.forget = p, forget or p.forget
+        self.p, self.config, self.forget = p, p.config, forget or p.forget
+        self.forget_digest = stable_hash(self.forget.positions.tolist())
+        self.cells = CellStore(p.cache.root.parent / "cells") if p.cache else None  # finished jobs (run_jobs)
         self.retain = self.forget.retain_positions(len(p.dataset.y_train))
         ds, n, seed = p.dataset, p.config.models, p.config.seed
         self.forward = template(p.task, ds)

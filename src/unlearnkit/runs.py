@@ -5,6 +5,7 @@ among them) and the loop over them. `experiment` (classifiers) and `lm.experimen
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import os
 from collections.abc import Callable
@@ -15,7 +16,6 @@ import numpy as np
 import torch
 
 from .backends import check_backend, use_backend
-from .backends import current as current_backend
 from .budget import (
     MAX_MODELS,
     Budget,
@@ -24,10 +24,11 @@ from .budget import (
     check_models,
     parse_memory,
 )
+from .cells import cell_key, run_cells
 from .engine.compute import Compute, resolve, use
-from .engine.compute import current as current_compute
 from .errors import UnlearnkitError
 from .methods import get_method, make_hparams
+from .metrics.trajectory import StepRule
 from .scoring import DEFAULT_ESTIMATORS, DEFAULT_METRICS, check_settings
 from .tasks import TASKS, Task
 from .zoo import (
@@ -46,6 +47,11 @@ MAX_SEED = 2 ** 32 - 1
 # config fields that never change a number in results.json (models trained in memory-sized chunks, on
 # another backend, equal those of one pass)
 NOT_RESULTS = ("cache_dir", "max_hours", "max_memory", "backend", "ray_address")
+# the best step of an LM trajectory, unless the user states another: the best forget quality among the steps
+# that kept 90% of the originals' model utility
+DEFAULT_STEP_RULE = "max:forget_quality;model_utility>=0.9x"
+# config fields that choose which jobs a run has, not what any one job computes
+JOB_CHOICE = ("methods", "hparams", "budgets", "tuned")
 
 
 def default_methods(task: str) -> tuple[str, ...]:
@@ -112,6 +118,7 @@ class RunConfig:
     estimators: tuple[str, ...] = DEFAULT_ESTIMATORS  # KLoM estimators beside the reference histogram (scoring.py)
     metrics: tuple[str, ...] = DEFAULT_METRICS  # see `unlearnkit list`
     trajectories: int = 0                # evaluate every K unlearning steps (per-example trajectories); 0: off
+    best_step: str = DEFAULT_STEP_RULE   # LM trajectories: the rule that selects a step (metrics.trajectory.StepRule)
 
     def __post_init__(self):
         """Every option's range, checked when the config is made: nothing trains on a value that would
@@ -127,6 +134,10 @@ class RunConfig:
         if not 0 <= self.trajectories <= 100_000:
             raise UnlearnkitError(f"--trajectories must be a number of steps in [1, 100000] (0: off), got {self.trajectories}")
         check_backend(self.backend, self.ray_address)
+        try:
+            StepRule.parse(self.best_step)
+        except ValueError as e:
+            raise UnlearnkitError(f"--best-step: {e}") from None
         if not 0 <= self.seed <= MAX_SEED:
             raise UnlearnkitError(f"--seed must be a whole number from 0 to {MAX_SEED}, got {self.seed}")
         for name in ("train_size", "val_size"):
@@ -157,6 +168,14 @@ class RunConfig:
         """A hash of what determines the results (not where models are cached, nor the time limit, nor which
         GPU of a kind): results under this id came from exactly this run."""
         fields = {k: v for k, v in self.to_dict().items() if k not in NOT_RESULTS}
+        return stable_hash({**fields, "device": self.compute.key()["device"]})[:16]
+
+    @property
+    def bench_id(self) -> str:
+        """A hash of what all of a run's jobs share (task, data, forget spec, N, seed, metrics, device,
+        precision): with a job's own identity it keys the job's cell, so a run that adds a method
+        reuses the jobs it shares with an earlier one."""
+        fields = {k: v for k, v in self.to_dict().items() if k not in NOT_RESULTS + JOB_CHOICE}
         return stable_hash({**fields, "device": self.compute.key()["device"]})[:16]
 
 
@@ -237,18 +256,17 @@ def run_budget(profile: StepProfile, recipe, config: RunConfig, everything: torc
 
 def run_jobs(bench, jobs: list[Job]) -> tuple[list[dict], dict[str, np.ndarray], dict[str, np.ndarray], dict]:
     """Every job's row, with its cost relative to the retrain arm's; the per-example KLoM of each job that
-    finished; the score arrays of those jobs (for scores.npz); and the retrain (noise-floor) row. `bench` is a classifier `Bench` or an LM `LMBench`.
-    On a Ray backend the jobs run as parallel tasks (each charged its own seconds and FLOPs); a method
-    that trains an arm (retrain, SISA) caches it from its task, through the cache's locks and atomic
-    writes — on a cluster of several machines, give a --cache-dir that all of them share."""
-    backend = current_backend()
-    if backend.name == "local" or len(jobs) < 2:
-        done = {job.label: bench.run_job(job) for job in jobs}
-    else:
-        done = {job.label: result for job, result in backend.map(bench.run_job, jobs, current_compute())}
+    finished; the score arrays of those jobs (for scores.npz); and the retrain (noise-floor) row. `bench` is
+    a classifier `Bench` or an LM `LMBench`.
+
+    The jobs are cells (`cells.run_cells`): each is kept in the cache as it finishes, so an interrupted
+    run resumes at the first unfinished job. On a Ray backend they run as parallel tasks (each charged
+    its own seconds and FLOPs); a method that trains an arm (retrain, SISA) caches it from its task,
+    through the cache's locks and atomic writes — on a cluster of several machines, give a --cache-dir
+    that all of them share."""
+    results = run_cells(bench.cells, [(job_key(bench, job), job) for job in jobs], bench.run_job)
     rows, per_example, scores = [], {}, {}
-    for job in jobs:
-        row, extra = done[job.label]
+    for job, (row, extra) in zip(jobs, results):
         rows.append(row)
         if extra is not None:
             per_example[job.label] = extra["klom"]
@@ -258,3 +276,24 @@ def run_jobs(bench, jobs: list[Job]) -> tuple[list[dict], dict[str, np.ndarray],
         r["cost_vs_retrain"] = {k: (r[k] / floor[k] if r.get(k) is not None and floor.get(k) else None)
                                 for k in ("seconds", "flops")}
     return rows, per_example, scores, floor
+
+
+def job_key(bench, job: Job, registry: dict | None = None) -> str:
+    """The cell key of `job` on `bench`: the bench's shared settings and forget set, the job's method,
+    label, hyperparameters and budget, and the method function's source (an edited method recomputes)."""
+    fn = (registry or _registry(bench))[job.method].fn
+    try:
+        source = inspect.getsource(fn)
+    except (OSError, TypeError):
+        source = f"{fn.__module__}.{fn.__qualname__}"
+    return cell_key("job", bench.config.bench_id, bench.forget_digest, job.method, job.label,
+                    asdict(job.hparams), job.budget, job.tuned, source)
+
+
+def _registry(bench) -> dict:
+    from .lm.task import LM_TASKS
+    if bench.config.task in LM_TASKS:
+        from .methods.lm import LM_REGISTRY
+        return LM_REGISTRY
+    from .methods import REGISTRY
+    return REGISTRY

@@ -15,7 +15,8 @@ product is the study (each a list of values of a `RunConfig` field: forget, seed
 
 Every cell is an ordinary run written to `cells/<name>/` (its results.json, scores.npz, report.html): a
 finished cell — its folder holds results.json with the cell's run id — is never recomputed, so an
-interrupted study resumes where it stopped. On the Ray backend the cells run as parallel tasks. Every
+interrupted study resumes where it stopped; the cells run through `cells.run_cells`, the one way every
+grid runs (as parallel tasks on the Ray backend). Every
 cell's config (options, methods, forget spec, hyperparameters) is checked before any cell trains; an
 error names the spec's offending line.
 """
@@ -29,8 +30,8 @@ import re
 import tomllib
 from pathlib import Path
 
-from .backends import current as current_backend
 from .backends import use_backend
+from .cells import run_cells
 from .engine.compute import use
 from .errors import UnlearnkitError
 from .files import atomic_write
@@ -139,21 +140,29 @@ def _run_cell(item: tuple[str, RunConfig]) -> dict:
     return run(config, folder, overwrite=True)
 
 
+class _Finished:
+    """A study's cell store: a cell is finished when its folder holds results of its run id (`run` writes
+    them, so there is nothing to put)."""
+
+    def __init__(self, cells: dict[str, tuple[Path, RunConfig]]):
+        self.cells = cells
+
+    def get(self, key: str) -> dict | None:
+        return _done(*self.cells[key])
+
+    def put(self, key: str, result: dict) -> None:
+        pass
+
+
 def run_study(study: Study, out: str | os.PathLike) -> dict:
     """Run every cell not already finished under `out`; write study.json, the study's figure and report."""
     from .report import index
     out = Path(out)
     (out / "cells").mkdir(parents=True, exist_ok=True)
-    todo = [(out / "cells" / cell_name(v), c) for v, c in study.cells if _done(out / "cells" / cell_name(v), c) is None]
-    if todo:
-        first = todo[0][1]
-        with use(first.compute), use_backend(first.backend, first.ray_address):
-            backend = current_backend()
-            if backend.name == "local":
-                for item in todo:
-                    _run_cell(item)
-            else:
-                list(backend.map(_run_cell, todo, first.compute))
+    items = [(str(out / "cells" / cell_name(v)), (out / "cells" / cell_name(v), c)) for v, c in study.cells]
+    first = study.cells[0][1]
+    with use(first.compute), use_backend(first.backend, first.ray_address):
+        run_cells(_Finished(dict(items)), items, _run_cell)
     cells = []
     for values, config in study.cells:
         folder = out / "cells" / cell_name(values)

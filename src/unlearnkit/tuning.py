@@ -1,6 +1,9 @@
 """Fair hyperparameter tuning: every method searched with Optuna under the same trial budget, scored on
 a *tuning* forget set drawn apart from the reported one, so no method is tuned on what it is judged by.
 
+Each trial is a cell (`cells.run_cells`) kept in the cache as it finishes: the sampler is seeded, so a
+rerun of an interrupted search proposes the same trials again and reads the finished ones back.
+
 Saved configs live in <cache>/tuned/<task>/<forget spec>/<method>.json (tuned.py); `unlearnkit run --tuned`
 reads them.
 """
@@ -14,12 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .cells import run_cells
 from .errors import UnlearnkitError
 from .experiment import Bench, Job, budget, prepare
 from .files import atomic_write
 from .forget import build_forget_set
 from .methods import get_method, make_hparams
-from .runs import computing
+from .runs import computing, job_key
 from .tuned import load_tuned, tuned_path
 
 log = logging.getLogger(__name__)
@@ -85,7 +89,8 @@ def tune(run_config, tune_config: TuneConfig) -> dict:
             hp = make_hparams(method.name, values)
         except UnlearnkitError as err:  # a combination outside the valid region (e.g. msteps > epochs)
             raise optuna.TrialPruned(str(err)) from None
-        row, _ = bench.run_job(Job(method.name, method.name, hp))
+        job = Job(method.name, method.name, hp)  # a cell: a rerun of an interrupted search reuses its trials
+        (row, _), = run_cells(bench.cells, [(job_key(bench, job), job)], bench.run_job)
         trial.set_user_attr("row", {k: row[k] for k in ("klom_p95", "accuracy", "seconds", "diverged")})
         return score(row)
 

@@ -19,11 +19,15 @@ import torch
 
 from .. import __version__
 from ..budget import Budget, StepProfile
+from ..cells import CellStore
+from ..engine.observe import observing
 from ..errors import Diverged, UnlearnkitError
 from ..methods.lm import LM_REGISTRY, LMContext
 from ..metrics import bootstrap_p95, klom, summarize
 from ..metrics import llm as M
+from ..metrics.trajectory import StepRule
 from ..runs import (
+    NOISE_FLOOR_METHOD,
     Job,
     RunConfig,
     build_jobs,
@@ -32,11 +36,12 @@ from ..runs import (
     run_budget,
     run_jobs,
 )
-from ..zoo import ORACLE_SEEDS, ORIGINAL_SEEDS, ZooCache, arm_seeds
+from ..zoo import ORACLE_SEEDS, ORIGINAL_SEEDS, ZooCache, arm_seeds, stable_hash
 from .evaluate import MIA_ATTACKS, ItemScores, score_items
 from .model import LMForward, build_lm, init_lm_params
 from .task import DEFAULT_LM_METHODS, TofuData, get_lm_task, load_tofu  # noqa: F401 (re-exported)
 from .tokenizer import special_ids
+from .trajectories import LMRecorder
 from .train import lm_key, lm_loss, train_lm_models
 
 log = logging.getLogger(__name__)
@@ -66,7 +71,9 @@ class LMBench:
         d, n, seed = self.data, config.models, config.seed
         self.forget = d.forget_positions(config.forget, seed)
         self.retain = np.setdiff1d(np.arange(len(d.items)), self.forget)
+        self.forget_digest = stable_hash(np.asarray(self.forget).tolist())
         self.cache = cache
+        self.cells = CellStore(cache.root.parent / "cells") if cache else None  # finished jobs (run_jobs)
         self.forward = LMForward(d.config)
         self.generator = build_lm(d.config)
         self.originals = train_lm_models(d.config, d.tensors, torch.arange(len(d.items)),
@@ -101,6 +108,14 @@ class LMBench:
                          lm_config=d.config,
                          recipe=self.task.recipe, max_len=self.task.max_len)
 
+    def recorder(self, job: Job) -> LMRecorder | None:
+        """A per-step evaluator, started at the originals, for a method that trains (when asked)."""
+        if not self.config.trajectories or not hasattr(job.hparams, "epochs") or job.method == NOISE_FLOOR_METHOD:
+            return None
+        recorder = LMRecorder(self)
+        recorder(0, self.originals.params)
+        return recorder
+
     def run_job(self, job: Job) -> tuple[dict, dict | None]:
         """One results row, and (unless the method diverged) {"klom": per-example KLoM, "scores": the
         arrays scores.npz keeps for the row}."""
@@ -109,13 +124,25 @@ class LMBench:
         start = time.perf_counter()
         extra = None
         try:
-            params, cost = ctx.charged(LM_REGISTRY[job.method].fn, job.hparams)
+            recorder = self.recorder(job)
+            if recorder is None:
+                params, cost = ctx.charged(LM_REGISTRY[job.method].fn, job.hparams)
+            else:  # evaluated every K steps, outside the method's charged seconds and FLOPs
+                template = {k: tuple(v.shape) for k, v in self.originals.params.items()}
+                with observing(recorder, self.config.trajectories, template) as watched:
+                    params, cost = ctx.charged(LM_REGISTRY[job.method].fn, job.hparams)
+                cost["seconds"] -= watched.seconds
             if not all(torch.isfinite(v).all() for v in params.values()):
                 raise Diverged(-1, [])
             scores = self.score(params)
             row, values = lm_row(scores, self.oracle_scores, self.config)
             row.update({**cost, "diverged": False})
             extra = {"klom": values, "scores": item_score_arrays(scores, f"row/{job.label}")}
+            if recorder is not None:
+                if recorder.steps[-1] != watched.steps:
+                    recorder(watched.steps, params)  # where the method stopped
+                row["trajectory"], arrays = recorder.result(StepRule.parse(self.config.best_step))
+                extra["scores"].update({f"trajectory/{job.label}/{k}": v for k, v in arrays.items()})
         except Diverged as err:
             log.warning("method %s diverged: %s", job.label, err)
             row = diverged_lm_row(time.perf_counter() - start, str(err))

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cells import run_cells
 from ..errors import UnlearnkitError
 from ..files import atomic_write
 from ..methods.base import make_hparams
@@ -37,7 +38,7 @@ from ..methods.lm import LM_REGISTRY
 from ..metrics import generative as G
 from ..metrics.mia import neurips23_epsilons, neurips23_forget_score
 from ..report import check_output, claim_output, release_output
-from ..runs import Job, RunConfig, computing, default_cache_dir
+from ..runs import Job, RunConfig, computing, default_cache_dir, job_key
 from ..zoo import ZooCache, stable_hash
 from .experiment import LMBench, lm_budget
 from .task import get_lm_task, load_tofu
@@ -93,17 +94,18 @@ def id_vs_ood(config: RunConfig, method: str, authors: int, steps: tuple[int, ..
         oracle = bench.oracle_scores["forget"].seq
         original = bench.originals_scores["forget"].seq
         read = [(0, original)]  # (steps, forget-item scores of the N models after that many steps)
+        jobs = [Job(f"{method}@{s}", method, dataclasses.replace(hp, epochs=s / per_epoch), s)
+                for s in sorted(set(steps))]  # the points are cells: an interrupted curve resumes
         curve = []
-        for s in sorted(set(steps)):
-            label = f"{method}@{s}"
-            row, extra = bench.run_job(Job(label, method, dataclasses.replace(hp, epochs=s / per_epoch), s))
-            seq = None if extra is None else extra["scores"][f"row/{label}/forget/seq"]
-            curve.append({"steps": s, **{k: row.get(k) for k in (
+        for job, (row, extra) in zip(jobs, run_cells(bench.cells, [(job_key(bench, j), j) for j in jobs],
+                                                      bench.run_job)):
+            seq = None if extra is None else extra["scores"][f"row/{job.label}/forget/seq"]
+            curve.append({"steps": job.budget, **{k: row.get(k) for k in (
                 "forget_quality", "model_utility", "forget_rouge", "mia_auc", "diverged", "seconds")},
                 "forget_probability": row["probability"]["forget"] if not row["diverged"] else None,
                 **generative_quality(seq, oracle)})
             if seq is not None:
-                read.append((s, seq))
+                read.append((job.budget, seq))
         done = [p for p in curve if (p["forget_quality"] or 0) >= FORGOTTEN]
         results[kind] = {"spec": spec, "curve": curve,
                          "steps_to_forget": done[0]["steps"] if done else None,

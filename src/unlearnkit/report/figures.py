@@ -125,7 +125,10 @@ def run_figures(results: dict, per_example: dict[str, np.ndarray], splits: dict[
     """{name: figure} for a run: the classifier's three (and the trajectories, when the run recorded
     them), or the LM trade-off and KLoM distributions."""
     if "lm_task" in results["config"]:
-        return {"tradeoff": lm_tradeoff(results), "klom": klom_distributions(results, per_example, splits)}
+        out = {"tradeoff": lm_tradeoff(results), "klom": klom_distributions(results, per_example, splits)}
+        if any(r.get("trajectory") for r in results["rows"]):
+            out["steps"] = lm_steps(results)
+        return out
     out = {"klom": klom_distributions(results, per_example, splits), "cost": cost_frontier(results),
            "accuracy": accuracy_vs_oracles(results)}
     if trajectory_arrays and any(r.get("trajectory") for r in results["rows"]):
@@ -153,6 +156,34 @@ def trajectories(results: dict, arrays: dict[str, np.ndarray]) -> Figure:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("KLoM, forget points (nats)")
     axes[0][-1].legend(fontsize=8)
+    return fig
+
+
+def lm_steps(results: dict) -> Figure:
+    """LM methods evaluated during unlearning: forget quality, model utility and forget-set KLoM p95 over
+    the steps, one line per method, its rule's selected step circled (the last step is what the row reports)."""
+    rows = [r for r in results["rows"] if r.get("trajectory")]
+    fig, axes = plt.subplots(1, 3, figsize=(13.5, 3.8), layout="constrained")
+    for j, r in enumerate(rows):
+        t, b = r["trajectory"], r["trajectory"]["best_step"]
+        for ax, key in zip(axes, ("forget_quality", "model_utility", "klom_forget")):
+            y = [np.nan if v is None else (max(v, 1e-12) if key == "forget_quality" else v) for v in t[key]]
+            ax.plot(t["steps"], y, "o-", ms=3, color=f"C{j}", label=_label(r))
+            if b["step"] is not None:
+                ax.plot(b["step"], y[b["index"]], "o", ms=11, mfc="none", mec=f"C{j}", mew=1.6)
+    floor = results["noise_floor"]
+    axes[0].axhline(0.05, color="0.6", lw=0.8, ls=":")
+    if floor["klom_p95"]["forget"] is not None:
+        axes[2].axhline(floor["klom_p95"]["forget"], label="noise floor p95", **FLOOR_STYLE)
+    axes[0].set(yscale="log", ylabel="forget quality (KS p-value)", title="Forget quality (higher: closer to oracles)")
+    axes[1].set(ylabel="model utility", title="Model utility")
+    axes[2].set(ylabel="seq-KLoM p95, forget", title="Forget-set KLoM p95 (lower is better)")
+    for ax in axes:
+        ax.set(xlabel="unlearning step")
+        ax.grid(alpha=0.3)
+    axes[2].legend(fontsize=8)
+    fig.suptitle(f"Evaluated during unlearning; circled: the step {rows[0]['trajectory']['best_step']['rule']} "
+                 "selects" if rows else "", fontsize=9)
     return fig
 
 

@@ -153,6 +153,10 @@ def _command(c: dict) -> str:
              f"--models {c['models']}", f"--seed {c['seed']}", f"--device {c.get('device')}",
              f"--precision {c.get('precision')}"]
     parts += [f"--set {m}.{n}={v}" for m, n, v in c.get("hparams", [])]
+    if c.get("trajectories"):
+        parts.append(f"--trajectories {c['trajectories']}")
+        if "lm_task" in c:
+            parts.append(f"--best-step '{c['best_step']}'")
     return " ".join(parts)
 
 
@@ -160,7 +164,7 @@ def write_report(run_dir, results: dict | None = None) -> Path:
     """report.html and figures/*.png|svg for the run in `run_dir` (its files, or `results` as `run`
     returns them, with wall-clock seconds). Returns the report's path."""
     from .figures import run_figures
-    from .lm_table import lm_legend
+    from .lm_table import lm_legend, step_lines
     from .scores import read_results, with_seconds
     from .table import legend as table_legend
     run_dir = Path(run_dir)
@@ -169,7 +173,8 @@ def write_report(run_dir, results: dict | None = None) -> Path:
     per_example, splits = _klom_arrays(run_dir)
     figures = run_figures(results, per_example, splits, _trajectory_arrays(run_dir))
     svgs = {name: save_figure(run_dir, name, fig) for name, fig in figures.items()}
-    legend = lm_legend(results) if "lm_task" in results["config"] else table_legend(results)
+    legend = (lm_legend(results) + step_lines(results["rows"])[1:] if "lm_task" in results["config"]
+              else table_legend(results))
     atomic_write(run_dir / "report.html", lambda p: p.write_text(render(results, svgs, legend)))
     return run_dir / "report.html"
 

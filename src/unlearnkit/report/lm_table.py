@@ -43,9 +43,30 @@ def format_lm_table(results: dict) -> str:
         cells += "".join(f"{_num(((r.get('klom_estimators') or {}).get(e) or {}).get('p95', {}).get('forget')):>15}"
                          for e in est)
         lines.append(f"{_name(r):<21.21}{cells}{_num(r.get('seconds'), '{:.1f}'):>9}")
+    lines += step_lines(results["rows"])
     lines.append("")
     lines += [textwrap.fill(line, WIDTH) for line in lm_legend(results)]
     return "\n".join(lines)
+
+
+def step_lines(rows: list[dict]) -> list[str]:
+    """Per method evaluated during unlearning (--trajectories): the step its rule selects against the last."""
+    out = []
+    for r in rows:
+        t = r.get("trajectory")
+        if not t:
+            continue
+        b = t["best_step"]
+        head = f"{_name(r)}: evaluated at {len(t['steps'])} steps (0–{t['steps'][-1]}); {b['rule']}"
+        if b["step"] is None:
+            out.append(textwrap.fill(f"{head}: no step meets it", WIDTH))
+            continue
+        parts = [f"{name} {_num(b[key], fmt)} (last {_num(t[key][-1], fmt)})" for name, key, fmt in (
+            ("forget Q", "forget_quality", "{:.3g}"), ("utility", "model_utility", "{:.3f}"),
+            ("KLoM95 forget", "klom_forget", "{:.2f}"))]
+        out.append(textwrap.fill(f"{head} selects step {b['step']}: " + ", ".join(parts), WIDTH,
+                                 subsequent_indent="  "))
+    return [""] + out if out else []
 
 
 def lm_legend(results: dict) -> list[str]:

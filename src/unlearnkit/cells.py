@@ -1,0 +1,105 @@
+"""The one way a grid runs: cells, each computed once, kept as it finishes, run through the backend.
+
+Every grid unlearnkit runs is a list of cells: a run's jobs (methods × `--budgets`), `unlearnkit tune`'s
+trials, `llm ood`'s (forget set × steps) points, and a study's runs. `run_cells` looks each cell up in
+a store by a key that hashes everything that makes its result, computes only the missing ones through
+the execution backend (one after another here, as parallel tasks on Ray), and keeps each result the
+moment it arrives. So an interrupted run, search or study resumes where it stopped, and a cell that
+finished is never computed again.
+
+`CellStore` keeps job results in the cache (`<cache>/cells/<key>`): a JSON result and the arrays beside
+it (per-example KLoM, the scores behind `scores.npz`). The arrays are written first and the JSON last,
+each atomically, so the JSON's presence says the cell is whole; an entry that cannot be read back
+(a damaged file) is computed again, never trusted.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import zipfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .backends import current as current_backend
+from .engine.compute import current as current_compute
+from .files import atomic_write
+from .zoo import stable_hash
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+
+
+def cell_key(*parts) -> str:
+    """A cell's key: a hash of what made it (and of the code's version, so an upgrade recomputes)."""
+    return stable_hash({"cell": parts, "unlearnkit": __version__, "format": FORMAT})[:32]
+
+
+class CellStore:
+    """Finished cells under `root`, each `(row, extra)` as `Bench.run_job` returns it: `row` a JSON dict,
+    `extra` None or {"klom": array, "scores": {name: array}}."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def get(self, key: str):
+        meta, arrays = self.root / f"{key}.json", self.root / f"{key}.npz"
+        if not meta.exists():
+            return None
+        try:
+            saved = json.loads(meta.read_text())
+            if saved.get("key") != key:
+                raise ValueError("the entry names another key")
+            if not saved["arrays"]:
+                return saved["row"], None
+            with np.load(arrays) as z:
+                scores = {name[len("scores/"):]: z[name] for name in z.files if name.startswith("scores/")}
+                return saved["row"], {"klom": z["klom"], "scores": scores}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            log.warning("cell %s cannot be read back (%s): computing it again", key, e)
+            return None
+
+    def put(self, key: str, result) -> None:
+        row, extra = result
+        self.root.mkdir(parents=True, exist_ok=True)
+        if extra is not None:
+            arrays = {"klom": np.asarray(extra["klom"]), **{f"scores/{k}": np.asarray(v)
+                                                            for k, v in extra["scores"].items()}}
+            atomic_write(self.root / f"{key}.npz", lambda p: _save_npz(p, arrays))
+        atomic_write(self.root / f"{key}.json", lambda p: p.write_text(json.dumps(
+            {"key": key, "arrays": extra is not None, "row": row})))
+
+
+def _save_npz(path: Path, arrays: dict) -> None:
+    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to the temporary's name
+        np.savez(f, **arrays)
+
+
+def run_cells(store, cells: Iterable[tuple[str, object]], compute: Callable) -> list:
+    """`compute(item)` for every (key, item) whose key `store` (None: no store) has no result for, through
+    the current backend; each result is put in the store as it arrives. Returns the results in order.
+
+    A result goes through the store's JSON and arrays even when just computed, so a cell reads the
+    same whether it was computed now or loaded (a rerun's files equal the first run's)."""
+    cells = list(cells)
+    results: dict[str, object] = {}
+    for key, _ in cells:
+        if store is not None and key not in results and (hit := store.get(key)) is not None:
+            results[key] = hit
+    todo = {key: item for key, item in cells if key not in results}  # a key twice is computed once
+    if todo:
+        backend = current_backend()
+        by_item = {id(item): key for key, item in todo.items()}  # the backend hands back the objects sent
+        for item, result in backend.map(compute, list(todo.values()), current_compute()):
+            key = by_item[id(item)]
+            if store is not None:
+                store.put(key, result)
+                result = store.get(key) or result
+            results[key] = result
+    return [results[key] for key, _ in cells]
+
+
+__all__ = ["CellStore", "cell_key", "run_cells"]
