@@ -16,15 +16,15 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import GPT2LMHeadModel
+from zoo_throughput import _sync, matmul_peak  # the sibling script (benchmarks/ is on the path when run as a script)
 
 from unlearnkit.engine import EpochStream, fit
+from unlearnkit.engine.compute import Compute, resolve, use
 from unlearnkit.lm import special_ids
 from unlearnkit.lm.model import LMForward, causal_lm_loss, init_lm_params
 from unlearnkit.lm.task import get_lm_task, load_tofu
 from unlearnkit.lm.train import lm_loss, recipe_optim
 from unlearnkit.zoo import arm_seeds
-from unlearnkit.engine.compute import Compute, resolve, use
-from zoo_throughput import _sync, matmul_peak  # the sibling script (benchmarks/ is on the path when run as a script)
 
 WARMUP_STEPS = 3
 

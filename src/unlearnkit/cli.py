@@ -244,9 +244,9 @@ def datamodels(task, models, subset, seed, train_size, data_dir, cache_dir, trak
     from .attribution import compute_datamodels, save_datamodels, trak_lds
     from .attribution.store import datamodels_id
     from .backends import use_backend
-    from .engine.compute import use
     from .budget import MAX_MODELS
     from .data import load_dataset
+    from .engine.compute import use
     from .experiment import RunConfig, default_cache_dir
     from .report import check_output
     from .runs import classifier_task
@@ -277,6 +277,44 @@ def datamodels(task, models, subset, seed, train_size, data_dir, cache_dir, trak
                    f"LDS train {extra['lds_train']:.3f}, validation {extra['lds_val']:.3f}")
     click.echo(f"saved {out}/datamodels.safetensors and {out}/datamodels.json")
 
+
+@cli.command(name="corrective")
+@click.option("--task", default="fashion-mnist-mlp", show_default=True)
+@click.option("--manip", "manipulation", default="poison:100", show_default=True,
+              help="The manipulation of the training set: poison:K[:target=T][:patch=P], swap:A:B:K or noise:K.")
+@click.option("--identified", default="0.1,0.25,0.5,1.0", show_default=True,
+              help="Comma-separated fractions of the manipulated set the unlearner is told, each in (0, 1].")
+@click.option("--methods", default=None, help="Comma-separated methods (default: none, filter, finetune, neggrad+, "
+                                              "acdc, nablatau, llmu, ssd, potion, potion-lf, potion+finetune).")
+@click.option("--models", default=16, show_default=True, type=int, help="N models per arm.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--train-size", default=None, type=int, help="Training examples (default: the task's).")
+@click.option("--data-dir", default=None, help="Dataset directory (default $UNLEARNKIT_DATA or the system's).")
+@click.option("--cache-dir", default=None, help="Model cache (default $UNLEARNKIT_CACHE or ~/.cache/unlearnkit).")
+@click.option("--set", "sets", multiple=True, help="Hyperparameter override METHOD.NAME=VALUE (repeatable).")
+@click.option("--bootstrap", default=0, show_default=True, type=int, help="Bootstrap replicates for KLoM p95 intervals.")
+@click.option("--max-hours", default=24.0, show_default=True, type=float)
+@click.option("--out", default=None, help="Directory for corrective.json, report.html and the figure.")
+@click.option("--overwrite", is_flag=True, help="Replace another study's corrective.json in --out.")
+@_compute_options
+def corrective_cmd(task, manipulation, identified, methods, models, seed, train_size, data_dir, cache_dir, sets,
+                   bootstrap, max_hours, out, overwrite, **compute) -> None:
+    """Corrective unlearning: a manipulated training set, a fraction of it identified, oracles retrained on
+    the corrected data; one table per fraction and each metric against the fraction."""
+    from .corrective import DEFAULT_METHODS, corrective, format_corrective
+    from .experiment import RunConfig
+
+    try:
+        fractions = tuple(float(f) for f in identified.split(",") if f.strip())
+    except ValueError:
+        raise UnlearnkitError(f"--identified expects comma-separated fractions in (0, 1], got {identified!r}") from None
+    names = tuple(m.strip() for m in methods.split(",") if m.strip()) if methods else DEFAULT_METHODS
+    config = RunConfig(task=task, forget=manipulation, methods=names, models=models, seed=seed, train_size=train_size,
+                       data_dir=data_dir, cache_dir=cache_dir, hparams=_overrides(sets), bootstrap=bootstrap,
+                       max_hours=max_hours, **compute)
+    click.echo(format_corrective(corrective(config, manipulation, fractions, out, overwrite)))
+    if out:
+        click.echo(f"\nwrote {out}/corrective.json, {out}/report.html and {out}/figures/corrective.png")
 
 @cli.group()
 def llm() -> None:
@@ -350,12 +388,12 @@ def list_(as_json: bool) -> None:
     """Show tasks, methods, forget-set kinds, metrics and KLoM estimators."""
     import dataclasses
 
-    from .metrics.estimators import ESTIMATORS
-    from .scoring import METRICS
     from .forget import KINDS
     from .lm.task import LM_TASKS
     from .methods import REGISTRY
     from .methods.lm import LM_REGISTRY
+    from .metrics.estimators import ESTIMATORS
+    from .scoring import METRICS
     from .tasks import TASKS
 
     def methods(registry):

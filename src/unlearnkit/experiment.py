@@ -51,6 +51,7 @@ from .zoo import (
     cross_entropy_loss,
     stable_hash,
     template,
+    tensor_digest,
     train_models,
     zoo_key,
 )
@@ -128,23 +129,31 @@ class Bench:
     and scores it against the oracles.
     """
 
-    def __init__(self, p: Prepared, forget=None):
+    def __init__(self, p: Prepared, forget=None, oracle_positions=None, blocks=(), splits=None):
+        """`forget` replaces the run's forget set (tuning); `oracle_positions` what the oracles and the
+        noise-floor arm train on (default: all but the forget set; corrective unlearning retrains on the
+        corrected data instead); `blocks` are (x, y) evaluated after the validation set and `splits`
+        names the positions of every split (default forget, retain, val)."""
         self.p, self.config, self.forget = p, p.config, forget or p.forget
-        self.forget_digest = stable_hash(self.forget.positions.tolist())
-        self.cells = CellStore(p.cache.root.parent / "cells") if p.cache else None  # finished jobs (run_jobs)
         self.retain = self.forget.retain_positions(len(p.dataset.y_train))
+        self.oracle_positions = self.retain if oracle_positions is None else np.asarray(oracle_positions)
         ds, n, seed = p.dataset, p.config.models, p.config.seed
         self.forward = template(p.task, ds)
-        everything, retain = torch.arange(len(ds.y_train)), torch.as_tensor(self.retain)
+        everything, retain = torch.arange(len(ds.y_train)), torch.as_tensor(self.oracle_positions)
         seeds = {"originals": arm_seeds(ORIGINAL_SEEDS, n, seed), "oracles": arm_seeds(ORACLE_SEEDS, n, seed)}
         self.originals = train_models(p.task, ds, everything, seeds["originals"], p.cache, "originals")
         oracles = train_models(p.task, ds, retain, seeds["oracles"], p.cache, "oracles")
         # what names the reference arms in a cache (the report's provenance)
         self.cache_keys = {"originals": zoo_key(p.task, ds, everything, seeds["originals"]),
                            "oracles": zoo_key(p.task, ds, retain, seeds["oracles"])}
-        self.x_all, self.y_all = torch.cat([ds.x_train, ds.x_val]), torch.cat([ds.y_train, ds.y_val])
-        self.splits = {"forget": self.forget.positions, "retain": self.retain,
-                       "val": np.arange(len(ds.y_train), len(self.y_all))}
+        self.x_all = torch.cat([ds.x_train, ds.x_val, *(x for x, _ in blocks)])
+        self.y_all = torch.cat([ds.y_train, ds.y_val, *(y for _, y in blocks)])
+        self.splits = splits or {"forget": self.forget.positions, "retain": self.retain,
+                                 "val": np.arange(len(ds.y_train), len(ds.y_train) + len(ds.y_val))}
+        # with the config's bench_id, what keys this bench's jobs (cells.py): data, forget set, oracles, blocks
+        self.bench_digest = stable_hash([ds.fingerprint, tensor_digest(torch.as_tensor(self.forget.positions)),
+                                         tensor_digest(retain), [[tensor_digest(t) for t in b] for b in blocks]])
+        self.cells = CellStore(p.cache.root.parent / "cells") if p.cache else None  # finished jobs (run_jobs)
         self.settings = Settings.of(p.config)
         self.oracles = self.scores(predict(self.forward, oracles.params, self.x_all))
         self.originals_scores = self.scores(predict(self.forward, self.originals.params, self.x_all))
@@ -168,7 +177,9 @@ class Bench:
         """One results row, and (unless the method diverged) {"klom": per-example KLoM, "scores": the
         arrays scores.npz keeps for the row}."""
         p = self.p
-        ctx = Context(p.task, p.dataset, self.forward, self.originals.params, self.forget.positions, self.retain,
+        # the noise-floor arm is an independent arm of oracles: it trains on what they train on
+        retain = self.oracle_positions if job.method == NOISE_FLOOR_METHOD else self.retain
+        ctx = Context(p.task, p.dataset, self.forward, self.originals.params, self.forget.positions, retain,
                       arm_seeds(ORIGINAL_SEEDS, p.config.models, p.config.seed), p.config.seed, p.cache)
         log.info("method %s", job.label)
         start = time.perf_counter()

@@ -286,7 +286,7 @@ def job_key(bench, job: Job, registry: dict | None = None) -> str:
         source = inspect.getsource(fn)
     except (OSError, TypeError):
         source = f"{fn.__module__}.{fn.__qualname__}"
-    return cell_key("job", bench.config.bench_id, bench.forget_digest, job.method, job.label,
+    return cell_key("job", bench.config.bench_id, bench.bench_digest, job.method, job.label,
                     asdict(job.hparams), job.budget, job.tuned, source)
 
 

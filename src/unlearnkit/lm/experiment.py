@@ -41,8 +41,8 @@ from .evaluate import MIA_ATTACKS, ItemScores, score_items
 from .model import LMForward, build_lm, init_lm_params
 from .task import DEFAULT_LM_METHODS, TofuData, get_lm_task, load_tofu  # noqa: F401 (re-exported)
 from .tokenizer import special_ids
-from .trajectories import LMRecorder
 from .train import lm_key, lm_loss, train_lm_models
+from .trajectories import LMRecorder
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class LMBench:
         d, n, seed = self.data, config.models, config.seed
         self.forget = d.forget_positions(config.forget, seed)
         self.retain = np.setdiff1d(np.arange(len(d.items)), self.forget)
-        self.forget_digest = stable_hash(np.asarray(self.forget).tolist())
+        self.bench_digest = stable_hash(np.asarray(self.forget).tolist())  # with config.bench_id: its jobs' key
         self.cache = cache
         self.cells = CellStore(cache.root.parent / "cells") if cache else None  # finished jobs (run_jobs)
         self.forward = LMForward(d.config)

@@ -1,10 +1,14 @@
 """Unlearning methods, one file each, registered by name (see base.py for the contract)."""
 from . import (  # noqa: F401
+               acdc,
                bad_teacher,
                dmm,
+               filter,
                finetune,
                ga,
                l1_sparse,
+               llmu,
+               nablatau,
                neggrad_plus,
                newton,
                none,

@@ -44,3 +44,24 @@ def diagonal_fisher(ctx: Context, positions, batch_size: int, params: Params | N
         for k, g in grads.items():
             total[k] += g.square()
     return {k: v / n_batches for k, v in total.items()}
+
+
+def output_norm_importance(ctx: Context, positions, batch_size: int, name: str = "importance:lf") -> Params:
+    """Label-free importances (Potion's "XALFSSD", reference `ParameterPerturber.calc_importance` with
+    label_free=True, x_D=True): for every batch, |∂ (batch mean of ‖f(x)‖₂) / ∂p|, averaged over the batches.
+    No labels are read, so importances on poisoned or mislabelled examples are not steered by the wrong
+    labels (the "outlier-resistant" variant of Schoepf et al. 2024)."""
+    stream = ctx.stream(name, positions, batch_size)
+    x = ctx.dataset.x_train
+
+    def loss(p, xb):
+        return torch.linalg.vector_norm(ctx.forward(p, xb), dim=-1).mean()
+
+    per_model_grad = torch.vmap(torch.func.grad(loss))
+    detached = {k: v.detach() for k, v in ctx.originals.items()}
+    total = {k: torch.zeros_like(v) for k, v in detached.items()}
+    batches = stream.batches(0)
+    for _ in range(stream.steps_per_epoch):
+        for k, g in per_model_grad(detached, x[next(batches)]).items():
+            total[k] += g.abs()
+    return {k: v / stream.steps_per_epoch for k, v in total.items()}

@@ -9,6 +9,7 @@ import torch
 from ..engine import Params, predict
 from ..metrics import accuracy
 from .base import Context, HParams, register
+from .importance import output_norm_importance
 from .ssd import dampen, finetune_from, ssd_importances, with_finetune
 
 log = logging.getLogger(__name__)
@@ -133,8 +134,9 @@ def potion(ctx: Context, hp: PotionParams) -> Params:
     ρ = 0 suits poison or class forgetting (digits-mlp class:3 stops after 40-80 tries); on random forget
     sets the points stay classified by generalisation, ρ = 0 is unreachable, and the search ends at the cap
     with s ≈ s0·1.1^499 and ~45 % of parameters dampened (a badly damaged model): raise ρ there.
-    Deviations: each model searches its own s; batches are shuffled per model; the label-free variant
-    (XALFSSD) is not implemented; nothing is cached on disk (importances are computed once per call).
+    Deviations: each model searches its own s; batches are shuffled per model; nothing is cached on disk
+    (importances are computed once per call). This is the labelled variant (the reference's `ASSD`); the
+    label-free one its paper runs on poisons is `potion-lf`.
     """
     return potion_search(ctx, hp).params
 
@@ -148,3 +150,24 @@ def potion_finetune(ctx: Context, hp: PotionFinetuneParams) -> Params:
     from the dampened models.
     """
     return finetune_from(ctx, potion(ctx, hp), hp.epochs, hp.lr)
+
+
+@register("potion-lf", PotionParams)
+def potion_label_free(ctx: Context, hp: PotionParams) -> Params:
+    """Potion with label-free importances: the variant its paper runs on poisoned data.
+
+    Schoepf, Foster, Brintrup 2024 (arXiv 2406.09173); reference `alfssd_tuning(..., x_D=True)` with
+    `label_free=True`: I_D on S_R and I_F on S_F are mean |∂ mean‖f(x)‖₂ / ∂θ| over batches
+    (`importance.output_norm_importance`), so wrong labels on the manipulated examples do not steer which
+    parameters are dampened. The search over s and the stopping rule (forget accuracy on the training
+    labels ≤ ρ × the original's) are `potion`'s.
+    """
+    imp_d = output_norm_importance(ctx, ctx.retain, hp.batch_size, name="importance:lf:D")
+    imp_f = output_norm_importance(ctx, ctx.forget, hp.batch_size, name="importance:lf:F")
+    return potion_search(ctx, hp, imp_d, imp_f).params
+
+
+@register("potion-lf+finetune", PotionFinetuneParams)
+def potion_label_free_finetune(ctx: Context, hp: PotionFinetuneParams) -> Params:
+    """`potion-lf` followed by `finetune` on S_R for `epochs` at `lr` (as `potion+finetune`)."""
+    return finetune_from(ctx, potion_label_free(ctx, hp), hp.epochs, hp.lr)

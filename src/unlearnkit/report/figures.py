@@ -187,6 +187,34 @@ def lm_steps(results: dict) -> Figure:
     return fig
 
 
+def corrective_curves(results: dict) -> Figure:
+    """`unlearnkit corrective`: each metric against the identified fraction f, one line per method; the
+    noise floor (an independent arm of corrected oracles) as a band where the metric has one."""
+    kind = results["manipulation"]["kind"]
+    panels = [("val acc", ("accuracy", "val")),
+              *{"poison": [("attack success rate", ("accuracy", "attack"))],
+                "swap": [("swap rate", ("accuracy", "swapped"))]}.get(kind, []),
+              ("KLoM p95, unidentified M ∖ S_F", ("klom_p95", "unidentified")),
+              ("KLoM p95, identified S_F", ("klom_p95", "forget"))]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), layout="constrained", squeeze=False)
+    blocks = results["fractions"]
+    fs = [b["fraction"] for b in blocks]
+    labels = [r["label"] for r in blocks[0]["rows"]]
+    for ax, (title, (group, split)) in zip(axes[0], panels):
+        for j, label in enumerate(labels):
+            ys = [next((r[group].get(split) for r in b["rows"] if r["label"] == label), None) for b in blocks]
+            ax.plot(fs, [np.nan if y is None else y for y in ys], "o-", ms=3, color=f"C{j % 10}", label=label)
+        floor = [b["noise_floor"][group].get(split) for b in blocks]
+        if any(v is not None for v in floor):
+            ax.plot(fs, [np.nan if v is None else v for v in floor], label="noise floor (oracle twin)", **FLOOR_STYLE)
+        ax.set(title=title, xlabel="identified fraction f")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, ncols=2)
+    fig.suptitle(f"{results['manipulation']['spec']}: what each method removes as more of it is identified",
+                 fontsize=9)
+    return fig
+
+
 def id_vs_ood_curves(results: dict) -> Figure:
     """`llm ood`: forget quality, model utility and the challenge's forget score F (dashed: its permutation
     null) over unlearning steps, in- and out-of-distribution; then each forget item's steps to reach the

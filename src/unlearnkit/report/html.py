@@ -198,24 +198,30 @@ def _klom_arrays(run_dir: Path) -> tuple[dict, dict]:
     return per_example, splits
 
 
-def write_ood_report(out, results: dict) -> Path:
-    """report.html and figures/id_vs_ood.png|svg for an `llm ood` study (the curves, its printed table,
-    the config and provenance)."""
-    from ..lm.ood import format_id_vs_ood
-    from .figures import id_vs_ood_curves
+def write_grid_report(out, title: str, table: str, figures: dict, results: dict) -> Path:
+    """report.html and figures/*.png|svg for a study that prints one table and draws its own figures
+    (`llm ood`, `corrective`): the table, the figures, the config and the provenance."""
     out = Path(out)
-    svg = save_figure(out, "id_vs_ood", id_vs_ood_curves(results))
+    svgs = [save_figure(out, name, fig) for name, fig in figures.items()]
     c = results["config"]
     page = "\n".join([
-        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>unlearnkit llm ood: "
-        f"{html.escape(c['method'])}</title><style>{CSS}</style></head><body>",
-        f"<h1>In- vs out-of-distribution unlearning: {html.escape(c['method'])} on {html.escape(c['task'])}, "
-        f"N = {c['models']} models per arm</h1>",
-        f"<h2>Curves</h2><div class='wide'><pre>{html.escape(format_id_vs_ood(results))}</pre></div>",
-        f"<figure>{svg}</figure>", "<h2>Config</h2>", _dl(c),
-        "<h2>Provenance</h2>", _dl(provenance({**results, "config": c})), "</body></html>"])
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>unlearnkit: {html.escape(title)}"
+        f"</title><style>{CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}, N = {c['models']} models per arm</h1>",
+        f"<h2>Results</h2><div class='wide'><pre>{html.escape(table)}</pre></div>",
+        *(f"<figure>{svg}</figure>" for svg in svgs), "<h2>Config</h2>", _dl(c),
+        "<h2>Provenance</h2>", _dl(provenance(results)), "</body></html>"])
     atomic_write(out / "report.html", lambda p: p.write_text(page))
     return out / "report.html"
+
+
+def write_ood_report(out, results: dict) -> Path:
+    """`llm ood`'s report: the curves and its printed table."""
+    from ..lm.ood import format_id_vs_ood
+    from .figures import id_vs_ood_curves
+    c = results["config"]
+    return write_grid_report(out, f"in- vs out-of-distribution unlearning: {c['method']} on {c['task']}",
+                             format_id_vs_ood(results), {"id_vs_ood": id_vs_ood_curves(results)}, results)
 
 
 def write_study_report(out, summary: dict, table: str) -> Path:

@@ -1,0 +1,190 @@
+"""Corrective unlearning across identified fractions (`unlearnkit corrective`).
+
+Goel, Prabhu, Torr, Kumaraguru & Sanyal, "Corrective Machine Unlearning" (TMLR 2024): the training data was
+manipulated (`forget.manipulate`: a poison trigger, an interclass swap, random labels), the originals
+were trained on it, and the unlearner is told only a fraction f of the manipulated set M. The gold
+standard is models retrained on the *fully corrected* data D ∖ M: the oracles and the noise floor (an
+independent arm of them) train there, and every method is judged against them on
+
+- the identified examples S_F and the unidentified rest M ∖ S_F (KLoM p95 against the corrected oracles),
+- the clean retained data D ∖ M and the validation set (KLoM p95, accuracy),
+- the manipulation's own effect on validation images: for poison the attack success rate (triggered
+  images of other classes classified as the target) and the triggered images' accuracy against their true
+  labels; for a swap the accuracy on the two classes and the swap rate (each predicted as the other),
+
+with cost, for each f. The identified sets are nested (f = 0.1 inside f = 0.25 …), and every (fraction,
+method) pair is a cell (`cells.run_cells`): an interrupted study resumes, a rerun with one more method or
+fraction computes only that.
+
+The question it settles is the Gradient Routing review's: which methods remove a manipulation when only
+part of it is known (Cloud et al. 2024 compare ERA with data filtering; Goel et al. find that exact
+retraining on what is known needs most of M identified, and that SSD removes poison with ~10% identified
+but fails on interclass confusion).
+"""
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .data import load_dataset
+from .errors import UnlearnkitError
+from .experiment import Bench, Prepared, budget
+from .files import atomic_write
+from .forget import ForgetSet
+from .forget.manipulate import Manipulation, identified, manipulate
+from .methods import REGISTRY
+from .runs import RunConfig, build_jobs, classifier_task, computing, default_cache_dir, run_jobs
+from .zoo import ZooCache, stable_hash
+
+DEFAULT_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
+DEFAULT_METHODS = ("none", "filter", "finetune", "neggrad+", "acdc", "nablatau", "llmu", "ssd", "potion",
+                   "potion-lf", "potion+finetune")
+
+
+@computing
+def corrective(config: RunConfig, manipulation: str, fractions=DEFAULT_FRACTIONS, out: str | os.PathLike | None = None,
+               overwrite: bool = False) -> dict:
+    """{"run_id", "config", "manipulation", "fractions": [{"fraction", "identified", "rows", "noise_floor"}]}:
+    every method of `config.methods` against oracles retrained on the corrected data, for each identified
+    fraction. Everything is checked (spec, fractions, methods, output, budget) before anything trains."""
+    from .report import check_output, claim_output, index, release_output
+    fractions = tuple(sorted(set(float(f) for f in fractions)))
+    if not fractions:
+        raise UnlearnkitError("--identified needs at least one fraction in (0, 1]")
+    task = classifier_task(config.task)
+    jobs = build_jobs(config, REGISTRY)
+    size = task.train_size if config.train_size is None else config.train_size
+    clean = load_dataset(task.dataset, config.data_dir, size, config.seed)
+    manip = manipulate(manipulation, clean, config.seed)
+    sets = identified(manip.positions, list(fractions), config.seed)
+    corrected = np.setdiff1d(np.arange(len(clean.y_train)), manip.positions)
+    run_id = stable_hash([config.run_id, manipulation, fractions])[:16]
+    if out is not None:
+        check_output(out, run_id, overwrite, "corrective.json")
+    cache_dir = default_cache_dir() if config.cache_dir is None else config.cache_dir
+    cache = ZooCache(cache_dir) if cache_dir else None
+    blocks, extra = evaluation_blocks(manip, clean)
+    prepared = {f: Prepared(config, task, manip.dataset, _forget_set(manip, f, s, config.seed), jobs, cache)
+                for f, s in sets.items()}
+    for p in prepared.values():
+        for job in jobs:
+            job.hparams.check_setting(task, manip.dataset, p.forget.positions, config.seed)
+    budget(prepared[fractions[0]]).check(config.max_hours, cache.root if cache else None, "this corrective study")
+    if out is not None:
+        claim_output(out, run_id)
+    results = {"run_id": run_id, "config": {**config.to_dict(), "train_size": len(clean.y_train),
+                                            "fractions": list(fractions), "unlearnkit": __version__,
+                                            "torch": torch.__version__},
+               "manipulation": {k: v for k, v in manip.to_dict().items() if k != "ids"}, "fractions": []}
+    for f, p in prepared.items():
+        n_train, n_val = len(clean.y_train), len(clean.y_val)
+        splits = {"forget": p.forget.positions, "unidentified": np.setdiff1d(manip.positions, p.forget.positions),
+                  "retain": corrected, "val": np.arange(n_train, n_train + n_val)}
+        splits = {k: v for k, v in splits.items() if len(v)} | extra(n_train + n_val)
+        bench = Bench(p, oracle_positions=corrected, blocks=blocks, splits=splits)
+        rows, _, _, floor = run_jobs(bench, jobs)
+        results["fractions"].append({"fraction": f, "identified": len(p.forget),
+                                     "rows": [r for r in rows if r["method"] in config.methods],
+                                     "noise_floor": floor})
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / "corrective.json", lambda p: p.write_text(json.dumps(_clean(results), indent=2)))
+        from .report.figures import corrective_curves
+        from .report.html import write_grid_report
+        write_grid_report(out, f"corrective unlearning: {manipulation} on {config.task}", format_corrective(results),
+                          {"corrective": corrective_curves(results)}, results)
+        index.record(out, {"run_id": run_id, "config": {**config.to_dict(), "forget": manipulation}}, kind="corrective")
+        release_output(out)
+    return results
+
+
+def _forget_set(manip: Manipulation, f: float, positions: np.ndarray, seed: int) -> ForgetSet:
+    ids = manip.dataset.train_ids[torch.as_tensor(positions)].numpy()
+    return ForgetSet(f"identified:{f:g} of {manip.spec}", seed, positions, ids)
+
+
+def evaluation_blocks(manip: Manipulation, clean) -> tuple[list, callable]:
+    """Validation images the manipulation's metrics need, appended after the validation set, and the
+    splits over them (given the offset where they start). An attack is read as an accuracy: the poison
+    block labels each triggered image with the target, so "accuracy" there is the attack success rate;
+    the swap block labels each image of the pair with the other class, so its accuracy is the swap rate."""
+    x, y = clean.x_val, clean.y_val
+    if manip.kind == "poison":
+        triggered = manip.trigger(x)
+        other = (y != manip.target).nonzero().flatten()
+        blocks = [(triggered, y), (triggered[other], torch.full((len(other),), manip.target, dtype=y.dtype))]
+        sizes = {"triggered": len(y), "attack": len(other)}
+    elif manip.kind == "swap":
+        a, b = manip.classes
+        pair = ((y == a) | (y == b)).nonzero().flatten()
+        swapped = torch.where(y[pair] == a, torch.tensor(b, dtype=y.dtype), torch.tensor(a, dtype=y.dtype))
+        blocks = [(x[pair], y[pair]), (x[pair], swapped)]
+        sizes = {"pair": len(pair), "swapped": len(pair)}
+    else:
+        return [], lambda start: {}
+
+    def splits(start: int) -> dict[str, np.ndarray]:
+        out, at = {}, start
+        for name, n in sizes.items():
+            out[name], at = np.arange(at, at + n), at + n
+        return out
+    return blocks, splits
+
+
+def _clean(obj):
+    """JSON has no NaN: write null."""
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+MANIPULATION_COLUMNS = {"poison": (("ASR", "attack"), ("trig acc", "triggered")),
+                        "swap": (("pair acc", "pair"), ("swap rate", "swapped")), "noise": ()}
+
+
+def format_corrective(results: dict) -> str:
+    """One table per identified fraction (≤ 100 columns): clean validation accuracy, the manipulation's
+    own metrics, KLoM p95 on the identified, unidentified, retained and validation data, cost."""
+    m = results["manipulation"]
+    cols = MANIPULATION_COLUMNS[m["kind"]]
+    lines = textwrap.wrap(f"{m['spec']} on {results['config']['task']}: {m['size']} manipulated training examples; "
+                          f"N = {results['config']['models']} models per arm; oracles retrained on the corrected data",
+                          100)
+    for block in results["fractions"]:
+        lines += ["", f"identified f = {block['fraction']:g} ({block['identified']} of {m['size']})"]
+        header = (f"{'method':<18}{'val acc':>8}" + "".join(f"{name:>10}" for name, _ in cols)
+                  + f"{'K95 ident':>10}{'unident':>9}{'retain':>8}{'val':>7}{'×retrain':>9}")
+        lines += [header, "-" * len(header)]
+        floor = block["noise_floor"]
+        for r in block["rows"] + ([] if floor in block["rows"] else [{**floor, "label": "noise floor"}]):
+            acc, k = r["accuracy"], r["klom_p95"]
+            ratio = (r.get("cost_vs_retrain") or {}).get("flops")
+            lines.append(f"{r['label'][:17]:<18}{_num(acc.get('val'), '.3f'):>8}"
+                         + "".join(f"{_num(acc.get(split), '.3f'):>10}" for _, split in cols)
+                         + f"{_num(k.get('forget')):>10}{_num(k.get('unidentified')):>9}{_num(k.get('retain')):>8}"
+                         f"{_num(k.get('val')):>7}{_num(ratio, '.3f'):>9}")
+    lines += ["", *textwrap.wrap("val acc: clean validation accuracy; " + {
+        "poison": "ASR: triggered validation images of other classes classified as the target; trig acc: "
+                  "triggered images against their true labels; ",
+        "swap": "pair acc: accuracy on the two swapped classes; swap rate: their images predicted as the other; ",
+        "noise": ""}[m["kind"]] + "K95: KLoM p95 against oracles retrained without M (ident = S_F, unident = "
+              "M ∖ S_F); the floor row is an independent arm of such oracles.", 100)]
+    return "\n".join(lines)
+
+
+def _num(v, fmt: str = ".2f") -> str:
+    return "—" if v is None else format(v, fmt)
+
+
+__all__ = ["DEFAULT_FRACTIONS", "DEFAULT_METHODS", "corrective", "evaluation_blocks", "format_corrective"]

@@ -1,0 +1,89 @@
+"""Corrective unlearning: manipulated training sets, identified fractions, oracles on the corrected data.
+Filtering everything that is manipulated is exact (it sits at the noise floor); the originals learn the
+poison and the corrected oracles do not; bad specs fail before any training."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from unlearnkit.corrective import corrective, format_corrective
+from unlearnkit.data import load_dataset
+from unlearnkit.errors import UnlearnkitError
+from unlearnkit.experiment import RunConfig
+from unlearnkit.forget.manipulate import identified, manipulate
+
+METHODS = ("none", "filter", "finetune", "acdc", "nablatau", "llmu", "potion-lf")
+FAST = (("acdc", "iterations", "20"), ("acdc", "eval_every", "5"), ("nablatau", "epochs", "2"),
+        ("llmu", "epochs", "5"), ("finetune", "epochs", "2"))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corrective")
+    config = RunConfig(task="digits-mlp", forget="poison:80", methods=METHODS, models=4, cache_dir=str(root / "cache"),
+                       bootstrap=0, metrics=("klom",), estimators=(), hparams=FAST)
+    return corrective(config, "poison:80:target=0", (0.5, 1.0), root / "out"), root
+
+
+def test_manipulations_change_only_what_they_say(digits):
+    p = manipulate("poison:50:target=2:patch=3", digits, 0)
+    m = torch.as_tensor(p.positions)
+    assert len(m) == 50 and (p.dataset.y_train[m] == 2).all()
+    untouched = torch.ones(len(digits.y_train), dtype=torch.bool)
+    untouched[m] = False
+    assert torch.equal(p.dataset.x_train[untouched], digits.x_train[untouched])
+    corner = p.dataset.x_train[m].reshape(-1, 8, 8)[:, 5:, 5:]
+    assert torch.equal(corner, p.trigger(digits.x_train[:1]).reshape(8, 8)[5:, 5:].expand_as(corner))
+    s = manipulate("swap:1:7:40", digits, 0)
+    changed = (s.dataset.y_train != digits.y_train).nonzero().flatten()
+    assert len(changed) == 40 and set(digits.y_train[changed].tolist()) == {1, 7}
+    assert (s.dataset.y_train[changed] == 8 - digits.y_train[changed]).all()  # 1 ↔ 7
+    n = manipulate("noise:30", digits, 0)
+    assert ((n.dataset.y_train != digits.y_train).sum() == 30) and np.array_equal(n.positions, np.sort(n.positions))
+    sets = identified(p.positions, [0.1, 0.5, 1.0], 0)
+    assert set(sets[0.1]) < set(sets[0.5]) < set(sets[1.0]) == set(p.positions)  # nested
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("poison:100000", "only"), ("poison:10:target=12", "out of range"), ("poison:10:patch=9", "patch"),
+    ("swap:3:3:10", "differ"), ("swap:1:2", "swap:A:B:K"), ("noise", "noise:K"), ("flip:3", "unknown manipulation"),
+    ("poison:10:colour=3", "not an option")])
+def test_impossible_manipulations_are_refused(digits, spec, match):
+    with pytest.raises(UnlearnkitError, match=match):
+        manipulate(spec, digits, 0)
+
+
+def test_fractions_outside_zero_one_are_refused(tmp_path):
+    config = RunConfig(task="digits-mlp", models=2, cache_dir=str(tmp_path), methods=("none",))
+    for bad in ((0.0,), (1.5,), (-0.1, 0.5)):
+        with pytest.raises(UnlearnkitError, match="identified"):
+            corrective(config, "poison:20", bad)
+    assert not any(tmp_path.iterdir())  # nothing trained or cached
+
+
+def test_filtering_everything_is_exact_and_the_poison_is_learned_then_removed(study):
+    results, root = study
+    by_f = {b["fraction"]: {r["label"]: r for r in b["rows"]} | {"floor": b["noise_floor"]}
+            for b in results["fractions"]}
+    full, half = by_f[1.0], by_f[0.5]
+    assert full["filter"]["klom_p95"] == full["floor"]["klom_p95"]  # the same arm: exact by construction
+    asr = {k: r["accuracy"]["attack"] for k, r in full.items()}
+    assert asr["none"] > 0.5 > 0.2 > asr["floor"]  # the originals learned the trigger, the corrected oracles not
+    assert asr["filter"] == asr["floor"]
+    assert half["filter"]["accuracy"]["attack"] > asr["floor"]  # half identified: the rest still poisons
+    assert "unidentified" in half["none"]["klom_p95"] and "unidentified" not in full["none"]["klom_p95"]
+    for name in ("acdc", "nablatau", "llmu", "potion-lf"):  # each method moves the forget set, keeps utility
+        r = full[name]
+        assert r["accuracy"]["forget"] < full["none"]["accuracy"]["forget"], name
+        assert r["accuracy"]["val"] > full["none"]["accuracy"]["val"] - 0.15, name
+    text = format_corrective(results)
+    assert "identified f = 0.5" in text and "ASR" in text and max(len(line) for line in text.splitlines()) <= 100
+    on_disk = json.loads((root / "out" / "corrective.json").read_text())
+    assert on_disk["run_id"] == results["run_id"] and (root / "out" / "figures" / "corrective.png").is_file()
+    assert "<svg" in (root / "out" / "report.html").read_text()
