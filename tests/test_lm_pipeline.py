@@ -122,13 +122,19 @@ def test_classifier_only_commands_name_the_lm_task_clearly():
     assert "language-model task" in str(result.exception)
 
 
-def test_id_vs_ood_records_a_curve_per_kind(cache_dir, tmp_path):
+@pytest.fixture(scope="module")
+def ood(cache_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ood") / "out"
+    config = RunConfig(task=TASK, models=3, cache_dir=cache_dir, bootstrap=0)
+    return config, id_vs_ood(config, "ga", authors=2, steps=(1, 6), out=out), out
+
+
+def test_id_vs_ood_records_a_curve_per_kind(ood):
     """Per kind: the curve, and the NeurIPS'23 ε over sequence scores with its permutation null, each forget
     item's memorisation and the step it reached the oracles (metrics.generative)."""
     from unlearnkit.lm.ood import format_id_vs_ood
-    config = RunConfig(task=TASK, models=3, cache_dir=cache_dir, bootstrap=0)
-    res = id_vs_ood(config, "ga", authors=2, steps=(1, 6), out=tmp_path / "out")
-    assert json.loads((tmp_path / "out" / "id_vs_ood.json").read_text()) == json.loads(json.dumps(res))
+    config, res, out = ood
+    assert json.loads((out / "id_vs_ood.json").read_text()) == json.loads(json.dumps(res))
     for kind, spec in (("in-distribution", "authors:0.05"), ("out-of-distribution", "canaries:10")):
         r = res[kind]
         assert r["spec"] == spec and [p["steps"] for p in r["curve"]] == [1, 6]
@@ -146,26 +152,19 @@ def test_id_vs_ood_records_a_curve_per_kind(cache_dir, tmp_path):
         assert set(r["examples"]["steps_to_oracle"]) <= {0, 1, 6, None}
     text = format_id_vs_ood(res)
     assert "F (null)" in text and "memorisation" in text and "forget Q" in text
-    page = (tmp_path / "out" / "report.html").read_text()  # the curves as a figure, in a report of its own
-    assert page.count("<svg") == 1 and (tmp_path / "out" / "figures" / "id_vs_ood.png").is_file()
+    page = (out / "report.html").read_text()  # the curves as a figure, in a report of its own
+    assert page.count("<svg") == 1 and (out / "figures" / "id_vs_ood.png").is_file()
     with pytest.raises(UnlearnkitError, match="canaries"):
         id_vs_ood(config, "ga", authors=5, steps=(1,))
 
 
-def test_id_vs_ood_points_are_cells_a_rerun_reads_back(cache_dir, tmp_path, monkeypatch):
-    """The curve's points are cells (cells.run_cells): a second run with one more step count computes that
-    point alone and reads the others back."""
+def test_id_vs_ood_points_are_cells_a_rerun_reads_back(ood, monkeypatch):
+    """The curve's points are cells (cells.run_cells): the same curve again computes no point and reads
+    the same numbers."""
     from unlearnkit.lm.experiment import LMBench
-    config = RunConfig(task=TASK, models=3, cache_dir=cache_dir, bootstrap=0)
-    first = id_vs_ood(config, "ga", authors=2, steps=(1, 6))
-    real, calls = LMBench.run_job, []
-    monkeypatch.setattr(LMBench, "run_job", lambda self, job: calls.append(job.label) or real(self, job))
-    again = id_vs_ood(config, "ga", authors=2, steps=(1, 3, 6))
-    assert calls == ["ga@3", "ga@3"]  # once per kind (in- and out-of-distribution)
-    for kind in ("in-distribution", "out-of-distribution"):
-        points = {p["steps"]: p for p in again[kind]["curve"]}
-        assert [points[p["steps"]]["forget_quality"] for p in first[kind]["curve"]] == [
-            p["forget_quality"] for p in first[kind]["curve"]]
+    config, first, _ = ood
+    monkeypatch.setattr(LMBench, "run_job", lambda self, job: pytest.fail(f"{job.label} was computed again"))
+    assert id_vs_ood(config, "ga", authors=2, steps=(1, 6)) == first
 
 
 # --- a user's own checkpoint ----------------------------------------------------------------------------
@@ -279,16 +278,16 @@ def test_a_llama_style_checkpoint_unlearns_too(checkpoint, tmp_path):
     assert report["method"] == "rmu"
 
 
-def test_lm_trajectories_evaluate_every_k_steps_and_pick_the_stated_best_step(cache_dir, tmp_path):
+def test_lm_trajectories_evaluate_every_k_steps_and_pick_the_stated_best_step(results, cache_dir, tmp_path):
     """`--trajectories K` on an LM run: forget quality, utility and seq-KLoM at step 0 and every K steps, the
     step the stated rule selects, per-item arrays in scores.npz, and the method's cost unchanged."""
-    base = dict(task=TASK, forget="authors:0.25", methods=("ga",), models=3, cache_dir=cache_dir, bootstrap=0)
-    plain = run(RunConfig(**base))["rows"][0]
-    res = run(RunConfig(**base, trajectories=2, best_step="min:forget_probability;model_utility>=0.5x"),
+    base = dict(task=TASK, forget="authors:0.25", methods=("ga",), models=3, cache_dir=cache_dir, bootstrap=10)
+    plain = run(RunConfig(**base))["rows"][0]  # the `results` run's ga job, read back from its cell
+    res = run(RunConfig(**base, trajectories=7, best_step="min:forget_probability;model_utility>=0.5x"),
               tmp_path / "out")
     row = res["rows"][0]
     t = row["trajectory"]
-    assert t["steps"][0] == 0 and t["steps"][1] == 2 and t["steps"] == sorted(set(t["steps"]))
+    assert t["steps"] == [0, 7, 14, 20]  # 20 steps of ga: every 7th, and where it stopped
     assert len(t["forget_quality"]) == len(t["steps"]) == len(t["klom_forget"])
     assert t["klom_forget"][-1] == pytest.approx(row["klom_p95"]["forget"])  # the last step is the row itself
     assert t["forget_probability"][-1] < t["forget_probability"][0]  # ascent lowers the answers' probability
