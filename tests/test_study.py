@@ -82,3 +82,23 @@ def test_study_command(tmp_path):
     result = CliRunner().invoke(cli, ["study", str(spec), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     assert "1 cells over forget, seed" in result.output and (tmp_path / "out" / "report.html").is_file()
+
+
+def test_the_common_cases_need_no_spec_file(tmp_path):
+    """--run and --grid flags build the same study as a file (and override its keys); a bad flag is named."""
+    flags = ("task=digits-mlp", "methods=none,retrain,ga", "models=3", "bootstrap=0", "metrics=klom",
+             f"cache_dir={tmp_path / 'cache'}")
+    from_flags = load_study(None, flags, ("forget=random:20,class:3:0.5", "seed=0,1"))
+    from_file = load_study(_spec(tmp_path))
+    assert [c.run_id for _, c in from_flags.cells] == [
+        c.run_id for _, c in load_study(_spec(tmp_path), ("estimators=gauss",)).cells]
+    assert len(from_file.cells) == 4 and from_file.cells[0][1].estimators == ()
+    overridden = load_study(_spec(tmp_path), ("models=4",), ("seed=5",))
+    assert {c.models for _, c in overridden.cells} == {4} and {c.seed for _, c in overridden.cells} == {5}
+    no_methods = tuple(f for f in flags if not f.startswith("methods"))
+    assert load_study(None, no_methods, ("methods=none,retrain;none,retrain,ga",)).cells[1][1].methods == (
+        "none", "retrain", "ga")
+    with pytest.raises(UnlearnkitError, match=r"--grid models=…\): --models"):
+        load_study(None, flags[:1], ("models=4,1",))
+    with pytest.raises(UnlearnkitError, match="KEY=VALUE"):
+        load_study(None, ("task",), ("seed=0",))

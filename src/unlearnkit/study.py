@@ -2,7 +2,7 @@
 
     unlearnkit study spec.toml --out studies/forget-kinds
 
-A spec file has two tables: [run], the options every cell shares (any `RunConfig` field, as
+A spec file (or the flags `--run KEY=VALUE` and `--grid KEY=V1,V2`, which override it) has two tables: [run], the options every cell shares (any `RunConfig` field, as
 `unlearnkit run` names them with underscores: task, methods, models, ...), and [grid], the axes whose
 product is the study (each a list of values of a `RunConfig` field: forget, seed, models, ...):
 
@@ -56,8 +56,30 @@ class Study:
 def _line(text: str, key: str) -> str:
     for n, line in enumerate(text.splitlines(), 1):
         if re.match(rf"\s*{re.escape(key)}\s*=", line) or line.strip() == f"[{key}]":
-            return f"line {n} ({line.strip()})"
+            flag = re.search(r"# (--\w+)$", line)
+            return f"{flag.group(1)} {key}=…" if flag else f"line {n} ({line.strip()})"
     return f"key {key!r}"
+
+
+def _scalar(text: str):
+    """A flag's value as TOML would read it: an integer, a number, true/false, else the text."""
+    t = text.strip()
+    for parse in (int, float):
+        try:
+            return parse(t)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(t.lower(), t)
+
+
+def _flag(key: str, value: str, axis: bool):
+    """`--run KEY=V` / `--grid KEY=V1,V2`: list-valued keys (methods, …) take commas within a value, so
+    their grid values are separated by semicolons (`--grid methods='none,ga;none,scrub'`)."""
+    def one(v: str):
+        return [_scalar(x) for x in v.split(",") if x.strip()] if key in TUPLES else _scalar(v)
+    if not axis:
+        return one(value)
+    return [one(v) for v in value.split(";" if key in TUPLES else ",") if v.strip()]
 
 
 def _value(key: str, v):
@@ -66,17 +88,32 @@ def _value(key: str, v):
     return v
 
 
-def load_study(path) -> Study:
-    """Parse and check a spec: every cell's config is built (and its methods checked) before anything runs."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise UnlearnkitError(f"cannot read the study spec {path}: {e.strerror or e}") from None
-    try:
-        spec = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise UnlearnkitError(f"{path} is not valid TOML: {e}") from None
+def load_study(path=None, run: tuple[str, ...] = (), grid: tuple[str, ...] = ()) -> Study:
+    """Parse and check a spec file and/or the flags of the common cases (`--run KEY=VALUE`, `--grid
+    KEY=V1,V2`; a flag overrides the file's key): every cell's config is built (and its methods checked)
+    before anything runs."""
+    text, spec = "", {}
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise UnlearnkitError(f"cannot read the study spec {path}: {e.strerror or e}") from None
+        try:
+            spec = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise UnlearnkitError(f"{path} is not valid TOML: {e}") from None
+    for table, flags in (("run", run), ("grid", grid)):
+        for flag in flags:
+            key, eq, value = flag.partition("=")
+            key = key.strip().replace("-", "_")
+            if not eq or not key:
+                raise UnlearnkitError(f"--{table} {flag!r}: write KEY=VALUE" + (",VALUE…" if table == "grid" else ""))
+            if not isinstance(spec.get(table, {}), dict):
+                raise UnlearnkitError(f"{path}: [{table}] must be a table")
+            spec.setdefault(table, {})[key] = _flag(key, value, table == "grid")
+            text += f"\n{key} = {value}  # --{table}"
+    path = path if path is not None else "the study flags"
     extra = sorted(set(spec) - {"run", "grid"})
     if extra:
         raise UnlearnkitError(f"{path}, {_line(text, extra[0])}: unknown table or key {extra[0]!r}; a spec has [run] "
