@@ -87,3 +87,23 @@ def test_filtering_everything_is_exact_and_the_poison_is_learned_then_removed(st
     on_disk = json.loads((root / "out" / "corrective.json").read_text())
     assert on_disk["run_id"] == results["run_id"] and (root / "out" / "figures" / "corrective.png").is_file()
     assert "<svg" in (root / "out" / "report.html").read_text()
+
+
+def test_era_routes_the_poison_into_units_it_then_removes_and_its_control_does_not(study):
+    """Gradient routing (Cloud et al. 2024) with the whole poison identified: ablating the routed units
+    removes the trigger; the same expansion, L1, ablation and fine-tune without routing leave it in place."""
+    _, root = study
+    config = RunConfig(task="digits-mlp", forget="poison:80", methods=("none", "era", "era-control"), models=4,
+                       cache_dir=str(root / "cache"), bootstrap=0, metrics=("klom",), estimators=())
+    rows = {r["label"]: r for r in corrective(config, "poison:80:target=0", (1.0,))["fractions"][0]["rows"]}
+    asr = {k: r["accuracy"]["attack"] for k, r in rows.items()}
+    assert asr["era"] < 0.1 < 0.9 < asr["era-control"]
+    assert abs(asr["era-control"] - asr["none"]) < 0.05
+    assert rows["era"]["accuracy"]["val"] > rows["none"]["accuracy"]["val"] - 0.05
+
+
+def test_era_needs_hidden_layers(tmp_path):
+    config = RunConfig(task="digits-logreg", models=2, cache_dir=str(tmp_path), methods=("era",))
+    with pytest.raises(UnlearnkitError, match="hidden layers"):
+        corrective(config, "poison:20", (1.0,))
+    assert not (tmp_path / "zoo").exists()

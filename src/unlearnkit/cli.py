@@ -290,7 +290,8 @@ def datamodels(task, models, subset, seed, train_size, data_dir, cache_dir, trak
 @click.option("--identified", default="0.1,0.25,0.5,1.0", show_default=True,
               help="Comma-separated fractions of the manipulated set the unlearner is told, each in (0, 1].")
 @click.option("--methods", default=None, help="Comma-separated methods (default: none, filter, finetune, neggrad+, "
-                                              "acdc, nablatau, llmu, ssd, potion, potion-lf, potion+finetune).")
+                                              "acdc, nablatau, llmu, ssd, potion, potion-lf, potion+finetune, era, "
+                                              "era-control).")
 @click.option("--models", default=16, show_default=True, type=int, help="N models per arm.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--train-size", default=None, type=int, help="Training examples (default: the task's).")

@@ -44,7 +44,7 @@ from .zoo import ZooCache, stable_hash
 
 DEFAULT_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 DEFAULT_METHODS = ("none", "filter", "finetune", "neggrad+", "acdc", "nablatau", "llmu", "ssd", "potion",
-                   "potion-lf", "potion+finetune")
+                   "potion-lf", "potion+finetune", "era", "era-control")
 
 
 @computing

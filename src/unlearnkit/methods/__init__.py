@@ -3,6 +3,7 @@ from . import (  # noqa: F401
                acdc,
                bad_teacher,
                dmm,
+               era,
                filter,
                finetune,
                ga,

@@ -48,10 +48,10 @@ def acdc(ctx: Context, hp: ACDCParams) -> Params:
     model, up, down = ctx.originals, {}, {}
     for t in range(hp.iterations):
         decay = 1 - t / hp.iterations
-        model = _one_step(ctx, _ascent(ctx), "forget", f"ascent{t}", ctx.forget, hp.forget_batch_size,
-                          hp.lr_ascent * decay, model, up)
-        model = _one_step(ctx, _descent(ctx), "retain", f"descent{t}", ctx.retain, hp.batch_size,
-                          hp.lr_descent * decay, model, down)
+        model = ctx.one_step(_ascent(ctx), f"ascent{t}", ctx.forget, hp.forget_batch_size,
+                             Optim("adam", hp.lr_ascent * decay, 0.0, 0.0, "constant"), model, up)
+        model = ctx.one_step(_descent(ctx), f"descent{t}", ctx.retain, hp.batch_size,
+                             Optim("adam", hp.lr_descent * decay, 0.0, 0.0, "constant"), model, down)
         if (t + 1) % hp.eval_every == 0 or t + 1 == hp.iterations:
             acc = _accuracy(ctx, model, x_val, y_val)
             if best is None:
@@ -64,25 +64,16 @@ def acdc(ctx: Context, hp: ACDCParams) -> Params:
     return best
 
 
-def _one_step(ctx: Context, loss, name: str, tag: str, positions, batch_size: int, lr: float, params: Params,
-              carry: dict) -> Params:
-    """One Adam step of `loss` on a batch of a fresh per-model shuffle (`tag`) of `positions`; `carry`
-    keeps this optimiser's state between calls."""
-    stream = ctx.stream(tag, positions, batch_size)
-    return ctx.fit(loss, {name: stream}, 1 / stream.steps_per_epoch, Optim("adam", lr, 0.0, 0.0, "constant"),
-                   params=params, carry=carry, desc=None)
-
-
 def _ascent(ctx: Context):
     def loss(params, batch, frozen):
-        x, y, _ = batch["forget"]
+        x, y, _ = next(iter(batch.values()))
         return -F.cross_entropy(ctx.forward(params, x), y)
     return loss
 
 
 def _descent(ctx: Context):
     def loss(params, batch, frozen):
-        x, y, _ = batch["retain"]
+        x, y, _ = next(iter(batch.values()))
         return F.cross_entropy(ctx.forward(params, x), y)
     return loss
 

@@ -117,6 +117,15 @@ class Context:
         return fit(loss, self.originals if params is None else params, streams, self.train_data,
                    primary.steps(epochs), optim, desc=desc, **kwargs)
 
+    def one_step(self, loss: LossFn, name: str, positions, batch_size: int, optim: Optim, params: Params,
+                 carry: dict, **kwargs) -> Params:
+        """One optimizer step of `loss` on a batch of a fresh per-model shuffle (stream `name`) of
+        `positions`; `carry` keeps the optimizer's state between calls. For methods that alternate
+        optimisers or choose among their steps (AC↯DC, ERA's fine-tuning)."""
+        stream = self.stream(name, positions, batch_size)
+        return self.fit(loss, {name: stream}, 1 / stream.steps_per_epoch, optim, params=params, carry=carry,
+                        desc=None, **kwargs)
+
     def train_from_scratch(self, positions, seeds: list[int], label: str) -> Params:
         """Train fresh models of the task's recipe through the (cached) zoo."""
         arm = self.train_arm(torch.as_tensor(positions), seeds, label)
