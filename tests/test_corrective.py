@@ -64,6 +64,8 @@ def test_fractions_outside_zero_one_are_refused(tmp_path):
     for bad in ((0.0,), (1.5,), (-0.1, 0.5)):
         with pytest.raises(UnlearnkitError, match="identified"):
             corrective(config, "poison:20", bad)
+    with pytest.raises(UnlearnkitError, match="--relearn"):
+        corrective(config, "poison:20", (1.0,), relearn=-1)
     assert not any(tmp_path.iterdir())  # nothing trained or cached
 
 
@@ -95,11 +97,19 @@ def test_era_routes_the_poison_into_units_it_then_removes_and_its_control_does_n
     _, root = study
     config = RunConfig(task="digits-mlp", forget="poison:80", methods=("none", "era", "era-control"), models=4,
                        cache_dir=str(root / "cache"), bootstrap=0, metrics=("klom",), estimators=())
-    rows = {r["label"]: r for r in corrective(config, "poison:80:target=0", (1.0,))["fractions"][0]["rows"]}
+    block = corrective(config, "poison:80:target=0", (1.0,), relearn=16)["fractions"][0]
+    rows = {r["label"]: r for r in block["rows"]}
     asr = {k: r["accuracy"]["attack"] for k, r in rows.items()}
     assert asr["era"] < 0.1 < 0.9 < asr["era-control"]
     assert abs(asr["era-control"] - asr["none"]) < 0.05
     assert rows["era"]["accuracy"]["val"] > rows["none"]["accuracy"]["val"] - 0.05
+    # the relearning attack: 16 poisoned examples bring the trigger back no faster after ERA than after
+    # exact retraining on the corrected data (it was removed, not hidden); the originals never lost it
+    half = {k: r["relearn"]["forget"]["steps_to_half"] for k, r in rows.items()}
+    floor = block["noise_floor"]["relearn"]["forget"]["steps_to_half"]
+    assert half["none"] == half["era-control"] == 0 and floor > 5
+    assert half["era"] is None or half["era"] >= floor - 3
+    assert len(rows["era"]["relearn"]["retain"]["curve"]) == 41
 
 
 def test_era_needs_hidden_layers(tmp_path):

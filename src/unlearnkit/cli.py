@@ -300,11 +300,14 @@ def datamodels(task, models, subset, seed, train_size, data_dir, cache_dir, trak
 @click.option("--set", "sets", multiple=True, help="Hyperparameter override METHOD.NAME=VALUE (repeatable).")
 @click.option("--bootstrap", default=0, show_default=True, type=int, help="Bootstrap replicates for KLoM p95 intervals.")
 @click.option("--max-hours", default=24.0, show_default=True, type=float)
+@click.option("--relearn", default=0, show_default=True, type=int,
+              help="The relearning attack: fine-tune every unlearned model on K identified (and, apart, K retained) "
+                   "examples for 40 steps and report how much of the manipulation comes back (0: off).")
 @click.option("--out", default=None, help="Directory for corrective.json, report.html and the figure.")
 @click.option("--overwrite", is_flag=True, help="Replace another study's corrective.json in --out.")
 @_compute_options
 def corrective_cmd(task, manipulation, identified, methods, models, seed, train_size, data_dir, cache_dir, sets,
-                   bootstrap, max_hours, out, overwrite, **compute) -> None:
+                   bootstrap, max_hours, relearn, out, overwrite, **compute) -> None:
     """Corrective unlearning: a manipulated training set, a fraction of it identified, oracles retrained on
     the corrected data; one table per fraction and each metric against the fraction."""
     from .corrective import DEFAULT_METHODS, corrective, format_corrective
@@ -318,7 +321,7 @@ def corrective_cmd(task, manipulation, identified, methods, models, seed, train_
     config = RunConfig(task=task, forget=manipulation, methods=names, models=models, seed=seed, train_size=train_size,
                        data_dir=data_dir, cache_dir=cache_dir, hparams=_overrides(sets), bootstrap=bootstrap,
                        max_hours=max_hours, **compute)
-    click.echo(format_corrective(corrective(config, manipulation, fractions, out, overwrite)))
+    click.echo(format_corrective(corrective(config, manipulation, fractions, out, overwrite, relearn)))
     if out:
         click.echo(f"\nwrote {out}/corrective.json, {out}/report.html and {out}/figures/corrective.png")
 

@@ -40,7 +40,7 @@ from .forget import ForgetSet
 from .forget.manipulate import Manipulation, identified, manipulate
 from .methods import REGISTRY
 from .runs import RunConfig, build_jobs, classifier_task, computing, default_cache_dir, run_jobs
-from .zoo import ZooCache, stable_hash
+from .zoo import ORIGINAL_SEEDS, ZooCache, arm_seeds, stable_hash, template
 
 DEFAULT_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 DEFAULT_METHODS = ("none", "filter", "finetune", "neggrad+", "acdc", "nablatau", "llmu", "ssd", "potion",
@@ -49,10 +49,13 @@ DEFAULT_METHODS = ("none", "filter", "finetune", "neggrad+", "acdc", "nablatau",
 
 @computing
 def corrective(config: RunConfig, manipulation: str, fractions=DEFAULT_FRACTIONS, out: str | os.PathLike | None = None,
-               overwrite: bool = False) -> dict:
+               overwrite: bool = False, relearn: int = 0) -> dict:
     """{"run_id", "config", "manipulation", "fractions": [{"fraction", "identified", "rows", "noise_floor"}]}:
     every method of `config.methods` against oracles retrained on the corrected data, for each identified
-    fraction. Everything is checked (spec, fractions, methods, output, budget) before anything trains."""
+    fraction; with `relearn` = k, every row also gets the relearning attack (`relearning_probe`).
+    Everything is checked (spec, fractions, methods, output, budget) before anything trains."""
+    if not 0 <= relearn <= 100_000:
+        raise UnlearnkitError(f"--relearn must be a number of examples in [1, 100000] (0: off), got {relearn}")
     from .report import check_output, claim_output, index, release_output
     fractions = tuple(sorted(set(float(f) for f in fractions)))
     if not fractions:
@@ -64,7 +67,7 @@ def corrective(config: RunConfig, manipulation: str, fractions=DEFAULT_FRACTIONS
     manip = manipulate(manipulation, clean, config.seed)
     sets = identified(manip.positions, list(fractions), config.seed)
     corrected = np.setdiff1d(np.arange(len(clean.y_train)), manip.positions)
-    run_id = stable_hash([config.run_id, manipulation, fractions])[:16]
+    run_id = stable_hash([config.run_id, manipulation, fractions, relearn])[:16]
     if out is not None:
         check_output(out, run_id, overwrite, "corrective.json")
     cache_dir = default_cache_dir() if config.cache_dir is None else config.cache_dir
@@ -87,11 +90,17 @@ def corrective(config: RunConfig, manipulation: str, fractions=DEFAULT_FRACTIONS
         splits = {"forget": p.forget.positions, "unidentified": np.setdiff1d(manip.positions, p.forget.positions),
                   "retain": corrected, "val": np.arange(n_train, n_train + n_val)}
         splits = {k: v for k, v in splits.items() if len(v)} | extra(n_train + n_val)
-        bench = Bench(p, oracle_positions=corrected, blocks=blocks, splits=splits)
+        probe = (relearning_probe(task, manip.dataset, template(task, clean), manip, blocks, p.forget.positions,
+                                  corrected, relearn, arm_seeds(ORIGINAL_SEEDS, config.models, config.seed),
+                                  config.seed) if relearn else None)
+        bench = Bench(p, oracle_positions=corrected, blocks=blocks, splits=splits, probe=probe,
+                      probe_key={"relearn": relearn, "steps": RELEARN_STEPS, "lr": RELEARN_LR} if relearn else None)
         rows, _, _, floor = run_jobs(bench, jobs)
         results["fractions"].append({"fraction": f, "identified": len(p.forget),
                                      "rows": [r for r in rows if r["method"] in config.methods],
                                      "noise_floor": floor})
+    if relearn:
+        _steps_to_half(results)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -103,6 +112,66 @@ def corrective(config: RunConfig, manipulation: str, fractions=DEFAULT_FRACTIONS
         index.record(out, {"run_id": run_id, "config": {**config.to_dict(), "forget": manipulation}}, kind="corrective")
         release_output(out)
     return results
+
+
+RELEARN_STEPS = 40    # GR's bound on the relearning fine-tune
+RELEARN_LR = 1e-3     # Adam; GR's 5e-5 is for a pretrained transformer, this moves a small classifier in 40 steps
+RELEARN_EVAL = 1000   # examples the recovered metric is measured on, per step
+RELEARN_TAG = 0x524C524E  # "RLRN"
+
+
+def relearning_probe(task, dataset, forward, manip: Manipulation, blocks: list, identified_set: np.ndarray,
+                     corrected: np.ndarray, k: int, seeds: list[int], seed: int):
+    """The relearning attack (Gradient Routing §5; Siddiqui et al. 2025): from the unlearned models,
+    `RELEARN_STEPS` full-batch Adam steps on k identified manipulated examples (their manipulated labels)
+    and, separately, on k clean retained examples; after each step the manipulation's metric (poison:
+    attack success rate; swap: swap rate; noise: accuracy on the manipulated labels), mean over models.
+    Returns probe(params) -> {"relearn": {set: {"curve", "max", "steps_to_half"}}} where steps_to_half is
+    the first step reaching half the originals' value (None: never): a method that hides the manipulation
+    recovers it in a few steps, one that removed it does not (the corrected oracles are the reference)."""
+    from .engine import Optim, predict
+    from .methods import Context
+    rng = np.random.default_rng([seed, RELEARN_TAG])
+    if manip.kind == "noise":
+        x_eval, y_eval = dataset.x_train[torch.as_tensor(manip.positions)], dataset.y_train[torch.as_tensor(manip.positions)]
+    else:
+        x_eval, y_eval = blocks[1]  # the attack block (poison) or the swapped block (swap)
+    pick = torch.as_tensor(np.sort(rng.choice(len(y_eval), min(RELEARN_EVAL, len(y_eval)), replace=False)))
+    x_eval, y_eval = x_eval[pick], y_eval[pick]
+    sets = {"forget": np.sort(rng.choice(identified_set, min(k, len(identified_set)), replace=False)),
+            "retain": np.sort(rng.choice(corrected, min(k, len(corrected)), replace=False))}
+
+    def metric(params) -> float:
+        return float((predict(forward, params, x_eval).argmax(-1) == y_eval).double().mean())
+
+    def loss(params, batch, frozen):
+        x, y, _ = next(iter(batch.values()))
+        return torch.nn.functional.cross_entropy(forward(params, x), y)
+
+    def probe(params) -> dict:
+        out = {}
+        for name, positions in sets.items():
+            ctx = Context(task, dataset, forward, params, identified_set, positions, seeds, seed)
+            model, carry, curve = params, {}, [metric(params)]
+            for _ in range(RELEARN_STEPS):
+                model = ctx.one_step(loss, f"relearn-{name}", positions, len(positions),
+                                     Optim("adam", RELEARN_LR, 0.0, 0.0, "constant"), model, carry)
+                curve.append(metric(model))
+            out[name] = {"curve": curve, "max": max(curve), "k": len(positions)}
+        return {"relearn": out}
+    return probe
+
+
+def _steps_to_half(results: dict) -> None:
+    """Per row and relearning set: the first step whose metric reaches half the originals' (none's)
+    value before any relearning; None when never (or when there is no `none` row to compare with)."""
+    for block in results["fractions"]:
+        none = next((r for r in block["rows"] if r["method"] == "none" and "relearn" in r), None)
+        for r in block["rows"] + [block["noise_floor"]]:
+            for name, rel in (r.get("relearn") or {}).items():
+                target = none["relearn"][name]["curve"][0] / 2 if none else None
+                rel["steps_to_half"] = None if target is None else next(
+                    (i for i, v in enumerate(rel["curve"]) if v >= target), None)
 
 
 def _forget_set(manip: Manipulation, f: float, positions: np.ndarray, seed: int) -> ForgetSet:
@@ -163,8 +232,10 @@ def format_corrective(results: dict) -> str:
                           100)
     for block in results["fractions"]:
         lines += ["", f"identified f = {block['fraction']:g} ({block['identified']} of {m['size']})"]
+        relearn = any("relearn" in r for r in block["rows"])
         header = (f"{'method':<18}{'val acc':>8}" + "".join(f"{name:>10}" for name, _ in cols)
-                  + f"{'K95 ident':>10}{'unident':>9}{'retain':>8}{'val':>7}{'×retrain':>9}")
+                  + f"{'K95 ident':>10}{'unident':>9}{'retain':>8}{'val':>7}{'×retrain':>9}"
+                  + (f"{'½ relearn':>10}" if relearn else ""))
         lines += [header, "-" * len(header)]
         floor = block["noise_floor"]
         for r in block["rows"] + ([] if floor in block["rows"] else [{**floor, "label": "noise floor"}]):
@@ -173,14 +244,29 @@ def format_corrective(results: dict) -> str:
             lines.append(f"{r['label'][:17]:<18}{_num(acc.get('val'), '.3f'):>8}"
                          + "".join(f"{_num(acc.get(split), '.3f'):>10}" for _, split in cols)
                          + f"{_num(k.get('forget')):>10}{_num(k.get('unidentified')):>9}{_num(k.get('retain')):>8}"
-                         f"{_num(k.get('val')):>7}{_num(ratio, '.3f'):>9}")
+                         f"{_num(k.get('val')):>7}{_num(ratio, '.3f'):>9}"
+                         + (f"{_steps((r.get('relearn') or {}).get('forget')):>10}" if relearn else ""))
     lines += ["", *textwrap.wrap("val acc: clean validation accuracy; " + {
         "poison": "ASR: triggered validation images of other classes classified as the target; trig acc: "
                   "triggered images against their true labels; ",
         "swap": "pair acc: accuracy on the two swapped classes; swap rate: their images predicted as the other; ",
         "noise": ""}[m["kind"]] + "K95: KLoM p95 against oracles retrained without M (ident = S_F, unident = "
-              "M ∖ S_F); the floor row is an independent arm of such oracles.", 100)]
+              "M ∖ S_F); the floor row is an independent arm of such oracles."
+              + (f" ½ relearn: fine-tuning steps on {k_relearn(results)} identified examples until "
+                 f"{'the attack success' if m['kind'] == 'poison' else 'the swap rate' if m['kind'] == 'swap' else 'the accuracy on the manipulated labels'} "
+                 f"is back to half the originals' (> {RELEARN_STEPS}: not within {RELEARN_STEPS}); fewer than the floor's "
+                 "= hidden, not removed." if k_relearn(results) else ""), 100)]
     return "\n".join(lines)
+
+
+def k_relearn(results: dict) -> int:
+    return next((r["relearn"]["forget"]["k"] for b in results["fractions"] for r in b["rows"] if "relearn" in r), 0)
+
+
+def _steps(rel: dict | None) -> str:
+    if not rel:
+        return "—"
+    return f"> {RELEARN_STEPS}" if rel.get("steps_to_half") is None else str(rel["steps_to_half"])
 
 
 def _num(v, fmt: str = ".2f") -> str:

@@ -129,11 +129,15 @@ class Bench:
     and scores it against the oracles.
     """
 
-    def __init__(self, p: Prepared, forget=None, oracle_positions=None, blocks=(), splits=None):
+    def __init__(self, p: Prepared, forget=None, oracle_positions=None, blocks=(), splits=None, probe=None,
+                 probe_key=None):
         """`forget` replaces the run's forget set (tuning); `oracle_positions` what the oracles and the
         noise-floor arm train on (default: all but the forget set; corrective unlearning retrains on the
         corrected data instead); `blocks` are (x, y) evaluated after the validation set and `splits`
-        names the positions of every split (default forget, retain, val)."""
+        names the positions of every split (default forget, retain, val); `probe(params) -> dict` adds
+        to each row what a study measures on the unlearned models themselves, `probe_key` says what it is
+        (for the jobs' cell keys)."""
+        self.probe = probe
         self.p, self.config, self.forget = p, p.config, forget or p.forget
         self.retain = self.forget.retain_positions(len(p.dataset.y_train))
         self.oracle_positions = self.retain if oracle_positions is None else np.asarray(oracle_positions)
@@ -152,7 +156,8 @@ class Bench:
                                  "val": np.arange(len(ds.y_train), len(ds.y_train) + len(ds.y_val))}
         # with the config's bench_id, what keys this bench's jobs (cells.py): data, forget set, oracles, blocks
         self.bench_digest = stable_hash([ds.fingerprint, tensor_digest(torch.as_tensor(self.forget.positions)),
-                                         tensor_digest(retain), [[tensor_digest(t) for t in b] for b in blocks]])
+                                         tensor_digest(retain), [[tensor_digest(t) for t in b] for b in blocks],
+                                         probe_key])
         self.cells = CellStore(p.cache.root.parent / "cells") if p.cache else None  # finished jobs (run_jobs)
         self.settings = Settings.of(p.config)
         self.oracles = self.scores(predict(self.forward, oracles.params, self.x_all))
@@ -207,6 +212,8 @@ class Bench:
             row = {**metrics, **cost, "diverged": False}
             if isinstance(result, Ensemble):
                 row["reference"] = result.reference
+            elif self.probe is not None:  # what a study measures beyond the scores (a relearning attack)
+                row.update(self.probe(result))
             arrays = arm.arrays(f"row/{job.label}")
             if reference is not None:
                 arrays.update(reference.arrays(f"reference/{job.label}"))

@@ -196,15 +196,18 @@ def corrective_curves(results: dict) -> Figure:
                 "swap": [("swap rate", ("accuracy", "swapped"))]}.get(kind, []),
               ("KLoM p95, unidentified M ∖ S_F", ("klom_p95", "unidentified")),
               ("KLoM p95, identified S_F", ("klom_p95", "forget"))]
+    if any("relearn" in r for b in results["fractions"] for r in b["rows"]):
+        panels.append(("relearning: steps to half the originals' (higher: removed)", ("relearn", "forget")))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), layout="constrained", squeeze=False)
     blocks = results["fractions"]
     fs = [b["fraction"] for b in blocks]
     labels = [r["label"] for r in blocks[0]["rows"]]
     for ax, (title, (group, split)) in zip(axes[0], panels):
         for j, label in enumerate(labels):
-            ys = [next((r[group].get(split) for r in b["rows"] if r["label"] == label), None) for b in blocks]
+            ys = [next((_panel_value(r, group, split) for r in b["rows"] if r["label"] == label), None)
+                  for b in blocks]
             ax.plot(fs, [np.nan if y is None else y for y in ys], "o-", ms=3, color=f"C{j % 10}", label=label)
-        floor = [b["noise_floor"][group].get(split) for b in blocks]
+        floor = [_panel_value(b["noise_floor"], group, split) for b in blocks]
         if any(v is not None for v in floor):
             ax.plot(fs, [np.nan if v is None else v for v in floor], label="noise floor (oracle twin)", **FLOOR_STYLE)
         ax.set(title=title, xlabel="identified fraction f")
@@ -213,6 +216,12 @@ def corrective_curves(results: dict) -> Figure:
     fig.suptitle(f"{results['manipulation']['spec']}: what each method removes as more of it is identified",
                  fontsize=9)
     return fig
+
+
+def _panel_value(row: dict, group: str, split: str):
+    if group == "relearn":  # how many steps the relearning attack took to bring half of it back
+        return ((row.get("relearn") or {}).get(split) or {}).get("steps_to_half")
+    return (row.get(group) or {}).get(split)
 
 
 def id_vs_ood_curves(results: dict) -> Figure:
