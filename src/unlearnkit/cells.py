@@ -7,13 +7,16 @@ the execution backend (one after another here, as parallel tasks on Ray), and ke
 moment it arrives. So an interrupted run, search or study resumes where it stopped, and a cell that
 finished is never computed again.
 
-`CellStore` keeps job results in the cache (`<cache>/cells/<key>`): a JSON result and the arrays beside
+A key hashes the cell's inputs and the package's source code, so an edited method or metric is
+recomputed rather than read stale. `CellStore` keeps job results in the cache (`<cache>/cells/<key>`): a JSON result and the arrays beside
 it (per-example KLoM, the scores behind `scores.npz`). The arrays are written first and the JSON last,
 each atomically, so the JSON's presence says the cell is whole; an entry that cannot be read back
 (a damaged file) is computed again, never trusted.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 import zipfile
@@ -34,8 +37,20 @@ FORMAT = 1
 
 
 def cell_key(*parts) -> str:
-    """A cell's key: a hash of what made it (and of the code's version, so an upgrade recomputes)."""
-    return stable_hash({"cell": parts, "unlearnkit": __version__, "format": FORMAT})[:32]
+    """A cell's key: a hash of what made it and of the package's code (every source file), so that a
+    changed method or metric recomputes its cells instead of reading stale ones."""
+    return stable_hash({"cell": parts, "unlearnkit": __version__, "code": code_digest(), "format": FORMAT})[:32]
+
+
+@functools.cache
+def code_digest() -> str:
+    """SHA-256 of the package's Python sources (names and contents), read once per process."""
+    h = hashlib.sha256()
+    root = Path(__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 class CellStore:

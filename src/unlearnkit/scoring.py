@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import expit  # the logistic function, without overflow warnings at large margins
 import torch
 
 from .metrics import bootstrap_p95, klom, margins, summarize
@@ -123,7 +124,7 @@ def row_metrics(arm: ArmScores, oracle: ArmScores, oracles: ArmScores, splits: d
 def population_mia(arm: ArmScores, splits: dict[str, np.ndarray], seed: int) -> dict:
     """The OPTML SVC attack's MIA-efficacy per feature (`metrics.mia.svc_mia`: shadow members = retain,
     non-members = validation, target = forget), mean over the arm's first `MIA_MODELS` models."""
-    feats = {"correctness": arm.correct, "confidence": 1 / (1 + np.exp(-arm.margin.astype(np.float64))),
+    feats = {"correctness": arm.correct, "confidence": expit(arm.margin.astype(np.float64)),
              "entropy": arm.entropy, "m_entropy": arm.m_entropy}
     side = {name: {k: v[:, splits[name]] for k, v in feats.items()} for name in ("retain", "val", "forget")}
     out = svc_mia(side["retain"], side["val"], side["forget"], seed=seed,
