@@ -197,7 +197,7 @@ def corrective_curves(results: dict) -> Figure:
               ("KLoM p95, unidentified M ∖ S_F", ("klom_p95", "unidentified")),
               ("KLoM p95, identified S_F", ("klom_p95", "forget"))]
     if any("relearn" in r for b in results["fractions"] for r in b["rows"]):
-        panels.append(("relearning: steps to half the originals' (higher: removed)", ("relearn", "forget")))
+        panels.append(("relearning: steps to ½ (higher: removed)", ("relearn", "forget")))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), layout="constrained", squeeze=False)
     blocks = results["fractions"]
     fs = [b["fraction"] for b in blocks]
@@ -206,7 +206,8 @@ def corrective_curves(results: dict) -> Figure:
         for j, label in enumerate(labels):
             ys = [next((_panel_value(r, group, split) for r in b["rows"] if r["label"] == label), None)
                   for b in blocks]
-            ax.plot(fs, [np.nan if y is None else y for y in ys], "o-", ms=3, color=f"C{j % 10}", label=label)
+            ax.plot(fs, [np.nan if y is None else y for y in ys], "o-" if j < 10 else "s--", ms=3,
+                    color=plt.get_cmap("tab20")(j % 20), label=label)  # a study can have more than 10 methods
         floor = [_panel_value(b["noise_floor"], group, split) for b in blocks]
         if any(v is not None for v in floor):
             ax.plot(fs, [np.nan if v is None else v for v in floor], label="noise floor (oracle twin)", **FLOOR_STYLE)
