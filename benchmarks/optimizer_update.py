@@ -15,21 +15,17 @@ import argparse
 import time
 
 import torch
+from zoo_throughput import _sync  # the sibling script (benchmarks/ is on the path when run as a script)
 
 from unlearnkit.data import load_dataset
-from unlearnkit.engine.compute import resolve
+from unlearnkit.engine.compute import Compute, resolve
 from unlearnkit.engine.optim import StackedSGD
 from unlearnkit.models import init_params
 from unlearnkit.tasks import get_task
 from unlearnkit.zoo import arm_seeds
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
-
-
-def time_steps(params, device: str, compiled: bool, chunked: bool, steps: int) -> tuple[float, float]:
+def time_steps(params, compute: Compute, compiled: bool, chunked: bool, steps: int) -> tuple[float, float]:
     """(seconds of the first step, median seconds of the next `steps`) for one way of updating."""
     opt = StackedSGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4, cpu=chunked)
     opt.compiled = compiled
@@ -37,10 +33,10 @@ def time_steps(params, device: str, compiled: bool, chunked: bool, steps: int) -
         p.grad = torch.randn_like(p)
     times = []
     for _ in range(steps + 1):
-        sync(device)
+        _sync(compute)
         start = time.perf_counter()
         opt.step()
-        sync(device)
+        _sync(compute)
         times.append(time.perf_counter() - start)
     return times[0], sorted(times[1:])[len(times[1:]) // 2]
 
@@ -52,7 +48,8 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--steps", type=int, default=20)
     args = ap.parse_args()
-    device = resolve(args.device, "fp32").device
+    compute = resolve(args.device, "fp32")
+    device = compute.device
     task = get_task(args.task)
     ds = load_dataset(task.dataset, train_size=task.train_size)
     print(f"{args.task} on {device}: one SGD-momentum step over N models' parameters (median of {args.steps})")
@@ -63,7 +60,7 @@ def main() -> None:
         for way, compiled, chunked in (("compiled", True, False), ("op by op, whole", False, False),
                                        ("op by op, cache slices", False, True)):
             params = [v.clone().to(device) for v in base.values()]
-            first, step = time_steps(params, device, compiled, chunked, args.steps)
+            first, step = time_steps(params, compute, compiled, chunked, args.steps)
             moved = numbers * 4 * 5  # the fused ideal: p, g, buf read once, p and buf written once
             print(f"{n:>5} {numbers:>11,} {way:>22} {first:>13.2f} {step * 1e3:>8.2f} {moved / step / 1e9:>7.0f}",
                   flush=True)

@@ -60,6 +60,11 @@ class CellStore:
     def __init__(self, root: str | Path):
         self.root = Path(root)
 
+    @classmethod
+    def beside(cls, cache) -> CellStore | None:
+        """The store of finished jobs next to a `ZooCache` (`<cache>/cells`); None without a cache."""
+        return cls(cache.root.parent / "cells") if cache is not None else None
+
     def get(self, key: str):
         meta, arrays = self.root / f"{key}.json", self.root / f"{key}.npz"
         if not meta.exists():

@@ -57,6 +57,7 @@ def corrective(config: RunConfig, manipulation: str, fractions=DEFAULT_FRACTIONS
     if not 0 <= relearn <= 100_000:
         raise UnlearnkitError(f"--relearn must be a number of examples in [1, 100000] (0: off), got {relearn}")
     from .report import check_output, claim_output, index, release_output
+    from .report.results import json_safe
     fractions = tuple(sorted(set(float(f) for f in fractions)))
     if not fractions:
         raise UnlearnkitError("--identified needs at least one fraction in (0, 1]")
@@ -85,8 +86,8 @@ def corrective(config: RunConfig, manipulation: str, fractions=DEFAULT_FRACTIONS
                                             "fractions": list(fractions), "unlearnkit": __version__,
                                             "torch": torch.__version__},
                "manipulation": {k: v for k, v in manip.to_dict().items() if k != "ids"}, "fractions": []}
+    n_train, n_val = len(clean.y_train), len(clean.y_val)
     for f, p in prepared.items():
-        n_train, n_val = len(clean.y_train), len(clean.y_val)
         splits = {"forget": p.forget.positions, "unidentified": np.setdiff1d(manip.positions, p.forget.positions),
                   "retain": corrected, "val": np.arange(n_train, n_train + n_val)}
         splits = {k: v for k, v in splits.items() if len(v)} | extra(n_train + n_val)
@@ -104,7 +105,7 @@ def corrective(config: RunConfig, manipulation: str, fractions=DEFAULT_FRACTIONS
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "corrective.json", lambda p: p.write_text(json.dumps(_clean(results), indent=2)))
+        atomic_write(out / "corrective.json", lambda p: p.write_text(json.dumps(json_safe(results), indent=2)))
         from .report.figures import corrective_curves
         from .report.html import write_grid_report
         write_grid_report(out, f"corrective unlearning: {manipulation} on {config.task}", format_corrective(results),
@@ -131,6 +132,7 @@ def relearning_probe(task, dataset, forward, manip: Manipulation, blocks: list, 
     recovers it in a few steps, one that removed it does not (the corrected oracles are the reference)."""
     from .engine import Optim, predict
     from .methods import Context
+    from .metrics import accuracy
     rng = np.random.default_rng([seed, RELEARN_TAG])
     if manip.kind == "noise":
         x_eval, y_eval = dataset.x_train[torch.as_tensor(manip.positions)], dataset.y_train[torch.as_tensor(manip.positions)]
@@ -142,7 +144,7 @@ def relearning_probe(task, dataset, forward, manip: Manipulation, blocks: list, 
             "retain": np.sort(rng.choice(corrected, min(k, len(corrected)), replace=False))}
 
     def metric(params) -> float:
-        return float((predict(forward, params, x_eval).argmax(-1) == y_eval).double().mean())
+        return float(accuracy(predict(forward, params, x_eval), y_eval).mean())
 
     def loss(params, batch, frozen):
         x, y, _ = next(iter(batch.values()))
@@ -188,34 +190,21 @@ def evaluation_blocks(manip: Manipulation, clean) -> tuple[list, callable]:
     if manip.kind == "poison":
         triggered = manip.trigger(x)
         other = (y != manip.target).nonzero().flatten()
+        names = ("triggered", "attack")
         blocks = [(triggered, y), (triggered[other], torch.full((len(other),), manip.target, dtype=y.dtype))]
-        sizes = {"triggered": len(y), "attack": len(other)}
     elif manip.kind == "swap":
         a, b = manip.classes
         pair = ((y == a) | (y == b)).nonzero().flatten()
         swapped = torch.where(y[pair] == a, torch.tensor(b, dtype=y.dtype), torch.tensor(a, dtype=y.dtype))
+        names = ("pair", "swapped")
         blocks = [(x[pair], y[pair]), (x[pair], swapped)]
-        sizes = {"pair": len(pair), "swapped": len(pair)}
     else:
         return [], lambda start: {}
 
     def splits(start: int) -> dict[str, np.ndarray]:
-        out, at = {}, start
-        for name, n in sizes.items():
-            out[name], at = np.arange(at, at + n), at + n
-        return out
+        ends = start + np.cumsum([len(b_y) for _, b_y in blocks])
+        return {name: np.arange(end - len(b_y), end) for name, (_, b_y), end in zip(names, blocks, ends)}
     return blocks, splits
-
-
-def _clean(obj):
-    """JSON has no NaN: write null."""
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
 
 
 MANIPULATION_COLUMNS = {"poison": (("ASR", "attack"), ("trig acc", "triggered")),

@@ -158,7 +158,7 @@ class Bench:
         self.bench_digest = stable_hash([ds.fingerprint, tensor_digest(torch.as_tensor(self.forget.positions)),
                                          tensor_digest(retain), [[tensor_digest(t) for t in b] for b in blocks],
                                          probe_key])
-        self.cells = CellStore(p.cache.root.parent / "cells") if p.cache else None  # finished jobs (run_jobs)
+        self.cells = CellStore.beside(p.cache)  # finished jobs (run_jobs)
         self.settings = Settings.of(p.config)
         self.oracles = self.scores(predict(self.forward, oracles.params, self.x_all))
         self.originals_scores = self.scores(predict(self.forward, self.originals.params, self.x_all))

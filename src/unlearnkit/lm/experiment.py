@@ -73,7 +73,7 @@ class LMBench:
         self.retain = np.setdiff1d(np.arange(len(d.items)), self.forget)
         self.bench_digest = stable_hash(np.asarray(self.forget).tolist())  # with config.bench_id: its jobs' key
         self.cache = cache
-        self.cells = CellStore(cache.root.parent / "cells") if cache else None  # finished jobs (run_jobs)
+        self.cells = CellStore.beside(cache)  # finished jobs (run_jobs)
         self.forward = LMForward(d.config)
         self.generator = build_lm(d.config)
         self.originals = train_lm_models(d.config, d.tensors, torch.arange(len(d.items)),

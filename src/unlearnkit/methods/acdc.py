@@ -1,10 +1,10 @@
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
 import torch.nn.functional as F
 
 from ..engine import Optim, Params, predict
+from ..metrics import accuracy
 from .base import Context, HParams, register
 
 
@@ -53,14 +53,7 @@ def acdc(ctx: Context, hp: ACDCParams) -> Params:
         model = ctx.one_step(_descent(ctx), f"descent{t}", ctx.retain, hp.batch_size,
                              Optim("adam", hp.lr_descent * decay, 0.0, 0.0, "constant"), model, down)
         if (t + 1) % hp.eval_every == 0 or t + 1 == hp.iterations:
-            acc = _accuracy(ctx, model, x_val, y_val)
-            if best is None:
-                best, best_acc = {k: v.clone() for k, v in model.items()}, acc
-                continue
-            better = acc > best_acc
-            for k in best:
-                best[k][better] = model[k][better]
-            best_acc = torch.where(better, acc, best_acc)
+            best, best_acc = ctx.keep_better(best, best_acc, model, accuracy(predict(ctx.forward, model, x_val), y_val))
     return best
 
 
@@ -77,6 +70,3 @@ def _descent(ctx: Context):
         return F.cross_entropy(ctx.forward(params, x), y)
     return loss
 
-
-def _accuracy(ctx: Context, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return (predict(ctx.forward, params, x).argmax(-1) == y).double().mean(1)

@@ -126,6 +126,18 @@ class Context:
         return self.fit(loss, {name: stream}, 1 / stream.steps_per_epoch, optim, params=params, carry=carry,
                         desc=None, **kwargs)
 
+    @staticmethod
+    def keep_better(best: Params | None, best_score: torch.Tensor | None, params: Params,
+                    score: torch.Tensor) -> tuple[Params, torch.Tensor]:
+        """Per model, the better (higher `score`) of the kept `best` and `params`: for methods that choose
+        each model's step on held-out data (AC↯DC, ERA's fine-tuning). `best` None: the first candidate."""
+        if best is None:
+            return {k: v.clone() for k, v in params.items()}, score
+        better = score > best_score
+        for k in best:
+            best[k][better] = params[k][better]
+        return best, torch.where(better, score, best_score)
+
     def train_from_scratch(self, positions, seeds: list[int], label: str) -> Params:
         """Train fresh models of the task's recipe through the (cached) zoo."""
         arm = self.train_arm(torch.as_tensor(positions), seeds, label)

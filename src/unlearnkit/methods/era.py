@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from ..engine import EpochStream, Optim, Params, predict
 from ..errors import UnlearnkitError
+from ..metrics import mean_cross_entropy
 from ..models import init_params
 from ..zoo import ORIGINAL_SEEDS, arm_seeds, recipe_optim, stable_hash, tensor_digest
 from ..zoo.train import train_cached
@@ -121,23 +122,18 @@ def coherence_finetune(ctx: Context, params: Params, hp: ERAParams) -> Params:
         else sample
     x_h, y_h = ctx.dataset.x_train[torch.as_tensor(held)], ctx.dataset.y_train[torch.as_tensor(held)]
 
-    def held_loss(p: Params) -> torch.Tensor:
-        logits = predict(ctx.forward, p, x_h)
-        return F.cross_entropy(logits.transpose(1, 2), y_h.expand(len(logits), -1), reduction="none").mean(1)
+    def held_score(p: Params) -> torch.Tensor:  # higher is better: minus the held-out loss
+        return -mean_cross_entropy(predict(ctx.forward, p, x_h), y_h)
 
     def loss(p, batch, frozen):
         x, y, _ = batch["coherence"]
         return F.cross_entropy(ctx.forward(p, x), y)
 
-    best, best_loss, carry = {k: v.clone() for k, v in params.items()}, held_loss(params), {}
-    optim = Optim("sgd", hp.finetune_lr, 0.9, 0.0, "constant")
+    best, best_score = ctx.keep_better(None, None, params, held_score(params))
+    carry, optim = {}, Optim("sgd", hp.finetune_lr, 0.9, 0.0, "constant")
     for _ in range(hp.finetune_steps):
         params = ctx.one_step(loss, "coherence", train, len(train), optim, params, carry)
-        current = held_loss(params)
-        better = current < best_loss
-        for k in best:
-            best[k][better] = params[k][better]
-        best_loss = torch.where(better, current, best_loss)
+        best, best_score = ctx.keep_better(best, best_score, params, held_score(params))
     return best
 
 

@@ -1,10 +1,10 @@
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
 import torch.nn.functional as F
 
 from ..engine import Params, predict
+from ..metrics import mean_cross_entropy
 from .base import Context, LoopParams, register
 
 
@@ -45,9 +45,7 @@ def nablatau(ctx: Context, hp: NablaTauParams) -> Params:
     model, carry = ctx.originals, {}
     for phase in range(hp.phases):
         alpha = alpha0 * (1 - phase / hp.phases)
-        with torch.no_grad():
-            l_val = F.cross_entropy(predict(ctx.forward, model, x_val).transpose(1, 2),
-                                    y_val.expand(ctx.n_models, -1), reduction="none").mean(1)
+        l_val = mean_cross_entropy(predict(ctx.forward, model, x_val), y_val)
 
         def loss(params, batch, frozen, alpha=alpha):
             (xr, yr, _), (xf, yf, _) = batch["retain"], batch["forget"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 def margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -26,6 +27,11 @@ def margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-model accuracy, logits (models, examples, classes) → (models,)."""
     return (logits.argmax(dim=2) == labels.view(1, -1)).double().mean(dim=1)
+
+
+def mean_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-model mean cross-entropy, logits (models, examples, classes) → (models,)."""
+    return F.cross_entropy(logits.transpose(1, 2), labels.expand(len(logits), -1), reduction="none").mean(dim=1)
 
 
 def as_model_array(a, name: str, what: str = "margins", min_examples: int = 1) -> np.ndarray:

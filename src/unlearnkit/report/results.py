@@ -19,14 +19,14 @@ from ..errors import UnlearnkitError
 from ..files import alive, atomic_write, check_writable, remove_stale_temporaries
 
 
-def _clean(obj):
+def json_safe(obj):
     """JSON has no NaN/inf: write them as null."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
@@ -127,7 +127,7 @@ def write_results(out, results: dict, per_example: dict[str, np.ndarray], splits
         write_scores(out, {**scores, "forget_ids": np.asarray(forget_ids)}, splits, results["config"])
     atomic_write(out / "forget_set.json", lambda p: p.write_text(json.dumps(results["forget_set"], indent=1)))
     fixed, timings = split_timings(results)
-    atomic_write(out / "timings.json", lambda p: p.write_text(json.dumps(_clean(timings), indent=2)))
+    atomic_write(out / "timings.json", lambda p: p.write_text(json.dumps(json_safe(timings), indent=2)))
     rewrite_results(out, fixed, per_example, splits, forget_ids)
     release_output(out)
 
@@ -140,4 +140,4 @@ def rewrite_results(out, fixed: dict, per_example: dict[str, np.ndarray], splits
     arrays.update({f"split/{k}": v for k, v in splits.items()})
     arrays["forget_ids"] = forget_ids
     atomic_write(out / "klom.npz", lambda p: _savez(p, arrays))
-    atomic_write(out / "results.json", lambda p: p.write_text(json.dumps(_clean(fixed), indent=2)))
+    atomic_write(out / "results.json", lambda p: p.write_text(json.dumps(json_safe(fixed), indent=2)))
