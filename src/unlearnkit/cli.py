@@ -285,13 +285,16 @@ def datamodels(task, models, subset, seed, train_size, data_dir, cache_dir, trak
 
 @cli.command(name="corrective")
 @click.option("--task", default="fashion-mnist-mlp", show_default=True)
-@click.option("--manip", "manipulation", default="poison:100", show_default=True,
-              help="The manipulation of the training set: poison:K[:target=T][:patch=P], swap:A:B:K or noise:K.")
+@click.option("--manip", "manipulation", default=None,
+              help="The manipulation of the training set: poison:K[:target=T][:patch=P], swap:A:B:K or noise:K "
+                   "(default poison:100); for a language-model task, the forget set of which a fraction is "
+                   "identified: authors:F or canaries:K (default authors:0.1).")
 @click.option("--identified", default="0.1,0.25,0.5,1.0", show_default=True,
               help="Comma-separated fractions of the manipulated set the unlearner is told, each in (0, 1].")
 @click.option("--methods", default=None, help="Comma-separated methods (default: none, filter, finetune, neggrad+, "
                                               "acdc, nablatau, llmu, ssd, potion, potion-lf, potion+finetune, era, "
-                                              "era-control).")
+                                              "era-control; for a language-model task none, filter, finetune, "
+                                              "graddiff, llmu, rmu, era, era-control).")
 @click.option("--models", default=16, show_default=True, type=int, help="N models per arm.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--train-size", default=None, type=int, help="Training examples (default: the task's).")
@@ -312,16 +315,22 @@ def corrective_cmd(task, manipulation, identified, methods, models, seed, train_
     the corrected data; one table per fraction and each metric against the fraction."""
     from .corrective import DEFAULT_METHODS, corrective, format_corrective
     from .experiment import RunConfig
+    from .lm.corrective import DEFAULT_LM_CORRECTIVE_METHODS, format_lm_corrective
+    from .lm.task import LM_TASKS
+    lm = task in LM_TASKS
+    manipulation = manipulation or ("authors:0.1" if lm else "poison:100")
 
     try:
         fractions = tuple(float(f) for f in identified.split(",") if f.strip())
     except ValueError:
         raise UnlearnkitError(f"--identified expects comma-separated fractions in (0, 1], got {identified!r}") from None
-    names = tuple(m.strip() for m in methods.split(",") if m.strip()) if methods else DEFAULT_METHODS
+    names = (tuple(m.strip() for m in methods.split(",") if m.strip()) if methods
+             else DEFAULT_LM_CORRECTIVE_METHODS if lm else DEFAULT_METHODS)
     config = RunConfig(task=task, forget=manipulation, methods=names, models=models, seed=seed, train_size=train_size,
                        data_dir=data_dir, cache_dir=cache_dir, hparams=_overrides(sets), bootstrap=bootstrap,
                        max_hours=max_hours, **compute)
-    click.echo(format_corrective(corrective(config, manipulation, fractions, out, overwrite, relearn)))
+    results = corrective(config, manipulation, fractions, out, overwrite, relearn)
+    click.echo(format_lm_corrective(results) if lm else format_corrective(results))
     if out:
         click.echo(f"\nwrote {out}/corrective.json, {out}/report.html and {out}/figures/corrective.png")
 

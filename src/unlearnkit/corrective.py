@@ -23,6 +23,7 @@ but fails on interclass confusion).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import textwrap
@@ -56,6 +57,10 @@ def corrective(config: RunConfig, manipulation: str, fractions=DEFAULT_FRACTIONS
     Everything is checked (spec, fractions, methods, output, budget) before anything trains."""
     if not 0 <= relearn <= 100_000:
         raise UnlearnkitError(f"--relearn must be a number of examples in [1, 100000] (0: off), got {relearn}")
+    from .lm.task import LM_TASKS
+    if config.task in LM_TASKS:  # the forget set is `manipulation`, a language-model forget spec
+        from .lm.corrective import corrective_lm
+        return corrective_lm(dataclasses.replace(config, forget=manipulation), fractions, out, overwrite, relearn)
     from .report import check_output, claim_output, index, release_output
     from .report.results import json_safe
     fractions = tuple(sorted(set(float(f) for f in fractions)))
@@ -101,7 +106,7 @@ def corrective(config: RunConfig, manipulation: str, fractions=DEFAULT_FRACTIONS
                                      "rows": [r for r in rows if r["method"] in config.methods],
                                      "noise_floor": floor})
     if relearn:
-        _steps_to_half(results)
+        steps_to_half(results)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -164,14 +169,17 @@ def relearning_probe(task, dataset, forward, manip: Manipulation, blocks: list, 
     return probe
 
 
-def _steps_to_half(results: dict) -> None:
-    """Per row and relearning set: the first step whose metric reaches half the originals' (none's)
-    value before any relearning; None when never (or when there is no `none` row to compare with)."""
+def steps_to_half(results: dict) -> None:
+    """Per row and relearning set: the first step whose metric is back halfway from the noise floor's value
+    to the originals' (the `none` row's), both before any relearning; None when never (or when there is no
+    `none` row). For a poison the floor's attack success is ~0, so this is half the originals'."""
     for block in results["fractions"]:
         none = next((r for r in block["rows"] if r["method"] == "none" and "relearn" in r), None)
+        floor = block["noise_floor"].get("relearn")
         for r in block["rows"] + [block["noise_floor"]]:
             for name, rel in (r.get("relearn") or {}).items():
-                target = none["relearn"][name]["curve"][0] / 2 if none else None
+                start = none["relearn"][name]["curve"][0] if none else None
+                target = None if start is None else (start + (floor[name]["curve"][0] if floor else 0.0)) / 2
                 rel["steps_to_half"] = None if target is None else next(
                     (i for i, v in enumerate(rel["curve"]) if v >= target), None)
 
@@ -241,11 +249,15 @@ def format_corrective(results: dict) -> str:
         "swap": "pair acc: accuracy on the two swapped classes; swap rate: their images predicted as the other; ",
         "noise": ""}[m["kind"]] + "K95: KLoM p95 against oracles retrained without M (ident = S_F, unident = "
               "M ∖ S_F); the floor row is an independent arm of such oracles."
-              + (f" ½ relearn: fine-tuning steps on {k_relearn(results)} identified examples until "
-                 f"{'the attack success' if m['kind'] == 'poison' else 'the swap rate' if m['kind'] == 'swap' else 'the accuracy on the manipulated labels'} "
-                 f"is back to half the originals' (> {RELEARN_STEPS}: not within {RELEARN_STEPS}); fewer than the floor's "
-                 "= hidden, not removed." if k_relearn(results) else ""), 100)]
+              + (RELEARN_NOTE.format(k=k_relearn(results), what={
+                  "poison": "the attack success", "swap": "the swap rate"}.get(
+                  m["kind"], "the accuracy on the manipulated labels")) if k_relearn(results) else ""), 100)]
     return "\n".join(lines)
+
+
+RELEARN_NOTE = (f" ½ relearn: fine-tuning steps on {{k}} identified examples until {{what}} is back halfway from the "
+                f"noise floor's to the originals' (> {RELEARN_STEPS}: not within {RELEARN_STEPS}); fewer than the "
+                "floor's = hidden, not removed.")
 
 
 def k_relearn(results: dict) -> int:

@@ -64,25 +64,44 @@ def lm_jobs(config: RunConfig) -> list[Job]:
 class LMBench:
     """Originals, oracles and the scorer of one LM task, forget set and N (what `run` needs)."""
 
-    def __init__(self, config: RunConfig, data: TofuData | None = None, cache: ZooCache | None = None):
+    def __init__(self, config: RunConfig, data: TofuData | None = None, cache: ZooCache | None = None,
+                 identified: np.ndarray | None = None, probe=None, probe_key=None):
+        """`identified`: corrective unlearning (`lm.corrective`), the unlearner told only these positions of
+        the forget set M = config.forget: methods unlearn them (their retain set keeps the rest of M), the
+        oracles and the noise floor train without all of M, the forget metrics cover M, and KLoM is also
+        summarised on the identified and unidentified items. `probe(params) -> dict` adds what a study
+        measures on the unlearned models themselves (a relearning attack) to each row; `probe_key` says what
+        it is (for the jobs' cell keys)."""
+        self.probe = probe
         self.config = config
         self.task = get_lm_task(config.task)
         self.data = data or load_tofu(self.task)
         d, n, seed = self.data, config.models, config.seed
-        self.forget = d.forget_positions(config.forget, seed)
-        self.retain = np.setdiff1d(np.arange(len(d.items)), self.forget)
-        self.bench_digest = stable_hash(np.asarray(self.forget).tolist())  # with config.bench_id: its jobs' key
+        everything = np.arange(len(d.items))
+        self.manipulated = d.forget_positions(config.forget, seed)
+        self.forget = self.manipulated if identified is None else np.sort(np.asarray(identified))
+        if not np.isin(self.forget, self.manipulated).all():
+            raise UnlearnkitError("the identified items must be part of the forget set")
+        self.retain = np.setdiff1d(everything, self.forget)
+        self.oracle_positions = np.setdiff1d(everything, self.manipulated)
+        within = np.isin(self.manipulated, self.forget)
+        self.subsets = {} if identified is None else {k: v for k, v in (("identified", np.flatnonzero(within)),
+                                                                        ("unidentified", np.flatnonzero(~within)))
+                                                      if len(v)}
+        # with config.bench_id: its jobs' key
+        self.bench_digest = stable_hash(np.asarray(self.forget).tolist() if identified is None
+                                        else [self.forget.tolist(), self.manipulated.tolist(), probe_key])
         self.cache = cache
         self.cells = CellStore.beside(cache)  # finished jobs (run_jobs)
         self.forward = LMForward(d.config)
         self.generator = build_lm(d.config)
-        self.originals = train_lm_models(d.config, d.tensors, torch.arange(len(d.items)),
+        self.originals = train_lm_models(d.config, d.tensors, torch.as_tensor(everything),
                                          arm_seeds(ORIGINAL_SEEDS, n, seed), self.task.recipe, cache, "originals")
-        self.oracles = train_lm_models(d.config, d.tensors, torch.as_tensor(self.retain),
+        self.oracles = train_lm_models(d.config, d.tensors, torch.as_tensor(self.oracle_positions),
                                        arm_seeds(ORACLE_SEEDS, n, seed), self.task.recipe, cache, "oracles")
-        self.sets = {"forget": [d.items[p] for p in self.forget],
-                     "retain": [d.items[p] for p in d.retain_sample(self.retain, seed)],
-                     "world": list(d.bench.world), "val": list(d.holdout_like(self.forget))}
+        self.sets = {"forget": [d.items[p] for p in self.manipulated],
+                     "retain": [d.items[p] for p in d.retain_sample(self.oracle_positions, seed)],
+                     "world": list(d.bench.world), "val": list(d.holdout_like(self.manipulated))}
         self.oracle_scores = self.score(self.oracles.params)
         self._originals_scores = None
 
@@ -100,9 +119,11 @@ class LMBench:
                 "world": score_items(*common, self.sets["world"], t.max_len, rouge=True, options=True),
                 "val": score_items(*common, self.sets["val"], t.max_len, mia=True)}
 
-    def context(self) -> LMContext:
+    def context(self, job: Job | None = None) -> LMContext:
+        """What a method gets; the noise-floor arm (an independent arm of oracles) trains where they do."""
         d, c = self.data, self.config
-        return LMContext(self.task, d, self.forward, self.originals.params, self.forget, self.retain,
+        retain = self.oracle_positions if job is not None and job.method == NOISE_FLOOR_METHOD else self.retain
+        return LMContext(self.task, d, self.forward, self.originals.params, self.forget, retain,
                          arm_seeds(ORIGINAL_SEEDS, c.models, c.seed), c.seed, self.cache, tokens=d.tensors,
                          items=d.items, tok=d.tok, pad_id=special_ids(d.tok)[0], eos_id=special_ids(d.tok)[1],
                          lm_config=d.config,
@@ -119,7 +140,7 @@ class LMBench:
     def run_job(self, job: Job) -> tuple[dict, dict | None]:
         """One results row, and (unless the method diverged) {"klom": per-example KLoM, "scores": the
         arrays scores.npz keeps for the row}."""
-        ctx = self.context()
+        ctx = self.context(job)
         log.info("method %s", job.label)
         start = time.perf_counter()
         extra = None
@@ -135,8 +156,10 @@ class LMBench:
             if not all(torch.isfinite(v).all() for v in params.values()):
                 raise Diverged(-1, [])
             scores = self.score(params)
-            row, values = lm_row(scores, self.oracle_scores, self.config)
+            row, values = lm_row(scores, self.oracle_scores, self.config, self.subsets)
             row.update({**cost, "diverged": False})
+            if self.probe is not None:  # what a study measures beyond the scores (a relearning attack)
+                row.update(self.probe(params))
             extra = {"klom": values, "scores": item_score_arrays(scores, f"row/{job.label}")}
             if recorder is not None:
                 if recorder.steps[-1] != watched.steps:
@@ -184,10 +207,15 @@ def mia_aucs(s: dict[str, ItemScores]) -> dict[str, float]:
     return {a: float(np.mean([M.mia_auc(f[a][i], v[a][i]) for i in range(len(f[a]))])) for a in MIA_ATTACKS}
 
 
-def lm_row(s: dict[str, ItemScores], o: dict[str, ItemScores], config) -> tuple[dict, np.ndarray]:
+def lm_row(s: dict[str, ItemScores], o: dict[str, ItemScores], config,
+           subsets: dict[str, np.ndarray] | None = None) -> tuple[dict, np.ndarray]:
     """One results row: the method's scores `s` judged against the oracles' `o`. `config`: a RunConfig
-    or `scoring.Settings` (binning, bootstrap, seed, extra KLoM estimators)."""
+    or `scoring.Settings` (binning, bootstrap, seed, extra KLoM estimators). `subsets` name parts of the
+    forget items (corrective unlearning's identified and unidentified items): KLoM, probability and
+    accuracy are also reported on each."""
     u, splits = _concat(s)
+    subsets = subsets or {}
+    splits.update({k: splits["forget"][v] for k, v in subsets.items()})
     ref, _ = _concat(o)
     kw = {"reference_binning": config.reference_binning}
     values = klom(u, ref, **kw)
@@ -202,8 +230,10 @@ def lm_row(s: dict[str, ItemScores], o: dict[str, ItemScores], config) -> tuple[
            "utility_components": {k: float(np.mean([c[k] for c in comps])) for k in comps[0]},
            "forget_rouge": float(s["forget"].rouge.mean()),
            "forget_truth_ratio": float(np.mean([M.truth_ratio_forget_score(t) for t in s["forget"].truth_ratio])),
-           "probability": {k: float(np.exp(s[k].seq).mean()) for k in KLOM_SPLITS},
-           "accuracy": {k: float(s[k].accuracy.mean()) for k in KLOM_SPLITS},
+           "probability": {k: float(np.exp(s[k].seq).mean()) for k in KLOM_SPLITS}
+           | {k: float(np.exp(s["forget"].seq[:, v]).mean()) for k, v in subsets.items()},
+           "accuracy": {k: float(s[k].accuracy.mean()) for k in KLOM_SPLITS}
+           | {k: float(s["forget"].accuracy[:, v].mean()) for k, v in subsets.items()},
            "mia_auc": aucs, "privleak": M.privleak(aucs["mink"], oracle_aucs["mink"])}
     if config.bootstrap:
         row["klom_p95_ci"] = bootstrap_p95(u, ref, splits, reps=config.bootstrap, seed=config.seed, **kw)

@@ -5,9 +5,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..engine import EpochStream, Optim, Params, predict
+from ..engine import EpochStream, Optim, Params
 from ..errors import UnlearnkitError
-from ..metrics import mean_cross_entropy
 from ..models import init_params
 from ..zoo import ORIGINAL_SEEDS, arm_seeds, recipe_optim, stable_hash, tensor_digest
 from ..zoo.train import train_cached
@@ -24,6 +23,7 @@ class ERAParams(HParams):
     finetune_examples: int = 64   # the coherence fine-tune's retain sample (one full batch)
     finetune_steps: int = 40
     finetune_lr: float = 0.01
+    finetune_optimizer: str = "sgd"  # momentum 0.9 ("adam": no weight decay)
     routing: bool = True
 
     search_space: ClassVar[dict] = {"routed_original": ("float", -1.0, 0.0), "finetune_lr": ("log", 1e-3, 0.1)}
@@ -32,7 +32,8 @@ class ERAParams(HParams):
         return [("expand", self.expand >= 1, "must be >= 1"), ("l1", self.l1 >= 0, "must be >= 0"),
                 ("finetune_examples", self.finetune_examples >= 1, "must be >= 1"),
                 ("finetune_steps", self.finetune_steps >= 0, "must be >= 0"),
-                ("finetune_lr", self.finetune_lr > 0, "must be > 0")]
+                ("finetune_lr", self.finetune_lr > 0, "must be > 0"),
+                ("finetune_optimizer", self.finetune_optimizer in ("sgd", "adam"), "must be sgd or adam")]
 
     def check_setting(self, task, dataset, forget, seed) -> None:
         if task.model != "mlp":
@@ -111,30 +112,38 @@ def era_models(ctx: Context, hp: ERAParams) -> Params:
     return ablate(arm.params, width, depth)
 
 
-def coherence_finetune(ctx: Context, params: Params, hp: ERAParams) -> Params:
-    """`finetune_steps` full-batch SGD steps on a seeded sample of `finetune_examples` retain examples,
-    keeping each model's step with the lowest loss on a held-out retain sample of the same size."""
+def coherence_finetune(ctx: Context, params: Params, hp: ERAParams, one_loss) -> Params:
+    """`finetune_steps` full-batch steps of `one_loss(params, x, y)` (one model's loss) on a seeded sample
+    of `finetune_examples` retain examples, keeping each model's step with the lowest loss on a held-out
+    retain sample of the same size. Shared by the classifier and language-model ERA."""
     if hp.finetune_steps == 0:
         return params
     rng = np.random.default_rng([ctx.run_seed, ERA_TAG])
     sample = rng.choice(ctx.retain, size=min(len(ctx.retain), 2 * hp.finetune_examples), replace=False)
     train, held = sample[:hp.finetune_examples], sample[hp.finetune_examples:] if len(sample) > hp.finetune_examples \
         else sample
-    x_h, y_h = ctx.dataset.x_train[torch.as_tensor(held)], ctx.dataset.y_train[torch.as_tensor(held)]
+    x_h, y_h = (t[torch.as_tensor(held)] for t in ctx.train_data)
 
-    def held_score(p: Params) -> torch.Tensor:  # higher is better: minus the held-out loss
-        return -mean_cross_entropy(predict(ctx.forward, p, x_h), y_h)
+    @torch.no_grad()
+    def held_score(p: Params) -> torch.Tensor:  # higher is better: minus the held-out loss, per model
+        return -torch.vmap(one_loss, in_dims=(0, None, None))(p, x_h, y_h)
 
     def loss(p, batch, frozen):
         x, y, _ = batch["coherence"]
-        return F.cross_entropy(ctx.forward(p, x), y)
+        return one_loss(p, x, y)
 
     best, best_score = ctx.keep_better(None, None, params, held_score(params))
-    carry, optim = {}, Optim("sgd", hp.finetune_lr, 0.9, 0.0, "constant")
+    carry = {}
+    optim = Optim(hp.finetune_optimizer, hp.finetune_lr, 0.9 if hp.finetune_optimizer == "sgd" else 0.0, 0.0,
+                  "constant")
     for _ in range(hp.finetune_steps):
         params = ctx.one_step(loss, "coherence", train, len(train), optim, params, carry)
         best, best_score = ctx.keep_better(best, best_score, params, held_score(params))
     return best
+
+
+def _cross_entropy(ctx: Context):
+    return lambda p, x, y: F.cross_entropy(ctx.forward(p, x), y)
 
 
 @register("era", ERAParams)
@@ -154,11 +163,11 @@ def era(ctx: Context, hp: ERAParams) -> Params:
     zoo and cached.
     Deviations: an MLP instead of a transformer's MLP blocks; SGD 0.01 for the fine-tune (GR: AdamW).
     """
-    return coherence_finetune(ctx, era_models(ctx, hp), hp)
+    return coherence_finetune(ctx, era_models(ctx, hp), hp, _cross_entropy(ctx))
 
 
 @register("era-control", ERAControlParams)
 def era_control(ctx: Context, hp: ERAControlParams) -> Params:
     """ERA without routing (Cloud et al. 2024's control): expand, train with the L1 penalty, ablate the
     added units and fine-tune, with no gradient masking — what expansion and fine-tuning alone do."""
-    return coherence_finetune(ctx, era_models(ctx, hp), hp)
+    return coherence_finetune(ctx, era_models(ctx, hp), hp, _cross_entropy(ctx))

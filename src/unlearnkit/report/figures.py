@@ -191,11 +191,17 @@ def corrective_curves(results: dict) -> Figure:
     """`unlearnkit corrective`: each metric against the identified fraction f, one line per method; the
     noise floor (an independent arm of corrected oracles) as a band where the metric has one."""
     kind = results["manipulation"]["kind"]
-    panels = [("val acc", ("accuracy", "val")),
-              *{"poison": [("attack success rate", ("accuracy", "attack"))],
-                "swap": [("swap rate", ("accuracy", "swapped"))]}.get(kind, []),
-              ("KLoM p95, unidentified M ∖ S_F", ("klom_p95", "unidentified")),
-              ("KLoM p95, identified S_F", ("klom_p95", "forget"))]
+    if kind == "forget":  # a language-model forget set (`lm.corrective`)
+        panels = [("forget quality (KS p, log)", ("forget_quality", None)), ("model utility", ("model_utility", None)),
+                  ("answer probability, unidentified", ("probability", "unidentified")),
+                  ("KLoM p95, unidentified M ∖ S_F", ("klom_p95", "unidentified")),
+                  ("KLoM p95, identified S_F", ("klom_p95", "identified"))]
+    else:
+        panels = [("val acc", ("accuracy", "val")),
+                  *{"poison": [("attack success rate", ("accuracy", "attack"))],
+                    "swap": [("swap rate", ("accuracy", "swapped"))]}.get(kind, []),
+                  ("KLoM p95, unidentified M ∖ S_F", ("klom_p95", "unidentified")),
+                  ("KLoM p95, identified S_F", ("klom_p95", "forget"))]
     if any("relearn" in r for b in results["fractions"] for r in b["rows"]):
         panels.append(("relearning: steps to ½ (higher: removed)", ("relearn", "forget")))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), layout="constrained", squeeze=False)
@@ -211,7 +217,7 @@ def corrective_curves(results: dict) -> Figure:
         floor = [_panel_value(b["noise_floor"], group, split) for b in blocks]
         if any(v is not None for v in floor):
             ax.plot(fs, [np.nan if v is None else v for v in floor], label="noise floor (oracle twin)", **FLOOR_STYLE)
-        ax.set(title=title, xlabel="identified fraction f")
+        ax.set(title=title, xlabel="identified fraction f", yscale="log" if "log" in title else "linear")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, ncols=2)
     fig.suptitle(f"{results['manipulation']['spec']}: what each method removes as more of it is identified",
@@ -219,7 +225,9 @@ def corrective_curves(results: dict) -> Figure:
     return fig
 
 
-def _panel_value(row: dict, group: str, split: str):
+def _panel_value(row: dict, group: str, split: str | None):
+    if split is None:  # a scalar field of the row
+        return row.get(group)
     if group == "relearn":  # how many steps the relearning attack took to bring half of it back
         return ((row.get("relearn") or {}).get(split) or {}).get("steps_to_half")
     return (row.get(group) or {}).get(split)

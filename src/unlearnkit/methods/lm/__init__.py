@@ -1,5 +1,7 @@
 """Language-model unlearning methods, one file each, registered in LM_REGISTRY (see base.py)."""
 from . import (  # noqa: F401
+    era,
+    filter,
     finetune,
     flat,
     ga,
