@@ -28,6 +28,13 @@ def digits():
     return load_dataset("digits")
 
 
+@pytest.fixture(scope="session")
+def tiny_lm_cache(tmp_path_factory) -> str:
+    """One model cache for the tests that train tofu-synth-tiny arms at N = 2 with authors:0.1 forgotten:
+    the originals, oracles and retrain arm are trained once for all of them."""
+    return str(tmp_path_factory.mktemp("tiny-lm-cache"))
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny language models: one thread is as fast and does not stall when the machine's cores are busy."""

@@ -16,7 +16,6 @@ from unlearnkit.methods.lm.rmu import rmu_update_mask
 from unlearnkit.methods.lm.simnpo import simnpo_loss
 from unlearnkit.zoo import ZooCache
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -87,9 +86,9 @@ def test_bad_lm_hyperparameters_fail_clearly():
 # --- every method on a tiny ensemble ------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory):
+def bench(tiny_lm_cache):
     config = RunConfig(task="tofu-synth-tiny", forget="authors:0.1", models=2, bootstrap=0)
-    return LMBench(config, load_tofu(get_lm_task("tofu-synth-tiny")), ZooCache(tmp_path_factory.mktemp("lmzoo")))
+    return LMBench(config, load_tofu(get_lm_task("tofu-synth-tiny")), ZooCache(tiny_lm_cache))
 
 
 @pytest.mark.parametrize("method", ["finetune", "ga", "graddiff", "ga+kl", "npo", "simnpo", "llmu", "rmu", "flat",

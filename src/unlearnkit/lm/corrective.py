@@ -28,8 +28,7 @@ from .. import __version__
 from ..errors import UnlearnkitError
 from ..files import atomic_write
 from ..forget.manipulate import identified
-from ..methods.lm import LM_REGISTRY
-from ..runs import RunConfig, build_jobs, computing, default_cache_dir, run_jobs
+from ..runs import RunConfig, computing, default_cache_dir, run_jobs
 from ..zoo import ZooCache, stable_hash
 from .experiment import LMBench, lm_budget
 from .model import causal_lm_loss, mean_token_logprob, token_logprobs
