@@ -305,6 +305,7 @@ def test_bootstrap_p95_is_deterministic_for_a_seed():
     assert a == b
     c = bootstrap_p95(u, o, splits, reps=20, seed=12)
     assert c != a
+    assert bootstrap_p95(u, o, splits, reps=20, seed=11, workers=3) == a  # threads change nothing
 
 
 # --- small-N KLoM estimators (metrics.estimators) ---

@@ -158,6 +158,8 @@ def test_svc_mia_efficacy_direction():
     assert forgotten["per_model"]["confidence"].shape == (3,) and forgotten["n_shadow"] == 300
     capped = svc_mia(*_svc_inputs("val"), max_shadow=50, models=[0, 2])
     assert capped["n_shadow"] == 50 and capped["per_model"]["correct"].shape == (2,)
+    threaded = svc_mia(*_svc_inputs("val"), n_jobs=2)  # models fitted in threads: the same numbers
+    assert all((threaded["per_model"][k] == forgotten["per_model"][k]).all() for k in forgotten["per_model"])
     single = svc_mia(*(d["confidence"] for d in _svc_inputs("val")))
     assert single["efficacy"]["feature"] == forgotten["efficacy"]["confidence"]
 

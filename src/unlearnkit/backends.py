@@ -12,12 +12,22 @@ rerun after a crash resumes from the chunks already stored.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterable, Iterator
 
 from .engine.compute import Compute, use
 from .errors import UnlearnkitError
 
 BACKENDS = ("local", "ray")
+
+
+def local_cores() -> int:
+    """The cores this process may use: how many threads the CPU-side metrics (bootstrap replicates, SVC
+    attacks) spread over while the engine's device waits."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def check_backend(name: str, address: str | None = None) -> None:

@@ -12,9 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import expit  # the logistic function, without overflow warnings at large margins
 import torch
+from scipy.special import (
+    expit,  # the logistic function, without overflow warnings at large margins
+)
 
+from .backends import local_cores
 from .metrics import bootstrap_p95, klom, margins, summarize
 from .metrics.estimators import ESTIMATORS
 from .metrics.mia import (
@@ -100,7 +103,8 @@ def row_metrics(arm: ArmScores, oracle: ArmScores, oracles: ArmScores, splits: d
     values = klom(arm.margin, oracle.margin, **kw)
     row = {**summarize(values, splits), "accuracy": arm.accuracies(splits)}
     if s.bootstrap:
-        row["klom_p95_ci"] = bootstrap_p95(arm.margin, oracle.margin, splits, reps=s.bootstrap, seed=s.seed, **kw)
+        row["klom_p95_ci"] = bootstrap_p95(arm.margin, oracle.margin, splits, reps=s.bootstrap, seed=s.seed,
+                                           workers=local_cores(), **kw)
     for name in s.estimators:
         if name != "hist":
             by = summarize(klom(arm.margin, oracle.margin, estimator=name), splits)
@@ -128,7 +132,7 @@ def population_mia(arm: ArmScores, splits: dict[str, np.ndarray], seed: int) -> 
              "entropy": arm.entropy, "m_entropy": arm.m_entropy}
     side = {name: {k: v[:, splits[name]] for k, v in feats.items()} for name in ("retain", "val", "forget")}
     out = svc_mia(side["retain"], side["val"], side["forget"], seed=seed,
-                  models=np.arange(min(MIA_MODELS, len(arm.margin))))
+                  models=np.arange(min(MIA_MODELS, len(arm.margin))), n_jobs=local_cores())
     return {k: float(v) for k, v in out["efficacy"].items()}
 
 
