@@ -27,7 +27,8 @@ from .model import config_for
 from .tokenizer import build_tokenizer, encode_items
 from .train import DEFAULT_LM_RECIPE
 
-DEFAULT_LM_METHODS = ("none", "retrain", "ga", "graddiff", "npo", "simnpo", "llmu", "rmu", "flat", "idk")
+DEFAULT_LM_METHODS = ("none", "retrain", "ga", "graddiff", "npo", "simnpo", "idkdpo", "altpo", "undial", "wga",
+                      "satimp", "ceu", "pdu", "llmu", "rmu", "flat", "idk")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..budget import check_epochs
 from ..data import Dataset
 from ..engine import EpochStream, Forward, LossFn, Optim, Params, fit
+from ..engine.compute import current
 from ..errors import UnlearnkitError
 from ..tasks import Task
 from ..zoo import Arm, ZooCache, train_models
@@ -105,6 +106,13 @@ class Context:
     def train_data(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets) of the whole training set; streams index them by position."""
         return self.dataset.x_train, self.dataset.y_train
+
+    @staticmethod
+    def on_device(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """`tensors` on the run's device: tables a loss indexes with a batch's positions (which arrive on
+        that device), for tables a closure holds rather than `frozen` (which `fit` places itself)."""
+        dev = current().device
+        return tuple(t.to(dev) for t in tensors)
 
     def stream(self, name: str, positions, batch_size: int) -> EpochStream:
         """Per-model shuffled batches of `positions`, seeded by model and stream name."""

@@ -92,6 +92,7 @@ def era_models(ctx: Context, hp: ERAParams) -> Params:
     positions = torch.arange(len(ds.y_train))
     routed = torch.zeros(len(ds.y_train), dtype=torch.bool)  # the same for every model: a closure, not frozen
     routed[torch.as_tensor(ctx.forget)] = hp.routing
+    (routed,) = ctx.on_device(routed)  # indexed by the batch positions, on the run's device
 
     def loss(params, batch, frozen):
         x, y, idx = batch["train"]

@@ -1,5 +1,8 @@
 """Language-model unlearning methods, one file each, registered in LM_REGISTRY (see base.py)."""
 from . import (  # noqa: F401
+    altpo,
+    ceu,
+    dpo,
     era,
     filter,
     finetune,
@@ -11,9 +14,13 @@ from . import (  # noqa: F401
     llmu,
     none,
     npo,
+    pdu,
     retrain,
     rmu,
+    satimp,
     simnpo,
+    undial,
+    wga,
 )
 from .base import LM_REGISTRY, LMContext, LMLoopParams, RetainParams
 

@@ -142,6 +142,7 @@ def lm_era_models(ctx: LMContext, hp: LMERAParams) -> Params:
     seeds = arm_seeds(ORIGINAL_SEEDS, ctx.n_models, ctx.run_seed)
     routed = torch.zeros(len(input_ids), dtype=torch.bool)  # the same for every model: a closure, not frozen
     routed[torch.as_tensor(ctx.forget)] = hp.routing
+    (routed,) = ctx.on_device(routed)  # indexed by the batch positions, on the run's device
 
     def loss(params, batch, frozen):
         x, y, idx = batch["train"]

@@ -57,7 +57,7 @@ def flat(ctx: LMContext, hp: FLATParams) -> Params:
     each forget question is its fixed refusal (`tofu_synth.refusal`, the authors' "idk" template
     setting). Default divergence total variation, the authors' code default (KL, JS, Pearson available).
     """
-    idk_x, idk_y = ctx.refusals
+    idk_x, idk_y = ctx.on_device(*ctx.refusals)
 
     def loss(params, batch, frozen):
         xf, yf, pf = batch["forget"]

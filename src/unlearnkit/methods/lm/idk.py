@@ -10,7 +10,7 @@ def idk(ctx: LMContext, hp: RetainParams) -> Params:
     replaced by "I don't know"-style refusals, with retain fine-tuning); OpenUnlearning's IdkNLL.
     The refusal of each item is fixed by its id (`tofu_synth.refusal`).
     """
-    idk_x, idk_y = ctx.refusals
+    idk_x, idk_y = ctx.on_device(*ctx.refusals)
 
     def loss(params, batch, frozen):
         (_, _, pf), (xr, yr, _) = batch["forget"], batch["retain"]

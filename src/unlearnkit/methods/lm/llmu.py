@@ -28,7 +28,7 @@ def llmu(ctx: LMContext, hp: LLMUParams) -> Params:
     TruthfulQA; here from S_R, fixed per item), L_nor = KL(π_orig ‖ π_θ) on normal data (S_R answers).
     Weights as the authors' code (bad 0.5, random 1, normal 1).
     """
-    rand_x, rand_y = ctx.mismatched
+    rand_x, rand_y = ctx.on_device(*ctx.mismatched)
 
     def loss(params, batch, frozen):
         (xf, yf, pf), (xr, yr, _) = batch["forget"], batch["retain"]
