@@ -30,5 +30,8 @@ step 70 "consistency" python3 benchmarks/gpu_consistency.py --task fashion-mnist
 step 60 "tofu-synth-gpt LM zoo" python3 benchmarks/lm_throughput.py --device cuda --precision tf32 --models 128 \
   --steps 20 --repeats 1 --loop-models 2
 # 5. the whole default run at N = 100 from an empty cache (target: <= 30 s)
-step 170 "default run, N = 100" python3 benchmarks/run_wallclock.py --device cuda --models 100 --verbose
+step 150 "default run, N = 100" python3 benchmarks/run_wallclock.py --device cuda --models 100 --verbose
+# 6. every LM method (tables indexed by batch positions live on the device) and the LM corrective study's ERA
+step 70 "LM methods on the GPU" python3 -m unlearnkit run --task tofu-synth-tiny --forget authors:0.1 --models 2 \
+  --device cuda --bootstrap 0 --no-cache --methods none,ga,graddiff,ga+kl,npo,simnpo,idk,idkdpo,altpo,undial,wga,satimp,ceu,pdu,llmu,rmu,flat,era
 nvidia-smi --query-gpu=memory.used --format=csv,noheader | tee -a "$OUT/gpu.txt"
