@@ -368,6 +368,32 @@ def ood(task, method, authors, steps, models, seed, cache_dir, sets, out, overwr
         click.echo(f"\nwrote {out}/id_vs_ood.json and {out}/report.html")
 
 
+@llm.command(name="trace")
+@click.option("--task", default="tofu-synth-gpt", show_default=True, help="A language-model task.")
+@click.option("--forget", default="authors:0.1", show_default=True, help="The forget items whose facts are traced.")
+@click.option("--models", default=4, show_default=True, type=int, help="Originals traced (N); effects are averaged.")
+@click.option("--samples", default=10, show_default=True, type=int, help="Noise draws per item (ROME: 10).")
+@click.option("--noise", default=3.0, show_default=True, type=float,
+              help="Noise std on the subject's token embeddings, in units of their std (ROME: 3).")
+@click.option("--window", default=1, show_default=True, type=int, help="MLP/attention layers restored together.")
+@click.option("--positions", is_flag=True, help="Also restore at every question token (ROME's token categories).")
+@click.option("--top", default=1, show_default=True, type=int, help="MLP layers the `traced` method would update.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--cache-dir", default=None)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_compute_options
+def llm_trace(task, forget, models, samples, noise, window, positions, top, seed, cache_dir, as_json,
+              **compute) -> None:
+    """Causal tracing (ROME): which blocks' MLP and attention carry the forget items' facts."""
+    from .experiment import RunConfig
+    from .lm.trace import format_trace, trace_task
+
+    config = RunConfig(task=task, forget=forget, methods=("traced",), models=models, seed=seed, cache_dir=cache_dir,
+                       bootstrap=0, **compute)
+    result, info = trace_task(config, samples, noise, window, positions, top)
+    click.echo(json.dumps({**info, **result.to_dict(top)}, indent=2) if as_json else format_trace(result, info))
+
+
 @llm.command(name="run")
 @click.option("--model-dir", required=True, help="A local Hugging Face causal-LM checkpoint (never modified).")
 @click.option("--forget", "forget_file", required=True, help="JSONL of question/answer items to forget.")

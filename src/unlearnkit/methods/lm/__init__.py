@@ -19,6 +19,7 @@ from . import (  # noqa: F401
     rmu,
     satimp,
     simnpo,
+    traced,
     undial,
     wga,
 )
