@@ -12,10 +12,24 @@ from sklearn.metrics import roc_auc_score
 
 from unlearnkit.metrics.klom import klom
 from unlearnkit.metrics.llm import (
-    MODEL_UTILITY_COMPONENTS, answer_logprob_stats, forget_quality, loss_score, mia_auc,
-    min_k_plus_plus_score, min_k_score, model_utility, privleak, probability, probability_with_options,
-    rouge_l_recall, sequence_scores, truth_ratio, truth_ratio_forget_score, truth_ratio_retain_score,
-    vocab_logprob_moments, zlib_score,
+    MODEL_UTILITY_COMPONENTS,
+    answer_logprob_stats,
+    forget_quality,
+    loss_score,
+    mia_auc,
+    min_k_plus_plus_score,
+    min_k_score,
+    model_utility,
+    privleak,
+    probability,
+    probability_with_options,
+    rouge_l_recall,
+    sequence_scores,
+    truth_ratio,
+    truth_ratio_forget_score,
+    truth_ratio_retain_score,
+    vocab_logprob_moments,
+    zlib_score,
 )
 
 E = math.e
@@ -62,12 +76,12 @@ def test_truth_ratio_accepts_arrays_and_tensors():
 
 def test_truth_ratio_openunlearning_eps():
     para, pert = [[-30.0]], [[[-29.0]]]
-    assert truth_ratio(para, pert) == pytest.approx([E])                      # exact, log space
-    ou = truth_ratio(para, pert, eps=1e-10)                                     # OpenUnlearning's formula
+    assert truth_ratio(para, pert, eps=0.0) == pytest.approx([E])             # exact, log space
+    ou = truth_ratio(para, pert)                                                # default: OpenUnlearning's formula
     assert ou == pytest.approx([E ** -29 / (E ** -30 + 1e-10)])
     assert ou[0] < 0.01
     # Where P_para is not tiny the two agree to ~1e-9 relative.
-    assert truth_ratio([[-1.0]], [[[-2.0]]], eps=1e-10) == pytest.approx(truth_ratio([[-1.0]], [[[-2.0]]]))
+    assert truth_ratio([[-1.0]], [[[-2.0]]]) == pytest.approx(truth_ratio([[-1.0]], [[[-2.0]]], eps=0.0))
 
 
 # --- forget quality ---------------------------------------------------------------------------------

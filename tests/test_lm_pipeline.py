@@ -41,7 +41,7 @@ def test_run_writes_every_lm_field(results):
     assert [r["method"] for r in on_disk["rows"]] == ["none", "ga", "npo"]
     assert set(json.loads((out / "timings.json").read_text())["rows"]) == {"none", "ga", "npo", "retrain"}
     for row in on_disk["rows"] + [on_disk["noise_floor"]]:
-        assert set(row["mia_auc"]) == {"loss", "zlib", "mink", "minkpp"}
+        assert set(row["mia_auc"]) == {"loss", "zlib", "mink", "minkpp", "ref", "gradnorm"}
         assert set(row["klom_p95"]) == {"forget", "retain", "val"}
         assert set(row["accuracy"]) == {"forget", "retain", "val"}
         for key in ("forget_quality", "model_utility", "forget_rouge", "flops", "cost_vs_retrain",

@@ -10,8 +10,14 @@ functions of `unlearnkit.metrics.llm` (the tested reference of each formula):
 - `truth_ratio`: R = P_pert / P_para (TOFU §2.5.1), when the items have a paraphrase and perturbed
   answers; for world facts TOFU scores the answer itself as the "paraphrase" (OpenUnlearning);
 - `prob_options`: P(answer) / (P(answer) + Σ P(perturbed)) (TOFU's normalised probability on world facts);
+- `truth_prob`: P_para / (P_para + P_pert + 1e-10), OpenUnlearning's `prob_mean` truth ratio;
 - `rouge`: ROUGE-L recall of the greedy answer against the answer (rouge_score's tokenisation);
-- `mia`: LOSS, zlib, Min-K% and Min-K%++ membership scores (higher = member).
+- `extraction_strength`, `exact_memorization`: OpenUnlearning's memorisation metrics from the
+  teacher-forced top-1 hits (exact memorisation NaN where undefined);
+- `mia`: LOSS, zlib, Min-K%, Min-K%++, and with `reference_seq` the Reference attack and with
+  `gradnorm` the GradNorm attack (`gradnorm_scores`): membership scores, higher = member.
+
+The choices OpenUnlearning's code makes (`metrics.llm.Conventions`) are followed by default.
 """
 from __future__ import annotations
 
@@ -25,13 +31,15 @@ from torch import nn
 
 from ..data.tofu_synth import QA
 from ..engine import Params
+from ..engine.compute import current
 from ..errors import Diverged
 from ..metrics import llm as M
 from .generate import greedy_answers
-from .model import token_stats
-from .tokenizer import encode_pairs, special_ids
+from .model import shifted_token_logprobs, token_stats
+from .tokenizer import IGNORE, encode_pairs, special_ids
 
-MIA_ATTACKS = ("loss", "zlib", "mink", "minkpp")
+MIA_ATTACKS = ("loss", "zlib", "mink", "minkpp", "ref", "gradnorm")
+GRADNORM_P = 2  # OpenUnlearning's configs (mia_gradnorm.yaml: p: 2)
 
 
 @dataclass
@@ -44,6 +52,9 @@ class ItemScores:
     prob_options: np.ndarray | None = None
     rouge: np.ndarray | None = None
     mia: dict[str, np.ndarray] | None = None
+    truth_prob: np.ndarray | None = None           # OpenUnlearning's prob_mean truth ratio, per item
+    extraction_strength: np.ndarray | None = None
+    exact_memorization: np.ndarray | None = None   # NaN where undefined (no position left)
 
     def arrays(self, prefix: str) -> dict[str, np.ndarray]:
         """The fields that are set, as scores.npz members `prefix/<field>` (`prefix/mia/<attack>`)."""
@@ -57,7 +68,8 @@ class ItemScores:
         return cls(**{f: arrays.get(f"{prefix}/{f}") for f in ITEM_FIELDS}, mia=mia or None)
 
 
-ITEM_FIELDS = ("seq", "accuracy", "truth_ratio", "prob_options", "rouge")
+ITEM_FIELDS = ("seq", "accuracy", "truth_ratio", "prob_options", "rouge", "truth_prob", "extraction_strength",
+               "exact_memorization")
 
 
 def _per_item(lp: torch.Tensor, mask: torch.Tensor) -> list[list[np.ndarray]]:
@@ -69,18 +81,97 @@ def _per_item(lp: torch.Tensor, mask: torch.Tensor) -> list[list[np.ndarray]]:
     return [[row[m].numpy() for row, m in zip(model, mask)] for model in lp]
 
 
+def labelled_texts(tok: Tokenizer, labels: torch.Tensor) -> list[str]:
+    """Each row's labelled token ids decoded with special tokens skipped: the text OpenUnlearning's zlib
+    attack compresses (src/evals/metrics/utils.py `extract_target_texts_from_processed_data`). Not
+    stripped; a Hugging Face tokenizer's `clean_up_tokenization_spaces` is not applied."""
+    return [tok.decode([int(t) for t in row[row != IGNORE]], skip_special_tokens=True) for row in labels]
+
+
+def answer_seq(forward: Callable, params: Params, tok: Tokenizer, items: Sequence[QA], max_len: int,
+               specials: tuple[int, int] | None = None) -> np.ndarray:
+    """(models, items) mean answer-token log-probability of N models: `ItemScores.seq` alone (e.g. of the
+    reference models of the Reference attack)."""
+    items = list(items)
+    st = token_stats(forward, params, *encode_pairs(tok, items, [qa.answer for qa in items], max_len, specials))
+    return np.array([[M.answer_logprob_stats(a)[1] for a in model] for model in _per_item(st.lp, st.mask)])
+
+
+def _cut_mask(mask: torch.Tensor, one_token: str) -> torch.Tensor:
+    """`mask` (n, L-1) without each row's last labelled position (`metrics.llm.drop_last_position`)."""
+    n = mask.sum(-1, keepdim=True)
+    rank = mask.long().cumsum(-1)
+    keep = mask & (rank < n)
+    if one_token == "score":
+        keep = keep | (mask & (n == 1))
+    return keep
+
+
+def gradnorm_scores(forward: Callable, params: Params, input_ids: torch.Tensor, labels: torch.Tensor,
+                    p: float = GRADNORM_P, one_token: str = "zero", chunk: int | None = None) -> np.ndarray:
+    """GradNorm membership scores (`metrics.llm.grad_norm_score`) of N models on n items, (N, n): per model
+    and item, minus the mean over parameter tensors of ‖∂L/∂θ_k‖_p, L the item's mean answer-token NLL
+    without the EOS prediction (OpenUnlearning src/evals/metrics/mia/gradnorm.py; an answer with no
+    position left has L = 0 and scores 0 under one_token="zero").
+
+    Batched with torch.func: per-example gradients (`grad` vmapped over the items of a chunk) vmapped
+    over the N models, reduced to the per-tensor norms inside the transform, so one chunk holds
+    N·chunk gradients (chunk sized to ~2^27 floats unless given). Run on the run's device in float32."""
+    if p not in M.GRADNORM_NORMS:
+        raise ValueError(f"p must be 1, 2 or inf, got {p!r}")
+    dev = current().device
+    params = {k: v.detach().to(dev) for k, v in params.items()}
+    n_models = next(iter(params.values())).shape[0]
+    size = sum(v[0].numel() for v in params.values())
+    chunk = chunk or max(1, min(64, 2 ** 27 // max(1, n_models * size)))
+    weights = _cut_mask(labels[:, 1:] != IGNORE, one_token).float()
+
+    def loss(theta, ids, lab, w):
+        lp, _ = shifted_token_logprobs(forward(theta, ids[None]), lab[None])
+        return -(lp[0] * w).sum() / w.sum().clamp(min=1.0)
+
+    def norms(theta, ids, lab, w):
+        g = torch.func.grad(loss)(theta, ids, lab, w)
+        return -torch.stack([torch.linalg.vector_norm(v, ord=p) for v in g.values()]).mean()
+
+    call = torch.vmap(torch.vmap(norms, in_dims=(None, 0, 0, 0)), in_dims=(0, None, None, None))
+    out = []
+    for s in range(0, len(input_ids), chunk):
+        sl = slice(s, s + chunk)
+        out.append(call(params, input_ids[sl].to(dev), labels[sl].to(dev), weights[sl].to(dev)).detach().cpu())
+    scores = torch.cat(out, 1).double()
+    if not torch.isfinite(scores).all():
+        raise Diverged(-1, (~torch.isfinite(scores)).any(1).nonzero().flatten().tolist())
+    return scores.numpy()
+
+
+def _memorisation(hit: torch.Tensor, mask: torch.Tensor, conv: M.Conventions) -> tuple[np.ndarray, np.ndarray]:
+    """(extraction strength, exact memorisation), each (models, items), from the top-1 hits."""
+    hits = [[row[m].numpy() for row, m in zip(model, mask)] for model in hit]
+    es = np.array([[M.extraction_strength(h, drop_last=True, one_token=conv.one_token, no_match=conv.es_no_match)
+                    for h in model] for model in hits])
+    em = np.array([[M.exact_memorization(h, drop_last=True, one_token=conv.one_token) for h in model]
+                   for model in hits])
+    return es, em
+
+
 def score_items(forward: Callable, params: Params, module: nn.Module, tok: Tokenizer, items: Sequence[QA],
                 max_len: int, rouge: bool = False, mia: bool = False, options: bool = False,
-                specials: tuple[int, int] | None = None) -> ItemScores:
+                specials: tuple[int, int] | None = None, reference_seq: np.ndarray | None = None,
+                gradnorm: bool = False, conventions: M.Conventions = M.OPENUNLEARNING) -> ItemScores:
     """Score N = leading-dim models on `items` (see the module docstring for what each field is);
-    `specials` = (pad id, eos id) when `tok` is not one of ours."""
+    `specials` = (pad id, eos id) when `tok` is not one of ours. With `mia`: `reference_seq` (N or 1, items),
+    the reference models' `answer_seq` on the same items, adds the Reference attack (model i against
+    reference i); `gradnorm` adds the GradNorm attack."""
     items = list(items)
+    conv = conventions
     enc = lambda answers: encode_pairs(tok, items, answers, max_len, specials)
     ids, labels = enc([qa.answer for qa in items])
     st = token_stats(forward, params, ids, labels, moments=mia)
     answers = _per_item(st.lp, st.mask)
     out = ItemScores(seq=np.array([[M.answer_logprob_stats(a)[1] for a in model] for model in answers]),
                      accuracy=(st.hit.sum(-1) / st.mask.sum(-1).clamp(min=1)).double().numpy())
+    out.extraction_strength, out.exact_memorization = _memorisation(st.hit, st.mask, conv)
 
     def logprobs(answer_texts):
         t = token_stats(forward, params, *enc(answer_texts))
@@ -96,7 +187,10 @@ def score_items(forward: Callable, params: Params, module: nn.Module, tok: Token
         else:
             para = answers
         ref = answers if options else para
-        out.truth_ratio = np.stack([M.truth_ratio(ref[i], pert_by_item[i]) for i in range(len(answers))])
+        out.truth_ratio = np.stack([M.truth_ratio(ref[i], pert_by_item[i], eps=conv.tr_eps)
+                                    for i in range(len(answers))])
+        out.truth_prob = np.stack([M.truth_ratio_prob(ref[i], pert_by_item[i], eps=conv.tr_eps)
+                                   for i in range(len(answers))])
         if options:
             out.prob_options = np.stack([M.probability_with_options(answers[i], pert_by_item[i])
                                          for i in range(len(answers))])
@@ -107,15 +201,24 @@ def score_items(forward: Callable, params: Params, module: nn.Module, tok: Token
         out.rouge = np.array([[M.rouge_l_recall(g, qa.answer, alnum=True) for g, qa in zip(model, items)]
                               for model in generated])
     if mia:
-        # OpenUnlearning scores Min-K% and Min-K%++ without the final (EOS) prediction
-        cut = [[a[:-1] if a.size > 1 else a for a in model] for model in answers]
+        # OpenUnlearning scores Min-K% and Min-K%++ without the final (EOS) prediction (drop_last)
+        cut = dict(drop_last=True, one_token=conv.one_token)
         mus = _per_item(st.mu, st.mask)
         sigmas = [[s[m].double().numpy() for s, m in zip(model, st.mask)] for model in st.sigma]
+        texts = labelled_texts(tok, labels) if conv.zlib_text == "labels" else [qa.answer for qa in items]
         out.mia = {
             "loss": out.seq,
-            "zlib": np.array([[M.zlib_score(a, qa.answer) for a, qa in zip(model, items)] for model in answers]),
-            "mink": np.array([[M.min_k_score(a) for a in model] for model in cut]),
-            "minkpp": np.array([[M.min_k_plus_plus_score(c, mu_[:len(c)], sg[:len(c)])
-                                 for c, mu_, sg in zip(ct, mu_m, sg_m)] for ct, mu_m, sg_m in zip(cut, mus, sigmas)]),
+            "zlib": np.array([[M.zlib_score(a, t) for a, t in zip(model, texts)] for model in answers]),
+            "mink": np.array([[M.min_k_score(a, **cut) for a in model] for model in answers]),
+            "minkpp": np.array([[M.min_k_plus_plus_score(a, mu_, sg, **cut) for a, mu_, sg in zip(am, mu_m, sg_m)]
+                                for am, mu_m, sg_m in zip(answers, mus, sigmas)]),
         }
+        if reference_seq is not None:
+            ref_seq = np.asarray(reference_seq, dtype=np.float64)
+            if ref_seq.ndim != 2 or ref_seq.shape[1] != out.seq.shape[1] or ref_seq.shape[0] not in (1, len(out.seq)):
+                raise ValueError(f"reference_seq must be (1 or {len(out.seq)} models, {out.seq.shape[1]} items), "
+                                 f"got {ref_seq.shape}")
+            out.mia["ref"] = out.seq - ref_seq  # metrics.llm.reference_score, per model and item
+        if gradnorm:
+            out.mia["gradnorm"] = gradnorm_scores(forward, params, ids, labels, one_token=conv.one_token)
     return out

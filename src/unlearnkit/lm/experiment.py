@@ -36,8 +36,8 @@ from ..runs import (
     run_budget,
     run_jobs,
 )
-from ..zoo import ORACLE_SEEDS, ORIGINAL_SEEDS, ZooCache, arm_seeds, stable_hash
-from .evaluate import MIA_ATTACKS, ItemScores, score_items
+from ..zoo import ORACLE_SEEDS, ORIGINAL_SEEDS, RETRAIN_SEEDS, ZooCache, arm_seeds, stable_hash
+from .evaluate import MIA_ATTACKS, ItemScores, answer_seq, score_items
 from .model import LMForward, build_lm, init_lm_params
 from .task import DEFAULT_LM_METHODS, TofuData, get_lm_task, load_tofu  # noqa: F401 (re-exported)
 from .tokenizer import special_ids
@@ -102,8 +102,29 @@ class LMBench:
         self.sets = {"forget": [d.items[p] for p in self.manipulated],
                      "retain": [d.items[p] for p in d.retain_sample(self.oracle_positions, seed)],
                      "world": list(d.bench.world), "val": list(d.holdout_like(self.manipulated))}
+        self._reference_seq = None
         self.oracle_scores = self.score(self.oracles.params)
         self._originals_scores = None
+
+    @property
+    def reference_seq(self) -> dict[str, np.ndarray]:
+        """The Reference attack's reference models' mean answer log-probabilities on the forget and
+        held-out items, (N, items) each: model i of an arm is attacked with reference model i.
+
+        OpenUnlearning's reference model is a retain-only model (its TOFU config names the
+        "..._retain90" model, its MUSE config the "..._retrain" one): the very model whose logs also
+        judge forget quality and privleak. Here the oracles judge, so the attacker's reference models
+        are the retrain arm instead — trained on the oracles' data (every item but the forget set) with
+        other seeds, the noise floor's models (`methods.lm.retrain`, the same zoo cache entry): a
+        retain-only reference like OpenUnlearning's, independent of the models it is compared with. The
+        retrain row is its own reference (its Reference AUC is 0.5)."""
+        if self._reference_seq is None:
+            d, c = self.data, self.config
+            arm = train_lm_models(d.config, d.tensors, torch.as_tensor(self.oracle_positions),
+                                  arm_seeds(RETRAIN_SEEDS, c.models, c.seed), self.task.recipe, self.cache, "retrain")
+            self._reference_seq = {s: answer_seq(self.forward, arm.params, d.tok, self.sets[s], self.task.max_len)
+                                   for s in ("forget", "val")}
+        return self._reference_seq
 
     @property
     def originals_scores(self) -> dict[str, ItemScores]:
@@ -114,10 +135,11 @@ class LMBench:
     def score(self, params) -> dict[str, ItemScores]:
         t, d = self.task, self.data
         common = (self.forward, params, self.generator, d.tok)
-        return {"forget": score_items(*common, self.sets["forget"], t.max_len, rouge=True, mia=True),
+        attacks = lambda s: dict(mia=True, gradnorm=True, reference_seq=self.reference_seq[s])
+        return {"forget": score_items(*common, self.sets["forget"], t.max_len, rouge=True, **attacks("forget")),
                 "retain": score_items(*common, self.sets["retain"], t.max_len, rouge=True),
                 "world": score_items(*common, self.sets["world"], t.max_len, rouge=True, options=True),
-                "val": score_items(*common, self.sets["val"], t.max_len, mia=True)}
+                "val": score_items(*common, self.sets["val"], t.max_len, **attacks("val"))}
 
     def context(self, job: Job | None = None) -> LMContext:
         """What a method gets; the noise-floor arm (an independent arm of oracles) trains where they do."""
@@ -202,9 +224,24 @@ def utility_components(s: dict[str, ItemScores], i: int) -> dict[str, float]:
 
 
 def mia_aucs(s: dict[str, ItemScores]) -> dict[str, float]:
-    """AUC of each attack separating the forget items (members) from held-out ones, mean over models."""
+    """AUC of each attack separating the forget items (members) from held-out ones, mean over models (the
+    attacks scored on both: scores saved before the Reference and GradNorm attacks existed lack them)."""
     f, v = s["forget"].mia, s["val"].mia
-    return {a: float(np.mean([M.mia_auc(f[a][i], v[a][i]) for i in range(len(f[a]))])) for a in MIA_ATTACKS}
+    return {a: float(np.mean([M.mia_auc(f[a][i], v[a][i]) for i in range(len(f[a]))]))
+            for a in MIA_ATTACKS if a in f and a in v}
+
+
+def memorisation(s: ItemScores) -> dict[str, float | None]:
+    """OpenUnlearning's extraction strength and exact memorisation of an item set (its forget set in a
+    row), mean over items (exact memorisation: over the items where it is defined) and then over models;
+    {} for scores saved before they existed."""
+    out = {}
+    for key in ("extraction_strength", "exact_memorization"):
+        v = getattr(s, key)
+        if v is not None:
+            per_model = [float(np.mean(m[np.isfinite(m)])) for m in v if np.isfinite(m).any()]
+            out[key] = float(np.mean(per_model)) if per_model else None
+    return out
 
 
 def lm_row(s: dict[str, ItemScores], o: dict[str, ItemScores], config,
@@ -230,6 +267,9 @@ def lm_row(s: dict[str, ItemScores], o: dict[str, ItemScores], config,
            "utility_components": {k: float(np.mean([c[k] for c in comps])) for k in comps[0]},
            "forget_rouge": float(s["forget"].rouge.mean()),
            "forget_truth_ratio": float(np.mean([M.truth_ratio_forget_score(t) for t in s["forget"].truth_ratio])),
+           **({"forget_truth_ratio_prob": float(s["forget"].truth_prob.mean())}
+              if s["forget"].truth_prob is not None else {}),
+           **memorisation(s["forget"]),
            "probability": {k: float(np.exp(s[k].seq).mean()) for k in KLOM_SPLITS}
            | {k: float(np.exp(s["forget"].seq[:, v]).mean()) for k, v in subsets.items()},
            "accuracy": {k: float(s[k].accuracy.mean()) for k in KLOM_SPLITS}
@@ -245,7 +285,8 @@ def lm_row(s: dict[str, ItemScores], o: dict[str, ItemScores], config,
 def diverged_lm_row(seconds: float, why: str) -> dict:
     nan = {"forget": None, "retain": None, "val": None}
     return {"klom_p95": nan, "klom_mean": dict(nan), "klom_median": dict(nan), "forget_quality": None,
-            "model_utility": None, "forget_rouge": None, "mia_auc": {a: None for a in MIA_ATTACKS},
+            "model_utility": None, "forget_rouge": None, "forget_truth_ratio_prob": None, "extraction_strength": None,
+            "exact_memorization": None, "mia_auc": {a: None for a in MIA_ATTACKS},
             "probability": dict(nan), "accuracy": dict(nan), "seconds": seconds, "flops": None, "diverged": True, "why": why}
 
 
@@ -289,8 +330,9 @@ def run_lm(config: RunConfig, out: str | os.PathLike | None = None, overwrite: b
                    "torch": torch.__version__, "lm_task": task.describe()},
         "forget_set": {"spec": config.forget, "seed": config.seed, "positions": bench.forget.tolist(),
                        "ids": ids.tolist()},
-        "oracle": {k: oracle_row[k] for k in ("model_utility", "utility_components", "forget_rouge",
-                                               "probability", "mia_auc")},
+        "oracle": {k: oracle_row.get(k) for k in ("model_utility", "utility_components", "forget_rouge",
+                                                   "probability", "mia_auc", "forget_truth_ratio_prob",
+                                                   "extraction_strength", "exact_memorization")},
         "rows": [r for r in rows if r["method"] in config.methods],
         "noise_floor": floor,
     }

@@ -27,16 +27,26 @@ al. 2021, "Extracting Training Data from Large Language Models"), Min-K% (Shi et
 `sequence_scores` gives the (models, items) array of mean token log-probabilities that
 `unlearnkit.metrics.klom.klom` takes unchanged for sequence-level KLoM.
 
-Where the token log-probabilities come from is the caller's business; note that OpenUnlearning scores
-all answer tokens for probability/truth ratio/LOSS/zlib but drops the last (EOS) prediction for
-Min-K% and Min-K%++.
+Memorisation (OpenUnlearning src/evals/metrics/memorization.py): `exact_memorization` (Tirumala et al.
+2022) and `extraction_strength` (Carlini et al. 2021; Wang et al. 2025, ICLR, openreview wUtCieKuQU),
+both from the teacher-forced top-1 hits of an answer's tokens. Further attacks: `reference_score`
+(target vs reference-model loss, Carlini et al. 2021 §5.1 / MIMIR; OpenUnlearning mia/reference.py) and
+`grad_norm_score` (Wang et al. 2024, arXiv 2402.17012; OpenUnlearning mia/gradnorm.py).
+
+Conventions (`Conventions`, default `OPENUNLEARNING`): where the reference framework's code makes a
+choice the formula leaves open, the pipeline follows it by default, so that numbers compare with
+OpenUnlearning's; each choice can be switched (see `Conventions`) and tests/test_lm_conventions.py
+computes both on the same inputs. OpenUnlearning scores all answer tokens for probability, truth ratio,
+LOSS and zlib, but drops the last (EOS) prediction for Min-K%, Min-K%++, GradNorm, exact memorisation
+and extraction strength (`drop_last=True` here).
 """
 from __future__ import annotations
 
 import math
 import re
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.stats
@@ -44,10 +54,12 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 __all__ = [
-    "MODEL_UTILITY_COMPONENTS", "answer_logprob_stats", "forget_quality", "loss_score", "mia_auc",
+    "MODEL_UTILITY_COMPONENTS", "OPENUNLEARNING", "Conventions", "answer_logprob_stats", "drop_last_position",
+    "exact_memorization", "extraction_strength", "forget_quality", "grad_norm_score", "loss_score", "mia_auc",
     "min_k_plus_plus_score", "min_k_score", "model_utility", "privleak", "probability",
-    "probability_with_options", "rouge_l_recall", "sequence_scores", "truth_ratio",
-    "truth_ratio_forget_score", "truth_ratio_retain_score", "vocab_logprob_moments", "zlib_score",
+    "probability_with_options", "reference_score", "rouge_l_recall", "sequence_scores", "truth_ratio",
+    "truth_ratio_forget_score", "truth_ratio_prob", "truth_ratio_retain_score", "vocab_logprob_moments",
+    "zlib_score",
 ]
 
 #: The 9 numbers TOFU's model utility is the harmonic mean of (OpenUnlearning configs/eval/
@@ -61,6 +73,49 @@ MODEL_UTILITY_COMPONENTS = (
 
 OU_EPS = 1e-10          # the 1e-10 OpenUnlearning adds to denominators
 MINKPP_MIN_VAR = 1e-6   # OpenUnlearning clamps the Min-K%++ variance σ² at 1e-6 (σ ≥ 1e-3)
+ONE_TOKEN = ("zero", "score")
+ZLIB_TEXT = ("labels", "answer")
+ES_NO_MATCH = ("openunlearning", "paper")
+
+
+@dataclass(frozen=True)
+class Conventions:
+    """The choices that make unlearnkit's LM numbers OpenUnlearning's (the defaults) or not.
+
+    - one_token: the token-wise metrics (Min-K%, Min-K%++, GradNorm, exact memorisation, extraction
+      strength) drop an answer's last labelled prediction (EOS), as OpenUnlearning's `tokenwise_logprobs`
+      / `tokenwise_vocab_logprobs` (src/evals/metrics/utils.py) do. An answer with exactly one labelled
+      token then has none left: "zero" = OpenUnlearning's values (Min-K%/Min-K%++ score 0 —
+      `if lp.size == 0: return 0` in mia/min_k.py —, extraction strength 0, exact memorisation undefined
+      and left out of the mean, GradNorm 0: OpenUnlearning's GradNorm raises there, its empty log-prob
+      tensor has no gradient); "score" = score that one token (unlearnkit's earlier choice: a real token
+      is not silently worth 0).
+    - zlib_text: the text zlib compresses. "labels" = the decoded labelled token ids, special tokens
+      skipped (OpenUnlearning's `extract_target_texts_from_processed_data`: the text actually scored, cut
+      short where the item was truncated); "answer" = the item's answer string.
+    - tr_eps: the truth ratio P_pert / (P_para + tr_eps) and its forget aggregator min(R, 1/(R + tr_eps)):
+      OpenUnlearning's 1e-10 (memorization.py `truth_ratio`), or 0 = the exact ratio in log space (TOFU's
+      code). They part when P_para < ~1e-8 (mean NLL > ~18, after aggressive unlearning).
+    - es_no_match: extraction strength when not even the last token is predicted: "openunlearning" =
+      1/T (its loop variable stops at T − 1, memorization.py `extraction_strength`), "paper" = 0 (the
+      definition, min over k ≤ T with the empty suffix matching at k = T).
+    """
+
+    one_token: str = "zero"
+    zlib_text: str = "labels"
+    tr_eps: float = OU_EPS
+    es_no_match: str = "openunlearning"
+
+    def __post_init__(self):
+        for name, allowed in (("one_token", ONE_TOKEN), ("zlib_text", ZLIB_TEXT), ("es_no_match", ES_NO_MATCH)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if not (isinstance(self.tr_eps, (int, float)) and 0.0 <= self.tr_eps < 1e-3):
+            raise ValueError(f"tr_eps must be a small non-negative number, got {self.tr_eps!r}")
+
+
+#: OpenUnlearning's conventions: the default everywhere users compare numbers with it.
+OPENUNLEARNING = Conventions()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -193,7 +248,7 @@ def probability_with_options(correct_logprobs, wrong_logprobs_list, eps: float =
 # Truth ratio and forget quality
 # ---------------------------------------------------------------------------------------------------
 
-def truth_ratio(para_logprobs, perturbed_logprobs_list, eps: float = 0.0) -> np.ndarray:
+def truth_ratio(para_logprobs, perturbed_logprobs_list, eps: float = OU_EPS) -> np.ndarray:
     """Per-item TOFU truth ratio R = P_pert / P_para, for (items,) → (items,).
 
     P_pert = exp(mean over the perturbed answers of their mean token log-prob), i.e. the geometric mean
@@ -209,20 +264,44 @@ def truth_ratio(para_logprobs, perturbed_logprobs_list, eps: float = 0.0) -> np.
     (aggregate_eval_stat.py: mean of the avg losses, then exp) and OpenUnlearning (`truth_ratio`:
     `aggregate_to_1D` of the avg losses, then exp) use the geometric mean. We follow the code.
 
-    Computed in log space: R = exp(mean lp_pert − mean lp_para), as TOFU's code does. OpenUnlearning
-    computes exp(−L_pert) / (exp(−L_para) + 1e-10), which differs only when P_para < ~1e-8 (mean NLL
-    > ~18, e.g. after gradient ascent): there its R collapses towards P_pert / 1e-10. Pass
-    eps=1e-10 to reproduce OpenUnlearning exactly.
+    Default (OpenUnlearning, memorization.py `truth_ratio`): exp(−L_pert) / (exp(−L_para) + 1e-10).
+    eps=0 computes the exact ratio in log space, R = exp(mean lp_pert − mean lp_para), as TOFU's code
+    does. The two differ only when P_para < ~1e-8 (mean NLL > ~18, e.g. after gradient ascent): there
+    OpenUnlearning's R collapses towards P_pert / 1e-10 (`Conventions.tr_eps`).
     """
+    lp_para, lp_pert = _truth_logprobs(para_logprobs, perturbed_logprobs_list)
+    if eps == 0.0:
+        return np.exp(lp_pert - lp_para)
+    return np.exp(lp_pert) / (np.exp(lp_para) + eps)
+
+
+def _truth_logprobs(para_logprobs, perturbed_logprobs_list) -> tuple[np.ndarray, np.ndarray]:
+    """Per item, (log P_para, log P_pert): means over the answers of their mean token log-probabilities."""
     para = _items(para_logprobs, "para_logprobs")
     pert = _items(perturbed_logprobs_list, "perturbed_logprobs_list")
     if len(para) != len(pert):
         raise ValueError(f"{len(para)} paraphrased items but {len(pert)} perturbed items")
     lp_para = np.array([_mean_lp(a, f"para_logprobs[{i}]") for i, a in enumerate(para)])
     lp_pert = np.array([_mean_lp(a, f"perturbed_logprobs_list[{i}]") for i, a in enumerate(pert)])
+    return lp_para, lp_pert
+
+
+def truth_ratio_prob(para_logprobs, perturbed_logprobs_list, eps: float = OU_EPS) -> np.ndarray:
+    """Per-item truth ratio in OpenUnlearning's `prob_mean` form, P_para / (P_para + P_pert + 1e-10), for
+    (items,) → (items,); its aggregate is the plain mean over items.
+
+    OpenUnlearning src/evals/metrics/memorization.py `truth_ratio` with aggregator="prob_mean" (added
+    Dec 2025, commit d3d7cf9, #163: "extent of knowledge" of the OpenUnlearning paper's meta-evaluation,
+    Dorna et al. 2025, arXiv 2506.12618). P_para and P_pert as in `truth_ratio` (geometric means of the
+    answers' normalised probabilities). In [0, 1): 1 = only the correct (paraphrased) answer is likely,
+    ½ = correct and perturbed answers equally likely (what a model that never saw the item shows).
+    eps=0 gives the exact 1 / (1 + R) in log space.
+    """
+    lp_para, lp_pert = _truth_logprobs(para_logprobs, perturbed_logprobs_list)
     if eps == 0.0:
-        return np.exp(lp_pert - lp_para)
-    return np.exp(lp_pert) / (np.exp(lp_para) + eps)
+        return 1.0 / (1.0 + np.exp(lp_pert - lp_para))
+    p_para, p_pert = np.exp(lp_para), np.exp(lp_pert)
+    return p_para / (p_para + p_pert + eps)
 
 
 def _ratios(truth_ratios, name: str = "truth_ratios") -> np.ndarray:
@@ -232,11 +311,11 @@ def _ratios(truth_ratios, name: str = "truth_ratios") -> np.ndarray:
     return r
 
 
-def truth_ratio_forget_score(truth_ratios, eps: float = 0.0) -> float:
+def truth_ratio_forget_score(truth_ratios, eps: float = OU_EPS) -> float:
     """TOFU's truth-ratio statistic on the forget set: mean over items of min(R, 1/R).
 
-    OpenUnlearning aggregator `closer_to_1_better` (min(R, 1/(R + 1e-10)); pass eps=1e-10 for that
-    exactly): 1 when perturbed and paraphrased answers are equally likely, which is what a model that
+    OpenUnlearning aggregator `closer_to_1_better`, min(R, 1/(R + 1e-10)) by default (eps=0: the exact
+    min(R, 1/R)): 1 when perturbed and paraphrased answers are equally likely, which is what a model that
     never saw the forget set should show; smaller either way.
     """
     r = _ratios(truth_ratios)
@@ -346,8 +425,10 @@ def zlib_score(token_logprobs, text: str) -> float:
     """zlib attack (Carlini et al. 2021, §5.1): −(mean token NLL) / len(zlib.compress(text.encode("utf-8"))).
 
     The ratio of the model's log-perplexity to the zlib "entropy" (compressed length in bytes) of the
-    text, negated so that higher = more likely a member. OpenUnlearning's `ZLIBAttack` uses the mean
-    NLL of the answer tokens and the decoded answer text (special tokens skipped).
+    text, negated so that higher = more likely a member. OpenUnlearning's `ZLIBAttack`
+    (src/evals/metrics/mia/zlib.py) uses the mean NLL of all the labelled tokens and, as `text`, those
+    tokens decoded with special tokens skipped (`Conventions.zlib_text` = "labels"; on an item cut at the
+    maximum length that is the part scored, not the whole answer).
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be a string, got {type(text).__name__}")
@@ -359,14 +440,34 @@ def _mean_lowest(scores: np.ndarray, k: float) -> float:
     return float(np.mean(np.sort(scores)[:n]))
 
 
-def min_k_score(token_logprobs, k: float = 0.4) -> float:
+def drop_last_position(values, one_token: str = "zero") -> np.ndarray:
+    """An answer's per-token values without the last labelled position (the EOS prediction), the positions
+    OpenUnlearning's token-wise metrics use (src/evals/metrics/utils.py `tokenwise_logprobs`: labelled
+    indices `[:-1]`). A one-token answer keeps nothing (one_token="zero", OpenUnlearning) or its one token
+    (one_token="score"). See `Conventions.one_token`."""
+    if one_token not in ONE_TOKEN:
+        raise ValueError(f"one_token must be one of {', '.join(ONE_TOKEN)}, got {one_token!r}")
+    v = np.asarray(values)
+    if v.ndim != 1:
+        raise ValueError(f"expected one answer's per-token values (1-D), got shape {v.shape}")
+    return v[:-1] if v.size > 1 or one_token == "zero" else v
+
+
+def min_k_score(token_logprobs, k: float = 0.4, drop_last: bool = False, one_token: str = "zero") -> float:
     """Min-K% Prob (Shi et al. 2024, arXiv 2310.16789, §3): the mean of the lowest k fraction of token
     log-probabilities, over max(1, ⌊k·T⌋) tokens. Higher = more likely a member.
 
     k = 0.4 as in OpenUnlearning's TOFU config (`mia_min_k.yaml`); the paper's default is 20%.
-    OpenUnlearning's `MinKProbAttack` returns the negation (loss-like).
+    OpenUnlearning's `MinKProbAttack` (src/evals/metrics/mia/min_k.py) returns the negation (loss-like).
+    drop_last=True scores OpenUnlearning's positions (`drop_last_position`: without the EOS prediction);
+    an answer with no token left scores 0, as its attack returns for an empty sequence.
     """
-    return _mean_lowest(_tokens(token_logprobs), _check_k(k))
+    lp, k = _tokens(token_logprobs), _check_k(k)
+    if drop_last:
+        lp = drop_last_position(lp, one_token)
+        if lp.size == 0:
+            return 0.0
+    return _mean_lowest(lp, k)
 
 
 def vocab_logprob_moments(vocab_logprobs) -> tuple[np.ndarray, np.ndarray]:
@@ -392,15 +493,17 @@ def vocab_logprob_moments(vocab_logprobs) -> tuple[np.ndarray, np.ndarray]:
     return mu, np.sqrt(var)
 
 
-def min_k_plus_plus_score(token_logprobs, mu, sigma, k: float = 0.4) -> float:
+def min_k_plus_plus_score(token_logprobs, mu, sigma, k: float = 0.4, drop_last: bool = False,
+                          one_token: str = "zero") -> float:
     """Min-K%++ (Zhang et al. 2024, arXiv 2404.02936, eq. 3–4): standardise each token log-probability,
     s_t = (log p(x_t|x<t) − μ_t) / σ_t, with μ_t, σ_t the mean and standard deviation of log p(z|x<t)
     for z drawn from the model's next-token distribution at position t (`vocab_logprob_moments`); the
     score is the mean of the lowest k fraction of s_t (max(1, ⌊k·T⌋) tokens). Higher = more likely a
     member (OpenUnlearning's `MinKPlusPlusAttack` returns the negation).
 
-    As OpenUnlearning does, σ_t² is clamped at 1e-6 (σ_t ≥ 1e-3) before dividing; the paper's code does
-    not clamp.
+    As OpenUnlearning does (src/evals/metrics/mia/min_k_plus_plus.py), σ_t² is clamped at 1e-6
+    (σ_t ≥ 1e-3) before dividing; the paper's code does not clamp. drop_last as in `min_k_score`
+    (μ and σ are given for every token and cut with it).
     """
     lp = _tokens(token_logprobs)
     mu = _sample(mu, "mu")
@@ -409,8 +512,101 @@ def min_k_plus_plus_score(token_logprobs, mu, sigma, k: float = 0.4) -> float:
         raise ValueError(f"mu {mu.shape} and sigma {sigma.shape} must match token_logprobs {lp.shape}")
     if (sigma < 0).any():
         raise ValueError("sigma must be non-negative (a standard deviation, not a log-variance)")
+    k = _check_k(k)
+    if drop_last:
+        lp, mu, sigma = (drop_last_position(a, one_token) for a in (lp, mu, sigma))
+        if lp.size == 0:
+            return 0.0
     s = (lp - mu) / np.sqrt(np.maximum(sigma ** 2, MINKPP_MIN_VAR))
-    return _mean_lowest(s, _check_k(k))
+    return _mean_lowest(s, k)
+
+
+def reference_score(target_logprobs, reference_logprobs) -> float:
+    """Reference-model attack (Carlini et al. 2021, §5.1, "comparing to other neural language models";
+    MIMIR's `ReferenceAttack`): the target model's mean token log-probability minus a reference model's
+    on the same answer, = −(L_target − L_ref) with L the mean token NLL over all labelled tokens.
+
+    OpenUnlearning src/evals/metrics/mia/reference.py returns L_target − L_ref (loss-like; we negate:
+    higher = more likely a member). Carlini et al. compare log-perplexities by their ratio; MIMIR and
+    OpenUnlearning by this difference, which we follow. Which model serves as reference is the caller's
+    choice (OpenUnlearning's TOFU/MUSE configs: the retain-only "retain90"/"retrain" model).
+    """
+    return loss_score(target_logprobs) - loss_score(reference_logprobs)
+
+
+GRADNORM_NORMS = (1, 2, math.inf)  # the p-norms OpenUnlearning accepts
+
+
+def grad_norm_score(grads: Iterable, p: float = 2) -> float:
+    """GradNorm attack (Wang et al. 2024, "Pandora's White-Box", arXiv 2402.17012; MIMIR): minus the mean
+    over the model's parameter tensors θ_k of ‖∂L/∂θ_k‖_p, L the answer's mean token NLL. Higher = more
+    likely a member (a memorised answer sits where the loss is flat).
+
+    As OpenUnlearning's `GradNormAttack` (src/evals/metrics/mia/gradnorm.py, p = 2 in its configs), which
+    returns the mean of the per-tensor norms (not the norm of the whole gradient) and computes L without
+    the EOS prediction (`tokenwise_logprobs`); we negate it. grads: one array or tensor per parameter
+    tensor (each parameter once, tied weights included once, as `model.parameters()` lists them).
+    """
+    if p not in GRADNORM_NORMS:
+        raise ValueError(f"p must be 1, 2 or inf, got {p!r}")
+    norms = [np.linalg.norm(_to_numpy(g).ravel(), ord=p) for g in grads]
+    if not norms:
+        raise ValueError("grads is empty: a gradient per parameter tensor is needed")
+    if not np.isfinite(norms).all():
+        raise ValueError("grads contain NaN or inf")
+    return -float(np.mean(norms))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Memorisation: exact memorisation and extraction strength from teacher-forced top-1 hits
+# ---------------------------------------------------------------------------------------------------
+
+def _hits(hits, drop_last: bool, one_token: str) -> np.ndarray:
+    h = _to_numpy(hits)
+    if h.ndim != 1 or h.size == 0:
+        raise ValueError(f"hits must be one answer's non-empty 1-D top-1 hits, got shape {h.shape}")
+    if not np.isin(h, (0.0, 1.0)).all():
+        raise ValueError("hits must be booleans (the label is the model's top-1 prediction)")
+    h = h.astype(bool)
+    return drop_last_position(h, one_token) if drop_last else h
+
+
+def exact_memorization(hits, drop_last: bool = False, one_token: str = "zero") -> float:
+    """Exact memorisation (Tirumala et al. 2022, NeurIPS, "Memorization without overfitting"): the fraction
+    of an answer's tokens that are the model's top-1 prediction given the question and the true answer
+    prefix (teacher forcing). hits[t] = (argmax_z p(z | q, y_<t) == y_t), one per labelled token.
+
+    OpenUnlearning src/evals/metrics/memorization.py `exact_memorization` uses its token-wise positions
+    (drop_last=True: without the EOS prediction); an answer with no position left is undefined there
+    (None, left out of the mean): NaN here.
+    """
+    h = _hits(hits, drop_last, one_token)
+    return float(h.mean()) if h.size else math.nan
+
+
+def extraction_strength(hits, drop_last: bool = False, one_token: str = "zero",
+                        no_match: str = "openunlearning") -> float:
+    """Extraction strength (Carlini et al. 2021; for unlearning Wang et al. 2025, ICLR, openreview
+    wUtCieKuQU): ES = 1 − k*/T, k* the smallest k such that, given the question and y_<k, greedy decoding
+    reproduces the rest y_≥k. With teacher forcing that is: every hit from k on is true, so
+    ES = (length of the run of hits that ends the answer) / T — the fraction of the answer, counted from
+    its end, the model reproduces from a prefix.
+
+    OpenUnlearning src/evals/metrics/memorization.py `extraction_strength` (drop_last=True: without the
+    EOS prediction; an answer with no position left scores 0). Its loop over k = 0..T−1 leaves k = T − 1
+    when no suffix matches, so it scores 1/T where the definition gives 0 (k* = T, the empty suffix):
+    no_match="openunlearning" (default) or "paper" (`Conventions.es_no_match`).
+    """
+    if no_match not in ES_NO_MATCH:
+        raise ValueError(f"no_match must be one of {', '.join(ES_NO_MATCH)}, got {no_match!r}")
+    h = _hits(hits, drop_last, one_token)
+    if h.size == 0:
+        return 0.0
+    misses = np.flatnonzero(~h)
+    run = h.size - (misses[-1] + 1) if misses.size else h.size
+    if run == 0 and no_match == "openunlearning":
+        run = 1
+    return run / h.size
 
 
 def mia_auc(member_scores, nonmember_scores) -> float:

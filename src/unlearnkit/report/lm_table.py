@@ -82,7 +82,15 @@ def lm_legend(results: dict) -> list[str]:
         "AUC = membership inference, forget vs held-out items (0.5 = no signal; compare with the oracles' row); "
         "KLoM95 = p95 of sequence-level KLoM (mean answer log-prob) [95% CI]"
         + (f"; {'/'.join(est)}95 = the same from a low-variance estimator (usable at small N)" if est else "")
-        + f"; N = {n} models per arm."]
+        + f"; N = {n} models per arm.",
+        "Conventions are OpenUnlearning's (truth ratio P_pert/(P_para + 1e-10); Min-K%, Min-K%++, GradNorm, "
+        "extraction strength and exact memorisation without the EOS prediction, a one-token answer scoring 0 "
+        "(exact memorisation: left out); zlib of the decoded scored tokens), except: forget Q is a median and "
+        "each AUC a mean over N model pairs "
+        "(OpenUnlearning: one model); utility has 6 of TOFU's 9 terms (no real-authors set); ROUGE-L is not "
+        "stemmed; the Reference attack's reference models are the retrain arm (OpenUnlearning: the retain model "
+        "that also judges forget quality). results.json also holds the Reference and GradNorm AUCs, extraction "
+        "strength, exact memorisation and the prob_mean truth ratio."]
     if n < SETTLED_N:
         legend.append(f"Warning: with N = {n}, per-example KLoM sits near its cap for every method (histograms of "
                       f"{n} values); read it only with --models {SETTLED_N} or more.")
