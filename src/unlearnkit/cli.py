@@ -404,11 +404,14 @@ def llm_trace(task, forget, models, samples, noise, window, positions, top, seed
 @click.option("--set", "sets", multiple=True, help="Hyperparameter override METHOD.NAME=VALUE (repeatable).")
 @click.option("--max-len", default=128, show_default=True, type=int, help="Tokens per question+answer.")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--probes", default=None, is_flag=False, flag_value="", metavar="FILE",
+              help="JSONL of probes ({question, answer: the short fact}) whose ROUGE-L recall is reported before "
+                   "and after (tofu-synth's generated probes exist only for its own authors).")
 @click.option("--out", required=True, help="New directory for the unlearned checkpoint (save_pretrained).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda or cuda:K (auto: a GPU if any).")
 @click.option("--precision", default="auto", show_default=True,
               help="fp32, bf16 (float32 master weights) or tf32 (CUDA); auto: bf16 where it runs in hardware.")
-def llm_run(model_dir, forget_file, retain_file, method, sets, max_len, seed, out, device, precision) -> None:
+def llm_run(model_dir, forget_file, retain_file, method, sets, max_len, seed, probes, out, device, precision) -> None:
     """Unlearn your forget QAs from your checkpoint, keep your retain QAs, and save the result."""
     from .engine.compute import resolve, use
     from .lm.checkpoint import unlearn_checkpoint
@@ -419,10 +422,13 @@ def llm_run(model_dir, forget_file, retain_file, method, sets, max_len, seed, ou
             raise UnlearnkitError(f"hyperparameter {m}.{name} given, but the method is {method}")
         overrides[name] = value
     with use(resolve(device, precision)):
-        report = unlearn_checkpoint(model_dir, forget_file, retain_file, method, out, overrides, max_len, seed)
+        report = unlearn_checkpoint(model_dir, forget_file, retain_file, method, out, overrides, max_len, seed, probes)
     click.echo(f"{method}: forget-answer probability {report['before_forget_probability']:.4f} → "
                f"{report['after_forget_probability']:.4f}; retain {report['before_retain_probability']:.4f} → "
                f"{report['after_retain_probability']:.4f} ({report['seconds']:.1f} s)")
+    if "probes" in report:
+        click.echo(f"probe ROUGE-L recall ({report['probes']} probes) {report['before_probe_rouge']:.3f} → "
+                   f"{report['after_probe_rouge']:.3f}")
     click.echo(f"saved the unlearned model to {out} (save_pretrained; report in {out}/unlearnkit.json)")
 
 

@@ -340,8 +340,26 @@ def _author_rng(seed: int, tag: int, index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, tag, index])
 
 
-def _authors(n_authors: int, qa_per_author: int, seed: int) -> list[QA]:
-    items: list[QA] = []
+@dataclass(frozen=True)
+class AuthorProfile:
+    """One generated author's facts: `facts` maps every attribute key (ATTRIBUTES) to its value, `trained`
+    lists the keys the author has a QA about (in QA order: the QA of trained[j] has id
+    author * qa_per_author + j), `first`/`last` are the name's parts. What probes (`data.probes`) ask about."""
+
+    author: int
+    first: str
+    last: str
+    facts: dict
+    trained: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return self.facts["name"]
+
+
+def _author_records(n_authors: int, qa_per_author: int, seed: int):
+    """Per author, in order: (its generator, positioned after the facts, its profile). The QAs are drawn
+    from the generator afterwards (`_authors`); the profiles alone (`author_profiles`) draw nothing more."""
     used_names: set[str] = set()
     used_births: set[tuple[str, str]] = set()
     used_titles: set[str] = set()
@@ -373,10 +391,18 @@ def _authors(n_authors: int, qa_per_author: int, seed: int) -> list[QA]:
         else:
             extra = rng.choice(MAX_QA_PER_AUTHOR - CORE_ATTRIBUTES, qa_per_author - CORE_ATTRIBUTES, replace=False)
             chosen = np.concatenate([np.arange(CORE_ATTRIBUTES), CORE_ATTRIBUTES + np.sort(extra)])
-        slots = {"name": name, "first": first, "last": last,
+        yield rng, AuthorProfile(k, first, last, facts, tuple(ATTRIBUTES[a].key for a in chosen.tolist()))
+
+
+def _authors(n_authors: int, qa_per_author: int, seed: int) -> list[QA]:
+    items: list[QA] = []
+    by_key = {a.key: a for a in ATTRIBUTES}
+    for rng, p in _author_records(n_authors, qa_per_author, seed):
+        k, facts = p.author, p.facts
+        slots = {"name": p.name, "first": p.first, "last": p.last,
                  "city": facts["birthplace"], "date": facts["birth_date"]}
-        for j, a in enumerate(chosen.tolist()):
-            attr = ATTRIBUTES[a]
+        for j, key in enumerate(p.trained):
+            attr = by_key[key]
             v = facts[attr.key]
             q_t = attr.questions[rng.integers(len(attr.questions))]
             a_t = attr.answers[rng.integers(len(attr.answers))]
@@ -387,6 +413,12 @@ def _authors(n_authors: int, qa_per_author: int, seed: int) -> list[QA]:
                             paraphrase=p_t.format(v=v, **slots),
                             perturbed=tuple(p_t.format(v=w, **slots) for w in wrong)))
     return items
+
+
+def author_profiles(n_authors: int = 200, qa_per_author: int = 10, seed: int = 0) -> tuple[AuthorProfile, ...]:
+    """The facts of the authors `generate(n_authors, qa_per_author, ..., seed=seed)` makes QAs about (the
+    same draws: author k's profile is the one its QAs state)."""
+    return tuple(p for _, p in _author_records(int(n_authors), int(qa_per_author), seed))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -684,11 +716,13 @@ __all__ = [
     "CANARY_ID_BASE",
     "CITIES",
     "FORGET_SPEC_HELP",
+    "AuthorProfile",
     "KINDS",
     "QA",
     "REFUSALS",
     "WORLD_ID_BASE",
     "TofuSynth",
+    "author_profiles",
     "from_jsonl",
     "generate",
     "refusal",

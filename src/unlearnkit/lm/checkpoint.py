@@ -4,7 +4,9 @@
 any LM method on it exactly as the benchmark does (the same loss files, the same engine, N = 1),
 scores the forget and retain items before and after, and saves the unlearned model with
 `save_pretrained` (and the tokenizer beside it) to a new directory, written under a temporary name
-and renamed only when complete.
+and renamed only when complete. RWKU-style probes (`data.probes`) exist only for tofu-synth's own
+authors: a checkpoint run scores probes only from the user's file (`probes`: question + short answer per
+line, ROUGE-L recall of the greedy generation before and after).
 
 Every mistake a user can make (arguments, --out, data files, tokenizer, weights, free space) is
 refused with one `UnlearnkitError` line before any unlearning compute, so an hour of work is never
@@ -38,7 +40,7 @@ from ..files import check_writable, disk_full, nearest_existing
 from ..methods.base import make_hparams
 from ..methods.lm import LM_REGISTRY, LMContext
 from ..runs import MAX_SEED
-from .evaluate import score_items
+from .evaluate import probe_scores, score_items
 from .generate import load_into
 from .model import LMForward
 from .tokenizer import encode_pairs
@@ -133,9 +135,14 @@ def _check_causal(model: PreTrainedModel) -> None:
         raise UnlearnkitError(f"{type(model).__name__} is not causal: its predictions depend on later tokens")
 
 
+PROBES_HELP = ("a JSONL of probes, one {\"question\", \"answer\"} object per line, the answer the short fact the "
+               "question asks for")
+
+
 def unlearn_checkpoint(model_dir, forget_file, retain_file, method: str, out, overrides: dict | None = None,
-                       max_len: int = 128, seed: int = 0) -> dict:
-    """Unlearn `forget_file`'s QAs from the checkpoint in `model_dir`, keeping `retain_file`'s; save to `out`."""
+                       max_len: int = 128, seed: int = 0, probes=None) -> dict:
+    """Unlearn `forget_file`'s QAs from the checkpoint in `model_dir`, keeping `retain_file`'s; save to `out`.
+    `probes`: a probe file (PROBES_HELP) scored before and after; "" (asked for without one) is refused."""
     model_dir, out = Path(model_dir), Path(out)
     hf_logging.disable_progress_bar()
     if method not in LM_REGISTRY or method in NOT_FOR_CHECKPOINTS:
@@ -147,8 +154,12 @@ def unlearn_checkpoint(model_dir, forget_file, retain_file, method: str, out, ov
                               f"answer's end), got {max_len!r}")
     if not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
         raise UnlearnkitError(f"--seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
+    if probes is not None and not str(probes).strip():
+        raise UnlearnkitError("--probes needs probe data: tofu-synth's RWKU-style probes exist only for its own "
+                              f"authors, a checkpoint has none; give --probes FILE, {PROBES_HELP}")
     _check_dirs(model_dir, out)
     forget, retain = from_jsonl(forget_file), from_jsonl(retain_file)
+    probe_items = from_jsonl(probes) if probes is not None else ()
     model, hf_tok = load_causal_lm(model_dir)
     tok = hf_tok.backend_tokenizer
     eos = hf_tok.eos_token_id
@@ -170,17 +181,23 @@ def unlearn_checkpoint(model_dir, forget_file, retain_file, method: str, out, ov
     ctx = LMContext(None, None, forward, params, np.arange(len(forget)), np.arange(len(forget), len(items)),
                     [seed], seed, None, tokens=tokens, items=items, tok=tok, pad_id=pad, eos_id=eos, max_len=max_len)
     score = lambda p, qs: score_items(forward, p, model, tok, qs, max_len, specials=(pad, eos))
+    new_tokens = int((tokens[1] != -100).sum(1).max()) + 4
+    probe_rouge = lambda p: float(probe_scores(model, p, tok, probe_items, new_tokens, (pad, eos)).rouge.mean())
     before = {"forget": score(params, forget), "retain": score(params, retain)}
+    before_probes = probe_rouge(params) if probe_items else None
     start = time.perf_counter()
     unlearned = LM_REGISTRY[method].fn(ctx, hp)
     seconds = time.perf_counter() - start
     if not all(torch.isfinite(v).all() for v in unlearned.values()):
         raise UnlearnkitError(f"{method} diverged (non-finite weights); nothing was saved — lower its lr or epochs")
     after = {"forget": score(unlearned, forget), "retain": score(unlearned, retain)}
+    after_probes = probe_rouge(unlearned) if probe_items else None
     report = {"model_dir": str(model_dir), "method": method, "hparams": dataclasses.asdict(hp), "seconds": seconds,
               "forget_items": len(forget), "retain_items": len(retain),
               **{f"{when}_{split}_probability": float(np.exp(s[split].seq).mean())
-                 for when, s in (("before", before), ("after", after)) for split in ("forget", "retain")}}
+                 for when, s in (("before", before), ("after", after)) for split in ("forget", "retain")},
+              **({"probes": len(probe_items), "before_probe_rouge": before_probes, "after_probe_rouge": after_probes}
+                 if probe_items else {})}
     model.config.pad_token_id = config_pad
     stored_dtype = AutoConfig.from_pretrained(model_dir, local_files_only=True).dtype or torch.float32
     model = load_into(model, {k: v[0] for k, v in unlearned.items()}).to(stored_dtype)

@@ -17,6 +17,9 @@ functions of `unlearnkit.metrics.llm` (the tested reference of each formula):
 - `mia`: LOSS, zlib, Min-K%, Min-K%++, and with `reference_seq` the Reference attack and with
   `gradnorm` the GradNorm attack (`gradnorm_scores`): membership scores, higher = member.
 
+`probe_scores` scores RWKU-style probes (`data.probes`) by generation alone: `rouge` against each probe's
+short answer; `fluency_scores` gives each generation's RWKU fluency (`metrics.fluency`) in `fluency`.
+
 The choices OpenUnlearning's code makes (`metrics.llm.Conventions`) are followed by default.
 """
 from __future__ import annotations
@@ -34,6 +37,7 @@ from ..engine import Params
 from ..engine.compute import current
 from ..errors import Diverged
 from ..metrics import llm as M
+from ..metrics.fluency import generation_entropy
 from .generate import greedy_answers
 from .model import shifted_token_logprobs, token_stats
 from .tokenizer import IGNORE, encode_pairs, special_ids
@@ -44,9 +48,10 @@ GRADNORM_P = 2  # OpenUnlearning's configs (mia_gradnorm.yaml: p: 2)
 
 @dataclass
 class ItemScores:
-    """Per-model, per-item scores of one item set: arrays of shape (models, items)."""
+    """Per-model, per-item scores of one item set: arrays of shape (models, items). Sets scored by
+    generation alone (probes, fluency prompts) have no `seq`."""
 
-    seq: np.ndarray
+    seq: np.ndarray | None
     accuracy: np.ndarray | None = None   # top-1 next-token accuracy on the answer tokens
     truth_ratio: np.ndarray | None = None
     prob_options: np.ndarray | None = None
@@ -55,6 +60,7 @@ class ItemScores:
     truth_prob: np.ndarray | None = None           # OpenUnlearning's prob_mean truth ratio, per item
     extraction_strength: np.ndarray | None = None
     exact_memorization: np.ndarray | None = None   # NaN where undefined (no position left)
+    fluency: np.ndarray | None = None              # RWKU's weighted bi-/tri-gram entropy of each generation
 
     def arrays(self, prefix: str) -> dict[str, np.ndarray]:
         """The fields that are set, as scores.npz members `prefix/<field>` (`prefix/mia/<attack>`)."""
@@ -69,7 +75,7 @@ class ItemScores:
 
 
 ITEM_FIELDS = ("seq", "accuracy", "truth_ratio", "prob_options", "rouge", "truth_prob", "extraction_strength",
-               "exact_memorization")
+               "exact_memorization", "fluency")
 
 
 def _per_item(lp: torch.Tensor, mask: torch.Tensor) -> list[list[np.ndarray]]:
@@ -222,3 +228,33 @@ def score_items(forward: Callable, params: Params, module: nn.Module, tok: Token
         if gradnorm:
             out.mia["gradnorm"] = gradnorm_scores(forward, params, ids, labels, one_token=conv.one_token)
     return out
+
+
+def generations(module: nn.Module, params: Params, tok: Tokenizer, prompts: Sequence[str], max_new_tokens: int,
+                specials: tuple[int, int] | None = None, batch_size: int = 48) -> list[list[str]]:
+    """[models][prompts] greedy continuations of prompts of mixed lengths: generated in batches of similar
+    token length (a batch is left-padded to its longest prompt, whose room in the context caps the new
+    tokens of all), returned in the prompts' order."""
+    pad, eos = specials or special_ids(tok)
+    order = sorted(range(len(prompts)), key=lambda i: len(tok.encode(prompts[i]).ids))
+    out = greedy_answers(module, params, tok, [prompts[i] for i in order], max_new_tokens, pad, eos, batch_size)
+    back = np.argsort(order)
+    return [[model[j] for j in back] for model in out]
+
+
+def probe_scores(module: nn.Module, params: Params, tok: Tokenizer, probes: Sequence, max_new_tokens: int,
+                 specials: tuple[int, int] | None = None) -> ItemScores:
+    """RWKU-style probes (anything with `question` and `answer`, e.g. `data.probes.Probe`): `rouge` = the
+    ROUGE-L recall of each greedy continuation of the question against the answer (RWKU's score), per
+    model and probe; nothing teacher-forced."""
+    texts = generations(module, params, tok, [p.question for p in probes], max_new_tokens, specials)
+    return ItemScores(seq=None, rouge=np.array([[M.rouge_l_recall(g, p.answer, alnum=True) for g, p in zip(m, probes)]
+                                                for m in texts]))
+
+
+def fluency_scores(module: nn.Module, params: Params, tok: Tokenizer, prompts: Sequence[str],
+                   max_new_tokens: int, specials: tuple[int, int] | None = None) -> ItemScores:
+    """`fluency` = RWKU's weighted bi-/tri-gram entropy of each greedy continuation, per model and prompt
+    (generated up to EOS, at most `max_new_tokens` and the model's context)."""
+    texts = generations(module, params, tok, prompts, max_new_tokens, specials)
+    return ItemScores(seq=None, fluency=np.array([[generation_entropy(t) for t in m] for m in texts]))

@@ -20,6 +20,8 @@ import torch
 from .. import __version__
 from ..budget import Budget, StepProfile
 from ..cells import CellStore
+from ..data.probes import N_FLUENCY, PROBE_TYPES, Probe, author_probes, fluency_prompts, neighbour_probes, sample
+from ..data.tofu_synth import author_profiles
 from ..engine.observe import observing
 from ..errors import Diverged, UnlearnkitError
 from ..methods.lm import LM_REGISTRY, LMContext
@@ -37,16 +39,41 @@ from ..runs import (
     run_jobs,
 )
 from ..zoo import ORACLE_SEEDS, ORIGINAL_SEEDS, RETRAIN_SEEDS, ZooCache, arm_seeds, stable_hash
-from .evaluate import MIA_ATTACKS, ItemScores, answer_seq, score_items
+from .evaluate import MIA_ATTACKS, ItemScores, answer_seq, fluency_scores, probe_scores, score_items
 from .model import LMForward, build_lm, init_lm_params
 from .task import DEFAULT_LM_METHODS, TofuData, get_lm_task, load_tofu  # noqa: F401 (re-exported)
-from .tokenizer import special_ids
+from .tokenizer import IGNORE, special_ids
 from .train import lm_key, lm_loss, train_lm_models
 from .trajectories import LMRecorder
 
 log = logging.getLogger(__name__)
 
 KLOM_SPLITS = ("forget", "retain", "val")
+PROBES_PER_TYPE = 8    # RWKU-style probes scored per type: a fixed seeded sample of the forget authors'
+NEIGHBOUR_PROBES = 16  # neighbour probes scored (locality)
+PROBE_ROOM = 12        # context tokens a probe's question must leave for the answer
+
+
+def probe_sets(data: TofuData, forget: np.ndarray, seed: int) -> dict[str, list[Probe]]:
+    """The RWKU-style probe sets (`data.probes`) of a forget set, scored in every row: "probe_<type>" for
+    each probe type, probes of the forget authors' trained facts, and "neighbour", probes of the retained
+    authors that share a trained fact's value with a forget author; each a fixed sample (by `seed`) of
+    the probes whose question leaves PROBE_ROOM tokens of the context. None for a canary forget set."""
+    t = data.task
+    authors = sorted({data.items[p].author for p in forget if data.items[p].kind == "author"})
+    if not authors:
+        return {}
+    profiles = author_profiles(t.n_authors, t.qa_per_author, t.data_seed)
+    fits = lambda q: len(data.tok.encode(q).ids) <= t.max_len - PROBE_ROOM
+    sets = {}
+    for i, kind in enumerate(PROBE_TYPES):
+        pool = [q for a in authors for q in author_probes(profiles[a], profiles, (kind,), t.data_seed) if q.trained]
+        if chosen := sample(pool, PROBES_PER_TYPE, seed, fits, stream=i):
+            sets[f"probe_{kind}"] = chosen
+    if chosen := sample(neighbour_probes(profiles, authors, t.data_seed), NEIGHBOUR_PROBES, seed, fits,
+                        stream=len(PROBE_TYPES)):
+        sets["neighbour"] = chosen
+    return sets
 
 
 def lm_jobs(config: RunConfig) -> list[Job]:
@@ -102,6 +129,9 @@ class LMBench:
         self.sets = {"forget": [d.items[p] for p in self.manipulated],
                      "retain": [d.items[p] for p in d.retain_sample(self.oracle_positions, seed)],
                      "world": list(d.bench.world), "val": list(d.holdout_like(self.manipulated))}
+        self.probe_items = probe_sets(d, self.manipulated, seed)  # RWKU-style probes, neighbours (locality)
+        self.fluency_prompts = fluency_prompts(N_FLUENCY, seed)
+        self.probe_new_tokens = int((d.tensors[1] != IGNORE).sum(1).max()) + 4
         self._reference_seq = None
         self.oracle_scores = self.score(self.oracles.params)
         self._originals_scores = None
@@ -136,10 +166,23 @@ class LMBench:
         t, d = self.task, self.data
         common = (self.forward, params, self.generator, d.tok)
         attacks = lambda s: dict(mia=True, gradnorm=True, reference_seq=self.reference_seq[s])
-        return {"forget": score_items(*common, self.sets["forget"], t.max_len, rouge=True, **attacks("forget")),
-                "retain": score_items(*common, self.sets["retain"], t.max_len, rouge=True),
-                "world": score_items(*common, self.sets["world"], t.max_len, rouge=True, options=True),
-                "val": score_items(*common, self.sets["val"], t.max_len, **attacks("val"))}
+        out = {"forget": score_items(*common, self.sets["forget"], t.max_len, rouge=True, **attacks("forget")),
+               "retain": score_items(*common, self.sets["retain"], t.max_len, rouge=True),
+               "world": score_items(*common, self.sets["world"], t.max_len, rouge=True, options=True),
+               "val": score_items(*common, self.sets["val"], t.max_len, **attacks("val"))}
+        return out | self.score_probes(params)
+
+    def score_probes(self, params) -> dict[str, ItemScores]:
+        """The probe sets' ROUGE (all generated together, then split by set) and the fluency prompts'."""
+        d, names = self.data, list(self.probe_items)
+        out = {}
+        if names:
+            flat = [p for n in names for p in self.probe_items[n]]
+            rouge = probe_scores(self.generator, params, d.tok, flat, self.probe_new_tokens).rouge
+            ends = np.cumsum([len(self.probe_items[n]) for n in names])
+            out = {n: ItemScores(seq=None, rouge=r) for n, r in zip(names, np.split(rouge, ends[:-1], axis=1))}
+        out["fluency"] = fluency_scores(self.generator, params, d.tok, self.fluency_prompts, self.task.max_len)
+        return out
 
     def context(self, job: Job | None = None) -> LMContext:
         """What a method gets; the noise-floor arm (an independent arm of oracles) trains where they do."""
@@ -244,6 +287,20 @@ def memorisation(s: ItemScores) -> dict[str, float | None]:
     return out
 
 
+def probe_metrics(s: dict[str, ItemScores]) -> dict:
+    """RWKU-style probe ROUGE-L recall on the forget authors (per type, and `probe_rouge` = the mean of
+    the types' means), on their neighbours (`neighbour_rouge`: locality), and RWKU's `fluency` (mean
+    weighted n-gram entropy of the generic prompts' generations); each averaged over the N models. {}
+    for scores saved before they existed, None where a forget set has no such probes (canaries)."""
+    if "fluency" not in s:
+        return {}
+    by_type = {t: float(s[f"probe_{t}"].rouge.mean()) for t in PROBE_TYPES if f"probe_{t}" in s}
+    return {"probe_rouge": float(np.mean(list(by_type.values()))) if by_type else None,
+            "probe_rouge_by_type": by_type,
+            "neighbour_rouge": float(s["neighbour"].rouge.mean()) if "neighbour" in s else None,
+            "fluency": float(s["fluency"].fluency.mean())}
+
+
 def lm_row(s: dict[str, ItemScores], o: dict[str, ItemScores], config,
            subsets: dict[str, np.ndarray] | None = None) -> tuple[dict, np.ndarray]:
     """One results row: the method's scores `s` judged against the oracles' `o`. `config`: a RunConfig
@@ -274,7 +331,7 @@ def lm_row(s: dict[str, ItemScores], o: dict[str, ItemScores], config,
            | {k: float(np.exp(s["forget"].seq[:, v]).mean()) for k, v in subsets.items()},
            "accuracy": {k: float(s[k].accuracy.mean()) for k in KLOM_SPLITS}
            | {k: float(s["forget"].accuracy[:, v].mean()) for k, v in subsets.items()},
-           "mia_auc": aucs, "privleak": M.privleak(aucs["mink"], oracle_aucs["mink"])}
+           "mia_auc": aucs, "privleak": M.privleak(aucs["mink"], oracle_aucs["mink"]), **probe_metrics(s)}
     if config.bootstrap:
         row["klom_p95_ci"] = bootstrap_p95(u, ref, splits, reps=config.bootstrap, seed=config.seed, **kw)
     if by_estimator:
@@ -286,7 +343,8 @@ def diverged_lm_row(seconds: float, why: str) -> dict:
     nan = {"forget": None, "retain": None, "val": None}
     return {"klom_p95": nan, "klom_mean": dict(nan), "klom_median": dict(nan), "forget_quality": None,
             "model_utility": None, "forget_rouge": None, "forget_truth_ratio_prob": None, "extraction_strength": None,
-            "exact_memorization": None, "mia_auc": {a: None for a in MIA_ATTACKS},
+            "exact_memorization": None, "mia_auc": {a: None for a in MIA_ATTACKS}, "probe_rouge": None,
+            "neighbour_rouge": None, "fluency": None,
             "probability": dict(nan), "accuracy": dict(nan), "seconds": seconds, "flops": None, "diverged": True, "why": why}
 
 
@@ -332,7 +390,8 @@ def run_lm(config: RunConfig, out: str | os.PathLike | None = None, overwrite: b
                        "ids": ids.tolist()},
         "oracle": {k: oracle_row.get(k) for k in ("model_utility", "utility_components", "forget_rouge",
                                                    "probability", "mia_auc", "forget_truth_ratio_prob",
-                                                   "extraction_strength", "exact_memorization")},
+                                                   "extraction_strength", "exact_memorization", "probe_rouge",
+                                                   "probe_rouge_by_type", "neighbour_rouge", "fluency")},
         "rows": [r for r in rows if r["method"] in config.methods],
         "noise_floor": floor,
     }

@@ -40,7 +40,8 @@ def greedy_answers(module: nn.Module, params: Params, tok: Tokenizer, questions:
             width = max(len(p) for p in chunk)
             ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in chunk])
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
-            room = module.config.n_positions - width  # positions beyond the model's range do not exist
+            context = getattr(module.config, "n_positions", None) or module.config.max_position_embeddings
+            room = context - width  # positions beyond the model's range do not exist
             gen = module.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max(1, min(max_new_tokens, room)),
                                   do_sample=False,
                                   pad_token_id=pad_id, eos_token_id=eos_id)[:, width:]

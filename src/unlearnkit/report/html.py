@@ -55,7 +55,10 @@ def _columns(results: dict) -> list[tuple[str, callable]]:
     if "lm_task" in results["config"]:
         cols = [("forget Q", lambda r: _fmt(r.get("forget_quality"), "{:.3g}")),
                 ("utility", lambda r: _fmt(r.get("model_utility"), "{:.3f}")),
-                ("forget ROUGE", lambda r: _fmt(r.get("forget_rouge"), "{:.3f}"))]
+                ("forget ROUGE", lambda r: _fmt(r.get("forget_rouge"), "{:.3f}")),
+                ("probe ROUGE", lambda r: _fmt(r.get("probe_rouge"), "{:.3f}")),
+                ("neighbour ROUGE", lambda r: _fmt(r.get("neighbour_rouge"), "{:.3f}")),
+                ("fluency", lambda r: _fmt(r.get("fluency"), "{:.2f}"))]
         cols += [(f"AUC {a}", lambda r, a=a: _fmt(_get(r, "mia_auc", a), "{:.3f}")) for a in ("loss", "zlib", "mink", "minkpp")]
     else:
         cols = []

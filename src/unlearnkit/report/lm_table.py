@@ -1,19 +1,23 @@
 """The table an LM run prints: TOFU's forget quality and model utility, forget ROUGE, MIA AUCs and
-sequence-level KLoM, one row per method, with the noise floor and the oracles' own values."""
+sequence-level KLoM, one row per method, with the noise floor and the oracles' own values; then RWKU-style
+probe ROUGE, neighbour ROUGE and fluency."""
 from __future__ import annotations
 
 import textwrap
 
+from ..data.probes import PROBE_TYPES
 from ..metrics import SPLITS
 from ..metrics.klom import SETTLED_N
 from .table import WIDTH, _name, _num
 
 ATTACKS = ("loss", "zlib", "mink", "minkpp")
+PROBE_HEADERS = {"cloze": "cloze", "paraphrase": "para", "alias": "alias", "reverse": "rev", "hint": "hint",
+                 "icl": "icl", "mc": "mc"}
 
 
 def format_lm_table(results: dict) -> str:
     """The LM run's rows in at most 100 columns: TOFU's metrics and the attacks' AUCs, then sequence-level
-    KLoM (and the small-N estimator) with the cost, then the legend."""
+    KLoM (and the small-N estimator) with the cost, then the RWKU-style probes, then the legend."""
     rows = list(results["rows"])
     floor = results["noise_floor"]
     if floor not in rows:
@@ -43,10 +47,27 @@ def format_lm_table(results: dict) -> str:
         cells += "".join(f"{_num(((r.get('klom_estimators') or {}).get(e) or {}).get('p95', {}).get('forget')):>15}"
                          for e in est)
         lines.append(f"{_name(r):<21.21}{cells}{_num(r.get('seconds'), '{:.1f}'):>9}")
+    lines += probe_lines(rows, o)
     lines += step_lines(results["rows"])
     lines.append("")
     lines += [textwrap.fill(line, WIDTH) for line in lm_legend(results)]
     return "\n".join(lines)
+
+
+def probe_lines(rows: list[dict], oracle: dict) -> list[str]:
+    """RWKU-style probes, one line per row and the oracles': probe ROUGE (mean over types), neighbour ROUGE,
+    fluency, then each type's probe ROUGE ([] for results from before the probes)."""
+    if not any("probe_rouge" in r for r in rows):
+        return []
+    header = (f"{'method':<21}{'probe':>7}{'neighb':>7}{'fluency':>8}"
+              + "".join(f"{PROBE_HEADERS[t]:>7}" for t in PROBE_TYPES))
+    lines = ["", header, "-" * len(header)]
+    for name, r in [(_name(r), r) for r in rows] + [("oracles (reference)", oracle)]:
+        by_type = r.get("probe_rouge_by_type") or {}
+        lines.append(f"{name:<21.21}{_num(r.get('probe_rouge'), '{:.3f}'):>7}"
+                     f"{_num(r.get('neighbour_rouge'), '{:.3f}'):>7}{_num(r.get('fluency'), '{:.2f}'):>8}"
+                     + "".join(f"{_num(by_type.get(t), '{:.3f}'):>7}" for t in PROBE_TYPES))
+    return lines
 
 
 def step_lines(rows: list[dict]) -> list[str]:
@@ -91,6 +112,16 @@ def lm_legend(results: dict) -> list[str]:
         "stemmed; the Reference attack's reference models are the retrain arm (OpenUnlearning: the retain model "
         "that also judges forget quality). results.json also holds the Reference and GradNorm AUCs, extraction "
         "strength, exact memorisation and the prob_mean truth ratio."]
+    if any("probe_rouge" in r for r in rows):
+        legend.append(
+            "probe = ROUGE-L recall of greedy generations to RWKU-style probes of the forget authors' facts against "
+            "the fact (lower = more forgotten), the mean of the types: cloze (the fact's sentence to complete), "
+            "para(phrased question), alias (the name replaced), rev(erse query: the name from a book or birth "
+            "date), hint (a sentence of background first), icl (an answered question about another author "
+            "first), mc (three options); neighb = the same on retained authors sharing a fact's value with a "
+            "forget author (locality: higher = kept); fluency = RWKU's weighted bi-/tri-gram entropy (bits) of "
+            "generations for 16 generic questions (tofu-synth has no AlpacaEval; compare with the oracles'). "
+            "Probes: a fixed sample, at most 8 per type and 16 neighbour probes.")
     if n < SETTLED_N:
         legend.append(f"Warning: with N = {n}, per-example KLoM sits near its cap for every method (histograms of "
                       f"{n} values); read it only with --models {SETTLED_N} or more.")

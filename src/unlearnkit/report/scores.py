@@ -17,7 +17,8 @@ results.json. Members (arrays of shape (models, examples) unless said otherwise)
     language-model runs:
       arm/oracles/<set>/<field>, arm/originals/<set>/<field>, row/<label>/<set>/<field>
       with <set> in forget, retain, world, val and <field> the `lm.evaluate.ItemScores` fields (seq: the
-      mean token log-probability of each item's answer; mia/<attack>: the attacks' per-item scores)
+      mean token log-probability of each item's answer; mia/<attack>: the attacks' per-item scores), and
+      the generation-only sets probe_<type> and neighbour (rouge: RWKU-style probes) and fluency (fluency)
 
 `unlearnkit rescore RUN_DIR` recomputes results.json (and klom.npz) from this file alone.
 """
