@@ -40,6 +40,7 @@ from ..metrics import llm as M
 from ..metrics.fluency import generation_entropy
 from .generate import greedy_answers
 from .model import shifted_token_logprobs, token_stats
+from .steering import split_state
 from .tokenizer import IGNORE, encode_pairs, special_ids
 
 MIA_ATTACKS = ("loss", "zlib", "mink", "minkpp", "ref", "gradnorm")
@@ -126,25 +127,26 @@ def gradnorm_scores(forward: Callable, params: Params, input_ids: torch.Tensor, 
     if p not in M.GRADNORM_NORMS:
         raise ValueError(f"p must be 1, 2 or inf, got {p!r}")
     dev = current().device
-    params = {k: v.detach().to(dev) for k, v in params.items()}
+    # an inference-time method's state (`lm.steering`) rides along with each model, differentiated never
+    params, state = (({k: v.detach().to(dev) for k, v in part.items()}) for part in split_state(params))
     n_models = next(iter(params.values())).shape[0]
     size = sum(v[0].numel() for v in params.values())
     chunk = chunk or max(1, min(64, 2 ** 27 // max(1, n_models * size)))
     weights = _cut_mask(labels[:, 1:] != IGNORE, one_token).float()
 
-    def loss(theta, ids, lab, w):
-        lp, _ = shifted_token_logprobs(forward(theta, ids[None]), lab[None])
+    def loss(theta, st, ids, lab, w):
+        lp, _ = shifted_token_logprobs(forward({**theta, **st}, ids[None]), lab[None])
         return -(lp[0] * w).sum() / w.sum().clamp(min=1.0)
 
-    def norms(theta, ids, lab, w):
-        g = torch.func.grad(loss)(theta, ids, lab, w)
+    def norms(theta, st, ids, lab, w):
+        g = torch.func.grad(loss)(theta, st, ids, lab, w)
         return -torch.stack([torch.linalg.vector_norm(v, ord=p) for v in g.values()]).mean()
 
-    call = torch.vmap(torch.vmap(norms, in_dims=(None, 0, 0, 0)), in_dims=(0, None, None, None))
+    call = torch.vmap(torch.vmap(norms, in_dims=(None, None, 0, 0, 0)), in_dims=(0, 0, None, None, None))
     out = []
     for s in range(0, len(input_ids), chunk):
         sl = slice(s, s + chunk)
-        out.append(call(params, input_ids[sl].to(dev), labels[sl].to(dev), weights[sl].to(dev)).detach().cpu())
+        out.append(call(params, state, input_ids[sl].to(dev), labels[sl].to(dev), weights[sl].to(dev)).detach().cpu())
     scores = torch.cat(out, 1).double()
     if not torch.isfinite(scores).all():
         raise Diverged(-1, (~torch.isfinite(scores)).any(1).nonzero().flatten().tolist())

@@ -39,6 +39,7 @@ from ..runs import (
     run_jobs,
 )
 from ..zoo import ORACLE_SEEDS, ORIGINAL_SEEDS, RETRAIN_SEEDS, ZooCache, arm_seeds, stable_hash
+from . import steering
 from .evaluate import MIA_ATTACKS, ItemScores, answer_seq, fluency_scores, probe_scores, score_items
 from .model import LMForward, build_lm, init_lm_params
 from .task import DEFAULT_LM_METHODS, TofuData, get_lm_task, load_tofu  # noqa: F401 (re-exported)
@@ -163,8 +164,9 @@ class LMBench:
         return self._originals_scores
 
     def score(self, params) -> dict[str, ItemScores]:
+        """Every item set's scores; an inference-time method's params are scored through it (`lm.steering`)."""
         t, d = self.task, self.data
-        common = (self.forward, params, self.generator, d.tok)
+        common = (steering.forward_for(self.forward, params), params, self.generator, d.tok)
         attacks = lambda s: dict(mia=True, gradnorm=True, reference_seq=self.reference_seq[s])
         out = {"forget": score_items(*common, self.sets["forget"], t.max_len, rouge=True, **attacks("forget")),
                "retain": score_items(*common, self.sets["retain"], t.max_len, rouge=True),
@@ -223,6 +225,8 @@ class LMBench:
             scores = self.score(params)
             row, values = lm_row(scores, self.oracle_scores, self.config, self.subsets)
             row.update({**cost, "diverged": False})
+            if (steered := steering.kind(params)) is not None:  # suppresses at inference; the weights still know
+                row["mechanism"] = steering.MECHANISM[steered]
             if self.probe is not None:  # what a study measures beyond the scores (a relearning attack)
                 row.update(self.probe(params))
             extra = {"klom": values, "scores": item_score_arrays(scores, f"row/{job.label}")}

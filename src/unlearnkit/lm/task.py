@@ -28,7 +28,7 @@ from .tokenizer import build_tokenizer, encode_items
 from .train import DEFAULT_LM_RECIPE
 
 DEFAULT_LM_METHODS = ("none", "retrain", "ga", "graddiff", "npo", "simnpo", "idkdpo", "altpo", "undial", "wga",
-                      "satimp", "ceu", "pdu", "llmu", "rmu", "flat", "idk")
+                      "satimp", "ceu", "pdu", "llmu", "rmu", "flat", "idk", "traced", "sae-clamp", "guard")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,70 @@
+"""Unlearning at inference: methods that leave the weights alone and change how the model runs.
+
+`sae-clamp` (an SAE clamps features of one block's output, `lm.sae`) and `guard` (a prompt classifier
+and forbidden-continuation penalties on the logits, `lm.guard`) return the originals' weights plus their
+own per-model state in the same params dict, under a reserved key prefix, so that `torch.vmap` hands
+model i its own state with its weights. Everything that scores a row goes through the two functions
+here: `forward_for` (the teacher-forced Forward: token statistics, truth ratios, attacks) and
+`generate.greedy_answers` (ROUGE, probes, fluency: it dispatches to `answers_for`), so a steered row is
+measured exactly as the metrics see the deployed system. Its weights still hold the knowledge: KLoM
+against the oracles and the attacks on the unchanged weights show it (a row says it suppresses).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+from ..engine import Forward, Params
+from .model import LMForward
+
+PREFIXES = ("sae.", "guard.")
+MECHANISM = {"sae.": "inference-time clamp of SAE features (weights untouched)",
+             "guard.": "generation-time guard (weights untouched)"}
+
+
+def split_state(params: Params) -> tuple[Params, Params]:
+    """(the model's weights, the steering state: the entries under a reserved prefix)."""
+    state = {k: v for k, v in params.items() if k.startswith(PREFIXES)}
+    return {k: v for k, v in params.items() if k not in state}, state
+
+
+def kind(params: Params) -> str | None:
+    """The steering prefix present in `params` ("sae." or "guard."), or None for plain weights."""
+    return next((p for p in PREFIXES if any(k.startswith(p) for k in params)), None)
+
+
+def forward_for(base: LMForward, params: Params) -> Forward:
+    """The Forward that scores `params`: `base` itself for plain weights, else the steering wrapper."""
+    k = kind(params)
+    if k == "sae.":
+        from .sae import ClampedForward
+        return ClampedForward.from_params(base, params)
+    if k == "guard.":
+        from .guard import GuardedForward
+        return GuardedForward(base)
+    return base
+
+
+def answers_for(module: nn.Module, params: Params, tok, questions: Sequence[str], max_new_tokens: int,
+                pad_id: int, eos_id: int, batch_size: int) -> list[list[str]]:
+    """`generate.greedy_answers` of steered params: each model generates with its own state (the SAE hooked
+    on its block while Hugging Face's `generate` runs; the guard's decoder, which re-scores every prefix)."""
+    from .generate import greedy_answers
+    weights, state = split_state(params)
+    n = next(iter(weights.values())).shape[0]
+    if kind(params) == "sae.":
+        from .sae import PREFIX, sae_hook
+        out = []
+        for i in range(n):
+            with sae_hook(module, {k[len(PREFIX):]: v[i] for k, v in state.items()}):
+                out += greedy_answers(module, {k: v[i:i + 1] for k, v in weights.items()}, tok, questions,
+                                      max_new_tokens, pad_id, eos_id, batch_size)
+        return out
+    from .guard import GuardedForward, guarded_greedy_answers
+    n_positions = getattr(module.config, "n_positions", None) or module.config.max_position_embeddings
+    return guarded_greedy_answers(GuardedForward(LMForward(module=module)), params, tok, questions, max_new_tokens,
+                                  pad_id, eos_id, n_positions, batch_size)
+
+
+__all__ = ["MECHANISM", "PREFIXES", "answers_for", "forward_for", "kind", "split_state"]

@@ -1,0 +1,35 @@
+"""Inference-time LM methods (`sae-clamp`, `guard`) scored as rows by the bench itself: every metric,
+teacher-forced and generated, goes through the method (`lm.steering`), and KLoM still sees the knowledge."""
+import pytest
+
+from unlearnkit.experiment import RunConfig
+from unlearnkit.lm.experiment import LMBench
+from unlearnkit.lm.task import get_lm_task, load_tofu
+from unlearnkit.methods.base import make_hparams
+from unlearnkit.methods.lm import LM_REGISTRY
+from unlearnkit.runs import Job
+from unlearnkit.zoo import ZooCache
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def bench(tiny_lm_cache):
+    config = RunConfig(task="tofu-synth-tiny", forget="authors:0.1", models=2, bootstrap=0)
+    return LMBench(config, load_tofu(get_lm_task("tofu-synth-tiny")), ZooCache(tiny_lm_cache))
+
+
+def _row(bench, method):
+    row, extra = bench.run_job(Job(method, method, make_hparams(method, None, LM_REGISTRY)))
+    assert not row["diverged"], row.get("why")
+    return row
+
+
+@pytest.mark.parametrize("method", ["guard", "sae-clamp"])
+def test_inference_time_methods_suppress_what_the_weights_still_know(bench, method):
+    none, row = _row(bench, "none"), _row(bench, method)
+    assert "weights untouched" in row["mechanism"] and "mechanism" not in none
+    assert row["probability"]["forget"] < none["probability"]["forget"] - 0.3   # teacher-forced, through it
+    assert row["forget_rouge"] < none["forget_rouge"] - 0.2                     # generated, through it
+    assert row["model_utility"] > none["model_utility"] - 0.1
+    assert row["klom_p95"]["forget"] > 5.0   # far from the oracles: suppressed, not removed
