@@ -135,7 +135,7 @@ def relearning_probe(task, dataset, forward, manip: Manipulation, blocks: list, 
     Returns probe(params) -> {"relearn": {set: {"curve", "max", "steps_to_half"}}} where steps_to_half is
     the first step reaching half the originals' value (None: never): a method that hides the manipulation
     recovers it in a few steps, one that removed it does not (the corrected oracles are the reference)."""
-    from .engine import Optim, predict
+    from .engine import predict
     from .methods import Context
     from .metrics import accuracy
     rng = np.random.default_rng([seed, RELEARN_TAG])
@@ -156,17 +156,27 @@ def relearning_probe(task, dataset, forward, manip: Manipulation, blocks: list, 
         return torch.nn.functional.cross_entropy(forward(params, x), y)
 
     def probe(params) -> dict:
-        out = {}
-        for name, positions in sets.items():
-            ctx = Context(task, dataset, forward, params, identified_set, positions, seeds, seed)
-            model, carry, curve = params, {}, [metric(params)]
-            for _ in range(RELEARN_STEPS):
-                model = ctx.one_step(loss, f"relearn-{name}", positions, len(positions),
-                                     Optim("adam", RELEARN_LR, 0.0, 0.0, "constant"), model, carry)
-                curve.append(metric(model))
-            out[name] = {"curve": curve, "max": max(curve), "k": len(positions)}
-        return {"relearn": out}
+        return relearn_curves(params, sets, loss, metric,
+                              lambda positions: Context(task, dataset, forward, params, identified_set, positions,
+                                                        seeds, seed))
     return probe
+
+
+def relearn_curves(params, sets: dict[str, np.ndarray], loss, metric, context) -> dict:
+    """The relearning attack's loop, shared by the classifier and LM studies: for each named set of
+    positions, `RELEARN_STEPS` full-batch Adam steps of `loss` from `params` (through `context(positions)`,
+    a method Context over them), `metric` after each. {"relearn": {set: {"curve", "max", "k"}}}."""
+    from .engine import Optim
+    out = {}
+    for name, positions in sets.items():
+        ctx = context(positions)
+        model, carry, curve = params, {}, [metric(params)]
+        for _ in range(RELEARN_STEPS):
+            model = ctx.one_step(loss, f"relearn-{name}", positions, len(positions),
+                                 Optim("adam", RELEARN_LR, 0.0, 0.0, "constant"), model, carry)
+            curve.append(metric(model))
+        out[name] = {"curve": curve, "max": max(curve), "k": len(positions)}
+    return {"relearn": out}
 
 
 def steps_to_half(results: dict) -> None:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..corrective import RELEARN_LR, RELEARN_STEPS
 from ..errors import UnlearnkitError
 from ..files import atomic_write
 from ..forget.manipulate import identified
@@ -35,8 +36,6 @@ from .model import causal_lm_loss, mean_token_logprob, token_logprobs
 from .task import get_lm_task, load_tofu
 
 DEFAULT_LM_CORRECTIVE_METHODS = ("none", "filter", "finetune", "graddiff", "llmu", "rmu", "era", "era-control")
-RELEARN_STEPS = 40    # GR's bound on the relearning fine-tune
-RELEARN_LR = 1e-3     # Adam, full batch (GR's AdamW 5e-5 is for a pretrained model; these are trained at 3e-3)
 RELEARN_TAG = 0x4C4D524C  # "LMRL"
 
 
@@ -105,7 +104,7 @@ def relearning_probe(data, identified_set: np.ndarray, forget: np.ndarray, k: in
     `RELEARN_STEPS` full-batch Adam steps of answer NLL on k identified forget items and, separately, on k
     retained items of the oracles' training set; after each step the mean answer probability on the whole
     forget set M (mean over models). probe(params) -> {"relearn": {set: {"curve", "max", "k"}}}."""
-    from ..engine import Optim
+    from ..corrective import relearn_curves
     from ..methods.lm import LMContext
     from ..zoo import ORIGINAL_SEEDS, arm_seeds
     from .model import LMForward
@@ -125,18 +124,10 @@ def relearning_probe(data, identified_set: np.ndarray, forget: np.ndarray, k: in
         return causal_lm_loss(forward(params, x), y)
 
     def probe(params) -> dict:
-        out = {}
         seeds = arm_seeds(ORIGINAL_SEEDS, next(iter(params.values())).shape[0], seed)
-        for name, positions in sets.items():
-            ctx = LMContext(data.task, data, forward, params, identified_set, positions, seeds, seed,
-                            tokens=data.tensors)
-            model, carry, curve = params, {}, [metric(params)]
-            for _ in range(RELEARN_STEPS):
-                model = ctx.one_step(loss, f"relearn-{name}", positions, len(positions),
-                                     Optim("adam", RELEARN_LR, 0.0, 0.0, "constant"), model, carry)
-                curve.append(metric(model))
-            out[name] = {"curve": curve, "max": max(curve), "k": len(positions)}
-        return {"relearn": out}
+        return relearn_curves(params, sets, loss, metric,
+                              lambda positions: LMContext(data.task, data, forward, params, identified_set, positions,
+                                                          seeds, seed, tokens=data.tensors))
     return probe
 
 

@@ -1,5 +1,3 @@
-from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -8,21 +6,13 @@ from ...engine import Params
 from .base import (
     LM_REGISTRY,
     LMContext,
-    RetainParams,
     answer_nll,
     register,
     sequence_logprob,
 )
+from .npo import NPOParams
 
-
-@dataclass(frozen=True)
-class DPOParams(RetainParams):
-    beta: float = 0.1
-
-    search_space: ClassVar[dict] = {**RetainParams.search_space, "beta": ("log", 0.01, 1.0)}
-
-    def _checks(self):
-        return super()._checks() + [("beta", self.beta > 0, "must be > 0")]
+DPOParams = NPOParams  # the same fields, defaults (β 0.1, γ = α = 1) and checks as NPO's
 
 
 def dpo_loss(logp_w: torch.Tensor, logp_l: torch.Tensor, ref_w: torch.Tensor, ref_l: torch.Tensor,
