@@ -88,3 +88,15 @@ def render_in_chromium(html_path, tmp_path):
     console = [line for line in proc.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     assert proc.returncode == 0 and shot.is_file(), proc.stderr[-2000:]
     return shot.read_bytes(), console
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_bench(tiny_lm_cache):
+    """tofu-synth-tiny at N = 2 with authors:0.1 forgotten: the LMBench (arms trained, oracles scored) that
+    the method tests share; built once per session."""
+    from unlearnkit.experiment import RunConfig
+    from unlearnkit.lm.experiment import LMBench
+    from unlearnkit.lm.task import get_lm_task, load_tofu
+    from unlearnkit.zoo import ZooCache
+    config = RunConfig(task="tofu-synth-tiny", forget="authors:0.1", models=2, bootstrap=0)
+    return LMBench(config, load_tofu(get_lm_task("tofu-synth-tiny")), ZooCache(tiny_lm_cache))

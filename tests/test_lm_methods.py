@@ -5,16 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from unlearnkit.experiment import RunConfig
-from unlearnkit.lm.experiment import LMBench
-from unlearnkit.lm.task import get_lm_task, load_tofu
 from unlearnkit.methods.base import make_hparams
 from unlearnkit.methods.lm import LM_REGISTRY
 from unlearnkit.methods.lm.flat import flat_loss
 from unlearnkit.methods.lm.npo import npo_loss
 from unlearnkit.methods.lm.rmu import rmu_update_mask
 from unlearnkit.methods.lm.simnpo import simnpo_loss
-from unlearnkit.zoo import ZooCache
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -86,9 +82,8 @@ def test_bad_lm_hyperparameters_fail_clearly():
 # --- every method on a tiny ensemble ------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def bench(tiny_lm_cache):
-    config = RunConfig(task="tofu-synth-tiny", forget="authors:0.1", models=2, bootstrap=0)
-    return LMBench(config, load_tofu(get_lm_task("tofu-synth-tiny")), ZooCache(tiny_lm_cache))
+def bench(tiny_lm_bench):
+    return tiny_lm_bench
 
 
 @pytest.mark.parametrize("method", ["finetune", "ga", "graddiff", "ga+kl", "npo", "simnpo", "llmu", "rmu", "flat",

@@ -10,10 +10,7 @@ import unlearnkit.methods.lm.altpo  # noqa: F401  (registers "altpo")
 import unlearnkit.methods.lm.dpo  # noqa: F401  (registers "idkdpo")
 import unlearnkit.methods.lm.undial  # noqa: F401  (registers "undial")
 from unlearnkit.data.tofu_synth import QA, generate
-from unlearnkit.experiment import RunConfig
 from unlearnkit.lm.evaluate import token_stats
-from unlearnkit.lm.experiment import LMBench
-from unlearnkit.lm.task import get_lm_task, load_tofu
 from unlearnkit.lm.tokenizer import encode_pairs
 from unlearnkit.methods.base import make_hparams
 from unlearnkit.methods.lm import LM_REGISTRY
@@ -21,7 +18,6 @@ from unlearnkit.methods.lm.altpo import alternate_answers, parse_fact
 from unlearnkit.methods.lm.dpo import dpo_loss
 from unlearnkit.methods.lm.npo import npo_loss
 from unlearnkit.methods.lm.undial import undial_loss, undial_target
-from unlearnkit.zoo import ZooCache
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -160,9 +156,8 @@ def test_bad_hyperparameters_fail_clearly():
 # --- each method on a tiny ensemble -------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def bench(tiny_lm_cache):
-    config = RunConfig(task="tofu-synth-tiny", forget="authors:0.1", models=2, bootstrap=0)
-    return LMBench(config, load_tofu(get_lm_task("tofu-synth-tiny")), ZooCache(tiny_lm_cache))
+def bench(tiny_lm_bench):
+    return tiny_lm_bench
 
 
 def _mean_logprob(ctx, params, x, y) -> float:

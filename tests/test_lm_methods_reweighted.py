@@ -10,11 +10,8 @@ import unlearnkit.methods.lm.ceu  # noqa: F401  (registers the methods: not yet 
 import unlearnkit.methods.lm.pdu  # noqa: F401
 import unlearnkit.methods.lm.satimp  # noqa: F401
 import unlearnkit.methods.lm.wga  # noqa: F401
-from unlearnkit.experiment import RunConfig
 from unlearnkit.lm.evaluate import token_stats
-from unlearnkit.lm.experiment import LMBench
 from unlearnkit.lm.model import causal_lm_loss, shifted_token_logprobs
-from unlearnkit.lm.task import get_lm_task, load_tofu
 from unlearnkit.methods.base import make_hparams
 from unlearnkit.methods.lm import LM_REGISTRY
 from unlearnkit.methods.lm.base import answer_nll
@@ -22,7 +19,6 @@ from unlearnkit.methods.lm.ceu import ceu_loss, drop_first_answer_tokens
 from unlearnkit.methods.lm.pdu import logit_margin_loss, pdu_dual_update, pdu_objective, pdu_state
 from unlearnkit.methods.lm.satimp import satimp_loss, satimp_weights
 from unlearnkit.methods.lm.wga import wga_loss
-from unlearnkit.zoo import ZooCache
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -149,9 +145,8 @@ def test_pdu_dual_update_rises_while_the_constraint_is_violated():
 # --- every method on a tiny ensemble ------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def bench(tiny_lm_cache):
-    config = RunConfig(task="tofu-synth-tiny", forget="authors:0.1", models=2, bootstrap=0)
-    return LMBench(config, load_tofu(get_lm_task("tofu-synth-tiny")), ZooCache(tiny_lm_cache))
+def bench(tiny_lm_bench):
+    return tiny_lm_bench
 
 
 def test_pdu_dual_variable_evolves_per_model_inside_the_vmapped_loss(bench):

@@ -152,13 +152,8 @@ def test_probe_metrics_and_the_table_block():
 
 
 @pytest.fixture(scope="module")
-def bench(tiny_lm_cache):
-    from unlearnkit.experiment import RunConfig
-    from unlearnkit.lm.experiment import LMBench
-    from unlearnkit.lm.task import get_lm_task, load_tofu
-    from unlearnkit.zoo import ZooCache
-    config = RunConfig(task="tofu-synth-tiny", forget="authors:0.1", models=2, bootstrap=0)
-    return LMBench(config, load_tofu(get_lm_task("tofu-synth-tiny")), ZooCache(tiny_lm_cache))
+def bench(tiny_lm_bench):
+    return tiny_lm_bench
 
 
 def test_bench_scores_probes_neighbours_and_fluency_in_every_row(bench):

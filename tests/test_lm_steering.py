@@ -2,21 +2,16 @@
 teacher-forced and generated, goes through the method (`lm.steering`), and KLoM still sees the knowledge."""
 import pytest
 
-from unlearnkit.experiment import RunConfig
-from unlearnkit.lm.experiment import LMBench
-from unlearnkit.lm.task import get_lm_task, load_tofu
 from unlearnkit.methods.base import make_hparams
 from unlearnkit.methods.lm import LM_REGISTRY
 from unlearnkit.runs import Job
-from unlearnkit.zoo import ZooCache
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def bench(tiny_lm_cache):
-    config = RunConfig(task="tofu-synth-tiny", forget="authors:0.1", models=2, bootstrap=0)
-    return LMBench(config, load_tofu(get_lm_task("tofu-synth-tiny")), ZooCache(tiny_lm_cache))
+def bench(tiny_lm_bench):
+    return tiny_lm_bench
 
 
 def _row(bench, method):

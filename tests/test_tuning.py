@@ -33,3 +33,28 @@ def test_tuning_needs_something_to_tune(tmp_path):
     config = RunConfig(task="digits-logreg", forget="random:10", methods=("none",), models=2, cache_dir=str(tmp_path))
     with pytest.raises(UnlearnkitError, match="no hyperparameters"):
         tune(config, TuneConfig("none", trials=1))
+
+
+def test_lm_score_maximises_forget_quality_among_trials_that_keep_utility():
+    from unlearnkit.tuning import INFEASIBLE, lm_score
+    row = lambda fq, u: {"diverged": False, "forget_quality": fq, "model_utility": u}
+    floor = 0.5
+    assert lm_score(row(0.9, 0.6), floor) < lm_score(row(0.1, 0.9), floor) < lm_score(row(1e-9, 0.6), floor)
+    assert lm_score(row(1e-30, 0.51), floor) < INFEASIBLE <= lm_score(row(0.99, 0.49), floor)
+    assert lm_score(row(0.99, 0.49), floor) < lm_score(row(0.99, 0.2), floor)   # shortfall ranks the infeasible
+    assert lm_score({"diverged": True, "forget_quality": None, "model_utility": None}, floor) > lm_score(
+        row(0.99, 0.0), floor)
+
+
+def test_lm_tuning_on_its_own_forget_set_saves_what_run_tuned_reads(tiny_lm_cache):
+    from unlearnkit.lm.experiment import lm_jobs
+    from unlearnkit.tuning import UTILITY_FLOOR
+    config = RunConfig(task="tofu-synth-tiny", forget="authors:0.1", methods=("ga",), models=2, bootstrap=0,
+                       cache_dir=tiny_lm_cache)
+    result = tune(config, TuneConfig("ga", trials=2))
+    assert len(result["trials"]) == 2 and f">= {UTILITY_FLOOR}" in result["objective"]
+    assert result["tuning_forget"]["seed"] != config.seed and result["tuning_forget"]["size"] == 20
+    assert all({"forget_quality", "model_utility"} <= t["row"].keys() for t in result["trials"])
+    assert result["score"] == min(t["score"] for t in result["trials"])
+    (job,) = [j for j in lm_jobs(RunConfig(**{**config.__dict__, "tuned": True})) if j.method == "ga"]
+    assert job.tuned and job.hparams.lr == pytest.approx(result["hparams"]["lr"])

@@ -78,6 +78,8 @@ def cli(verbose: bool) -> None:
                    "constraints (V ending in x: times the originals'). Default: "
                    "max:forget_quality;model_utility>=0.9x.")
 @click.option("--tuned", is_flag=True, help="Use the hyperparameters `unlearnkit tune` saved for this task/forget.")
+@click.option("--lora", default=0, show_default=True, type=int,
+              help="Language-model methods: train rank-R LoRA adapters (PEFT) instead of the weights (0: off).")
 @click.option("--datamodels", default=None, help="Saved datamodels (`unlearnkit datamodels --out`) for pc: sets.")
 @click.option("--datamodel-models", default=100, show_default=True, type=int,
               help="Subset models to fit datamodels with when pc: needs them and none are given.")
@@ -179,7 +181,7 @@ def runs_compare(a, b) -> None:
 def _run_config(task, forget, methods, models, seed, train_size, val_size, data_dir, cache_dir, no_cache, sets,
                 reference_binning, bootstrap, budgets="", tuned=False, datamodels=None, datamodel_models=100,
                 max_hours=24.0, estimators="gauss", metrics="klom,ulira,neurips23,mia", trajectories=0, best_step=None,
-                **compute):
+                lora=0, **compute):
     from .experiment import RunConfig, default_forget, default_methods
 
     if methods is None:
@@ -195,13 +197,14 @@ def _run_config(task, forget, methods, models, seed, train_size, val_size, data_
                      cache_dir="" if no_cache else cache_dir, hparams=_overrides(sets),
                      reference_binning=reference_binning, bootstrap=bootstrap, budgets=budget_list, tuned=tuned,
                      datamodels=datamodels, datamodel_models=datamodel_models, max_hours=max_hours,
-                     estimators=_names(estimators), metrics=_names(metrics), trajectories=trajectories,
+                     estimators=_names(estimators), metrics=_names(metrics), trajectories=trajectories, lora=lora,
                      **({"best_step": best_step} if best_step else {}), **compute)
 
 
 @cli.command()
 @click.option("--task", default="fashion-mnist-mlp", show_default=True)
-@click.option("--forget", default="random:100", show_default=True, help="The spec the tuned config is for.")
+@click.option("--forget", default=None,
+              help="The spec the tuned config is for (default random:100; authors:0.1 for language-model tasks).")
 @click.option("--method", required=True, help="Method to tune.")
 @click.option("--trials", default=20, show_default=True, type=int, help="Optuna trials (the same for every method).")
 @click.option("--tune-forget", default=None, help="Spec of the tuning forget set (default: --forget, another seed).")
@@ -225,9 +228,9 @@ def tune(task, forget, method, trials, tune_forget, models, seed, train_size, da
     result = run_tuning(config, TuneConfig(method, trials, tune_forget))
     click.echo(f"best of {len(result['trials'])} trials for {method} on {task} "
                f"(tuning set {result['tuning_forget']['spec']} seed {result['tuning_forget']['seed']}): "
-               f"mean KLoM p95 {result['score']:.3f}")
+               f"score {result['score']:.3f} — {result['objective']}")
     click.echo(json.dumps(result["hparams"]))
-    click.echo(f"saved {result['path']}; use it with: unlearnkit run --tuned --task {task} --forget {forget} ...")
+    click.echo(f"saved {result['path']}; use it with: unlearnkit run --tuned --task {task} --forget {config.forget} ...")
 
 
 @cli.command()
@@ -334,6 +337,39 @@ def corrective_cmd(task, manipulation, identified, methods, models, seed, train_
     if out:
         click.echo(f"\nwrote {out}/corrective.json, {out}/report.html and {out}/figures/corrective.png")
 
+
+@cli.command(name="generalisation")
+@click.option("--task", default="fashion-mnist-mlp", show_default=True, help="A classifier task.")
+@click.option("--class", "klass", default=3, show_default=True, type=int, help="The class whose examples are forgotten.")
+@click.option("--fraction", default="0.5", show_default=True,
+              help="Fraction of the class's training examples relabelled (the rest are held out).")
+@click.option("--methods", default=",".join(("none", "retrain", "finetune", "random-labels")), show_default=True,
+              help="Comma-separated methods; random-labels also runs on the forget set alone (the paper's setting).")
+@click.option("--models", default=16, show_default=True, type=int, help="N models per arm.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--train-size", default=None, type=int, help="Training examples (default: the task's).")
+@click.option("--data-dir", default=None, help="Dataset directory (default $UNLEARNKIT_DATA or the system's).")
+@click.option("--cache-dir", default=None, help="Model cache (default $UNLEARNKIT_CACHE or ~/.cache/unlearnkit).")
+@click.option("--set", "sets", multiple=True, help="Hyperparameter override METHOD.NAME=VALUE (repeatable).")
+@click.option("--max-hours", default=24.0, show_default=True, type=float)
+@click.option("--out", default=None, help="Directory for generalisation.json and report.html.")
+@click.option("--overwrite", is_flag=True, help="Replace another study's generalisation.json in --out.")
+@_compute_options
+def generalisation_cmd(task, klass, fraction, methods, models, seed, train_size, data_dir, cache_dir, sets, max_hours,
+                       out, overwrite, **compute) -> None:
+    """Random-label forgetting of one class: does it generalise to the class's held-out examples, what does it
+    cost the others, and does a linear probe on the representations still find the class?"""
+    from .experiment import RunConfig
+    from .generalisation import format_generalisation, generalisation
+
+    config = RunConfig(task=task, methods=tuple(m.strip() for m in methods.split(",") if m.strip()), models=models,
+                       seed=seed, train_size=train_size, data_dir=data_dir, cache_dir=cache_dir,
+                       hparams=_overrides(sets), bootstrap=0, max_hours=max_hours, **compute)
+    results = generalisation(config, klass, fraction, out, overwrite)
+    click.echo(format_generalisation(results))
+    if out:
+        click.echo(f"\nwrote {out}/generalisation.json and {out}/report.html")
+
 @cli.group()
 def llm() -> None:
     """Language-model unlearning beyond `run --task tofu-synth-gpt`: ID vs OOD curves, your own checkpoints."""
@@ -407,11 +443,15 @@ def llm_trace(task, forget, models, samples, noise, window, positions, top, seed
 @click.option("--probes", default=None, is_flag=False, flag_value="", metavar="FILE",
               help="JSONL of probes ({question, answer: the short fact}) whose ROUGE-L recall is reported before "
                    "and after (tofu-synth's generated probes exist only for its own authors).")
+@click.option("--lora", default=0, show_default=True, type=int,
+              help="Train rank-R LoRA adapters (PEFT) instead of the weights, merged into the saved checkpoint "
+                   "(0: full fine-tuning).")
 @click.option("--out", required=True, help="New directory for the unlearned checkpoint (save_pretrained).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda or cuda:K (auto: a GPU if any).")
 @click.option("--precision", default="auto", show_default=True,
               help="fp32, bf16 (float32 master weights) or tf32 (CUDA); auto: bf16 where it runs in hardware.")
-def llm_run(model_dir, forget_file, retain_file, method, sets, max_len, seed, probes, out, device, precision) -> None:
+def llm_run(model_dir, forget_file, retain_file, method, sets, max_len, seed, probes, lora, out, device,
+            precision) -> None:
     """Unlearn your forget QAs from your checkpoint, keep your retain QAs, and save the result."""
     from .engine.compute import resolve, use
     from .lm.checkpoint import unlearn_checkpoint
@@ -422,7 +462,8 @@ def llm_run(model_dir, forget_file, retain_file, method, sets, max_len, seed, pr
             raise UnlearnkitError(f"hyperparameter {m}.{name} given, but the method is {method}")
         overrides[name] = value
     with use(resolve(device, precision)):
-        report = unlearn_checkpoint(model_dir, forget_file, retain_file, method, out, overrides, max_len, seed, probes)
+        report = unlearn_checkpoint(model_dir, forget_file, retain_file, method, out, overrides, max_len, seed, probes,
+                                    lora)
     click.echo(f"{method}: forget-answer probability {report['before_forget_probability']:.4f} → "
                f"{report['after_forget_probability']:.4f}; retain {report['before_retain_probability']:.4f} → "
                f"{report['after_retain_probability']:.4f} ({report['seconds']:.1f} s)")

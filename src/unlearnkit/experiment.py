@@ -73,6 +73,8 @@ class Prepared:
 def prepare(config: RunConfig) -> Prepared:
     """Check every input and load the data; raise UnlearnkitError before any work on bad input."""
     task = classifier_task(config.task)
+    if config.lora:
+        raise UnlearnkitError("--lora applies to language-model tasks (classifier methods train every weight)")
     cache_dir = default_cache_dir() if config.cache_dir is None else config.cache_dir
     jobs = build_jobs(config, REGISTRY,
                       lambda m: load_tuned(cache_dir, config.task, config.forget, m) if config.tuned else None)
@@ -115,11 +117,8 @@ class ForgetResources:
         forward = template(self.task, self.dataset)
         arm = train_models(self.task, self.dataset, torch.arange(len(self.dataset.y_train)),
                            arm_seeds(ORIGINAL_SEEDS, self.config.models, self.config.seed), self.cache, "originals")
-        body = forward.module[:-1]  # nn.Sequential slices keep their parameter names
-        names = dict(body.named_parameters())
         with torch.no_grad():
-            return torch.func.functional_call(body, {k: v[0] for k, v in arm.params.items() if k in names},
-                                              (self.dataset.x_train,)).flatten(1)
+            return forward.features({k: v[0] for k, v in arm.params.items()}, self.dataset.x_train)
 
 
 class Bench:

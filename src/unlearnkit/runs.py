@@ -119,6 +119,7 @@ class RunConfig:
     metrics: tuple[str, ...] = DEFAULT_METRICS  # see `unlearnkit list`
     trajectories: int = 0                # evaluate every K unlearning steps (per-example trajectories); 0: off
     best_step: str = DEFAULT_STEP_RULE   # LM trajectories: the rule that selects a step (metrics.trajectory.StepRule)
+    lora: int = 0                        # LM methods: train rank-r LoRA adapters instead of the weights (0: off)
 
     def __post_init__(self):
         """Every option's range, checked when the config is made: nothing trains on a value that would
@@ -131,6 +132,8 @@ class RunConfig:
         object.__setattr__(self, "precision", compute.precision)
         parse_memory(self.max_memory)
         check_settings(self.estimators, self.metrics)
+        if not 0 <= self.lora <= 1024:
+            raise UnlearnkitError(f"--lora must be a LoRA rank in [1, 1024] (0: off), got {self.lora}")
         if not 0 <= self.trajectories <= 100_000:
             raise UnlearnkitError(f"--trajectories must be a number of steps in [1, 100000] (0: off), got {self.trajectories}")
         check_backend(self.backend, self.ray_address)

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,8 +23,9 @@ from .errors import UnlearnkitError
 from .experiment import Bench, Job, budget, prepare
 from .files import atomic_write
 from .forget import build_forget_set
-from .methods import get_method, make_hparams
-from .runs import computing, job_key
+from .methods import REGISTRY, get_method, make_hparams
+from .methods.lm import LM_REGISTRY
+from .runs import computing, default_cache_dir, job_key
 from .tuned import load_tuned, tuned_path
 
 log = logging.getLogger(__name__)
@@ -48,32 +50,40 @@ class TuneConfig:
     tune_forget: str | None = None  # None: the run's spec drawn from another seed
 
 
+@dataclass
+class Target:
+    """What a search scores its trials on: a bench built on the tuning forget set, the score a trial's row
+    gets (lower is better), what that score means, and the row fields each trial keeps."""
+
+    bench: object
+    score: Callable[[dict], float]
+    objective: str
+    keep: tuple[str, ...]
+    tuning_forget: dict
+    cache_dir: str
+
+
 @computing
 def tune(run_config, tune_config: TuneConfig) -> dict:
-    """Search `tune_config.method`'s hyperparameters; save and return the best (with every trial)."""
+    """Search `tune_config.method`'s hyperparameters; save and return the best (with every trial).
+
+    Classifier tasks minimise `score` (KLoM against the oracles); language-model tasks maximise TOFU's
+    forget quality subject to model utility ≥ UTILITY_FLOOR × the originals' (`lm_score`). Either way
+    the trials run on a tuning forget set apart from the reported one, as cells of that bench."""
     import optuna
 
-    method = get_method(tune_config.method)
+    from .lm.task import LM_TASKS
+    lm = run_config.task in LM_TASKS
+    registry = LM_REGISTRY if lm else REGISTRY
+    method = get_method(tune_config.method, registry)
     if tune_config.trials < 1:
         raise UnlearnkitError("--trials must be at least 1")
     if not method.hparams.search_space:
         raise UnlearnkitError(f"method {method.name!r} has no hyperparameters to tune")
     if tune_config.trials > MAX_TRIALS:
         raise UnlearnkitError(f"--trials must be at most {MAX_TRIALS}, got {tune_config.trials}")
-    # the objective reads histogram KLoM alone: no other estimator or attack is computed per trial
-    p = prepare(dataclasses.replace(run_config, methods=(method.name,), estimators=(), metrics=("klom",)))
-    plan = budget(p)
-    plan.flops += (tune_config.trials - 1) * plan.method_flops  # every trial runs the method once
-    plan.check(run_config.max_hours, p.cache.root if p.cache else None, "this search")
-    if p.cache is None:
-        raise UnlearnkitError("tuning saves its result in the cache directory: do not disable the cache")
-    spec = tune_config.tune_forget or run_config.forget
-    tuning_set = build_forget_set(spec, p.dataset, run_config.seed + TUNING_SEED_OFFSET)
-    if np.array_equal(tuning_set.positions, p.forget.positions):
-        raise UnlearnkitError(f"the tuning forget set drawn from {spec!r} is the reported one (a deterministic "
-                              "spec such as class:C): pass another with --tune-forget, e.g. another class")
-    overlap = len(np.intersect1d(tuning_set.positions, p.forget.positions))
-    bench = Bench(p, forget=tuning_set)
+    target = (_lm_target if lm else _classifier_target)(run_config, tune_config, method)
+    bench = target.bench
     base = {n: v for m, n, v in run_config.hparams if m == method.name}
 
     def objective(trial: optuna.Trial) -> float:
@@ -86,13 +96,13 @@ def tune(run_config, tune_config: TuneConfig) -> dict:
             else:
                 values[name] = trial.suggest_float(name, low, high)
         try:
-            hp = make_hparams(method.name, values)
+            hp = make_hparams(method.name, values, registry)
         except UnlearnkitError as err:  # a combination outside the valid region (e.g. msteps > epochs)
             raise optuna.TrialPruned(str(err)) from None
         job = Job(method.name, method.name, hp)  # a cell: a rerun of an interrupted search reuses its trials
-        (row, _), = run_cells(bench.cells, [(job_key(bench, job), job)], bench.run_job)
-        trial.set_user_attr("row", {k: row[k] for k in ("klom_p95", "accuracy", "seconds", "diverged")})
-        return score(row)
+        (row, _), = run_cells(bench.cells, [(job_key(bench, job, registry), job)], bench.run_job)
+        trial.set_user_attr("row", {k: row[k] for k in target.keep})
+        return target.score(row)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=run_config.seed))
@@ -101,20 +111,91 @@ def tune(run_config, tune_config: TuneConfig) -> dict:
     if not completed:
         raise UnlearnkitError("no trial completed: every sampled configuration was invalid")
     best = study.best_trial
-    hparams = dataclasses.asdict(make_hparams(method.name, {**base, **best.params}))
+    hparams = dataclasses.asdict(make_hparams(method.name, {**base, **best.params}, registry))
     result = {
         "task": run_config.task, "forget": run_config.forget, "method": method.name, "hparams": hparams,
-        "score": best.value, "objective": "mean KLoM p95 over forget, retain, val",
-        "tuning_forget": {"spec": spec, "seed": tuning_set.seed, "size": len(tuning_set),
-                          "overlap_with_reported": int(overlap)},
+        "score": best.value, "objective": target.objective, "tuning_forget": target.tuning_forget,
         "models": run_config.models, "trials": [
             {"number": t.number, "params": t.params, "score": t.value, **t.user_attrs} for t in completed],
     }
-    path = tuned_path(p.cache.root.parent, run_config.task, run_config.forget, method.name)
+    path = tuned_path(target.cache_dir, run_config.task, run_config.forget, method.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda p: p.write_text(json.dumps(result, indent=2)))
     result["path"] = str(path)
     return result
 
 
-__all__ = ["MAX_TRIALS", "TuneConfig", "load_tuned", "score", "tune"]
+def _classifier_target(run_config, tune_config: TuneConfig, method) -> Target:
+    # the objective reads histogram KLoM alone: no other estimator or attack is computed per trial
+    p = prepare(dataclasses.replace(run_config, methods=(method.name,), estimators=(), metrics=("klom",)))
+    plan = budget(p)
+    plan.flops += (tune_config.trials - 1) * plan.method_flops  # every trial runs the method once
+    plan.check(run_config.max_hours, p.cache.root if p.cache else None, "this search")
+    if p.cache is None:
+        raise UnlearnkitError("tuning saves its result in the cache directory: do not disable the cache")
+    spec = tune_config.tune_forget or run_config.forget
+    tuning_set = build_forget_set(spec, p.dataset, run_config.seed + TUNING_SEED_OFFSET)
+    _check_apart(spec, tuning_set.positions, p.forget.positions)
+    overlap = len(np.intersect1d(tuning_set.positions, p.forget.positions))
+    return Target(Bench(p, forget=tuning_set), score, "mean KLoM p95 over forget, retain, val",
+                  ("klom_p95", "accuracy", "seconds", "diverged"),
+                  {"spec": spec, "seed": tuning_set.seed, "size": len(tuning_set), "overlap_with_reported": overlap},
+                  str(p.cache.root.parent))
+
+
+UTILITY_FLOOR = 0.95       # a tuned LM method keeps at least this fraction of the originals' model utility
+INFEASIBLE = 1000.0        # behind every feasible trial (−log10 of a forget quality is at most ~300)
+
+
+def lm_score(row: dict, utility_floor: float) -> float:
+    """What LM tuning minimises: −log10(forget quality) (TOFU's KS-test p-value, read on a log scale as
+    TOFU plots it) when model utility is at least `utility_floor` (UTILITY_FLOOR × the originals'), else
+    INFEASIBLE plus the relative shortfall, so infeasible trials rank behind every feasible one and among
+    themselves by how far they fall short; diverged trials last."""
+    if row["diverged"] or row["forget_quality"] is None:
+        return DIVERGED_SCORE + INFEASIBLE
+    if row["model_utility"] < utility_floor:
+        return INFEASIBLE + (utility_floor - row["model_utility"]) / utility_floor
+    return -math.log10(max(row["forget_quality"], 1e-300))
+
+
+def _lm_target(run_config, tune_config: TuneConfig, method) -> Target:
+    from .lm.experiment import LMBench, lm_budget, lm_jobs, lm_row
+    from .lm.task import get_lm_task, load_tofu
+    from .zoo import ZooCache
+
+    config = dataclasses.replace(run_config, methods=(method.name,))
+    jobs = lm_jobs(config)
+    task = get_lm_task(config.task)
+    data = load_tofu(task)
+    spec = tune_config.tune_forget or config.forget
+    reported = data.forget_positions(config.forget, config.seed)
+    tuning = data.forget_positions(spec, config.seed + TUNING_SEED_OFFSET)
+    _check_apart(spec, tuning, reported)
+    for job in jobs:
+        job.hparams.check_setting(task, data, tuning, config.seed)
+    cache_dir = default_cache_dir() if config.cache_dir is None else config.cache_dir
+    if not cache_dir:
+        raise UnlearnkitError("tuning saves its result in the cache directory: do not disable the cache")
+    cache = ZooCache(cache_dir)
+    plan = lm_budget(config, data, jobs, cache)
+    plan.flops += (tune_config.trials - 1) * plan.method_flops
+    plan.check(config.max_hours, cache.root, "this search")
+    bench = LMBench(config, data, cache, forget=tuning)
+    originals, _ = lm_row(bench.originals_scores, bench.oracle_scores, dataclasses.replace(config, bootstrap=0))
+    floor = UTILITY_FLOOR * originals["model_utility"]
+    return Target(bench, lambda row: lm_score(row, floor),
+                  f"maximise forget quality (minimise -log10 FQ) subject to model utility >= {UTILITY_FLOOR} x the "
+                  f"originals' ({floor:.4f})",
+                  ("forget_quality", "model_utility", "seconds", "diverged"),
+                  {"spec": spec, "seed": config.seed + TUNING_SEED_OFFSET, "size": len(tuning),
+                   "overlap_with_reported": len(np.intersect1d(tuning, reported))}, cache_dir)
+
+
+def _check_apart(spec: str, tuning: np.ndarray, reported: np.ndarray) -> None:
+    if np.array_equal(tuning, reported):
+        raise UnlearnkitError(f"the tuning forget set drawn from {spec!r} is the reported one (a deterministic "
+                              "spec such as class:C): pass another with --tune-forget, e.g. another class")
+
+
+__all__ = ["MAX_TRIALS", "TuneConfig", "lm_score", "load_tuned", "score", "tune"]

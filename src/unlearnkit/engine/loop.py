@@ -45,6 +45,17 @@ class Forward:
             params = {k: v.to(x.dtype) if v.is_floating_point() else v for k, v in params.items()}
         return functional_call(self.module, params, (x,)).float()
 
+    def features(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features (the last layer's input, flattened) of one model of an nn.Sequential family:
+        what representation probes and embedding-based forget sets read."""
+        if not isinstance(self.module, nn.Sequential):
+            raise UnlearnkitError(f"{type(self.module).__name__} is not an nn.Sequential: no penultimate layer to read")
+        body = self.module[:-1]  # nn.Sequential slices keep their parameter names
+        names = {n for n, _ in body.named_parameters()}
+        if x.is_floating_point():
+            params = {k: v.to(x.dtype) for k, v in params.items() if k in names}
+        return functional_call(body, {k: v for k, v in params.items() if k in names}, (x,)).float().flatten(1)
+
 
 @dataclass(frozen=True)
 class Optim:

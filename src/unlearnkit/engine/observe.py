@@ -23,9 +23,10 @@ class Observer:
     def __init__(self, callback: Callable[[int, dict], None], every: int, template: dict | None = None):
         self.callback, self.every, self.steps, self.seconds = callback, every, 0, 0.0
         self.template = template  # {name: shape}: only loops over these parameters are watched
+        self.transform = None     # what a fit trains -> the models to record (`seen_through`)
 
     def watches(self, params: dict) -> bool:
-        return self.template is None or {k: tuple(v.shape) for k, v in params.items()} == self.template
+        return self.template is None or self.transform is not None or _shapes(params) == self.template
 
     def after_step(self, params: dict) -> None:
         self.steps += 1
@@ -35,7 +36,7 @@ class Observer:
     def record(self, params: dict) -> None:
         start = time.perf_counter()
         with uncounted():
-            self.callback(self.steps, params)
+            self.callback(self.steps, params if self.transform is None else self.transform(params))
         self.seconds += time.perf_counter() - start
 
 
@@ -48,6 +49,26 @@ def observing(callback: Callable[[int, dict], None], every: int, template: dict 
         yield observer
     finally:
         _current.reset(token)
+
+
+@contextlib.contextmanager
+def seen_through(transform: Callable[[dict], dict]):
+    """Within this context the current observer (if any) watches the fits it runs, whatever they train, and
+    records `transform(trained)`: a LoRA fit trains adapters, and the models it records are the adapters
+    merged into the weights."""
+    observer = current()
+    if observer is None:
+        yield
+        return
+    saved, observer.transform = observer.transform, transform
+    try:
+        yield
+    finally:
+        observer.transform = saved
+
+
+def _shapes(params: dict) -> dict:
+    return {k: tuple(v.shape) for k, v in params.items()}
 
 
 def current() -> Observer | None:

@@ -39,9 +39,11 @@ from ..errors import UnlearnkitError
 from ..files import check_writable, disk_full, nearest_existing
 from ..methods.base import make_hparams
 from ..methods.lm import LM_REGISTRY, LMContext
+from ..methods.lm.base import check_lora
 from ..runs import MAX_SEED
 from .evaluate import probe_scores, score_items
 from .generate import load_into
+from .lora import LoraSpec
 from .model import LMForward
 from .tokenizer import encode_pairs
 
@@ -140,15 +142,18 @@ PROBES_HELP = ("a JSONL of probes, one {\"question\", \"answer\"} object per lin
 
 
 def unlearn_checkpoint(model_dir, forget_file, retain_file, method: str, out, overrides: dict | None = None,
-                       max_len: int = 128, seed: int = 0, probes=None) -> dict:
+                       max_len: int = 128, seed: int = 0, probes=None, lora: int = 0) -> dict:
     """Unlearn `forget_file`'s QAs from the checkpoint in `model_dir`, keeping `retain_file`'s; save to `out`.
-    `probes`: a probe file (PROBES_HELP) scored before and after; "" (asked for without one) is refused."""
+    `probes`: a probe file (PROBES_HELP) scored before and after; "" (asked for without one) is refused.
+    `lora`: a rank: the method trains PEFT LoRA adapters, merged into the saved weights (0: every weight)."""
     model_dir, out = Path(model_dir), Path(out)
     hf_logging.disable_progress_bar()
     if method not in LM_REGISTRY or method in NOT_FOR_CHECKPOINTS:
         usable = [m for m in LM_REGISTRY if m not in NOT_FOR_CHECKPOINTS]
         raise UnlearnkitError(f"method {method!r} cannot unlearn a checkpoint; use one of {', '.join(usable)}")
     hp = make_hparams(method, overrides or {}, LM_REGISTRY)
+    spec = LoraSpec(lora) if lora else None
+    check_lora([method] if spec else [], LM_REGISTRY)
     if not isinstance(max_len, numbers.Integral) or max_len < 2:
         raise UnlearnkitError(f"--max-len must be a whole number of tokens, at least 2 (a question token and the "
                               f"answer's end), got {max_len!r}")
@@ -179,7 +184,8 @@ def unlearn_checkpoint(model_dir, forget_file, retain_file, method: str, out, ov
     forward = LMForward(module=model)
     params = {k: v.detach()[None].clone() for k, v in model.named_parameters()}
     ctx = LMContext(None, None, forward, params, np.arange(len(forget)), np.arange(len(forget), len(items)),
-                    [seed], seed, None, tokens=tokens, items=items, tok=tok, pad_id=pad, eos_id=eos, max_len=max_len)
+                    [seed], seed, None, tokens=tokens, items=items, tok=tok, pad_id=pad, eos_id=eos, max_len=max_len,
+                    lora=spec)
     score = lambda p, qs: score_items(forward, p, model, tok, qs, max_len, specials=(pad, eos))
     new_tokens = int((tokens[1] != -100).sum(1).max()) + 4
     probe_rouge = lambda p: float(probe_scores(model, p, tok, probe_items, new_tokens, (pad, eos)).rouge.mean())
@@ -193,6 +199,7 @@ def unlearn_checkpoint(model_dir, forget_file, retain_file, method: str, out, ov
     after = {"forget": score(unlearned, forget), "retain": score(unlearned, retain)}
     after_probes = probe_rouge(unlearned) if probe_items else None
     report = {"model_dir": str(model_dir), "method": method, "hparams": dataclasses.asdict(hp), "seconds": seconds,
+              "lora": dataclasses.asdict(spec) if spec else None,
               "forget_items": len(forget), "retain_items": len(retain),
               **{f"{when}_{split}_probability": float(np.exp(s[split].seq).mean())
                  for when, s in (("before", before), ("after", after)) for split in ("forget", "retain")},

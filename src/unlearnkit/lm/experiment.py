@@ -25,6 +25,7 @@ from ..data.tofu_synth import author_profiles
 from ..engine.observe import observing
 from ..errors import Diverged, UnlearnkitError
 from ..methods.lm import LM_REGISTRY, LMContext
+from ..methods.lm.base import check_lora
 from ..metrics import bootstrap_p95, klom, summarize
 from ..metrics import llm as M
 from ..metrics.trajectory import StepRule
@@ -38,9 +39,11 @@ from ..runs import (
     run_budget,
     run_jobs,
 )
+from ..tuned import load_tuned
 from ..zoo import ORACLE_SEEDS, ORIGINAL_SEEDS, RETRAIN_SEEDS, ZooCache, arm_seeds, stable_hash
 from . import steering
 from .evaluate import MIA_ATTACKS, ItemScores, answer_seq, fluency_scores, probe_scores, score_items
+from .lora import LoraSpec
 from .model import LMForward, build_lm, init_lm_params
 from .task import DEFAULT_LM_METHODS, TofuData, get_lm_task, load_tofu  # noqa: F401 (re-exported)
 from .tokenizer import IGNORE, special_ids
@@ -82,31 +85,33 @@ def lm_jobs(config: RunConfig) -> list[Job]:
     unknown = [m for m in config.methods if m not in LM_REGISTRY]
     if unknown:
         raise UnlearnkitError(f"unknown language-model method(s) {', '.join(unknown)}; known: {', '.join(LM_REGISTRY)}")
-    if (config.tuned or config.datamodels or config.train_size is not None or config.val_size is not None
-            or config.data_dir):
-        raise UnlearnkitError("--tuned, --datamodels, --train-size, --val-size and --data-dir apply to classifier "
-                              "tasks only (language-model tasks generate their data)")
-    return build_jobs(config, LM_REGISTRY)
+    if config.datamodels or config.train_size is not None or config.val_size is not None or config.data_dir:
+        raise UnlearnkitError("--datamodels, --train-size, --val-size and --data-dir apply to classifier tasks only "
+                              "(language-model tasks generate their data)")
+    check_lora(config.methods if config.lora else (), LM_REGISTRY)
+    cache_dir = default_cache_dir() if config.cache_dir is None else config.cache_dir
+    return build_jobs(config, LM_REGISTRY,
+                      lambda m: load_tuned(cache_dir, config.task, config.forget, m) if config.tuned else None)
 
 
 class LMBench:
     """Originals, oracles and the scorer of one LM task, forget set and N (what `run` needs)."""
 
     def __init__(self, config: RunConfig, data: TofuData | None = None, cache: ZooCache | None = None,
-                 identified: np.ndarray | None = None, probe=None, probe_key=None):
+                 identified: np.ndarray | None = None, probe=None, probe_key=None, forget: np.ndarray | None = None):
         """`identified`: corrective unlearning (`lm.corrective`), the unlearner told only these positions of
         the forget set M = config.forget: methods unlearn them (their retain set keeps the rest of M), the
         oracles and the noise floor train without all of M, the forget metrics cover M, and KLoM is also
         summarised on the identified and unidentified items. `probe(params) -> dict` adds what a study
         measures on the unlearned models themselves (a relearning attack) to each row; `probe_key` says what
-        it is (for the jobs' cell keys)."""
+        it is (for the jobs' cell keys). `forget`: positions that replace the config's forget set (tuning)."""
         self.probe = probe
         self.config = config
         self.task = get_lm_task(config.task)
         self.data = data or load_tofu(self.task)
         d, n, seed = self.data, config.models, config.seed
         everything = np.arange(len(d.items))
-        self.manipulated = d.forget_positions(config.forget, seed)
+        self.manipulated = d.forget_positions(config.forget, seed) if forget is None else np.sort(np.asarray(forget))
         self.forget = self.manipulated if identified is None else np.sort(np.asarray(identified))
         if not np.isin(self.forget, self.manipulated).all():
             raise UnlearnkitError("the identified items must be part of the forget set")
@@ -193,8 +198,8 @@ class LMBench:
         return LMContext(self.task, d, self.forward, self.originals.params, self.forget, retain,
                          arm_seeds(ORIGINAL_SEEDS, c.models, c.seed), c.seed, self.cache, tokens=d.tensors,
                          items=d.items, tok=d.tok, pad_id=special_ids(d.tok)[0], eos_id=special_ids(d.tok)[1],
-                         lm_config=d.config,
-                         recipe=self.task.recipe, max_len=self.task.max_len)
+                         lm_config=d.config, recipe=self.task.recipe, max_len=self.task.max_len,
+                         lora=LoraSpec(c.lora) if c.lora else None)
 
     def recorder(self, job: Job) -> LMRecorder | None:
         """A per-step evaluator, started at the originals, for a method that trains (when asked)."""
@@ -238,7 +243,7 @@ class LMBench:
         except Diverged as err:
             log.warning("method %s diverged: %s", job.label, err)
             row = diverged_lm_row(time.perf_counter() - start, str(err))
-        return {"method": job.method, "label": job.label, **row, "budget": job.budget, "tuned": False,
+        return {"method": job.method, "label": job.label, **row, "budget": job.budget, "tuned": job.tuned,
                 "hparams": asdict(job.hparams)}, extra
 
 

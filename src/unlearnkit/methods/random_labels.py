@@ -15,9 +15,11 @@ class RandomLabelsParams(LoopParams):
     epochs: float = 2.0
     lr: float = 0.01
     forget_batch_size: int = 32
+    retain_weight: float = 1.0  # 0: the forget set alone (Zhang et al. 2024's forgetting by random labels)
 
     def _checks(self):
-        return super()._checks() + [("forget_batch_size", self.forget_batch_size >= 1, "must be >= 1")]
+        return super()._checks() + [("forget_batch_size", self.forget_batch_size >= 1, "must be >= 1"),
+                                    ("retain_weight", self.retain_weight >= 0, "must be >= 0")]
 
 
 def draw_random_labels(y: torch.Tensor, forget, seeds: list[int], num_classes: int,
@@ -33,17 +35,26 @@ def draw_random_labels(y: torch.Tensor, forget, seeds: list[int], num_classes: i
     return labels
 
 
-def relabel_loss(forward: Forward) -> LossFn:
-    """CE(S_R batch, true labels) + CE(S_F batch, the model's random labels in frozen["labels"])."""
+def relabel_loss(forward: Forward, retain_weight: float = 1.0) -> LossFn:
+    """w·CE(S_R batch, true labels) + CE(S_F batch, the model's random labels in frozen["labels"]); with w = 0
+    the forget batches alone."""
     def loss(params, batch, frozen):
-        (xr, yr, _), (xf, _, pf) = batch["retain"], batch["forget"]
-        return F.cross_entropy(forward(params, xr), yr) + F.cross_entropy(forward(params, xf), frozen["labels"][pf])
+        xf, _, pf = batch["forget"]
+        forget = F.cross_entropy(forward(params, xf), frozen["labels"][pf])
+        if not retain_weight:
+            return forget
+        xr, yr, _ = batch["retain"]
+        return retain_weight * F.cross_entropy(forward(params, xr), yr) + forget
     return loss
 
 
 def relabel_streams(ctx: Context, hp: RandomLabelsParams) -> dict[str, EpochStream]:
-    return {"retain": ctx.stream("retain", ctx.retain, hp.batch_size),
-            "forget": ctx.stream("forget", ctx.forget, hp.forget_batch_size)}
+    """Retain batches with forget batches cycled beside them (epochs count passes over S_R); with
+    retain_weight 0, forget batches alone (epochs count passes over S_F)."""
+    forget = {"forget": ctx.stream("forget", ctx.forget, hp.forget_batch_size)}
+    if getattr(hp, "retain_weight", 1.0) == 0:
+        return forget
+    return {"retain": ctx.stream("retain", ctx.retain, hp.batch_size), **forget}
 
 
 def relabel_frozen(ctx: Context) -> Params:
@@ -64,6 +75,9 @@ def random_labels(ctx: Context, hp: RandomLabelsParams) -> Params:
     shuffled loader (Adam 1e-4, 3 epochs); the SalUn/Unlearn-Sparse `RL` redraws labels over all C classes (the
     true one included) every batch and runs a full forget pass, then a full retain pass, per epoch (SGD 0.01,
     10 epochs). Here: fixed labels ≠ y (variant a), interleaved batches, defaults sized for a small MLP.
+    With `retain_weight` 0 it is forgetting by random labels alone, as Zhang, Choshen & Andreas 2024
+    ("Unforgettable Generalization in Language Models", arXiv 2409.02228, §3) fine-tune: `epochs` then
+    count passes over S_F (`unlearnkit generalisation`).
     """
-    return ctx.fit(relabel_loss(ctx.forward), relabel_streams(ctx, hp), hp.epochs, hp.optim(),
+    return ctx.fit(relabel_loss(ctx.forward, hp.retain_weight), relabel_streams(ctx, hp), hp.epochs, hp.optim(),
                    frozen=relabel_frozen(ctx), desc="random-labels")

@@ -73,5 +73,5 @@ def salun(ctx: Context, hp: SalUnParams) -> Params:
     interleaved, fixed, always-wrong labels and small-MLP defaults.
     """
     mask = saliency_mask(forget_gradient(ctx, hp.mask_batch_size), hp.mask_ratio)
-    return ctx.fit(relabel_loss(ctx.forward), relabel_streams(ctx, hp), hp.epochs, hp.optim(),
+    return ctx.fit(relabel_loss(ctx.forward, hp.retain_weight), relabel_streams(ctx, hp), hp.epochs, hp.optim(),
                    frozen=relabel_frozen(ctx), update_mask=mask, desc="salun")

@@ -9,7 +9,15 @@ import torch
 from ...data.tofu_synth import ATTRIBUTES, CANARY_TEMPLATES, QA
 from ...engine import Params
 from ...lm.tokenizer import encode_pairs
-from .base import LM_REGISTRY, LMContext, RetainParams, answer_nll, register
+from .base import (
+    LM_REGISTRY,
+    LMContext,
+    RetainParams,
+    answer_nll,
+    forget_reference,
+    reference_logprobs,
+    register,
+)
 from .dpo import DPOParams, dpo_loss, pair_logprobs
 
 _TAG_ALTERNATE = 0xA170
@@ -145,9 +153,12 @@ def altpo(ctx: LMContext, hp: AltPOParams) -> Params:
         s = slot[pf]
         xa, ya = alt_x[s].flatten(0, 1), alt_y[s].flatten(0, 1)     # (B·k, L): item-major
         logp_w, logp_l = pair_logprobs(ctx, params, xa, ya, xf, yf)
-        ref_w, ref_l = (t.detach() for t in pair_logprobs(ctx, frozen["reference"], xa, ya, xf, yf))
-        forget = dpo_loss(logp_w.view(-1, k), logp_l.unsqueeze(-1), ref_w.view(-1, k), ref_l.unsqueeze(-1), hp.beta)
+        ref_w, ref_l = frozen["ref_w"][s], frozen["ref_l"][pf]
+        forget = dpo_loss(logp_w.view(-1, k), logp_l.unsqueeze(-1), ref_w, ref_l.unsqueeze(-1), hp.beta)
         return hp.gamma * forget + hp.alpha * answer_nll(ctx, params, xr, yr)
 
-    return ctx.fit(loss, ctx.pair_streams(hp), hp.epochs, hp.optim(), frozen={"reference": ctx.originals},
-                   desc="altpo")
+    # the reference policy read through its log-probabilities, computed once (`reference_logprobs`):
+    # of the alternates (n_forget, k) per model, and of the forget answers
+    ref_alt = reference_logprobs(ctx, alt_x.flatten(0, 1), alt_y.flatten(0, 1)).view(ctx.n_models, -1, k)
+    reference = {"ref_w": ref_alt, "ref_l": forget_reference(ctx)}
+    return ctx.fit(loss, ctx.pair_streams(hp), hp.epochs, hp.optim(), frozen=reference, desc="altpo")

@@ -19,7 +19,10 @@ import torch
 
 from ...data.tofu_synth import QA, refusal
 from ...engine import Params
-from ...lm.model import causal_lm_loss, shifted_token_logprobs
+from ...engine.observe import seen_through
+from ...errors import UnlearnkitError
+from ...lm.lora import LoraForward, LoraSpec
+from ...lm.model import causal_lm_loss, shifted_token_logprobs, token_stats
 from ...lm.tokenizer import encode_pairs
 from ...lm.train import train_lm_models
 from ...tasks import Recipe
@@ -39,6 +42,9 @@ class LMLoopParams(LoopParams):
     weight_decay: float = 0.0
 
     search_space: ClassVar[dict[str, tuple]] = {"lr": ("log", 1e-5, 1e-2), "epochs": ("float", 1.0, 10.0)}
+    # its one `fit` trains the originals' weights, so `--lora` can train adapters instead (False: a method
+    # that trains weights in a way adapters cannot replace; methods that fine-tune nothing leave it out)
+    lora: ClassVar[bool] = True
 
     def _checks(self):
         return super()._checks() + [("retain_batch_size", self.retain_batch_size >= 1, "must be >= 1")]
@@ -58,13 +64,28 @@ class RetainParams(LMLoopParams):
                                     ("alpha", self.alpha >= 0, "must be >= 0")]
 
 
+LORA_BASE = "lora.base"  # the frozen originals beside a LoRA fit's adapters
+
+
+def check_lora(methods, registry) -> None:
+    """Refuse `--lora` for methods that train weights in a way adapters cannot replace (ERA's routed and
+    widened models, the traced method's masked update), before anything trains. Methods that fine-tune
+    nothing (none, retraining, inference-time steering) run as they are."""
+    refused = [m for m in methods if getattr(registry[m].hparams, "lora", None) is False]
+    if refused:
+        raise UnlearnkitError(f"--lora trains LoRA adapters in a method's one fit from the originals; "
+                              f"{', '.join(refused)} train(s) weights otherwise (routed, widened or masked "
+                              "updates): run them without --lora")
+
+
 @dataclass
 class LMContext(Context):
     """A Context whose training set is tokenised QAs (`tokens`) and whose models are causal LMs.
 
     `items` are the training QAs (row p of `tokens` encodes items[p]); `tok` their tokenizer;
     `lm_config`/`recipe` retrain models from scratch (retrain, oracles). `refusals` and `mismatched`
-    are auxiliary rows aligned with the training rows, built on first use.
+    are auxiliary rows aligned with the training rows, built on first use. With `lora`, `fit` trains
+    LoRA adapters on the originals instead of their weights (`fit`).
     """
 
     tokens: tuple[torch.Tensor, torch.Tensor] = None
@@ -76,10 +97,33 @@ class LMContext(Context):
     recipe: Recipe | None = None
     max_len: int = 64
     extra: dict = field(default_factory=dict)
+    lora: LoraSpec | None = None
 
     @property
     def train_data(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.tokens
+
+    def fit(self, loss, streams, epochs, optim, params=None, desc="", **kwargs) -> Params:
+        """`Context.fit`; with `lora`, a fit from the originals trains LoRA adapters on them instead (the
+        loss still sees whole models: the originals' weights, frozen, with the adapters beside them) and
+        returns the adapters merged into the weights. Methods whose hyperparameters say `lora` (one fit
+        from the originals, no update mask) are the ones `--lora` accepts (`check_lora`)."""
+        if self.lora is None or params is not None:
+            return super().fit(loss, streams, epochs, optim, params, desc, **kwargs)
+        plain, adapted = self.forward, LoraForward(self.forward, self.lora)
+        frozen = {**(kwargs.pop("frozen", None) or {}), LORA_BASE: self.originals}
+
+        def lora_loss(adapters, batch, fz):
+            return loss({**fz[LORA_BASE], **adapters}, batch, fz)
+
+        self.forward = adapted  # the method's loss calls ctx.forward: the adapted template during this fit
+        try:
+            with seen_through(lambda a: adapted.merge(self.originals, a)):
+                adapters = super().fit(lora_loss, streams, epochs, optim, adapted.init_adapters(self.seeds), desc,
+                                       frozen=frozen, **kwargs)
+        finally:
+            self.forward = plain
+        return adapted.merge(self.originals, adapters)
 
     def train_arm(self, positions: torch.Tensor, seeds: list[int], label: str) -> Arm:
         return train_lm_models(self.lm_config, self.tokens, positions, seeds, self.recipe, self.cache, label)
@@ -114,6 +158,33 @@ def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
     """(log π(y|x) summed over each row's answer tokens (B,), number of answer tokens (B,))."""
     lp, mask = shifted_token_logprobs(logits, labels)
     return lp.sum(-1), mask.sum(-1)
+
+
+def reference_logprobs(ctx: LMContext, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(N, n) log π_ref(y_j|x_j) of each model's frozen original on rows (x, y), computed once, in float32.
+
+    A preference loss (NPO, DPO, AltPO) reads its reference policy only through these numbers on fixed
+    rows, so they are computed once before unlearning instead of holding the originals as a second
+    model beside the ones being trained and running them forward at every step. That second model is
+    OpenUnlearning's users' most repeated memory complaint (its issue #179): it doubles the parameters
+    a device holds (on a GPU `fit` moves `frozen` there) and adds a forward pass per step. The values
+    are the ones the live reference gives in float32 (rows are padded to a fixed length, and a causal
+    model's log-probabilities do not depend on its batch), tested in test_lm_methods_po.py; under bf16
+    training they are more exact than a bf16 live reference. Not applicable to references read as
+    whole next-token distributions over many rows (KL retain terms, UNDIAL, RMU's activations): those
+    keep the model (a cache would be larger than it at this vocabulary).
+    """
+    return token_stats(ctx.forward, ctx.originals, x, y).lp.sum(-1)
+
+
+def forget_reference(ctx: LMContext, rows: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """(N, n_train) reference log-probabilities of `rows` (default: the training rows) at the forget
+    positions, 0 elsewhere: a table a loss indexes with its forget batch's positions."""
+    x, y = ctx.tokens if rows is None else rows
+    forget = torch.as_tensor(ctx.forget)
+    table = torch.zeros(ctx.n_models, len(x))
+    table[:, forget] = reference_logprobs(ctx, x[forget], y[forget])
+    return table
 
 
 def retain_kl(ctx: Context, params: Params, reference: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

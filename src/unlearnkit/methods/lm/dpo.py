@@ -7,6 +7,7 @@ from .base import (
     LM_REGISTRY,
     LMContext,
     answer_nll,
+    forget_reference,
     register,
     sequence_logprob,
 )
@@ -45,7 +46,8 @@ def idkdpo(ctx: LMContext, hp: DPOParams) -> Params:
     to the forget questions, the forget answers as the rejected ones) as OpenUnlearning runs it: its
     `DPO` trainer (src/trainer/unlearn/dpo.py) on the forget set with idk answers (experiment
     unlearn/tofu/idk.yaml) and configs/trainer/DPO.yaml: β = 0.1, γ = 1, α = 1, retain NLL. The
-    reference policy is the frozen original; each item's refusal is fixed by its id
+    reference policy is the frozen original (its log-probabilities of both answers computed once,
+    `reference_logprobs`); each item's refusal is fixed by its id
     (`tofu_synth.refusal`). TOFU's own code has β = 0.1 too, but no 2/β scale and no retain term
     (`alpha=0`, and β/2 times the forget loss, reproduce it). Loop settings (lr, epochs) are the
     toolkit's LM defaults, not OpenUnlearning's 1e-5 × 10 epochs, which are for billion-weight models.
@@ -56,9 +58,8 @@ def idkdpo(ctx: LMContext, hp: DPOParams) -> Params:
         (xf, yf, pf), (xr, yr, _) = batch["forget"], batch["retain"]
         xw, yw = idk_x[pf], idk_y[pf]
         logp_w, logp_l = pair_logprobs(ctx, params, xw, yw, xf, yf)
-        ref_w, ref_l = (t.detach() for t in pair_logprobs(ctx, frozen["reference"], xw, yw, xf, yf))
-        return (hp.gamma * dpo_loss(logp_w, logp_l, ref_w, ref_l, hp.beta)
+        return (hp.gamma * dpo_loss(logp_w, logp_l, frozen["ref_w"][pf], frozen["ref_l"][pf], hp.beta)
                 + hp.alpha * answer_nll(ctx, params, xr, yr))
 
-    return ctx.fit(loss, ctx.pair_streams(hp), hp.epochs, hp.optim(), frozen={"reference": ctx.originals},
-                   desc="idkdpo")
+    reference = {"ref_w": forget_reference(ctx, ctx.refusals), "ref_l": forget_reference(ctx)}
+    return ctx.fit(loss, ctx.pair_streams(hp), hp.epochs, hp.optim(), frozen=reference, desc="idkdpo")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -39,6 +40,7 @@ class LMERAParams(ERAParams):
     blocks: int = 0                 # route and expand the MLPs of the first `blocks` blocks (0: the first half)
     finetune_optimizer: str = "adam"
     finetune_lr: float = 1e-3
+    lora: ClassVar[bool] = False  # routes, widens and ablates the models' own MLP units
 
     def _checks(self):
         return super()._checks() + [("blocks", self.blocks >= 0, "must be >= 0 (0: the first half of the blocks)")]

@@ -10,6 +10,7 @@ from .base import (
     LMContext,
     RetainParams,
     answer_nll,
+    forget_reference,
     register,
     sequence_logprob,
 )
@@ -41,13 +42,14 @@ def npo(ctx: LMContext, hp: NPOParams) -> Params:
     """Negative Preference Optimization on S_F plus retain NLL: γ·L_NPO(S_F) + α·NLL(S_R).
 
     Zhang et al. 2024 (arXiv 2404.05868), Eq. 3 with the retain term of their "NPO+RT" (§5): the
-    reference policy is the frozen original; β = 0.1, γ = α = 1 as in OpenUnlearning's NPO.
+    reference policy is the frozen original, read through its log-probabilities of the forget answers
+    computed once (`reference_logprobs`); β = 0.1, γ = α = 1 as in OpenUnlearning's NPO.
     """
     def loss(params, batch, frozen):
-        (xf, yf, _), (xr, yr, _) = batch["forget"], batch["retain"]
+        (xf, yf, pf), (xr, yr, _) = batch["forget"], batch["retain"]
         logp, _ = sequence_logprob(ctx.forward(params, xf), yf)
-        logp_ref, _ = sequence_logprob(ctx.forward(frozen["reference"], xf).detach(), yf)
-        return hp.gamma * npo_loss(logp, logp_ref, hp.beta) + hp.alpha * answer_nll(ctx, params, xr, yr)
+        return hp.gamma * npo_loss(logp, frozen["ref"][pf], hp.beta) + hp.alpha * answer_nll(ctx, params, xr, yr)
 
-    return ctx.fit(loss, ctx.pair_streams(hp), hp.epochs, hp.optim(), frozen={"reference": ctx.originals},
+    return ctx.fit(loss, ctx.pair_streams(hp), hp.epochs, hp.optim(), frozen={"ref": forget_reference(ctx)},
                    desc="npo")
+

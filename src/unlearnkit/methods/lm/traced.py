@@ -33,6 +33,7 @@ class TracedParams(LMLoopParams):
     alpha_max: float = 2.8
 
     search_space: ClassVar[dict] = {**LMLoopParams.search_space, "alpha_max": ("float", 1.2, 10.0)}
+    lora: ClassVar[bool] = False  # its localisation is the update mask on the traced MLPs
 
     def _checks(self):
         return super()._checks() + [
