@@ -191,6 +191,7 @@ RUN_CASES = [
     # hyperparameters that cannot work on this task or forget set: refused before training, not after
     ("newton-model-too-big", ["--methods", "newton", "--set", "newton.max_params=100"], "full Hessian"),
     ("sisa-shards-too-many", ["--methods", "sisa", "--set", "sisa.shards=1000"], "sisa.shards=1000"),
+    ("s3t-slices-past-the-layers", ["--methods", "s3t", "--set", "s3t.slices=3"], "s3t.slices=3"),
     ("dmm-datamodels-missing", ["--methods", "dmm", "--set", "dmm.datamodels=/nonexistent/dm"], "datamodels"),
     ("near-too-long", ["--forget", "near:5:10", "--models", "5000", "--max-hours", "0.001"], "--max-hours"),
     ("datamodel-models-too-many", ["--datamodel-models", "100000"], "--datamodel-models"),

@@ -17,6 +17,7 @@ from . import (  # noqa: F401
                potion,
                random_labels,
                retrain,
+               s3t,
                salun,
                scrub,
                sisa,

@@ -10,7 +10,7 @@ import dataclasses
 import math
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -148,7 +148,18 @@ class Context:
 
     def train_from_scratch(self, positions, seeds: list[int], label: str) -> Params:
         """Train fresh models of the task's recipe through the (cached) zoo."""
-        arm = self.train_arm(torch.as_tensor(positions), seeds, label)
+        return self._counted(self.train_arm(torch.as_tensor(positions), seeds, label))
+
+    def train_stage(self, positions, seeds: list[int], start: Params | None, trainable: Collection[str],
+                    label: str) -> Params:
+        """One stage of a sequential recipe (S3T's slice-wise training) through the (cached) zoo: the task's
+        recipe on `positions`, continuing `start` (fresh models of `seeds` when None) and updating only the
+        parameters named in `trainable`."""
+        return self._counted(train_models(self.task, self.dataset, torch.as_tensor(positions), seeds, self.cache,
+                                          label, start, trainable))
+
+    def _counted(self, arm: Arm) -> Params:
+        """`arm`'s models; what a cache hit (or a resumed checkpoint) saved is counted as spent all the same."""
         self.cached_seconds += arm.seconds if arm.cached else arm.earlier_seconds
         self.cached_flops += arm.flops if arm.cached else arm.earlier_flops
         return arm.params

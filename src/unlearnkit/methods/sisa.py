@@ -1,9 +1,10 @@
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..engine import derived_seed, predict
+from ..engine import Forward, Params, derived_seed, predict
 from ..errors import UnlearnkitError
 from ..zoo import ORACLE_SEEDS, arm_seeds
 from .base import Context, Ensemble, HParams, register
@@ -33,8 +34,14 @@ class SisaParams(HParams):
 
 def shard_partition(n_train: int, shards: int, seed: int) -> list[np.ndarray]:
     """A uniformly random partition of the training positions into `shards` disjoint, sorted shards."""
+    return [part[0] for part in sliced_partition(n_train, shards, 1, seed)]
+
+
+def sliced_partition(n_train: int, shards: int, slices: int, seed: int) -> list[list[np.ndarray]]:
+    """`shard_partition`'s shards, each cut at random into `slices` disjoint, sorted slices (SISA's slicing,
+    S3T's slices): [shard][slice] -> positions. The shards are the same whatever the number of slices."""
     order = torch.randperm(n_train, generator=torch.Generator().manual_seed(derived_seed(seed, SHARD_TAG)))
-    return [np.sort(part.numpy()) for part in order.tensor_split(shards)]
+    return [[np.sort(part.numpy()) for part in shard.tensor_split(slices)] for shard in order.tensor_split(shards)]
 
 
 def shard_seeds(model_seeds: list[int], shard: int) -> list[int]:
@@ -73,11 +80,14 @@ def sisa(ctx: Context, hp: SisaParams) -> Ensemble:
         unlearned[k] = ctx.train_from_scratch(kept[k], shard_seeds(ctx.seeds, k), f"sisa unlearn shard {k}")
     oracles = ctx.uncharged(lambda: train(kept, oracle_models, "sisa oracles"))
 
-    def aggregate(shard_params: list):
-        def logits(x: torch.Tensor) -> torch.Tensor:
-            log_probs = torch.stack([predict(ctx.forward, p, x).log_softmax(-1) for p in shard_params])
-            return log_probs.logsumexp(0) - np.log(len(shard_params))
-        return logits
+    return Ensemble(shard_ensemble(ctx.forward, unlearned), shard_ensemble(ctx.forward, oracles),
+                    reference="sisa-oracles")
 
-    return Ensemble(aggregate(unlearned), aggregate(oracles), reference="sisa-oracles")
+
+def shard_ensemble(forward: Forward, shard_params: list[Params]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Logits of N ensembles of shard models: the log of the mean softmax over the shards."""
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        log_probs = torch.stack([predict(forward, p, x).log_softmax(-1) for p in shard_params])
+        return log_probs.logsumexp(0) - np.log(len(shard_params))
+    return logits
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import torch
@@ -72,34 +72,46 @@ class Arm:
 
 
 def train_models(task: Task, dataset: Dataset, positions: torch.Tensor, seeds: list[int],
-                 cache: ZooCache | None = None, label: str = "models") -> Arm:
+                 cache: ZooCache | None = None, label: str = "models", start: Params | None = None,
+                 trainable: Collection[str] | None = None) -> Arm:
     """N = len(seeds) models of `task` trained on training-set `positions` ((n,) shared or (N, n)).
 
     Model i is initialised and shuffled from seeds[i] alone. With a cache, a finished zoo is loaded
     instead of trained, and an interrupted one resumes from its last whole epoch.
+    `start` (N stacked models) and `trainable` (parameter names) make it one stage of a sequential
+    recipe (S3T, methods/s3t.py): the recipe continues `start` instead of fresh models, and updates only
+    the parameters named in `trainable` (the others stay as they are, bit for bit).
     """
     positions = torch.as_tensor(positions, dtype=torch.long)
+    key = zoo_key(task, dataset, positions, seeds)
+    if start is not None or trainable is not None:  # plain arms keep their keys
+        key = stable_hash({"arm": key, "trainable": sorted(trainable) if trainable is not None else None,
+                           "start": {k: tensor_digest(v) for k, v in sorted(start.items())} if start else None})
+    forward = template(task, dataset)
+    mask = None if trainable is None else {k: torch.tensor(k in trainable) for k, _ in forward.module.named_parameters()}
+    init = (lambda: start) if start is not None else (
+        lambda: init_params(task.model, dataset.input_shape, dataset.num_classes, seeds, **task.model_kwargs))
     return train_cached(
-        zoo_key(task, dataset, positions, seeds), cross_entropy_loss(template(task, dataset)),
-        lambda: init_params(task.model, dataset.input_shape, dataset.num_classes, seeds, **task.model_kwargs),
+        key, cross_entropy_loss(forward), init,
         EpochStream(positions, seeds, task.recipe.batch_size), (dataset.x_train, dataset.y_train),
-        task.recipe.epochs, recipe_optim(task), cache, label, {"task": task.name, "seeds": seeds})
+        task.recipe.epochs, recipe_optim(task), cache, label, {"task": task.name, "seeds": seeds}, mask)
 
 
 def train_cached(key: str, loss: LossFn, init: Callable[[], Params], stream: EpochStream,
                  data: tuple[torch.Tensor, torch.Tensor], epochs: float, optim: Optim, cache: ZooCache | None,
-                 label: str, manifest: dict) -> Arm:
+                 label: str, manifest: dict, update_mask: Params | None = None) -> Arm:
     """The zoo's one path from a key to a trained ensemble: load it if cached, else train it with `fit`
     — in one pass, or in chunks of models when one pass would not fit in memory (`--max-memory`) or
-    when a Ray backend spreads them — count its FLOPs, and cache it under `key`."""
+    when a Ray backend spreads them — count its FLOPs, and cache it under `key`. `update_mask`: what
+    `fit` may update (one 0/1 tensor per parameter, shared by all models)."""
     n = len(stream.seeds)
     if cache is not None and (hit := _load(cache, key, n, label)) is not None:
         return hit
     init = _once(init)  # the N models are built once, whether measured, chunked or trained
     size = models_per_chunk(loss, init, stream, data, label)
     if size >= n and backends.current().name == "local":
-        return _one_pass(key, loss, init, stream, data, epochs, optim, cache, label, manifest)
-    return _chunked(key, loss, init, stream, data, epochs, optim, cache, label, manifest, size)
+        return _one_pass(key, loss, init, stream, data, epochs, optim, cache, label, manifest, update_mask)
+    return _chunked(key, loss, init, stream, data, epochs, optim, cache, label, manifest, size, update_mask)
 
 
 def _once(make: Callable[[], Params]) -> Callable[[], Params]:
@@ -130,12 +142,12 @@ def models_per_chunk(loss: LossFn, init: Callable[[], Params], stream: EpochStre
     return max(1, int(limit // need))
 
 
-def _one_pass(key, loss, init, stream, data, epochs, optim, cache, label, manifest) -> Arm:
+def _one_pass(key, loss, init, stream, data, epochs, optim, cache, label, manifest, update_mask=None) -> Arm:
     """Train (or resume) all of an arm's models in one vectorised pass; training holds the entry's lock:
     a concurrent run asking for the same ensemble waits and loads it."""
     n = len(stream.seeds)
     if cache is None:
-        return _train(loss, init, stream, data, epochs, optim, label)
+        return _train(loss, init, stream, data, epochs, optim, label, update_mask=update_mask)
     with cache.lock(key, label):
         if (hit := _load(cache, key, n, label, quiet=True)) is not None:  # another run finished it meanwhile
             return hit
@@ -143,12 +155,13 @@ def _one_pass(key, loss, init, stream, data, epochs, optim, cache, label, manife
         if resume:
             log.info("%s: resuming from epoch %d", label, resume[0].epoch)
         arm = _train(loss, init, stream, data, epochs, optim, label, resume,
-                     lambda ckpt, spent: cache.save_checkpoint(key, ckpt, spent))
+                     lambda ckpt, spent: cache.save_checkpoint(key, ckpt, spent), update_mask)
         cache.save(key, arm.params, _manifest(manifest, label, stream, arm, resume[0].epoch if resume else 0))
     return arm
 
 
-def _chunked(key, loss, init, stream, data, epochs, optim, cache, label, manifest, size: int) -> Arm:
+def _chunked(key, loss, init, stream, data, epochs, optim, cache, label, manifest, size: int,
+             update_mask=None) -> Arm:
     """Train an arm chunk by chunk (each chunk is a whole zoo entry of its own, so an interrupted arm
     resumes from its finished chunks and the running chunk's last epoch), then store it as one entry.
     Model i depends on its seed alone: the arm equals one pass's, bit for bit."""
@@ -169,11 +182,12 @@ def _chunked(key, loss, init, stream, data, epochs, optim, cache, label, manifes
     if backend.name == "local":  # each chunk through the one-pass path: its lock, checkpoints and cache entry
         for j in todo:
             part_init, part_stream = piece(j)
-            arms[j] = _one_pass(keys[j], loss, part_init, part_stream, data, epochs, optim, cache, labels[j], manifest)
+            arms[j] = _one_pass(keys[j], loss, part_init, part_stream, data, epochs, optim, cache, labels[j], manifest,
+                                update_mask)
     else:
         def remote(j: int) -> Arm:
             part_init, part_stream = piece(j)
-            return _train(loss, part_init, part_stream, data, epochs, optim, labels[j])
+            return _train(loss, part_init, part_stream, data, epochs, optim, labels[j], update_mask=update_mask)
         for j, arm in backend.map(remote, todo, current()):
             book(arm.flops, "trained by Ray tasks")  # the driver's counters did not see it
             arms[j] = arm
@@ -205,7 +219,7 @@ def _load(cache: ZooCache, key: str, n: int, label: str, quiet: bool = False) ->
     return Arm(params, float(saved.get("seconds", 0.0)), int(saved.get("flops", 0)), cached=True)
 
 
-def _train(loss, init, stream, data, epochs, optim, label, resume=None, checkpoint=None) -> Arm:
+def _train(loss, init, stream, data, epochs, optim, label, resume=None, checkpoint=None, update_mask=None) -> Arm:
     """Train (or finish training) an ensemble; its cost includes what the checkpoint had already spent."""
     ckpt, before = resume or (None, {"seconds": 0.0, "flops": 0})
     start = time.perf_counter()
@@ -216,6 +230,7 @@ def _train(loss, init, stream, data, epochs, optim, label, resume=None, checkpoi
             return {"seconds": before["seconds"] + time.perf_counter() - start,
                     "flops": before["flops"] + int(counter.get_total_flops())}
         params = fit(loss, initial, {"train": stream}, data, steps=stream.steps(epochs), optim=optim, resume=ckpt,
+                     update_mask=update_mask,
                      on_epoch=(lambda c: checkpoint(c, spent())) if checkpoint else None,
                      checkpoint_every=CHECKPOINT_SECONDS,
                      desc=f"train {label} ×{len(stream.seeds)}")
