@@ -23,7 +23,7 @@ from .experiment import Bench, Job, budget, prepare
 from .files import atomic_write
 from .forget import build_forget_set
 from .methods import get_method, make_hparams
-from .runs import computing, job_key
+from .runs import computing, job_key, method_registry
 from .tuned import load_tuned, tuned_path
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,8 @@ def tune(run_config, tune_config: TuneConfig) -> dict:
     """Search `tune_config.method`'s hyperparameters; save and return the best (with every trial)."""
     import optuna
 
-    method = get_method(tune_config.method)
+    registry = method_registry(run_config.task)
+    method = get_method(tune_config.method, registry)
     if tune_config.trials < 1:
         raise UnlearnkitError("--trials must be at least 1")
     if not method.hparams.search_space:
@@ -86,7 +87,7 @@ def tune(run_config, tune_config: TuneConfig) -> dict:
             else:
                 values[name] = trial.suggest_float(name, low, high)
         try:
-            hp = make_hparams(method.name, values)
+            hp = make_hparams(method.name, values, registry)
         except UnlearnkitError as err:  # a combination outside the valid region (e.g. msteps > epochs)
             raise optuna.TrialPruned(str(err)) from None
         job = Job(method.name, method.name, hp)  # a cell: a rerun of an interrupted search reuses its trials
@@ -101,7 +102,7 @@ def tune(run_config, tune_config: TuneConfig) -> dict:
     if not completed:
         raise UnlearnkitError("no trial completed: every sampled configuration was invalid")
     best = study.best_trial
-    hparams = dataclasses.asdict(make_hparams(method.name, {**base, **best.params}))
+    hparams = dataclasses.asdict(make_hparams(method.name, {**base, **best.params}, registry))
     result = {
         "task": run_config.task, "forget": run_config.forget, "method": method.name, "hparams": hparams,
         "score": best.value, "objective": "mean KLoM p95 over forget, retain, val",
