@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from unlearnkit.data import Interactions, load_dataset
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.experiment import RunConfig, run
+from unlearnkit.experiment import RunConfig, prepare, run
 from unlearnkit.forget import build_forget_set
 from unlearnkit.methods.rec.mmrecun import reverse_bpr_loss
 from unlearnkit.metrics import recall_ndcg_at_k
@@ -87,6 +87,13 @@ def test_bad_recommendation_requests_raise(tiny, spec, needle):
 def test_recommendation_kinds_are_refused_on_a_classifier_dataset(digits):
     with pytest.raises(UnlearnkitError, match="malformed forget spec 'users:2'"):
         build_forget_set("users:2", digits)
+
+
+def test_recommendation_tasks_get_their_own_defaults_and_methods():
+    config = RunConfig(task="rec-mf-tiny", models=2)
+    assert config.forget == "interactions:0.05" and config.methods == ("none", "retrain", "finetune", "mmrecun")
+    with pytest.raises(UnlearnkitError, match="unknown method 'ga'; known methods: .*mmrecun"):
+        prepare(RunConfig(task="rec-mf-tiny", methods=("none", "ga"), models=2, cache_dir=""))
 
 
 def test_unknown_user_is_refused_before_anything_trains(tmp_path):

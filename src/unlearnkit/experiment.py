@@ -238,7 +238,9 @@ def run(config: RunConfig, out: str | os.PathLike | None = None, overwrite: bool
     Everything that can fail is checked before anything is trained: the options, the data, the forget
     set, that `out` and the cache can be written, that `out` does not hold another run's results (unless
     `overwrite`), and that the work fits in memory, on disk and in `config.max_hours`.
-    Language-model tasks (`unlearnkit.lm.task.LM_TASKS`) run through `unlearnkit.lm.experiment.run_lm`."""
+    Language-model tasks (`unlearnkit.lm.task.LM_TASKS`) run through `unlearnkit.lm.experiment.run_lm`.
+    Recommendation tasks (objective "bpr") run here, their methods from `methods.rec`, every row also
+    reporting Recall@K and NDCG@K (`recommendation_probe`)."""
     from .lm.task import LM_TASKS
     from .report import check_output, claim_output, index, json_config, write_report, write_results
     if config.task in LM_TASKS:
@@ -250,7 +252,7 @@ def run(config: RunConfig, out: str | os.PathLike | None = None, overwrite: bool
     budget(p).check(config.max_hours, p.cache.root if p.cache else None)
     if out is not None:
         claim_output(out, config.run_id)
-    bench = Bench(p, **ranking_probe(p))
+    bench = Bench(p, **recommendation_probe(p))
     rows, per_example, scores, noise_floor = run_jobs(bench, p.jobs)
     for r in rows:  # a point "worse after its best step" by more than the noise floor's p95, not by noise
         if "trajectory" in r and noise_floor["klom_p95"]["forget"] is not None:
@@ -279,7 +281,7 @@ def run(config: RunConfig, out: str | os.PathLike | None = None, overwrite: bool
     return results
 
 
-def ranking_probe(p: Prepared) -> dict:
+def recommendation_probe(p: Prepared) -> dict:
     """Bench's probe and probe_key for a recommendation task (Recall@K and NDCG@K in every row,
     `ranking.ranking_probe`); nothing for a classifier."""
     if not isinstance(p.dataset, Interactions):
