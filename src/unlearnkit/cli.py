@@ -50,10 +50,12 @@ def cli(verbose: bool) -> None:
 @cli.command()
 @click.option("--task", default="fashion-mnist-mlp", show_default=True, help="See `unlearnkit list`.")
 @click.option("--forget", "forget", default=None,
-              help="Forget-set spec (default random:100; authors:0.1 for language-model tasks).")
+              help="Forget-set spec (default random:100; authors:0.1 for language-model tasks; interactions:0.05 "
+                   "for recommendation tasks, which also take users:K, items:K, user:ID and item:ID).")
 @click.option("--methods", default=None,
               help="Comma-separated method names (default: none,retrain,finetune,ga,neggrad+; for language-model "
-                   "tasks none,retrain,ga,graddiff,npo,simnpo,llmu,rmu,flat,idk).")
+                   "tasks none,retrain,ga,graddiff,npo,simnpo,llmu,rmu,flat,idk; for recommendation tasks "
+                   "none,retrain,finetune,mmrecun).")
 @click.option("--models", default=None, type=int,
               help="Models per arm (N). Default: 100 for classifier tasks, 16 for language-model tasks.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the forget set and the arms.")
@@ -182,17 +184,13 @@ def _run_config(task, forget, methods, models, seed, train_size, val_size, data_
                 reference_binning, bootstrap, budgets="", tuned=False, datamodels=None, datamodel_models=100,
                 max_hours=24.0, estimators="gauss", metrics="klom,ulira,neurips23,mia", trajectories=0, best_step=None,
                 lora=0, **compute):
-    from .experiment import RunConfig, default_forget, default_methods
+    from .experiment import RunConfig
 
-    if methods is None:
-        methods = ",".join(default_methods(task))
-    if forget is None:
-        forget = default_forget(task)
     try:
         budget_list = tuple(float(b) for b in budgets.split(",") if b.strip())
     except ValueError:
         raise UnlearnkitError(f"--budgets expects comma-separated numbers of epochs, got {budgets!r}") from None
-    return RunConfig(task=task, forget=forget, methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
+    return RunConfig(task=task, forget=forget, methods=_names(methods),
                      models=models, seed=seed, train_size=train_size, val_size=val_size, data_dir=data_dir,
                      cache_dir="" if no_cache else cache_dir, hparams=_overrides(sets),
                      reference_binning=reference_binning, bootstrap=bootstrap, budgets=budget_list, tuned=tuned,
@@ -479,10 +477,11 @@ def list_(as_json: bool) -> None:
     """Show tasks, methods, forget-set kinds, metrics and KLoM estimators."""
     import dataclasses
 
-    from .forget import KINDS
+    from .forget import KINDS, REC_KINDS
     from .lm.task import LM_TASKS
     from .methods import REGISTRY
     from .methods.lm import LM_REGISTRY
+    from .methods.rec import REC_REGISTRY
     from .metrics.estimators import ESTIMATORS
     from .scoring import METRICS
     from .tasks import TASKS
@@ -495,6 +494,8 @@ def list_(as_json: bool) -> None:
         "tasks": {n: t.description for n, t in TASKS.items()},
         "methods": methods(REGISTRY),
         "forget": {k: h for k, (_, h) in KINDS.items()},
+        "recommendation methods": methods(REC_REGISTRY),
+        "recommendation forget": {k: h for k, (_, h) in REC_KINDS.items()},
         "language-model tasks": {n: t.description for n, t in LM_TASKS.items()},
         "language-model methods": methods(LM_REGISTRY),
         "language-model forget": {"authors:F": "a fraction F of the authors with all their QAs (TOFU forget01/05/10: "

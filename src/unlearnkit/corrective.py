@@ -67,6 +67,9 @@ def corrective(config: RunConfig, manipulation: str, fractions=DEFAULT_FRACTIONS
     if not fractions:
         raise UnlearnkitError("--identified needs at least one fraction in (0, 1]")
     task = classifier_task(config.task)
+    if task.objective != "cross-entropy":
+        raise UnlearnkitError(f"corrective unlearning manipulates a classifier's training labels and inputs; "
+                              f"{config.task} is a {task.objective} task (use `unlearnkit run`)")
     jobs = build_jobs(config, REGISTRY)
     size = task.train_size if config.train_size is None else config.train_size
     clean = load_dataset(task.dataset, config.data_dir, size, config.seed)

@@ -5,6 +5,7 @@ any model is trained; results are written only when the run is complete.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -17,14 +18,13 @@ from . import __version__
 from .attribution.store import HELD_OUT
 from .budget import Budget, StepProfile
 from .cells import CellStore
-from .data import load_dataset
+from .data import Interactions, load_dataset
 from .engine import predict
 from .engine.observe import observing
 from .errors import Diverged, UnlearnkitError
 from .forget import build_forget_set
-from .methods import REGISTRY, Context, Ensemble, get_method
+from .methods import Context, Ensemble, get_method
 from .metrics.trajectory import worse_after_best
-from .models import init_params
 from .runs import (
     DEFAULT_METHODS,
     MIN_MODELS,
@@ -37,6 +37,7 @@ from .runs import (
     default_cache_dir,
     default_forget,
     default_methods,
+    method_registry,
     run_budget,
     run_jobs,
 )
@@ -48,8 +49,9 @@ from .zoo import (
     ORIGINAL_SEEDS,
     ZooCache,
     arm_seeds,
-    cross_entropy_loss,
+    init_models,
     stable_hash,
+    task_loss,
     template,
     tensor_digest,
     train_models,
@@ -76,16 +78,15 @@ def prepare(config: RunConfig) -> Prepared:
     if config.lora:
         raise UnlearnkitError("--lora applies to language-model tasks (classifier methods train every weight)")
     cache_dir = default_cache_dir() if config.cache_dir is None else config.cache_dir
-    jobs = build_jobs(config, REGISTRY,
+    jobs = build_jobs(config, method_registry(config.task),
                       lambda m: load_tuned(cache_dir, config.task, config.forget, m) if config.tuned else None)
     size = task.train_size if config.train_size is None else config.train_size
     dataset = load_dataset(task.dataset, config.data_dir, size, config.seed)
     if config.val_size is not None:
         if not 1 <= config.val_size <= len(dataset.y_val):
             raise UnlearnkitError(f"--val-size must be in [1, {len(dataset.y_val)}]")
-        dataset = type(dataset)(dataset.name, dataset.x_train, dataset.y_train, dataset.train_ids,
-                                dataset.x_val[:config.val_size], dataset.y_val[:config.val_size],
-                                dataset.val_ids[:config.val_size], dataset.num_classes)
+        dataset = dataclasses.replace(dataset, x_val=dataset.x_val[:config.val_size],
+                                      y_val=dataset.y_val[:config.val_size], val_ids=dataset.val_ids[:config.val_size])
     cache = ZooCache(cache_dir) if cache_dir else None
     if (before := clustered_budget(config, task, dataset, cache)) is not None:  # what building the set trains
         before.check(config.max_hours, cache.root if cache else None, "building this forget set")
@@ -138,6 +139,7 @@ class Bench:
         (for the jobs' cell keys)."""
         self.probe = probe
         self.p, self.config, self.forget = p, p.config, forget or p.forget
+        self.registry = method_registry(self.config.task)
         self.retain = self.forget.retain_positions(len(p.dataset.y_train))
         self.oracle_positions = self.retain if oracle_positions is None else np.asarray(oracle_positions)
         ds, n, seed = p.dataset, p.config.models, p.config.seed
@@ -191,11 +193,11 @@ class Bench:
         try:
             recorder = self.recorder(job)
             if recorder is None:
-                result, cost = ctx.charged(get_method(job.method).fn, job.hparams)
+                result, cost = ctx.charged(get_method(job.method, self.registry).fn, job.hparams)
             else:
                 template = {k: tuple(v.shape) for k, v in self.originals.params.items()}
                 with observing(recorder, p.config.trajectories, template) as watched:
-                    result, cost = ctx.charged(get_method(job.method).fn, job.hparams)
+                    result, cost = ctx.charged(get_method(job.method, self.registry).fn, job.hparams)
                 cost["seconds"] -= watched.seconds
                 if not isinstance(result, Ensemble) and recorder.steps[-1] != watched.steps:
                     recorder(watched.steps, result)  # where the method stopped
@@ -235,7 +237,9 @@ def run(config: RunConfig, out: str | os.PathLike | None = None, overwrite: bool
     Everything that can fail is checked before anything is trained: the options, the data, the forget
     set, that `out` and the cache can be written, that `out` does not hold another run's results (unless
     `overwrite`), and that the work fits in memory, on disk and in `config.max_hours`.
-    Language-model tasks (`unlearnkit.lm.task.LM_TASKS`) run through `unlearnkit.lm.experiment.run_lm`."""
+    Language-model tasks (`unlearnkit.lm.task.LM_TASKS`) run through `unlearnkit.lm.experiment.run_lm`.
+    Recommendation tasks (objective "bpr") run here, their methods from `methods.rec`, every row also
+    reporting Recall@K and NDCG@K (`recommendation_probe`)."""
     from .lm.task import LM_TASKS
     from .report import check_output, claim_output, index, json_config, write_report, write_results
     if config.task in LM_TASKS:
@@ -247,7 +251,7 @@ def run(config: RunConfig, out: str | os.PathLike | None = None, overwrite: bool
     budget(p).check(config.max_hours, p.cache.root if p.cache else None)
     if out is not None:
         claim_output(out, config.run_id)
-    bench = Bench(p)
+    bench = Bench(p, **recommendation_probe(p))
     rows, per_example, scores, noise_floor = run_jobs(bench, p.jobs)
     for r in rows:  # a point "worse after its best step" by more than the noise floor's p95, not by noise
         if "trajectory" in r and noise_floor["klom_p95"]["forget"] is not None:
@@ -276,10 +280,20 @@ def run(config: RunConfig, out: str | os.PathLike | None = None, overwrite: bool
     return results
 
 
+def recommendation_probe(p: Prepared) -> dict:
+    """Bench's probe and probe_key for a recommendation task (Recall@K and NDCG@K in every row,
+    `ranking.ranking_probe`); nothing for a classifier."""
+    if not isinstance(p.dataset, Interactions):
+        return {}
+    from .ranking import RANK_K, ranking_probe
+    retain = p.forget.retain_positions(len(p.dataset.y_train))
+    return {"probe": ranking_probe(template(p.task, p.dataset), p.dataset, p.forget.positions, retain),
+            "probe_key": {"ranking": RANK_K}}
+
+
 def _profile(task, ds) -> StepProfile:
-    one = init_params(task.model, ds.input_shape, ds.num_classes, [0], **task.model_kwargs)
-    return StepProfile.measure(cross_entropy_loss(template(task, ds)), one, (ds.x_train, ds.y_train),
-                               task.recipe.batch_size)
+    return StepProfile.measure(task_loss(task, template(task, ds)), init_models(task, ds, [0]),
+                               (ds.x_train, ds.y_train), task.recipe.batch_size)
 
 
 def clustered_budget(config: RunConfig, task, ds, cache: ZooCache | None) -> Budget | None:

@@ -41,6 +41,7 @@ from .zoo import (
 )
 
 DEFAULT_METHODS = ("none", "retrain", "finetune", "ga", "neggrad+")
+DEFAULT_REC_METHODS = ("none", "retrain", "finetune", "mmrecun")
 NOISE_FLOOR_METHOD = "retrain"
 MIN_MODELS = 2
 MAX_SEED = 2 ** 32 - 1
@@ -59,7 +60,27 @@ def default_methods(task: str) -> tuple[str, ...]:
         DEFAULT_LM_METHODS,
         LM_TASKS,
     )
-    return DEFAULT_LM_METHODS if task in LM_TASKS else DEFAULT_METHODS
+    if task in LM_TASKS:
+        return DEFAULT_LM_METHODS
+    return DEFAULT_REC_METHODS if recommendation_task(task) else DEFAULT_METHODS
+
+
+def recommendation_task(task: str) -> bool:
+    """Whether `task` is a recommender on interaction data (a BPR objective; `data.interactions`)."""
+    return task in TASKS and TASKS[task].objective == "bpr"
+
+
+def method_registry(task: str) -> dict:
+    """The methods that apply to `task`: the language-model, recommendation or classifier registry."""
+    from .lm.task import LM_TASKS
+    if task in LM_TASKS:
+        from .methods.lm import LM_REGISTRY
+        return LM_REGISTRY
+    if recommendation_task(task):
+        from .methods.rec import REC_REGISTRY
+        return REC_REGISTRY
+    from .methods import REGISTRY
+    return REGISTRY
 
 
 def default_models(task: str) -> int:
@@ -71,7 +92,9 @@ def default_models(task: str) -> int:
 
 def default_forget(task: str) -> str:
     from .lm.task import LM_TASKS
-    return "authors:0.1" if task in LM_TASKS else "random:100"
+    if task in LM_TASKS:
+        return "authors:0.1"
+    return "interactions:0.05" if recommendation_task(task) else "random:100"
 
 
 def classifier_task(name: str) -> Task:
@@ -94,8 +117,8 @@ def default_cache_dir() -> str:
 @dataclass(frozen=True)
 class RunConfig:
     task: str = "fashion-mnist-mlp"
-    forget: str = "random:100"
-    methods: tuple[str, ...] = DEFAULT_METHODS
+    forget: str | None = None            # None: default_forget(task), random:100 for classifiers
+    methods: tuple[str, ...] | None = None  # None: default_methods(task)
     models: int | None = None            # None: default_models(task), 100 for classifiers
     seed: int = 0
     train_size: int | None = None        # None: the task's default
@@ -127,6 +150,10 @@ class RunConfig:
         results.json that records it) always says what the run computed on."""
         if self.models is None:
             object.__setattr__(self, "models", default_models(self.task))
+        if self.methods is None:
+            object.__setattr__(self, "methods", default_methods(self.task))
+        if self.forget is None:
+            object.__setattr__(self, "forget", default_forget(self.task))
         compute = resolve(self.device, self.precision)
         object.__setattr__(self, "device", compute.device)
         object.__setattr__(self, "precision", compute.precision)
@@ -284,19 +311,10 @@ def run_jobs(bench, jobs: list[Job]) -> tuple[list[dict], dict[str, np.ndarray],
 def job_key(bench, job: Job, registry: dict | None = None) -> str:
     """The cell key of `job` on `bench`: the bench's shared settings and forget set, the job's method,
     label, hyperparameters and budget, and the method function's source (an edited method recomputes)."""
-    fn = (registry or _registry(bench))[job.method].fn
+    fn = (registry or method_registry(bench.config.task))[job.method].fn
     try:
         source = inspect.getsource(fn)
     except (OSError, TypeError):
         source = f"{fn.__module__}.{fn.__qualname__}"
     return cell_key("job", bench.config.bench_id, bench.bench_digest, job.method, job.label,
                     asdict(job.hparams), job.budget, job.tuned, source)
-
-
-def _registry(bench) -> dict:
-    from .lm.task import LM_TASKS
-    if bench.config.task in LM_TASKS:
-        from .methods.lm import LM_REGISTRY
-        return LM_REGISTRY
-    from .methods import REGISTRY
-    return REGISTRY

@@ -35,7 +35,7 @@ from .cells import run_cells
 from .engine.compute import use
 from .errors import UnlearnkitError
 from .files import atomic_write
-from .runs import RunConfig, build_jobs, classifier_task
+from .runs import RunConfig, build_jobs, classifier_task, method_registry
 from .zoo import stable_hash
 
 FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
@@ -154,9 +154,8 @@ def _check_methods(config: RunConfig) -> None:
         from .lm.experiment import lm_jobs
         lm_jobs(config)
     else:
-        from .methods import REGISTRY
         classifier_task(config.task)
-        build_jobs(config, REGISTRY)
+        build_jobs(config, method_registry(config.task))
 
 
 def cell_name(values: dict) -> str:

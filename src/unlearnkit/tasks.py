@@ -31,6 +31,9 @@ class Recipe:
             raise UnlearnkitError("epochs, batch_size and lr must be positive")
 
 
+OBJECTIVES = ("cross-entropy", "bpr")
+
+
 @dataclass(frozen=True)
 class Task:
     name: str
@@ -40,9 +43,22 @@ class Task:
     model_kwargs: dict = field(default_factory=dict)
     train_size: int | None = None  # default subset of the training set; None keeps all of it
     description: str = ""
+    # what the zoo trains (zoo.task_loss) and which methods apply (runs.method_registry): "cross-entropy"
+    # for classifiers; "bpr" for a recommender on interaction rows (data.interactions, methods/rec/)
+    objective: str = "cross-entropy"
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise UnlearnkitError(f"task {self.name}: objective must be one of {', '.join(OBJECTIVES)}, "
+                                  f"got {self.objective!r}")
 
     def describe(self) -> dict:
-        return asdict(self)
+        """What names the task in cache keys; the default objective is left out, so that the classifier
+        tasks' zoo entries keep the keys they had before objectives existed."""
+        out = asdict(self)
+        if out["objective"] == "cross-entropy":
+            del out["objective"]
+        return out
 
 
 TASKS: dict[str, Task] = {t.name: t for t in [
@@ -67,6 +83,15 @@ TASKS: dict[str, Task] = {t.name: t for t in [
          {"widths": (64, 128, 256, 128), "calibration": "cifar10"},
          description="CIFAR-10 (50k train images, no augmentation), EasyDUB's ResNet-9; needs the binary "
                      "files (--data-dir)"),
+    # Recommendation (the MMRecUn setting, Sinha et al. 2024): BPR-trained matrix factorisation with projected
+    # item features on generated interactions; Adam, whose coupled weight decay is BPR's λ‖Θ‖².
+    Task("rec-mf", "rec-synth", "mf", Recipe(epochs=40, batch_size=256, optimizer="adam", lr=0.01,
+                                             weight_decay=1e-4), {"dim": 32}, objective="bpr",
+         description="recommendation: rec-synth (300 users, 400 items, ~6k training interactions with item "
+                     "features), VBPR-style matrix factorisation trained with BPR"),
+    Task("rec-mf-tiny", "rec-synth-tiny", "mf", Recipe(epochs=40, batch_size=64, optimizer="adam", lr=0.01,
+                                                       weight_decay=1e-4), {"dim": 16}, objective="bpr",
+         description="recommendation: rec-synth-tiny (60 users, 80 items), matrix factorisation (seconds: tests)"),
 ]}
 
 

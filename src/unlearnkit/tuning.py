@@ -23,9 +23,8 @@ from .errors import UnlearnkitError
 from .experiment import Bench, Job, budget, prepare
 from .files import atomic_write
 from .forget import build_forget_set
-from .methods import REGISTRY, get_method, make_hparams
-from .methods.lm import LM_REGISTRY
-from .runs import computing, default_cache_dir, job_key
+from .methods import get_method, make_hparams
+from .runs import computing, default_cache_dir, job_key, method_registry
 from .tuned import load_tuned, tuned_path
 
 log = logging.getLogger(__name__)
@@ -74,7 +73,7 @@ def tune(run_config, tune_config: TuneConfig) -> dict:
 
     from .lm.task import LM_TASKS
     lm = run_config.task in LM_TASKS
-    registry = LM_REGISTRY if lm else REGISTRY
+    registry = method_registry(run_config.task)
     method = get_method(tune_config.method, registry)
     if tune_config.trials < 1:
         raise UnlearnkitError("--trials must be at least 1")

@@ -1,4 +1,5 @@
-"""Datasets: tensors with stable example ids and fixed train/validation splits."""
+"""Datasets: tensors with stable example ids and fixed train/validation splits (classification, and
+implicit-feedback interactions for recommendation)."""
 from __future__ import annotations
 
 from ..errors import UnlearnkitError
@@ -6,13 +7,17 @@ from .cifar10 import load_cifar10
 from .dataset import Dataset
 from .digits import load_digits
 from .fashion_mnist import load_fashion_mnist, read_idx
+from .interactions import Interactions
 from .mnist1d import load_mnist1d
+from .rec_synth import load_rec_synth
 
 LOADERS = {
     "fashion-mnist": lambda data_dir: load_fashion_mnist(data_dir),
     "mnist1d": lambda data_dir: load_mnist1d(),
     "digits": lambda data_dir: load_digits(),
     "cifar10": lambda data_dir: load_cifar10(data_dir),
+    "rec-synth": lambda data_dir: load_rec_synth("rec-synth"),
+    "rec-synth-tiny": lambda data_dir: load_rec_synth("rec-synth-tiny"),
 }
 
 
@@ -25,4 +30,4 @@ def load_dataset(name: str, data_dir: str | None = None, train_size: int | None 
     return ds if train_size is None else ds.subset_train(train_size, seed)
 
 
-__all__ = ["LOADERS", "Dataset", "load_dataset", "read_idx"]
+__all__ = ["LOADERS", "Dataset", "Interactions", "load_dataset", "read_idx"]

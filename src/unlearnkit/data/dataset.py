@@ -1,6 +1,7 @@
 """Datasets as in-memory tensors with stable example ids."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from functools import cached_property
@@ -38,6 +39,12 @@ class Dataset:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
 
+    @property
+    def model_kwargs(self) -> dict:
+        """What a model of this data needs beyond its input shape and number of classes (a recommender's
+        users and item features, `interactions.Interactions`); none for a classification dataset."""
+        return {}
+
     @cached_property
     def fingerprint(self) -> str:
         """Hash of the tensors themselves: a cache built from other data never matches."""
@@ -54,5 +61,5 @@ class Dataset:
         if size == n:
             return self
         keep = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size].sort().values
-        return Dataset(self.name, self.x_train[keep], self.y_train[keep], self.train_ids[keep],
-                       self.x_val, self.y_val, self.val_ids, self.num_classes)
+        return dataclasses.replace(self, x_train=self.x_train[keep], y_train=self.y_train[keep],
+                                   train_ids=self.train_ids[keep])

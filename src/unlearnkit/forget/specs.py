@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import Dataset
+from ..data import Dataset, Interactions
 from ..engine import derived_seed
 from ..errors import UnlearnkitError
 
@@ -239,15 +239,18 @@ KINDS = {
 
 def build_forget_set(spec: str, dataset: Dataset, seed: int = 0, resources=None) -> ForgetSet:
     """Parse `spec` and draw the forget set from `seed`; every way it can be wrong raises UnlearnkitError.
+    Interaction data (a recommendation task) takes its own kinds (`interactions.REC_KINDS`).
 
     `resources` gives what clustered specs need, lazily: `principal_projections(k)` of the datamodel
     matrix (pc:) and `embeddings()` of the training set (near:); see experiment.ForgetResources.
     """
+    from .interactions import REC_KINDS  # a recommendation task's requests: interactions, users, items
+    kinds = REC_KINDS if isinstance(dataset, Interactions) else KINDS
     kind, *args = spec.strip().split(":")
-    if kind not in KINDS or not args:
+    if kind not in kinds or not args:
         raise UnlearnkitError(f"malformed forget spec {spec!r}; expected one of: "
-                              + "; ".join(help_ for _, help_ in KINDS.values()))
-    positions = np.unique(KINDS[kind][0](args, dataset, seed, resources))
+                              + "; ".join(help_ for _, help_ in kinds.values()))
+    positions = np.unique(kinds[kind][0](args, dataset, seed, resources))
     n = len(dataset.y_train)
     if len(positions) == 0:
         raise UnlearnkitError(f"forget spec {spec!r} selects no examples")

@@ -213,11 +213,12 @@ class Method:
 
 REGISTRY: dict[str, Method] = {}      # classifier methods
 LM_REGISTRY: dict[str, Method] = {}   # language-model methods (methods/lm/)
+REC_REGISTRY: dict[str, Method] = {}  # recommendation methods, BPR objectives (methods/rec/)
 
 
 def register(name: str, hparams: type[HParams] = HParams, registry: dict[str, Method] = REGISTRY):
-    """Register `fn` under `name` (in the classifier registry, or the language-model one); its
-    docstring's first line is the summary `unlearnkit list` shows."""
+    """Register `fn` under `name` (in the classifier registry, or the language-model or recommendation
+    one); its docstring's first line is the summary `unlearnkit list` shows."""
     def wrap(fn: MethodFn) -> MethodFn:
         if name in registry:
             raise ValueError(f"method {name!r} registered twice")

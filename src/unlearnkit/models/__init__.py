@@ -9,10 +9,11 @@ from torch.nn.parameter import is_lazy
 from ..errors import UnlearnkitError
 from .cnn import cnn
 from .logreg import logreg
+from .mf import bpr_loss, mf
 from .mlp import mlp
 from .resnet9 import resnet9
 
-FAMILIES = {"logreg": logreg, "mlp": mlp, "cnn": cnn, "resnet9": resnet9}
+FAMILIES = {"logreg": logreg, "mlp": mlp, "cnn": cnn, "resnet9": resnet9, "mf": mf}
 
 Params = dict[str, torch.Tensor]
 
@@ -41,4 +42,4 @@ def init_params(family: str, input_shape: tuple[int, ...], num_classes: int, see
     return {n: torch.stack([dict(m.named_parameters())[n].detach() for m in models]) for n in names}
 
 
-__all__ = ["FAMILIES", "Params", "build_model", "init_params"]
+__all__ = ["FAMILIES", "Params", "bpr_loss", "build_model", "init_params"]

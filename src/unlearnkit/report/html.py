@@ -77,6 +77,10 @@ def _columns(results: dict) -> list[tuple[str, callable]]:
                  ("NeurIPS F", lambda r: _fmt(_get(r, "neurips23", "forget_score"), "{:.3f}")),
                  ("NeurIPS score", lambda r: _fmt(_get(r, "neurips23", "score"), "{:.3f}")),
                  ("MIA (confidence)", lambda r: _fmt(_get(r, "mia", "confidence"), "{:.3f}"))]
+    k = next((r["ranking"]["k"] for r in results["rows"] if r.get("ranking")), None)
+    if k is not None:  # a recommendation run
+        cols += [(f"{m}@{k} {s}", lambda r, m=m, s=s: _fmt(_get(r, "ranking", m, s), "{:.3f}"))
+                 for m in ("recall", "ndcg") for s in ("val", "forget")]
     cols += [("seconds", lambda r: _fmt(r.get("seconds"), "{:.1f}")),
              ("GFLOP", lambda r: _fmt(r["flops"] / 1e9 if r.get("flops") is not None else None, "{:.1f}")),
              ("× retrain", lambda r: _fmt(_get(r, "cost_vs_retrain", "flops"), "{:.3f}"))]

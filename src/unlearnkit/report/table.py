@@ -43,6 +43,20 @@ def _evaluation_block(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _ranking_block(rows: list[dict]) -> list[str]:
+    """A recommendation run's Recall@K and NDCG@K on held-out and forgotten interactions, one line per row."""
+    k = next((r["ranking"]["k"] for r in rows if r.get("ranking")), None)
+    if k is None:
+        return []
+    header = f"{'method':<22}" + "".join(f"{f'{m}@{k} {s}':>18}" for m in ("recall", "ndcg") for s in ("val", "forget"))
+    lines = ["", header, "-" * len(header)]
+    for r in rows:
+        g = r.get("ranking") or {}
+        lines.append(f"{_name(r):<22.22}" + "".join(f"{_num((g.get(m) or {}).get(s), '{:.3f}'):>18}"
+                                                    for m in ("recall", "ndcg") for s in ("val", "forget")))
+    return lines
+
+
 def _name(r: dict) -> str:
     name = r.get("label", r["method"]) + (" DIVERGED" if r["diverged"] else "")
     if r.get("reference", "oracles") != "oracles":
@@ -71,6 +85,7 @@ def format_table(results: dict) -> str:
     o = results["oracle"]["accuracy"]
     lines.append(f"{'oracles (reference)':<22}" + " " * 16 * len(SPLITS) + "".join(f"{o[s]:>7.3f}" for s in SPLITS))
     lines += _evaluation_block(rows)
+    lines += _ranking_block(rows)
     lines.append("")
     lines += [textwrap.fill(line, WIDTH) for line in legend(results, rows)]
     return "\n".join(lines)
@@ -99,6 +114,12 @@ def legend(results: dict, rows: list[dict] | None = None) -> list[str]:
                      "F·(RA_u/RA_r)·(TA_u/TA_r) (higher is better; even exact retraining reads well below 1 at "
                      "finite N: compare with the noise-floor row). MIA: SVC MIA-efficacy on the forget set "
                      f"({MIA_FEATURE} feature; the noise-floor row's value is ideal).")
+    if any(r.get("ranking") for r in rows):
+        lines.append("Recommendation: an example is an interaction row (user, item, its sampled negatives); its margin "
+                     "is the score of the item minus the logsumexp of the negatives' scores, acc = the item scored above "
+                     "all its negatives. recall/ndcg@K val: held-out interactions ranked among every item the user "
+                     "has no training interaction with; forget: the forgotten interactions ranked among the items the "
+                     "user has no retained or held-out interaction with (the retrain row is what forgetting reaches).")
     for r in rows:
         t = r.get("trajectory")
         if t:

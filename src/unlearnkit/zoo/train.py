@@ -17,7 +17,7 @@ from ..engine import EpochStream, Forward, LossFn, Optim, Params, fit, uncounted
 from ..engine.compute import current
 from ..engine.flops import book
 from ..errors import UnlearnkitError
-from ..models import build_model, init_params
+from ..models import bpr_loss, build_model, init_params
 from ..tasks import Task
 from .cache import ZooCache, stable_hash, tensor_digest
 
@@ -41,13 +41,32 @@ def recipe_optim(task: Task) -> Optim:
 
 
 def template(task: Task, dataset: Dataset) -> Forward:
-    return Forward(build_model(task.model, dataset.input_shape, dataset.num_classes, **task.model_kwargs).to("meta"))
+    return Forward(build_model(task.model, dataset.input_shape, dataset.num_classes,
+                               **task.model_kwargs, **dataset.model_kwargs).to("meta"))
+
+
+def init_models(task: Task, dataset: Dataset, seeds: list[int]) -> Params:
+    """Stacked fresh parameters of len(seeds) models of `task` on `dataset` (model i from seeds[i])."""
+    return init_params(task.model, dataset.input_shape, dataset.num_classes, seeds, **task.model_kwargs,
+                       **dataset.model_kwargs)
 
 
 def cross_entropy_loss(forward: Forward):
     def loss(params, batch, frozen):
         x, y, _ = batch["train"]
         return F.cross_entropy(forward(params, x), y)
+    return loss
+
+
+def task_loss(task: Task, forward: Forward):
+    """The objective the zoo trains `task`'s models with, for ONE model on its "train" batch: cross-entropy,
+    or BPR for a recommendation task (rows [user, item, negatives], `data.interactions`)."""
+    if task.objective == "cross-entropy":
+        return cross_entropy_loss(forward)
+
+    def loss(params, batch, frozen):
+        x, _, _ = batch["train"]
+        return bpr_loss(forward(params, x))
     return loss
 
 
@@ -89,10 +108,9 @@ def train_models(task: Task, dataset: Dataset, positions: torch.Tensor, seeds: l
                            "start": {k: tensor_digest(v) for k, v in sorted(start.items())} if start else None})
     forward = template(task, dataset)
     mask = None if trainable is None else {k: torch.tensor(k in trainable) for k, _ in forward.module.named_parameters()}
-    init = (lambda: start) if start is not None else (
-        lambda: init_params(task.model, dataset.input_shape, dataset.num_classes, seeds, **task.model_kwargs))
+    init = (lambda: start) if start is not None else (lambda: init_models(task, dataset, seeds))
     return train_cached(
-        key, cross_entropy_loss(forward), init,
+        key, task_loss(task, forward), init,
         EpochStream(positions, seeds, task.recipe.batch_size), (dataset.x_train, dataset.y_train),
         task.recipe.epochs, recipe_optim(task), cache, label, {"task": task.name, "seeds": seeds}, mask)
 
