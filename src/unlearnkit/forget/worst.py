@@ -167,9 +167,10 @@ def select(forward: Forward, params: Params, data: tuple[torch.Tensor, torch.Ten
 
 def memorisation(masks: torch.Tensor, margins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Counterfactual memorisation of each training example (Feldman & Zhang 2020, "What Neural Networks
-    Memorize and Why", NeurIPS, Eq. 1; Zhang et al. 2021, "Counterfactual Memorization in Neural
-    Language Models"): the mean correctness (margin > 0) of the models whose subset held it minus that of
-    the models whose subset did not, estimated on subset models. masks (M, n) 0/1, margins (M, ≥ n) on
+    Memorize and Why", NeurIPS: mem(A, S, i) = P[h(x_i) = y_i | i trained on] − P[... | not], estimated
+    as they do from models trained on random subsets; Zhang et al. 2021, "Counterfactual Memorization in
+    Neural Language Models"): the mean correctness (margin > 0) of the models whose subset held it minus
+    that of the models whose subset did not. masks (M, n) 0/1, margins (M, ≥ n) on
     the training examples first. Returns (memorisation, the same difference of mean margins), the second
     to break the first's ties (it moves in steps of about 2/M); NaN for an example that no model (or
     every model) trained on."""
