@@ -19,10 +19,11 @@ from .attribution.store import HELD_OUT
 from .budget import Budget, StepProfile
 from .cells import CellStore
 from .data import Interactions, load_dataset
-from .engine import predict
+from .engine import Params, predict
 from .engine.observe import observing
 from .errors import Diverged, UnlearnkitError
 from .forget import build_forget_set
+from .forget.worst import SELECTION, memorisation, per_example_losses, select
 from .methods import Context, Ensemble, get_method
 from .metrics.trajectory import worse_after_best
 from .runs import (
@@ -97,8 +98,9 @@ def prepare(config: RunConfig) -> Prepared:
 
 
 class ForgetResources:
-    """What clustered forget specs need, built only when one asks: datamodels (loaded from
-    `config.datamodels`, else fitted on `datamodel_models` cached subset models) and embeddings."""
+    """What clustered and hard-to-unlearn forget specs need, built only when one asks: datamodels (loaded
+    from `config.datamodels`, else fitted on `datamodel_models` cached subset models), the run's cached
+    original models, and what is computed from them (forget/specs.py says which spec needs what)."""
 
     def __init__(self, config: RunConfig, task, dataset, cache):
         self.config, self.task, self.dataset, self.cache = config, task, dataset, cache
@@ -113,13 +115,42 @@ class ForgetResources:
     def principal_projections(self, k: int) -> torch.Tensor:
         return self.datamodels().principal_projections(np.arange(len(self.dataset.y_train)), k)
 
+    def memorisation(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Counterfactual memorisation (and its margin counterpart) from the subset models datamodels are
+        fitted on (the same cached models)."""
+        from .attribution import train_subset_models
+        runs = train_subset_models(self.task, self.dataset, self.config.datamodel_models, 0.5, self.config.seed,
+                                   self.cache)
+        return memorisation(runs.masks, runs.margins)
+
+    def seeds(self) -> list[int]:
+        return arm_seeds(ORIGINAL_SEEDS, self.config.models, self.config.seed)
+
+    def originals(self) -> Params:
+        """The run's original models: the cached arm `Bench` trains."""
+        return train_models(self.task, self.dataset, torch.arange(len(self.dataset.y_train)), self.seeds(),
+                            self.cache, "originals").params
+
     def embeddings(self) -> torch.Tensor:
         """Penultimate-layer features of the training set under the first original model."""
         forward = template(self.task, self.dataset)
-        arm = train_models(self.task, self.dataset, torch.arange(len(self.dataset.y_train)),
-                           arm_seeds(ORIGINAL_SEEDS, self.config.models, self.config.seed), self.cache, "originals")
         with torch.no_grad():
-            return forward.features({k: v[0] for k, v in arm.params.items()}, self.dataset.x_train)
+            return forward.features({k: v[0] for k, v in self.originals().items()}, self.dataset.x_train)
+
+    def original_losses(self) -> torch.Tensor:
+        """Each training example's cross-entropy, averaged over the run's originals."""
+        ds = self.dataset
+        return per_example_losses(template(self.task, ds), self.originals(), ds.x_train, ds.y_train).mean(0)
+
+    def bilevel(self, k: int, start: np.ndarray, hardest: bool) -> np.ndarray:
+        """Fan et al.'s worst-case (or easiest) K-set, searched from `start` on the first SELECTION.models
+        originals (forget/worst.py); cached."""
+        ds, m = self.dataset, min(SELECTION.models, self.config.models)
+        params = {name: v[:m] for name, v in self.originals().items()}
+        seeds = self.seeds()[:m]
+        identity = zoo_key(self.task, ds, torch.arange(len(ds.y_train)), seeds)
+        return select(template(self.task, ds), params, (ds.x_train, ds.y_train), k, start, seeds,
+                      self.task.recipe.batch_size, hardest, self.cache, identity)
 
 
 class Bench:
@@ -297,17 +328,25 @@ def _profile(task, ds) -> StepProfile:
 
 
 def clustered_budget(config: RunConfig, task, ds, cache: ZooCache | None) -> Budget | None:
-    """What building a clustered forget set trains before the run's own budget can be known: the
-    originals (near:) or the subset models its datamodels are fitted on (pc: without --datamodels)."""
+    """What building a clustered or hard-to-unlearn forget set trains before the run's own budget can be
+    known: the originals (near:, lowest-loss:, and worst:/easy: with their bi-level search on a few of
+    them), or the subset models datamodels are fitted on (pc: and influence: without --datamodels,
+    memorised:)."""
     kind, n_train, batch = config.forget.split(":")[0], len(ds.y_train), task.recipe.batch_size
     out = Budget()
-    if kind == "near":
+    if kind in ("near", "lowest-loss", "worst", "easy"):
         seeds = arm_seeds(ORIGINAL_SEEDS, config.models, config.seed)
         out.add(_profile(task, ds), config.models, n_train, task.recipe.epochs, batch,
                 cache is not None and cache.has(zoo_key(task, ds, torch.arange(n_train), seeds)), cache is not None)
-    elif kind == "pc" and not config.datamodels:
+        if kind in ("worst", "easy"):
+            out.add(_profile(task, ds), min(SELECTION.models, config.models), n_train,
+                    SELECTION.iterations * SELECTION.epochs, batch)
+    elif kind in ("pc", "influence") and not config.datamodels:
         models = config.datamodel_models + max(10, round(HELD_OUT * config.datamodel_models))
         out.add(_profile(task, ds), models, n_train // 2, task.recipe.epochs, batch, False, cache is not None)
+    elif kind == "memorised":
+        out.add(_profile(task, ds), config.datamodel_models, n_train // 2, task.recipe.epochs, batch, False,
+                cache is not None)
     else:
         return None
     return out

@@ -52,6 +52,12 @@ class LinearDatamodels(Attribution):
         """The explicit weights (n_train, len(targets)) of a few targets."""
         return self.basis @ self.coef[:, torch.as_tensor(targets)]
 
+    def self_influence(self) -> torch.Tensor:
+        """w_{i,i} for every training example i (n_train,): the predicted rise of its own margin when it is
+        in the training set (targets are the training examples first), from the factors' diagonal."""
+        n = self.basis.shape[0]
+        return (self.basis * self.coef[:, :n].T).sum(1)
+
     def principal_projections(self, targets, k: int) -> torch.Tensor:
         """Projections (len(targets), k) of the rows of the datamodel matrix D[x, :] = w_x (x in targets)
         onto its k leading principal components (rows centred), computed from the factors."""

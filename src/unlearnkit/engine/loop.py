@@ -20,7 +20,7 @@ from .compute import current
 from .flops import StepExtrapolator, uncounted
 from .heap import keep_freed_memory
 from .observe import current as current_observer
-from .optim import StackedAdam, StackedSGD, dense
+from .optim import StackedAdam, StackedSGD, StackedSignSGD, dense
 from .progress import steps as progress
 from .streams import EpochStream
 
@@ -59,7 +59,8 @@ class Forward:
 
 @dataclass(frozen=True)
 class Optim:
-    """Optimizer and learning-rate schedule of a loop (`linear`: decays to zero over the loop)."""
+    """Optimizer and learning-rate schedule of a loop (`linear`: decays to zero over the loop). `sign` is
+    sign-SGD (momentum and weight decay unused)."""
 
     name: str = "sgd"
     lr: float = 0.01
@@ -68,15 +69,17 @@ class Optim:
     schedule: str = "constant"
 
     def __post_init__(self):
-        if self.name not in ("sgd", "adam"):
-            raise UnlearnkitError(f"optimizer must be 'sgd' or 'adam', got {self.name!r}")
+        if self.name not in ("sgd", "adam", "sign"):
+            raise UnlearnkitError(f"optimizer must be 'sgd', 'adam' or 'sign', got {self.name!r}")
         if self.schedule not in ("linear", "constant"):
             raise UnlearnkitError(f"schedule must be 'linear' or 'constant', got {self.schedule!r}")
 
     def build(self, tensors: list[torch.Tensor], shadows: list[torch.Tensor] | None = None,
-              cpu: bool = True) -> StackedSGD | StackedAdam:
+              cpu: bool = True) -> StackedSGD | StackedAdam | StackedSignSGD:
         if self.name == "adam":
             return StackedAdam(tensors, self.lr, self.weight_decay, shadows, cpu)
+        if self.name == "sign":
+            return StackedSignSGD(tensors, self.lr, 0.0, shadows, cpu)
         return StackedSGD(tensors, self.lr, self.momentum, self.weight_decay, shadows, cpu)
 
     def lr_at(self, step: int, total: int) -> float:

@@ -1,4 +1,4 @@
-"""SGD and Adam for stacked parameters, updated in place, one pass over memory per step.
+"""SGD, Adam and sign-SGD for stacked parameters, updated in place, one pass over memory per step.
 
 The update rules are PyTorch's (torch.optim.SGD with Nesterov momentum and coupled weight decay;
 torch.optim.Adam with L2 weight decay), so one model trained here equals the same model trained with
@@ -110,6 +110,17 @@ class StackedSGD(_Stacked):
         self.state["step"] += 1
 
 
+class StackedSignSGD(_Stacked):
+    """Sign-SGD, θ ← θ − lr·sign(∇): the lower level of Fan et al.'s worst-case forget-set selection
+    (2024, arXiv 2403.07362; reference code `SignSGD.sign_step`, which ignores momentum and weight decay,
+    as this does). Each coordinate moves on its own, so it too is N independent optimizers."""
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self._run(_sign, self._used(), self.lr)
+        self.state["step"] += 1
+
+
 class StackedAdam(_Stacked):
     """torch.optim.Adam(betas=(0.9, 0.999), eps=1e-8, weight_decay=wd) (L2, not AdamW), in place."""
 
@@ -141,6 +152,13 @@ def _sgd_momentum(ps, gs, bufs, ws, lr, wd, m, first: bool):
 def _sgd(ps, gs, ws, lr, wd):
     for p, g, w in zip(ps, gs, ws):
         p.sub_(lr * (g.to(p.dtype) + wd * p))
+        if w is not None:
+            w.copy_(p)
+
+
+def _sign(ps, gs, ws, lr):
+    for p, g, w in zip(ps, gs, ws):
+        p.sub_(lr * g.to(p.dtype).sign())
         if w is not None:
             w.copy_(p)
 

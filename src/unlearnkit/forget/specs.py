@@ -1,4 +1,5 @@
-"""Forget sets from short specs such as `random:100`, `random:0.01`, `class:3`, `class:3:0.5`, `ids:4,8,15`.
+"""Forget sets from short specs such as `random:100`, `random:0.01`, `class:3`, `class:3:0.5`, `ids:4,8,15`,
+`worst:100` (hard to unlearn, forget/worst.py).
 
 Amounts are a count, written without a decimal point (`100`), or a fraction, written with one and in
 (0, 1] (`0.01`, `1.0`): the decimal point, not the value, tells them apart (see `parse_amount`).
@@ -20,6 +21,7 @@ import torch
 from ..data import Dataset, Interactions
 from ..engine import derived_seed
 from ..errors import UnlearnkitError
+from .worst import top_k
 
 FORGET_TAG = 0xF0F
 
@@ -223,6 +225,56 @@ def _near(args: list[str], ds: Dataset, seed: int, resources) -> np.ndarray:
     return torch.argsort(dist, stable=True)[:count].numpy()
 
 
+def _hard_count(kind: str, args: list[str], ds: Dataset, resources) -> int:
+    """K of the hard-to-unlearn kinds (`worst:K`, `lowest-loss:K`, ...): a count in [1, n − 1], checked
+    before anything is trained."""
+    if len(args) != 1:
+        raise UnlearnkitError(f"{kind} takes {kind}:K, K a count of examples without a decimal point, e.g. {kind}:100")
+    k, n = _whole(args[0], kind, "K"), len(ds.y_train)
+    if not 1 <= k < n:
+        raise UnlearnkitError(f"{kind}:{k} asks for {k} examples; the training set has {n}, so K must be in "
+                              f"[1, {n - 1}] (at least one example is retained)")
+    if resources is None:
+        raise UnlearnkitError(f"{kind} forget sets need trained models: build them through a run (unlearnkit run)")
+    return k
+
+
+def _worst(args: list[str], ds: Dataset, seed: int, resources) -> np.ndarray:
+    """Fan et al.'s worst-case set: the K examples hardest to unlearn, by bi-level search from the run's
+    random:K set (forget/worst.py)."""
+    k = _hard_count("worst", args, ds, resources)
+    return resources.bilevel(k, _random(args, ds, seed, None), hardest=True)
+
+
+def _easy(args: list[str], ds: Dataset, seed: int, resources) -> np.ndarray:
+    """The reverse of worst:K, the K examples easiest to unlearn."""
+    k = _hard_count("easy", args, ds, resources)
+    return resources.bilevel(k, _random(args, ds, seed, None), hardest=False)
+
+
+def _lowest_loss(args: list[str], ds: Dataset, seed: int, resources) -> np.ndarray:
+    """The K examples of lowest mean loss under the run's originals."""
+    k = _hard_count("lowest-loss", args, ds, resources)
+    return top_k(-resources.original_losses().numpy(), k)
+
+
+def _memorised(args: list[str], ds: Dataset, seed: int, resources) -> np.ndarray:
+    """The K examples of highest counterfactual memorisation, from the datamodels' subset models."""
+    k = _hard_count("memorised", args, ds, resources)
+    score, margin_gap = resources.memorisation()
+    known = int(score.isfinite().sum())
+    if known < k:
+        raise UnlearnkitError(f"memorised:{k}: only {known} examples were both in and out of some subset model's "
+                              "training set; raise --datamodel-models")
+    return top_k(score.nan_to_num(-torch.inf).numpy(), k, then=margin_gap.nan_to_num(-torch.inf).numpy())
+
+
+def _influence(args: list[str], ds: Dataset, seed: int, resources) -> np.ndarray:
+    """The K examples of highest self-influence (the datamodels' diagonal)."""
+    k = _hard_count("influence", args, ds, resources)
+    return top_k(resources.datamodels().self_influence().numpy(), k)
+
+
 KINDS = {
     "random": (_random, "random:K (K examples) or random:F (a fraction F of the training set); a count K has no "
                         "decimal point (100), a fraction has one and lies in (0, 1] (0.01)"),
@@ -234,6 +286,16 @@ KINDS = {
                 "K and COUNT without a decimal point)"),
     "near": (_near, "near:ID:COUNT (the COUNT nearest neighbours of example ID in the model's embedding space; "
                     "COUNT without a decimal point)"),
+    "worst": (_worst, "worst:K (the K examples hardest to unlearn: Fan et al. 2024's bi-level search, weights "
+                      "w in [0,1]^n summing to K, sign-SGD fine-tuning on the rest below, the forget loss after it "
+                      "minimised above, from random:K; K without a decimal point)"),
+    "easy": (_easy, "easy:K (the reverse of worst:K: the forget loss after unlearning maximised)"),
+    "lowest-loss": (_lowest_loss, "lowest-loss:K (the K examples of lowest mean loss under the originals: typical, "
+                                  "hard to unlearn in Fan et al.'s sense)"),
+    "memorised": (_memorised, "memorised:K (the K examples of highest counterfactual memorisation, correctness when "
+                              "trained on minus when not, from --datamodel-models subset models)"),
+    "influence": (_influence, "influence:K (the K examples of highest self-influence, the datamodels' diagonal; "
+                              "--datamodels DIR or fitted on the fly)"),
 }
 
 
@@ -241,8 +303,10 @@ def build_forget_set(spec: str, dataset: Dataset, seed: int = 0, resources=None)
     """Parse `spec` and draw the forget set from `seed`; every way it can be wrong raises UnlearnkitError.
     Interaction data (a recommendation task) takes its own kinds (`interactions.REC_KINDS`).
 
-    `resources` gives what clustered specs need, lazily: `principal_projections(k)` of the datamodel
-    matrix (pc:) and `embeddings()` of the training set (near:); see experiment.ForgetResources.
+    `resources` gives what clustered and hard-to-unlearn specs need, lazily: `principal_projections(k)`
+    of the datamodel matrix (pc:), `embeddings()` of the training set (near:), `bilevel(k, start,
+    hardest)` (worst:, easy:), `original_losses()` (lowest-loss:), `memorisation()` (memorised:) and
+    `datamodels()` (influence:); see experiment.ForgetResources.
     """
     from .interactions import REC_KINDS  # a recommendation task's requests: interactions, users, items
     kinds = REC_KINDS if isinstance(dataset, Interactions) else KINDS
