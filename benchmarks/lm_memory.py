@@ -25,7 +25,6 @@ VARIANTS = ("live", "cached", "live+lora", "cached+lora")
 
 def one(args) -> dict:
     import numpy as np
-    import psutil
     import torch
 
     from unlearnkit.engine.compute import resolve, use
@@ -68,18 +67,21 @@ def one(args) -> dict:
 
         fn = live_npo if args.variant.startswith("live") else LM_REGISTRY[args.method].fn
         cuda = compute.device.startswith("cuda")
-        proc, peak, done = psutil.Process(), [0], threading.Event()
-        base = proc.memory_info().rss
-
-        def sample():
-            while not done.is_set():
-                peak[0] = max(peak[0], proc.memory_info().rss)
-                time.sleep(0.005)
-
+        peak, done = [0], threading.Event()
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
+        else:
+            import psutil
+            proc = psutil.Process()
+            base = proc.memory_info().rss
+
+        def sample():
+            while not cuda and not done.is_set():
+                peak[0] = max(peak[0], proc.memory_info().rss)
+                time.sleep(0.005)
+
         watcher = threading.Thread(target=sample, daemon=True)
         watcher.start()
         start = time.perf_counter()
@@ -91,10 +93,11 @@ def one(args) -> dict:
         watcher.join()
         extra = (torch.cuda.max_memory_allocated() if cuda else peak[0]) - base
         per_model = sum(v[0].numel() for v in originals.params.values())
-        trained = per_model if ctx.lora is None else None
+        trained = per_model
         if ctx.lora is not None:
             from unlearnkit.lm.lora import LoraForward
-            trained = LoraForward(ctx.forward, ctx.lora).size(LoraForward(ctx.forward, ctx.lora).init_adapters([0]))
+            adapted = LoraForward(ctx.forward, ctx.lora)
+            trained = adapted.size(adapted.init_adapters([0]))
     return {"variant": args.variant, "device": compute.device, "precision": compute.precision,
             "peak_extra_mib": extra / 2**20, "trained_params_per_model": trained, "params_per_model": per_model,
             "seconds": seconds}
@@ -116,7 +119,12 @@ def main() -> None:
         print(json.dumps(one(args)))
         return
     rows = []
-    for v in VARIANTS:
+    try:
+        import peft  # noqa: F401
+        variants = VARIANTS
+    except ImportError:  # the GPU machine has no PEFT: the reference comparison alone
+        variants = VARIANTS[:2]
+    for v in variants:
         out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--variant", v], capture_output=True, text=True)
         if out.returncode:
             sys.exit(out.stderr)

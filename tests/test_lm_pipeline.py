@@ -118,9 +118,10 @@ def test_lm_run_rejects_classifier_methods_and_bad_specs(cache_dir):
 
 
 def test_classifier_only_commands_name_the_lm_task_clearly():
-    result = CliRunner().invoke(cli, ["tune", "--task", TASK, "--method", "ga"], standalone_mode=False)
-    assert isinstance(result.exception, UnlearnkitError)
-    assert "language-model task" in str(result.exception)
+    for command in (["generalisation", "--task", TASK], ["datamodels", "--task", TASK, "--out", "unused"]):
+        result = CliRunner().invoke(cli, command, standalone_mode=False)
+        assert isinstance(result.exception, UnlearnkitError), command
+        assert "language-model task" in str(result.exception)
 
 
 @pytest.fixture(scope="module")
