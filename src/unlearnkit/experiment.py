@@ -115,11 +115,8 @@ class ForgetResources:
         forward = template(self.task, self.dataset)
         arm = train_models(self.task, self.dataset, torch.arange(len(self.dataset.y_train)),
                            arm_seeds(ORIGINAL_SEEDS, self.config.models, self.config.seed), self.cache, "originals")
-        body = forward.module[:-1]  # nn.Sequential slices keep their parameter names
-        names = dict(body.named_parameters())
         with torch.no_grad():
-            return torch.func.functional_call(body, {k: v[0] for k, v in arm.params.items() if k in names},
-                                              (self.dataset.x_train,)).flatten(1)
+            return forward.embed({k: v[0] for k, v in arm.params.items()}, self.dataset.x_train)
 
 
 class Bench:

@@ -44,10 +44,20 @@ def template(task: Task, dataset: Dataset) -> Forward:
     return Forward(build_model(task.model, dataset.input_shape, dataset.num_classes, **task.model_kwargs).to("meta"))
 
 
-def cross_entropy_loss(forward: Forward):
+def cross_entropy_loss(forward: Forward, grad_penalty: float = 0.0):
+    """The zoo's training loss of one model on a "train" batch: the mean cross-entropy ℓ, plus
+    `grad_penalty`·‖∇_θ ℓ‖₂ when it is > 0 (the recipe's gradient restriction). The inner gradient is taken
+    with torch.func.grad inside the loss, so the engine's backward differentiates through it (double
+    backpropagation); the norm runs over all parameters at once."""
+    def ce(params, x, y):
+        return F.cross_entropy(forward(params, x), y)
+
     def loss(params, batch, frozen):
         x, y, _ = batch["train"]
-        return F.cross_entropy(forward(params, x), y)
+        if not grad_penalty:
+            return ce(params, x, y)
+        g, value = torch.func.grad_and_value(ce)(params, x, y)
+        return value + grad_penalty * torch.cat([v.flatten() for v in g.values()]).norm()
     return loss
 
 
@@ -80,7 +90,7 @@ def train_models(task: Task, dataset: Dataset, positions: torch.Tensor, seeds: l
     """
     positions = torch.as_tensor(positions, dtype=torch.long)
     return train_cached(
-        zoo_key(task, dataset, positions, seeds), cross_entropy_loss(template(task, dataset)),
+        zoo_key(task, dataset, positions, seeds), cross_entropy_loss(template(task, dataset), task.recipe.grad_penalty),
         lambda: init_params(task.model, dataset.input_shape, dataset.num_classes, seeds, **task.model_kwargs),
         EpochStream(positions, seeds, task.recipe.batch_size), (dataset.x_train, dataset.y_train),
         task.recipe.epochs, recipe_optim(task), cache, label, {"task": task.name, "seeds": seeds})
