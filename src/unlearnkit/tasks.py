@@ -13,7 +13,7 @@ class Recipe:
     SGD with Nesterov momentum and a linear decay to zero, or Adam; `weight_decay` is the L2 coefficient
     λ of the objective CE + λ/2·‖θ‖² (PyTorch's coupled weight decay). `grad_penalty` α > 0 adds α·‖∇_θ CE‖₂,
     the norm of each minibatch loss's gradient over all parameters (IAU's gradient restriction, Liu et al.
-    2025; trained by double backpropagation, about 3× a plain step). No task's default recipe has one.
+    2025; trained by double backpropagation through torch.func). No task's default recipe has one.
     """
 
     epochs: int = 15
