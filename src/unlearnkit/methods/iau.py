@@ -44,8 +44,9 @@ def influence_step(ctx: Context, params: Params, lr: float) -> Params:
 
 @register("iau", IAUParams)
 def iau(ctx: Context, hp: IAUParams) -> Ensemble:
-    """IAU, Influence Approximation Unlearning: models trained with gradient restriction, then one step along
-    ∇L(S_R) − ∇L(S_F); judged against oracles of the same restricted recipe.
+    """IAU, Influence Approximation Unlearning: gradient-restricted models, one step along ∇L(S_R) − ∇L(S_F).
+
+    Judged against oracles of the same restricted recipe.
 
     Liu, Wu, Lian & Chen 2025, "Efficient Machine Unlearning via Influence Approximation" (arXiv 2507.23257);
     reference code Lolo1222/IAU (train_model.py, IAU_unlearn.py). Removing a point has the influence of

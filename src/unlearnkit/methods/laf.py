@@ -106,7 +106,8 @@ def alignment_loss(e_r, t_r, e_f, t_f, temperature: float) -> torch.Tensor:
     """LAF's representation alignment (reference code, extractor_loss_functioncosine), with d = 1 − cos
     between an embedding and the original model's embedding of the same input:
         Σ_{r ∈ retain batch} log( exp(d_r) / Σ_{f ∈ forget batch} exp(d_f / τ) )
-    minimising it keeps retain embeddings aligned with the original's and pushes forget ones away."""
+    minimising it keeps retain embeddings aligned with the original's and pushes forget ones away. τ divides
+    the forget distances only, as the reference computes it."""
     d_r = 1 - F.cosine_similarity(e_r, t_r, dim=-1)
     d_f = 1 - F.cosine_similarity(e_f, t_f, dim=-1)
     return (d_r - torch.logsumexp(d_f / temperature, dim=0)).sum()
@@ -139,8 +140,8 @@ def train_vaes(ctx: Context, hp: LAFParams, embeddings: torch.Tensor, positions,
 
 
 def laf_unlearn(ctx: Context, hp: LAFParams) -> Params:
-    """Algorithm 1 of Shen et al. 2024 without labels: the two VAEs, then alternating extractor unlearning
-    and representation alignment from the originals."""
+    """LAF without labels (Shen et al. 2024): the two VAEs, then alternating extractor unlearning and
+    representation alignment from the originals."""
     forward, seeds = ctx.forward, ctx.seeds
     embeddings = predict(forward.embed, ctx.originals, ctx.dataset.x_train)
     everything = torch.arange(len(ctx.dataset.y_train))
@@ -183,7 +184,7 @@ def laf(ctx: Context, hp: LAFParams) -> Params:
     """LAF, Label-Agnostic Forgetting: unlearning without labels, on the penultimate representations.
 
     Shen, Zhang, Zhao, Bialkowski, Chen & Xu 2024, "Label-Agnostic Forgetting: A Supervision-Free Unlearning
-    in Deep Models" (ICLR 2024, arXiv 2404.00506), Algorithm 1; reference code ShaofeiShen768/LAF
+    in Deep Models" (ICLR 2024, arXiv 2404.00506); reference code ShaofeiShen768/LAF
     (VUnlearning.py, Train.vae_train, Model.VariationalAutoencoder). Per model: (1) two VAEs on the
     original's embeddings e = g(x) (`Forward.embed`, what the head reads), one on all of the training
     data, one on S_F (dim→128→32→latent and back; Adam 1e-3, 10 epochs, batch 32; loss ‖ê − e‖² + 0.025·KL).
@@ -208,7 +209,7 @@ def laf(ctx: Context, hp: LAFParams) -> Params:
 
 @register("laf+r", LAFRParams)
 def laf_r(ctx: Context, hp: LAFRParams) -> Params:
-    """LAF+R: LAF, then the classifier head fine-tuned on labelled retain data (Shen et al. 2024, §4's repair).
+    """LAF+R: LAF, then the classifier head fine-tuned on labelled retain data (Shen et al. 2024).
 
     After `laf`, the head alone (the last layer; the reference's fc2) is trained with cross-entropy on retain
     batches of 32 by Adam (`repair_lr`), `repair_epochs` passes counted over S_F as LAF's steps are (the
