@@ -135,10 +135,11 @@ def test_predictions_do_not_depend_on_the_batch():
     # without calibration (batch statistics) an example's logits depend on its company: what this avoids
     plain = Forward(build_model("resnet9", SHAPE, 10, widths=SMALL).to("meta"))
     assert not torch.allclose(predict(plain, params, x[5:6]), predict(plain, params, x)[:, 5:6], atol=1e-3)
-    # model[:-1] (experiment.embeddings' penultimate features) keeps parameter names; its head gives the logits
-    body, one = forward.module[:-1], {k: v[0] for k, v in params.items()}
+    # Forward.embed (model[:-1], parameter names kept): penultimate features, which the head turns into the logits
+    one = {k: v[0] for k, v in params.items()}
+    assert forward.head_names == {"head.weight"}
     with torch.no_grad():
-        feats = torch.func.functional_call(body, {k: v for k, v in one.items() if k != "head.weight"}, (x,))
+        feats = forward.embed(one, x)
     assert feats.shape == (40, SMALL[-1])
     torch.testing.assert_close(feats @ one["head.weight"].T * 0.2, together[0])
     # the calibration normalises: as if each layer had BatchNorm with the calibration rows' statistics

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from .engine.compute import Compute, current, tf32
@@ -68,8 +70,20 @@ class StepProfile:
             nonlocal saved
             saved += t.numel() * t.element_size()
             return t
-        with FlopCounterMode(display=False) as counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss(one, {"train": (data[0][idx], data[1][idx], idx)}, {}).backward()
+        batch = {"train": (data[0][idx], data[1][idx], idx)}
+        try:
+            with FlopCounterMode(display=False) as counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                loss(one, batch, {}).backward()
+        except RuntimeError as err:
+            if "saved tensor hooks" not in str(err):
+                raise
+            # a loss that differentiates inside itself (torch.func.grad: a gradient penalty) refuses the hook:
+            # count every tensor its forward creates instead, an upper bound of what its backward keeps
+            with FlopCounterMode(display=False) as counter:
+                with _Created() as created:
+                    value = loss(one, batch, {})
+                value.backward()
+            saved = created.bytes
         b = len(idx)
         return StepProfile(counter.get_total_flops() / b, saved / b,
                            sum(v.numel() * v.element_size() for v in one.values()))
@@ -78,6 +92,19 @@ class StepProfile:
         """Memory one model's training step holds: its weights and their copies (gradients, optimizer
         moments, a checkpoint) and the activations of a minibatch kept for the backward pass."""
         return STATE_COPIES * self.param_bytes + batch * self.activation_bytes
+
+
+class _Created(TorchDispatchMode):
+    """Counts the bytes of every tensor the operations run under it create."""
+
+    def __init__(self):
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.bytes += sum(t.numel() * t.element_size() for t in tree_leaves(out) if isinstance(t, torch.Tensor))
+        return out
 
 
 @dataclass

@@ -135,7 +135,7 @@ class ForgetResources:
         """Penultimate-layer features of the training set under the first original model."""
         forward = template(self.task, self.dataset)
         with torch.no_grad():
-            return forward.features({k: v[0] for k, v in self.originals().items()}, self.dataset.x_train)
+            return forward.embed({k: v[0] for k, v in self.originals().items()}, self.dataset.x_train)
 
     def original_losses(self) -> torch.Tensor:
         """Each training example's cross-entropy, averaged over the run's originals."""

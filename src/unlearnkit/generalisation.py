@@ -120,9 +120,9 @@ def representation_probe(p, held: np.ndarray, klass: int):
             for i in range(len(next(iter(params.values())))):
                 one = {k: v[i] for k, v in params.items()}
                 clf = LogisticRegression(max_iter=500)
-                clf.fit(forward.features(one, ds.x_train[fit_on]).numpy(), ds.y_train[fit_on].numpy())
+                clf.fit(forward.embed(one, ds.x_train[fit_on]).numpy(), ds.y_train[fit_on].numpy())
                 for k, (x, y) in read.items():
-                    accs[k].append(float((clf.predict(forward.features(one, x).numpy()) == y.numpy()).mean()))
+                    accs[k].append(float((clf.predict(forward.embed(one, x).numpy()) == y.numpy()).mean()))
         return {"probe_accuracy": {k: float(np.mean(v)) for k, v in accs.items()}}
 
     return probe

@@ -11,7 +11,9 @@ class Recipe:
     """How one model is trained from scratch (originals and oracles alike).
 
     SGD with Nesterov momentum and a linear decay to zero, or Adam; `weight_decay` is the L2 coefficient
-    λ of the objective CE + λ/2·‖θ‖² (PyTorch's coupled weight decay).
+    λ of the objective CE + λ/2·‖θ‖² (PyTorch's coupled weight decay). `grad_penalty` α > 0 adds α·‖∇_θ CE‖₂,
+    the norm of each minibatch loss's gradient over all parameters (IAU's gradient restriction, Liu et al.
+    2025; trained by double backpropagation through torch.func). No task's default recipe has one.
     """
 
     epochs: int = 15
@@ -21,6 +23,7 @@ class Recipe:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: str = "linear"
+    grad_penalty: float = 0.0
 
     def __post_init__(self):
         if self.optimizer not in ("sgd", "adam"):
@@ -29,6 +32,8 @@ class Recipe:
             raise UnlearnkitError(f"schedule must be 'linear' or 'constant', got {self.schedule!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise UnlearnkitError("epochs, batch_size and lr must be positive")
+        if not self.grad_penalty >= 0:
+            raise UnlearnkitError(f"grad_penalty must be >= 0, got {self.grad_penalty!r}")
 
 
 OBJECTIVES = ("cross-entropy", "bpr")
@@ -53,11 +58,14 @@ class Task:
                                   f"got {self.objective!r}")
 
     def describe(self) -> dict:
-        """What names the task in cache keys; the default objective is left out, so that the classifier
-        tasks' zoo entries keep the keys they had before objectives existed."""
+        """What names the task in cache keys. The default objective and a recipe without a gradient penalty
+        are described without their fields, as they were before the fields existed: the classifier tasks'
+        cached arms keep their keys."""
         out = asdict(self)
         if out["objective"] == "cross-entropy":
             del out["objective"]
+        if not self.recipe.grad_penalty:
+            del out["recipe"]["grad_penalty"]
         return out
 
 

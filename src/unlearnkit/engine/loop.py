@@ -7,6 +7,7 @@ tensors is exactly N independent optimizers — at the speed of batched matrix p
 """
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,20 +42,32 @@ class Forward:
         self.module = module
 
     def __call__(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        if x.is_floating_point():
-            params = {k: v.to(x.dtype) if v.is_floating_point() else v for k, v in params.items()}
-        return functional_call(self.module, params, (x,)).float()
+        return functional_call(self.module, _cast(params, x), (x,)).float()
 
-    def features(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate features (the last layer's input, flattened) of one model of an nn.Sequential family:
-        what representation probes and embedding-based forget sets read."""
-        if not isinstance(self.module, nn.Sequential):
-            raise UnlearnkitError(f"{type(self.module).__name__} is not an nn.Sequential: no penultimate layer to read")
-        body = self.module[:-1]  # nn.Sequential slices keep their parameter names
-        names = {n for n, _ in body.named_parameters()}
-        if x.is_floating_point():
-            params = {k: v.to(x.dtype) for k, v in params.items() if k in names}
-        return functional_call(body, {k: v for k, v in params.items() if k in names}, (x,)).float().flatten(1)
+    @functools.cached_property
+    def body(self) -> nn.Module:
+        """The network without its last layer: `module[:-1]` (an nn.Sequential slice, and a resnet9's, keeps
+        its parameter names, so a model's parameters call it as they are)."""
+        return self.module[:-1]
+
+    @functools.cached_property
+    def head_names(self) -> frozenset[str]:
+        """Names of the last layer's parameters (the classifier head): those the body does not have."""
+        body = {k for k, _ in self.body.named_parameters()}
+        return frozenset(k for k, _ in self.module.named_parameters() if k not in body)
+
+    def embed(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        """One model's penultimate features, (batch, features) in float32: what its last layer reads (the
+        embedding of clustered forget sets, LAF's representations). `params` may hold the head's too."""
+        body = {k: v for k, v in params.items() if k not in self.head_names}
+        return functional_call(self.body, _cast(body, x), (x,)).flatten(1).float()
+
+
+def _cast(params: Params, x: torch.Tensor) -> Params:
+    """Parameters in the inputs' floating dtype (see Forward)."""
+    if not x.is_floating_point():
+        return params
+    return {k: v.to(x.dtype) if v.is_floating_point() else v for k, v in params.items()}
 
 
 @dataclass(frozen=True)
@@ -268,7 +281,8 @@ def _detached(params: Params) -> Params:
 
 @torch.no_grad()
 def predict(forward: Forward, params: Params, x: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
-    """Logits of N models on shared inputs x: shape (N, len(x), classes), on the CPU.
+    """Logits of N models on shared inputs x: shape (N, len(x), classes), on the CPU (or, for
+    `forward.embed`, their embeddings: any f(params, x) of one model).
 
     Computed on the run's device in float32 whatever the training precision: margins are what every
     metric measures. Inputs go in chunks of about 32K examples × models (256 examples for 100 models):

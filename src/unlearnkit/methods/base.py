@@ -146,9 +146,12 @@ class Context:
             best[k][better] = params[k][better]
         return best, torch.where(better, score, best_score)
 
-    def train_from_scratch(self, positions, seeds: list[int], label: str) -> Params:
-        """Train fresh models of the task's recipe through the (cached) zoo."""
-        return self._counted(self.train_arm(torch.as_tensor(positions), seeds, label))
+    def train_from_scratch(self, positions, seeds: list[int], label: str, task: Task | None = None) -> Params:
+        """Train fresh models of the task's recipe through the (cached) zoo; or of `task`, a variant of this
+        classifier task (IAU's gradient-restricted recipe)."""
+        positions = torch.as_tensor(positions)
+        return self._counted(self.train_arm(positions, seeds, label) if task is None
+                             else train_models(task, self.dataset, positions, seeds, self.cache, label))
 
     def train_stage(self, positions, seeds: list[int], start: Params | None, trainable: Collection[str],
                     label: str) -> Params:

@@ -93,7 +93,7 @@ class ResNet9(nn.Module):
 
     def __getitem__(self, index: slice) -> ResNet9:
         """model[:-1]: the network without its head (penultimate features), parameter names kept, as an
-        nn.Sequential slice is (experiment.embeddings takes one)."""
+        nn.Sequential slice is (Forward.embed takes one)."""
         if index != slice(None, -1):
             raise IndexError("a resnet9 slices only as [:-1] (the network without its head)")
         body = copy.copy(self)

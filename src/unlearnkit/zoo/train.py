@@ -51,10 +51,20 @@ def init_models(task: Task, dataset: Dataset, seeds: list[int]) -> Params:
                        **dataset.model_kwargs)
 
 
-def cross_entropy_loss(forward: Forward):
+def cross_entropy_loss(forward: Forward, grad_penalty: float = 0.0):
+    """The zoo's training loss of one model on a "train" batch: the mean cross-entropy ℓ, plus
+    `grad_penalty`·‖∇_θ ℓ‖₂ when it is > 0 (the recipe's gradient restriction). The inner gradient is taken
+    with torch.func.grad inside the loss, so the engine's backward differentiates through it (double
+    backpropagation); the norm runs over all parameters at once."""
+    def ce(params, x, y):
+        return F.cross_entropy(forward(params, x), y)
+
     def loss(params, batch, frozen):
         x, y, _ = batch["train"]
-        return F.cross_entropy(forward(params, x), y)
+        if not grad_penalty:
+            return ce(params, x, y)
+        g, value = torch.func.grad_and_value(ce)(params, x, y)
+        return value + grad_penalty * torch.cat([v.flatten() for v in g.values()]).norm()
     return loss
 
 
@@ -62,7 +72,7 @@ def task_loss(task: Task, forward: Forward):
     """The objective the zoo trains `task`'s models with, for ONE model on its "train" batch: cross-entropy,
     or BPR for a recommendation task (rows [user, item, negatives], `data.interactions`)."""
     if task.objective == "cross-entropy":
-        return cross_entropy_loss(forward)
+        return cross_entropy_loss(forward, task.recipe.grad_penalty)
 
     def loss(params, batch, frozen):
         x, _, _ = batch["train"]
