@@ -23,15 +23,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tiny_lm_cache):
-    """The session's tofu-synth-tiny cache: its N = 2, authors:0.1 arms serve these runs too."""
-    return tiny_lm_cache
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("lmcache"))
 
 
 @pytest.fixture(scope="module")
 def results(cache_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("lmrun")
-    config = RunConfig(task=TASK, forget="authors:0.1", methods=("none", "ga", "npo"), models=2, cache_dir=cache_dir,
+    config = RunConfig(task=TASK, forget="authors:0.25", methods=("none", "ga", "npo"), models=3, cache_dir=cache_dir,
                        bootstrap=10)
     return run(config, out), out
 
@@ -61,7 +60,7 @@ def test_rescore_reproduces_an_lm_run_from_its_saved_item_scores(results, tmp_pa
     _, out = results
     copy = shutil.copytree(out, tmp_path / "run")
     z = np.load(copy / "scores.npz")
-    assert str(z["kind"]) == "lm" and z["row/npo/forget/seq"].shape[0] == 2
+    assert str(z["kind"]) == "lm" and z["row/npo/forget/seq"].shape[0] == 3
     assert {"arm/oracles/forget/mia/minkpp", "arm/originals/world/prob_options", "row/ga/retain/rouge"} <= set(z.files)
     before = {n: (copy / n).read_bytes() for n in ("results.json", "klom.npz")}
     rescore(copy)
@@ -127,7 +126,7 @@ def test_classifier_only_commands_name_the_lm_task_clearly():
 @pytest.fixture(scope="module")
 def ood(cache_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("ood") / "out"
-    config = RunConfig(task=TASK, models=2, cache_dir=cache_dir, bootstrap=0)
+    config = RunConfig(task=TASK, models=3, cache_dir=cache_dir, bootstrap=0)
     return config, id_vs_ood(config, "ga", authors=2, steps=(1, 6), out=out), out
 
 
@@ -283,13 +282,13 @@ def test_a_llama_style_checkpoint_unlearns_too(checkpoint, tmp_path):
 def test_lm_trajectories_evaluate_every_k_steps_and_pick_the_stated_best_step(results, cache_dir, tmp_path):
     """`--trajectories K` on an LM run: forget quality, utility and seq-KLoM at step 0 and every K steps, the
     step the stated rule selects, per-item arrays in scores.npz, and the method's cost unchanged."""
-    base = dict(task=TASK, forget="authors:0.1", methods=("ga",), models=2, cache_dir=cache_dir, bootstrap=10)
+    base = dict(task=TASK, forget="authors:0.25", methods=("ga",), models=3, cache_dir=cache_dir, bootstrap=10)
     plain = run(RunConfig(**base))["rows"][0]  # the `results` run's ga job, read back from its cell
-    res = run(RunConfig(**base, trajectories=4, best_step="min:forget_probability;model_utility>=0.5x"),
+    res = run(RunConfig(**base, trajectories=7, best_step="min:forget_probability;model_utility>=0.5x"),
               tmp_path / "out")
     row = res["rows"][0]
     t = row["trajectory"]
-    assert t["steps"] == [0, 4, 8, 10]  # 10 steps of ga: every 4th, and where it stopped
+    assert t["steps"] == [0, 7, 14, 20]  # 20 steps of ga: every 7th, and where it stopped
     assert len(t["forget_quality"]) == len(t["steps"]) == len(t["klom_forget"])
     assert t["klom_forget"][-1] == pytest.approx(row["klom_p95"]["forget"])  # the last step is the row itself
     assert t["forget_probability"][-1] < t["forget_probability"][0]  # ascent lowers the answers' probability
@@ -300,7 +299,7 @@ def test_lm_trajectories_evaluate_every_k_steps_and_pick_the_stated_best_step(re
     assert row["flops"] == plain["flops"]  # the evaluation is not charged to the method
     with np.load(tmp_path / "out" / "scores.npz") as z:
         assert z["trajectory/ga/klom"].shape[0] == len(t["steps"]) == z["trajectory/ga/seq"].shape[0]
-        assert z["trajectory/ga/seq"].shape[1] == 2
+        assert z["trajectory/ga/seq"].shape[1] == 3
     from unlearnkit.report import format_lm_table
     assert f"selects step {best['step']}" in format_lm_table(res).replace("\n  ", " ")
     page = (tmp_path / "out" / "report.html").read_text()
