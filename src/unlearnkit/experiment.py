@@ -133,9 +133,9 @@ class ForgetResources:
 
     def embeddings(self) -> torch.Tensor:
         """Penultimate-layer features of the training set under the first original model."""
-        forward = template(self.task, self.dataset)
-        with torch.no_grad():
-            return forward.embed({k: v[0] for k, v in self.originals().items()}, self.dataset.x_train)
+        forward, first = template(self.task, self.dataset), {k: v[0] for k, v in self.originals().items()}
+        with torch.no_grad():  # the originals are trained (or loaded) outside it
+            return forward.embed(first, self.dataset.x_train)
 
     def original_losses(self) -> torch.Tensor:
         """Each training example's cross-entropy, averaged over the run's originals."""
