@@ -325,7 +325,8 @@ TUNE_CASES = [
     ("forget=random:0", ["--forget", "random:0"], "random"),
     ("tune-forget=random:0", ["--tune-forget", "random:0"], "random"),
     ("task=nope", ["--task", "nope"], "nope"),
-    ("task=lm", ["--task", "tofu-synth-tiny"], "tofu-synth-tiny"),
+    ("task=lm-classifier-spec", ["--task", "tofu-synth-tiny"], "language-model forget spec"),
+    ("task=lm-none", ["--task", "tofu-synth-tiny", "--forget", "authors:0.1", "--method", "none"], "no hyperparameters"),
     ("cache-dir=a-file", ["--cache-dir", _a_file], "is a file"),
     ("estimate-past-max-hours", ["--models", "5000", "--max-hours", "0.0001"], "hours"),
 ]
