@@ -174,7 +174,8 @@ def reference_logprobs(ctx: LMContext, x: torch.Tensor, y: torch.Tensor) -> torc
     whole next-token distributions over many rows (KL retain terms, UNDIAL, RMU's activations): those
     keep the model (a cache would be larger than it at this vocabulary).
     """
-    return token_stats(ctx.forward, ctx.originals, x, y).lp.sum(-1)
+    # N·chunk ≤ 128 rows of full-vocabulary logits at a time: the table costs no more memory than a step
+    return token_stats(ctx.forward, ctx.originals, x, y, chunk=max(1, 128 // ctx.n_models)).lp.sum(-1)
 
 
 def forget_reference(ctx: LMContext, rows: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
