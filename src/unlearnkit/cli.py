@@ -21,6 +21,23 @@ def _overrides(values: tuple[str, ...]) -> tuple[tuple[str, str, str], ...]:
     return tuple(out)
 
 
+def _study_options(fn):
+    """N, seed, data, cache, hyperparameter overrides and the time limit, the same on every study command
+    (`corrective`, `generalisation`)."""
+    for option in reversed([
+        click.option("--models", default=16, show_default=True, type=int, help="N models per arm."),
+        click.option("--seed", default=0, show_default=True, type=int),
+        click.option("--train-size", default=None, type=int, help="Training examples (default: the task's)."),
+        click.option("--data-dir", default=None, help="Dataset directory (default $UNLEARNKIT_DATA or the system's)."),
+        click.option("--cache-dir", default=None,
+                     help="Model cache (default $UNLEARNKIT_CACHE or ~/.cache/unlearnkit)."),
+        click.option("--set", "sets", multiple=True, help="Hyperparameter override METHOD.NAME=VALUE (repeatable)."),
+        click.option("--max-hours", default=24.0, show_default=True, type=float),
+    ]):
+        fn = option(fn)
+    return fn
+
+
 def _compute_options(fn):
     """--device, --precision, --max-memory, --backend and --ray-address, the same on every command that trains."""
     for option in reversed([
@@ -296,14 +313,8 @@ def datamodels(task, models, subset, seed, train_size, data_dir, cache_dir, trak
                                               "acdc, nablatau, llmu, ssd, potion, potion-lf, potion+finetune, era, "
                                               "era-control; for a language-model task none, filter, finetune, "
                                               "graddiff, llmu, rmu, era, era-control).")
-@click.option("--models", default=16, show_default=True, type=int, help="N models per arm.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--train-size", default=None, type=int, help="Training examples (default: the task's).")
-@click.option("--data-dir", default=None, help="Dataset directory (default $UNLEARNKIT_DATA or the system's).")
-@click.option("--cache-dir", default=None, help="Model cache (default $UNLEARNKIT_CACHE or ~/.cache/unlearnkit).")
-@click.option("--set", "sets", multiple=True, help="Hyperparameter override METHOD.NAME=VALUE (repeatable).")
+@_study_options
 @click.option("--bootstrap", default=0, show_default=True, type=int, help="Bootstrap replicates for KLoM p95 intervals.")
-@click.option("--max-hours", default=24.0, show_default=True, type=float)
 @click.option("--relearn", default=0, show_default=True, type=int,
               help="The relearning attack: fine-tune every unlearned model on K identified (and, apart, K retained) "
                    "examples for 40 steps and report how much of the manipulation comes back (0: off).")
@@ -341,15 +352,10 @@ def corrective_cmd(task, manipulation, identified, methods, models, seed, train_
 @click.option("--class", "klass", default=3, show_default=True, type=int, help="The class whose examples are forgotten.")
 @click.option("--fraction", default="0.5", show_default=True,
               help="Fraction of the class's training examples relabelled (the rest are held out).")
-@click.option("--methods", default=",".join(("none", "retrain", "finetune", "random-labels")), show_default=True,
-              help="Comma-separated methods; random-labels also runs on the forget set alone (the paper's setting).")
-@click.option("--models", default=16, show_default=True, type=int, help="N models per arm.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--train-size", default=None, type=int, help="Training examples (default: the task's).")
-@click.option("--data-dir", default=None, help="Dataset directory (default $UNLEARNKIT_DATA or the system's).")
-@click.option("--cache-dir", default=None, help="Model cache (default $UNLEARNKIT_CACHE or ~/.cache/unlearnkit).")
-@click.option("--set", "sets", multiple=True, help="Hyperparameter override METHOD.NAME=VALUE (repeatable).")
-@click.option("--max-hours", default=24.0, show_default=True, type=float)
+@click.option("--methods", default=None,
+              help="Comma-separated methods (default: none, retrain, finetune, random-labels); random-labels also runs "
+                   "on the forget set alone (the paper's setting).")
+@_study_options
 @click.option("--out", default=None, help="Directory for generalisation.json and report.html.")
 @click.option("--overwrite", is_flag=True, help="Replace another study's generalisation.json in --out.")
 @_compute_options
@@ -358,9 +364,9 @@ def generalisation_cmd(task, klass, fraction, methods, models, seed, train_size,
     """Random-label forgetting of one class: does it generalise to the class's held-out examples, what does it
     cost the others, and does a linear probe on the representations still find the class?"""
     from .experiment import RunConfig
-    from .generalisation import format_generalisation, generalisation
+    from .generalisation import DEFAULT_METHODS, format_generalisation, generalisation
 
-    config = RunConfig(task=task, methods=tuple(m.strip() for m in methods.split(",") if m.strip()), models=models,
+    config = RunConfig(task=task, methods=_names(methods) or DEFAULT_METHODS, models=models,
                        seed=seed, train_size=train_size, data_dir=data_dir, cache_dir=cache_dir,
                        hparams=_overrides(sets), bootstrap=0, max_hours=max_hours, **compute)
     results = generalisation(config, klass, fraction, out, overwrite)

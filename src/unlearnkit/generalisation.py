@@ -40,6 +40,7 @@ from .experiment import Bench, prepare
 from .files import atomic_write
 from .methods import make_hparams
 from .runs import Job, RunConfig, computing, run_jobs
+from .zoo import template
 
 DEFAULT_METHODS = ("none", "retrain", "finetune", "random-labels")
 FORGET_ONLY = "random-labels/forget-only"  # the paper's setting: random labels on S_F alone
@@ -111,7 +112,6 @@ def representation_probe(p, held: np.ndarray, klass: int):
     val_c = (ds.y_val == klass).numpy()
     read = {"forget": (ds.x_train[p.forget.positions], ds.y_train[p.forget.positions]),
             "val_class": (ds.x_val[val_c], ds.y_val[val_c]), "val": (ds.x_val, ds.y_val)}
-    from .zoo import template
     forward = template(p.task, ds)
 
     def probe(params) -> dict:

@@ -24,7 +24,7 @@ from .experiment import Bench, Job, budget, prepare
 from .files import atomic_write
 from .forget import build_forget_set
 from .methods import get_method, make_hparams
-from .runs import computing, default_cache_dir, job_key, method_registry
+from .runs import computing, job_key, method_registry
 from .tuned import load_tuned, tuned_path
 
 log = logging.getLogger(__name__)
@@ -159,25 +159,18 @@ def lm_score(row: dict, utility_floor: float) -> float:
 
 
 def _lm_target(run_config, tune_config: TuneConfig, method) -> Target:
-    from .lm.experiment import LMBench, lm_budget, lm_jobs, lm_row
-    from .lm.task import get_lm_task, load_tofu
-    from .zoo import ZooCache
+    from .lm.experiment import LMBench, lm_jobs, lm_row, prepare_lm
 
     config = dataclasses.replace(run_config, methods=(method.name,))
     jobs = lm_jobs(config)
-    task = get_lm_task(config.task)
-    data = load_tofu(task)
+    data, reported, cache, plan = prepare_lm(config, jobs)
     spec = tune_config.tune_forget or config.forget
-    reported = data.forget_positions(config.forget, config.seed)
     tuning = data.forget_positions(spec, config.seed + TUNING_SEED_OFFSET)
     _check_apart(spec, tuning, reported)
     for job in jobs:
-        job.hparams.check_setting(task, data, tuning, config.seed)
-    cache_dir = default_cache_dir() if config.cache_dir is None else config.cache_dir
-    if not cache_dir:
+        job.hparams.check_setting(data.task, data, tuning, config.seed)
+    if cache is None:
         raise UnlearnkitError("tuning saves its result in the cache directory: do not disable the cache")
-    cache = ZooCache(cache_dir)
-    plan = lm_budget(config, data, jobs, cache)
     plan.flops += (tune_config.trials - 1) * plan.method_flops
     plan.check(config.max_hours, cache.root, "this search")
     bench = LMBench(config, data, cache, forget=tuning)
@@ -188,7 +181,7 @@ def _lm_target(run_config, tune_config: TuneConfig, method) -> Target:
                   f"originals' ({floor:.4f})",
                   ("forget_quality", "model_utility", "seconds", "diverged"),
                   {"spec": spec, "seed": config.seed + TUNING_SEED_OFFSET, "size": len(tuning),
-                   "overlap_with_reported": len(np.intersect1d(tuning, reported))}, cache_dir)
+                   "overlap_with_reported": len(np.intersect1d(tuning, reported))}, str(cache.root.parent))
 
 
 def _check_apart(spec: str, tuning: np.ndarray, reported: np.ndarray) -> None:

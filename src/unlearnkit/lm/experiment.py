@@ -369,6 +369,19 @@ def lm_budget(config: RunConfig, data: TofuData, jobs: list[Job], cache: ZooCach
                       cache, jobs)
 
 
+def prepare_lm(config: RunConfig, jobs: list[Job]) -> tuple[TofuData, np.ndarray, ZooCache | None, Budget]:
+    """What an LM run checks before any training (`run_lm`, LM tuning): the data, the run's forget set (a bad
+    spec fails here), each job's setting on it, the cache, and the training budget (for the caller to check
+    against its limit)."""
+    data = load_tofu(get_lm_task(config.task))
+    forget = data.forget_positions(config.forget, config.seed)
+    for job in jobs:
+        job.hparams.check_setting(data.task, data, forget, config.seed)
+    cache_dir = default_cache_dir() if config.cache_dir is None else config.cache_dir
+    cache = ZooCache(cache_dir) if cache_dir else None
+    return data, forget, cache, lm_budget(config, data, jobs, cache)
+
+
 @computing
 def run_lm(config: RunConfig, out: str | os.PathLike | None = None, overwrite: bool = False) -> dict:
     """`experiment.run` for language-model tasks: same config, same results layout plus the LM fields,
@@ -377,14 +390,8 @@ def run_lm(config: RunConfig, out: str | os.PathLike | None = None, overwrite: b
     jobs = lm_jobs(config)
     if out is not None:
         check_output(out, config.run_id, overwrite, mine=json_config(config))
-    task = get_lm_task(config.task)
-    data = load_tofu(task)
-    forget = data.forget_positions(config.forget, config.seed)  # a bad spec fails before any training
-    for job in jobs:
-        job.hparams.check_setting(task, data, forget, config.seed)
-    cache_dir = default_cache_dir() if config.cache_dir is None else config.cache_dir
-    cache = ZooCache(cache_dir) if cache_dir else None
-    lm_budget(config, data, jobs, cache).check(config.max_hours, cache.root if cache else None)
+    data, _, cache, plan = prepare_lm(config, jobs)
+    plan.check(config.max_hours, cache.root if cache else None)
     if out is not None:
         claim_output(out, config.run_id)
     bench = LMBench(config, data, cache)
@@ -394,7 +401,7 @@ def run_lm(config: RunConfig, out: str | os.PathLike | None = None, overwrite: b
     results = {
         "run_id": config.run_id,
         "config": {**config.to_dict(), "train_size": len(data.items), "unlearnkit": __version__,
-                   "torch": torch.__version__, "lm_task": task.describe()},
+                   "torch": torch.__version__, "lm_task": data.task.describe()},
         "forget_set": {"spec": config.forget, "seed": config.seed, "positions": bench.forget.tolist(),
                        "ids": ids.tolist()},
         "oracle": {k: oracle_row.get(k) for k in ("model_utility", "utility_components", "forget_rouge",
