@@ -1,10 +1,21 @@
 import logging
+import os
 
 import pytest
 import torch
 
 from unlearnkit.data import load_dataset
 from unlearnkit.zoo import ZooCache
+
+
+def pytest_configure(config):
+    """Under pytest-xdist, each worker computes on its share of the cores (and so do the processes its tests
+    start): two workers with every core each would fight over them and both run slower."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -95,8 +106,8 @@ def tiny_lm_bench(tiny_lm_cache):
     """tofu-synth-tiny at N = 2 with authors:0.1 forgotten: the LMBench (arms trained, oracles scored) that
     the method tests share; built once per session."""
     from unlearnkit.experiment import RunConfig
-    from unlearnkit.lm.experiment import LMBench
     from unlearnkit.lm.task import get_lm_task, load_tofu
+    from unlearnkit.lm_experiment import LMBench
     from unlearnkit.zoo import ZooCache
     config = RunConfig(task="tofu-synth-tiny", forget="authors:0.1", models=2, bootstrap=0)
     return LMBench(config, load_tofu(get_lm_task("tofu-synth-tiny")), ZooCache(tiny_lm_cache))

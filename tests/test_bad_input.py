@@ -24,10 +24,10 @@ import unlearnkit.attribution
 import unlearnkit.engine
 import unlearnkit.engine.loop
 import unlearnkit.experiment
-import unlearnkit.lm.checkpoint
-import unlearnkit.lm.experiment
-import unlearnkit.lm.ood
 import unlearnkit.lm.train
+import unlearnkit.lm_checkpoint
+import unlearnkit.lm_experiment
+import unlearnkit.lm_ood
 import unlearnkit.methods.base
 import unlearnkit.tuning
 import unlearnkit.zoo.train
@@ -47,7 +47,7 @@ def no_training(monkeypatch):
     name) with a function that raises TrainingStarted."""
     originals = {unlearnkit.engine.loop.fit: "the training loop (engine.fit)",
                  unlearnkit.zoo.train._train: "the zoo's trainer (zoo.train._train, which builds the models)",
-                 unlearnkit.lm.checkpoint.load_causal_lm: "the checkpoint loader (load_causal_lm)"}
+                 unlearnkit.lm_checkpoint.load_causal_lm: "the checkpoint loader (load_causal_lm)"}
 
     def tripwire(what):
         def refuse(*args, **kwargs):

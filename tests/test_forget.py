@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from unlearnkit.data import Dataset, load_dataset
-from unlearnkit.errors import UnlearnkitError
 from unlearnkit.engine import derived_seed
+from unlearnkit.errors import UnlearnkitError
 from unlearnkit.forget import KINDS, ForgetSet, build_forget_set
-from unlearnkit.forget.specs import FORGET_TAG
+from unlearnkit.forget.parse import FORGET_TAG
 
 N_TRAIN = 200
 ID_OFFSET = 1000

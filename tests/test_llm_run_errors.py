@@ -16,8 +16,8 @@ from transformers import GPT2LMHeadModel, PreTrainedModel, PreTrainedTokenizerFa
 
 from unlearnkit.data.tofu_synth import to_jsonl
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.lm.checkpoint import load_causal_lm, unlearn_checkpoint
 from unlearnkit.lm.task import get_lm_task, load_tofu
+from unlearnkit.lm_checkpoint import load_causal_lm, unlearn_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -5,9 +5,25 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from unlearnkit.data.tofu_synth import generate
-from unlearnkit.lm import (IGNORE, LMForward, as_sequences, build_tokenizer, config_for, corpus_texts, decode_answer,
-                           encode_items, encode_qa, init_lm_params, load_tokenizer, mean_token_logprob, model_params,
-                           save_tokenizer, token_logprobs, train_lm_models, train_tokenizer)
+from unlearnkit.lm import (
+    IGNORE,
+    LMForward,
+    as_sequences,
+    build_tokenizer,
+    config_for,
+    corpus_texts,
+    decode_answer,
+    encode_items,
+    encode_qa,
+    init_lm_params,
+    load_tokenizer,
+    mean_token_logprob,
+    model_params,
+    save_tokenizer,
+    token_logprobs,
+    train_lm_models,
+    train_tokenizer,
+)
 from unlearnkit.metrics.llm import sequence_scores
 from unlearnkit.tasks import Recipe
 from unlearnkit.zoo import ZooCache

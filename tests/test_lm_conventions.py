@@ -24,8 +24,8 @@ from unlearnkit.lm.evaluate import (
     labelled_texts,
     score_items,
 )
-from unlearnkit.lm.experiment import lm_row, memorisation, mia_aucs
 from unlearnkit.lm.model import LMForward, init_lm_params, shifted_token_logprobs
+from unlearnkit.lm.scoring import lm_row, memorisation, mia_aucs
 from unlearnkit.lm.task import get_lm_task, load_tofu
 from unlearnkit.lm.tokenizer import encode_pairs
 from unlearnkit.metrics import llm as M

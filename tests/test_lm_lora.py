@@ -5,9 +5,9 @@ import torch
 from unlearnkit.engine.observe import observing
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.experiment import RunConfig, prepare
-from unlearnkit.lm.experiment import lm_jobs
 from unlearnkit.lm.lora import LoraForward, LoraSpec
 from unlearnkit.lm.model import model_params
+from unlearnkit.lm_experiment import lm_jobs
 from unlearnkit.methods.base import make_hparams
 from unlearnkit.methods.lm import LM_REGISTRY
 from unlearnkit.methods.lm.base import forget_reference, sequence_logprob

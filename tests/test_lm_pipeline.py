@@ -12,9 +12,9 @@ from unlearnkit.cli import cli
 from unlearnkit.data.tofu_synth import to_jsonl
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.experiment import RunConfig, run
-from unlearnkit.lm.checkpoint import unlearn_checkpoint
-from unlearnkit.lm.ood import id_vs_ood
 from unlearnkit.lm.task import get_lm_task, load_tofu
+from unlearnkit.lm_checkpoint import unlearn_checkpoint
+from unlearnkit.lm_ood import id_vs_ood
 
 TASK = "tofu-synth-tiny"
 
@@ -133,7 +133,7 @@ def ood(cache_dir, tmp_path_factory):
 def test_id_vs_ood_records_a_curve_per_kind(ood):
     """Per kind: the curve, and the NeurIPS'23 ε over sequence scores with its permutation null, each forget
     item's memorisation and the step it reached the oracles (metrics.generative)."""
-    from unlearnkit.lm.ood import format_id_vs_ood
+    from unlearnkit.lm_ood import format_id_vs_ood
     config, res, out = ood
     assert json.loads((out / "id_vs_ood.json").read_text()) == json.loads(json.dumps(res))
     for kind, spec in (("in-distribution", "authors:0.05"), ("out-of-distribution", "canaries:10")):
@@ -162,7 +162,7 @@ def test_id_vs_ood_records_a_curve_per_kind(ood):
 def test_id_vs_ood_points_are_cells_a_rerun_reads_back(ood, monkeypatch):
     """The curve's points are cells (cells.run_cells): the same curve again computes no point and reads
     the same numbers."""
-    from unlearnkit.lm.experiment import LMBench
+    from unlearnkit.lm_experiment import LMBench
     config, first, _ = ood
     monkeypatch.setattr(LMBench, "run_job", lambda self, job: pytest.fail(f"{job.label} was computed again"))
     assert id_vs_ood(config, "ga", authors=2, steps=(1, 6)) == first

@@ -132,7 +132,7 @@ def test_generation_entropy_is_high_for_varied_text_and_low_for_repetition():
 
 def test_probe_metrics_and_the_table_block():
     from unlearnkit.lm.evaluate import ItemScores
-    from unlearnkit.lm.experiment import probe_metrics
+    from unlearnkit.lm.scoring import probe_metrics
     from unlearnkit.report.lm_table import probe_lines
     s = {"probe_cloze": ItemScores(None, rouge=np.array([[1.0, 0.0], [1.0, 1.0]])),
          "probe_mc": ItemScores(None, rouge=np.array([[0.0], [0.5]])),
@@ -157,7 +157,8 @@ def bench(tiny_lm_bench):
 
 
 def test_bench_scores_probes_neighbours_and_fluency_in_every_row(bench):
-    from unlearnkit.lm.experiment import PROBE_ROOM, item_score_arrays, lm_row, read_item_scores
+    from unlearnkit.lm.scoring import item_score_arrays, lm_row, read_item_scores
+    from unlearnkit.lm_experiment import PROBE_ROOM
     d = bench.data
     forget_authors = {d.items[p].author for p in bench.manipulated}
     sets = bench.probe_items
@@ -185,7 +186,7 @@ def test_bench_scores_probes_neighbours_and_fluency_in_every_row(bench):
 # --- checkpoint runs: probes only from a user's file -------------------------------------------------------
 
 def test_probes_without_probe_data_are_refused_in_one_line(tmp_path):
-    from unlearnkit.lm.checkpoint import unlearn_checkpoint
+    from unlearnkit.lm_checkpoint import unlearn_checkpoint
     for probes in ("", "  "):
         with pytest.raises(UnlearnkitError, match="--probes needs probe data") as err:
             unlearn_checkpoint(tmp_path / "model", tmp_path / "f.jsonl", tmp_path / "r.jsonl", "ga", tmp_path / "out",
@@ -209,8 +210,8 @@ def test_cli_probes_flag_without_a_file_is_one_error_line(tmp_path):
 def test_a_checkpoint_run_scores_the_users_probes(tmp_path):
     from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
-    from unlearnkit.lm.checkpoint import unlearn_checkpoint
     from unlearnkit.lm.task import get_lm_task, load_tofu
+    from unlearnkit.lm_checkpoint import unlearn_checkpoint
     d = load_tofu(get_lm_task("tofu-synth-tiny"))
     torch.manual_seed(0)
     GPT2LMHeadModel(d.config.__class__.from_dict({**d.config.to_dict(), "n_positions": 96})).save_pretrained(

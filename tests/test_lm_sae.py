@@ -7,7 +7,6 @@ import unlearnkit.methods.lm.sae_clamp  # noqa: F401  (registers "sae-clamp" unt
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.experiment import RunConfig
 from unlearnkit.lm.evaluate import answer_seq
-from unlearnkit.lm.generate import greedy_answers
 from unlearnkit.lm.model import LMForward
 from unlearnkit.lm.sae import (
     PREFIX,
@@ -18,6 +17,7 @@ from unlearnkit.lm.sae import (
     split_sae,
     train_sae,
 )
+from unlearnkit.lm.steering import answers_for
 from unlearnkit.lm.task import get_lm_task, load_tofu
 from unlearnkit.lm.tokenizer import encode_items, special_ids
 from unlearnkit.lm.train import train_lm_models
@@ -119,10 +119,10 @@ def test_clamping_forget_features_hurts_forget_answers_more_than_retained_ones(s
     pad, eos = special_ids(d.tok)
     questions = [qa.question for qa in forget_items[:6]]
     module = LMForward(d.config).module
-    plain = greedy_answers(module, setup["originals"], d.tok, questions, 24, pad, eos)
+    plain = answers_for(module, setup["originals"], d.tok, questions, 24, pad, eos)
     silent = {**out, PREFIX + "mask": torch.zeros_like(out[PREFIX + "mask"])}  # an SAE that clamps nothing
-    assert greedy_answers(module, silent, d.tok, questions, 24, pad, eos) == plain
-    clamped = greedy_answers(module, out, d.tok, questions, 24, pad, eos)  # through the clamp (lm.steering)
+    assert answers_for(module, silent, d.tok, questions, 24, pad, eos) == plain
+    clamped = answers_for(module, out, d.tok, questions, 24, pad, eos)  # through the clamp (lm.steering)
     assert clamped != plain and not module.transformer.h[0]._forward_hooks
 
 
@@ -146,7 +146,7 @@ def test_a_layer_out_of_range_fails_in_one_line_before_training(setup, tmp_path,
         make_hparams("sae-clamp", {"layer": "0"}, LM_REGISTRY)
 
     # through the run: refused before any model or SAE is trained
-    import unlearnkit.lm.experiment as experiment
+    import unlearnkit.lm_experiment as experiment
     import unlearnkit.methods.lm.sae_clamp as sae_clamp
 
     def tripwire(*args, **kwargs):

@@ -13,12 +13,12 @@ from unlearnkit.lm.trace import (
     KINDS,
     answer_probability,
     causal_trace,
-    format_trace,
     mlp_parameter_names,
     subject_span,
     subject_tokens,
 )
 from unlearnkit.lm.train import train_lm_models
+from unlearnkit.lm_trace import format_trace
 from unlearnkit.methods.base import make_hparams
 from unlearnkit.methods.lm import LM_REGISTRY, LMContext
 from unlearnkit.methods.lm import traced as traced_module  # noqa: F401  (registers "traced")

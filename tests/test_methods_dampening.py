@@ -8,14 +8,21 @@ import torch.nn.functional as F
 
 import unlearnkit.methods.potion  # noqa: F401  (registers potion, potion+finetune)
 import unlearnkit.methods.ssd  # noqa: F401  (registers ssd, ssd+finetune)
+from unlearnkit.data import load_dataset
 from unlearnkit.engine import predict
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.data import load_dataset
 from unlearnkit.forget import build_forget_set
 from unlearnkit.methods import REGISTRY, Context, make_hparams
 from unlearnkit.methods.importance import diagonal_fisher
-from unlearnkit.methods.potion import (PotionFinetuneParams, PotionParams, finite_ratios, percentile_sorted,
-                                       potion_alpha, potion_finetune, potion_search)
+from unlearnkit.methods.potion import (
+    PotionFinetuneParams,
+    PotionParams,
+    finite_ratios,
+    percentile_sorted,
+    potion_alpha,
+    potion_finetune,
+    potion_search,
+)
 from unlearnkit.methods.ssd import SSDFinetuneParams, SSDParams, dampen, ssd, ssd_finetune, ssd_importances
 from unlearnkit.metrics import accuracy
 from unlearnkit.models import build_model

@@ -5,8 +5,8 @@ import re
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import render_in_chromium
+
 from unlearnkit.cli import cli
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.experiment import RunConfig, run

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from unlearnkit.cli import cli
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.experiment import RunConfig, run
-from unlearnkit.report.results import _savez
+from unlearnkit.files import savez
 from unlearnkit.rescore import rescore
 
 FILES = ("results.json", "klom.npz", "timings.json", "scores.npz")
@@ -89,7 +89,7 @@ def _truncate(d):
 def _other_format(d):
     z = dict(np.load(d / "scores.npz"))
     z["format"] = np.array(99)
-    _savez(d / "scores.npz", z, compress=False)
+    savez(d / "scores.npz", z, compress=False)
 
 
 @pytest.mark.parametrize("damage, kwargs, match", [

@@ -9,8 +9,16 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from unlearnkit.data.tofu_synth import (CANARY_ID_BASE, CITIES, QA, WORLD_ID_BASE, TofuSynth, from_jsonl,
-                                        generate, to_jsonl)
+from unlearnkit.data.tofu_synth import (
+    CANARY_ID_BASE,
+    CITIES,
+    QA,
+    WORLD_ID_BASE,
+    TofuSynth,
+    from_jsonl,
+    generate,
+    to_jsonl,
+)
 from unlearnkit.errors import UnlearnkitError
 
 DATE = re.compile(r"\b\d{1,2} [A-Z][a-z]+ \d{4}\b")

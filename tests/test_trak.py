@@ -2,8 +2,13 @@
 import pytest
 import torch
 
-from unlearnkit.attribution.trak import (GaussianProjection, calibrate, per_example_grads, trak_attribution,
-                                         trak_features)
+from unlearnkit.attribution.trak import (
+    GaussianProjection,
+    calibrate,
+    per_example_grads,
+    trak_attribution,
+    trak_features,
+)
 from unlearnkit.engine.loop import predict
 from unlearnkit.metrics.margins import margins
 from unlearnkit.models import init_params

@@ -47,7 +47,7 @@ def test_lm_score_maximises_forget_quality_among_trials_that_keep_utility():
 
 
 def test_lm_tuning_on_its_own_forget_set_saves_what_run_tuned_reads(tiny_lm_cache):
-    from unlearnkit.lm.experiment import lm_jobs
+    from unlearnkit.lm_experiment import lm_jobs
     from unlearnkit.tuning import UTILITY_FLOOR
     config = RunConfig(task="tofu-synth-tiny", forget="authors:0.1", methods=("ga",), models=2, bootstrap=0,
                        cache_dir=tiny_lm_cache)

@@ -327,8 +327,8 @@ def corrective_cmd(task, manipulation, identified, methods, models, seed, train_
     the corrected data; one table per fraction and each metric against the fraction."""
     from .corrective import DEFAULT_METHODS, corrective, format_corrective
     from .experiment import RunConfig
-    from .lm.corrective import DEFAULT_LM_CORRECTIVE_METHODS, format_lm_corrective
     from .lm.task import LM_TASKS
+    from .lm_corrective import DEFAULT_LM_CORRECTIVE_METHODS, format_lm_corrective
     lm = task in LM_TASKS
     manipulation = manipulation or ("authors:0.1" if lm else "poison:100")
 
@@ -395,7 +395,7 @@ def llm() -> None:
 def ood(task, method, authors, steps, models, seed, cache_dir, sets, out, overwrite, **compute) -> None:
     """Unlearn an in-distribution and an out-of-distribution forget set of one size, step by step."""
     from .experiment import RunConfig
-    from .lm.ood import format_id_vs_ood, id_vs_ood
+    from .lm_ood import format_id_vs_ood, id_vs_ood
 
     try:
         step_list = tuple(int(s) for s in steps.split(",") if s.strip())
@@ -426,7 +426,7 @@ def llm_trace(task, forget, models, samples, noise, window, positions, top, seed
               **compute) -> None:
     """Causal tracing (ROME): which blocks' MLP and attention carry the forget items' facts."""
     from .experiment import RunConfig
-    from .lm.trace import format_trace, trace_task
+    from .lm_trace import format_trace, trace_task
 
     config = RunConfig(task=task, forget=forget, methods=("traced",), models=models, seed=seed, cache_dir=cache_dir,
                        bootstrap=0, **compute)
@@ -458,7 +458,7 @@ def llm_run(model_dir, forget_file, retain_file, method, sets, max_len, seed, pr
             precision) -> None:
     """Unlearn your forget QAs from your checkpoint, keep your retain QAs, and save the result."""
     from .engine.compute import resolve, use
-    from .lm.checkpoint import unlearn_checkpoint
+    from .lm_checkpoint import unlearn_checkpoint
 
     overrides = {}
     for m, name, value in _overrides(sets):

@@ -40,6 +40,16 @@ from .files import atomic_write
 from .forget import ForgetSet
 from .forget.manipulate import Manipulation, identified, manipulate
 from .methods import REGISTRY
+from .relearn import (
+    RELEARN_LR,
+    RELEARN_NOTE,
+    RELEARN_STEPS,
+    format_number,
+    format_steps,
+    k_relearn,
+    relearn_curves,
+    steps_to_half,
+)
 from .runs import RunConfig, build_jobs, classifier_task, computing, default_cache_dir, run_jobs
 from .zoo import ORIGINAL_SEEDS, ZooCache, arm_seeds, stable_hash, template
 
@@ -59,7 +69,7 @@ def corrective(config: RunConfig, manipulation: str, fractions=DEFAULT_FRACTIONS
         raise UnlearnkitError(f"--relearn must be a number of examples in [1, 100000] (0: off), got {relearn}")
     from .lm.task import LM_TASKS
     if config.task in LM_TASKS:  # the forget set is `manipulation`, a language-model forget spec
-        from .lm.corrective import corrective_lm
+        from .lm_corrective import corrective_lm
         return corrective_lm(dataclasses.replace(config, forget=manipulation), fractions, out, overwrite, relearn)
     from .report import check_output, claim_output, index, release_output
     from .report.results import json_safe
@@ -123,8 +133,6 @@ def corrective(config: RunConfig, manipulation: str, fractions=DEFAULT_FRACTIONS
     return results
 
 
-RELEARN_STEPS = 40    # GR's bound on the relearning fine-tune
-RELEARN_LR = 1e-3     # Adam; GR's 5e-5 is for a pretrained transformer, this moves a small classifier in 40 steps
 RELEARN_EVAL = 1000   # examples the recovered metric is measured on, per step
 RELEARN_TAG = 0x524C524E  # "RLRN"
 
@@ -163,38 +171,6 @@ def relearning_probe(task, dataset, forward, manip: Manipulation, blocks: list, 
                               lambda positions: Context(task, dataset, forward, params, identified_set, positions,
                                                         seeds, seed))
     return probe
-
-
-def relearn_curves(params, sets: dict[str, np.ndarray], loss, metric, context) -> dict:
-    """The relearning attack's loop, shared by the classifier and LM studies: for each named set of
-    positions, `RELEARN_STEPS` full-batch Adam steps of `loss` from `params` (through `context(positions)`,
-    a method Context over them), `metric` after each. {"relearn": {set: {"curve", "max", "k"}}}."""
-    from .engine import Optim
-    out = {}
-    for name, positions in sets.items():
-        ctx = context(positions)
-        model, carry, curve = params, {}, [metric(params)]
-        for _ in range(RELEARN_STEPS):
-            model = ctx.one_step(loss, f"relearn-{name}", positions, len(positions),
-                                 Optim("adam", RELEARN_LR, 0.0, 0.0, "constant"), model, carry)
-            curve.append(metric(model))
-        out[name] = {"curve": curve, "max": max(curve), "k": len(positions)}
-    return {"relearn": out}
-
-
-def steps_to_half(results: dict) -> None:
-    """Per row and relearning set: the first step whose metric is back halfway from the noise floor's value
-    to the originals' (the `none` row's), both before any relearning; None when never (or when there is no
-    `none` row). For a poison the floor's attack success is ~0, so this is half the originals'."""
-    for block in results["fractions"]:
-        none = next((r for r in block["rows"] if r["method"] == "none" and "relearn" in r), None)
-        floor = block["noise_floor"].get("relearn")
-        for r in block["rows"] + [block["noise_floor"]]:
-            for name, rel in (r.get("relearn") or {}).items():
-                start = none["relearn"][name]["curve"][0] if none else None
-                target = None if start is None else (start + (floor[name]["curve"][0] if floor else 0.0)) / 2
-                rel["steps_to_half"] = None if target is None else next(
-                    (i for i, v in enumerate(rel["curve"]) if v >= target), None)
 
 
 def _forget_set(manip: Manipulation, f: float, positions: np.ndarray, seed: int) -> ForgetSet:
@@ -251,11 +227,11 @@ def format_corrective(results: dict) -> str:
         for r in block["rows"] + ([] if floor in block["rows"] else [{**floor, "label": "noise floor"}]):
             acc, k = r["accuracy"], r["klom_p95"]
             ratio = (r.get("cost_vs_retrain") or {}).get("flops")
-            lines.append(f"{r['label'][:17]:<18}{_num(acc.get('val'), '.3f'):>8}"
-                         + "".join(f"{_num(acc.get(split), '.3f'):>10}" for _, split in cols)
-                         + f"{_num(k.get('forget')):>10}{_num(k.get('unidentified')):>9}{_num(k.get('retain')):>8}"
-                         f"{_num(k.get('val')):>7}{_num(ratio, '.3f'):>9}"
-                         + (f"{_steps((r.get('relearn') or {}).get('forget')):>10}" if relearn else ""))
+            lines.append(f"{r['label'][:17]:<18}{format_number(acc.get('val'), '.3f'):>8}"
+                         + "".join(f"{format_number(acc.get(split), '.3f'):>10}" for _, split in cols)
+                         + f"{format_number(k.get('forget')):>10}{format_number(k.get('unidentified')):>9}{format_number(k.get('retain')):>8}"
+                         f"{format_number(k.get('val')):>7}{format_number(ratio, '.3f'):>9}"
+                         + (f"{format_steps((r.get('relearn') or {}).get('forget')):>10}" if relearn else ""))
     lines += ["", *textwrap.wrap("val acc: clean validation accuracy; " + {
         "poison": "ASR: triggered validation images of other classes classified as the target; trig acc: "
                   "triggered images against their true labels; ",
@@ -266,25 +242,6 @@ def format_corrective(results: dict) -> str:
                   "poison": "the attack success", "swap": "the swap rate"}.get(
                   m["kind"], "the accuracy on the manipulated labels")) if k_relearn(results) else ""), 100)]
     return "\n".join(lines)
-
-
-RELEARN_NOTE = (f" ½ relearn: fine-tuning steps on {{k}} identified examples until {{what}} is back halfway from the "
-                f"noise floor's to the originals' (> {RELEARN_STEPS}: not within {RELEARN_STEPS}); fewer than the "
-                "floor's = hidden, not removed.")
-
-
-def k_relearn(results: dict) -> int:
-    return next((r["relearn"]["forget"]["k"] for b in results["fractions"] for r in b["rows"] if "relearn" in r), 0)
-
-
-def _steps(rel: dict | None) -> str:
-    if not rel:
-        return "—"
-    return f"> {RELEARN_STEPS}" if rel.get("steps_to_half") is None else str(rel["steps_to_half"])
-
-
-def _num(v, fmt: str = ".2f") -> str:
-    return "—" if v is None else format(v, fmt)
 
 
 __all__ = ["DEFAULT_FRACTIONS", "DEFAULT_METHODS", "corrective", "evaluation_blocks", "format_corrective"]

@@ -268,13 +268,13 @@ def run(config: RunConfig, out: str | os.PathLike | None = None, overwrite: bool
     Everything that can fail is checked before anything is trained: the options, the data, the forget
     set, that `out` and the cache can be written, that `out` does not hold another run's results (unless
     `overwrite`), and that the work fits in memory, on disk and in `config.max_hours`.
-    Language-model tasks (`unlearnkit.lm.task.LM_TASKS`) run through `unlearnkit.lm.experiment.run_lm`.
+    Language-model tasks (`unlearnkit.lm.task.LM_TASKS`) run through `unlearnkit.lm_experiment.run_lm`.
     Recommendation tasks (objective "bpr") run here, their methods from `methods.rec`, every row also
     reporting Recall@K and NDCG@K (`recommendation_probe`)."""
     from .lm.task import LM_TASKS
     from .report import check_output, claim_output, index, json_config, write_report, write_results
     if config.task in LM_TASKS:
-        from .lm.experiment import run_lm
+        from .lm_experiment import run_lm
         return run_lm(config, out, overwrite)
     if out is not None:
         check_output(out, config.run_id, overwrite, mine=json_config(config))

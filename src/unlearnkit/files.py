@@ -7,11 +7,15 @@ any work starts, so a run never spends its compute and then fails at its last wr
 from __future__ import annotations
 
 import errno
+import io
 import os
 import re
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 from .errors import UnlearnkitError
 
@@ -93,3 +97,15 @@ def alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def savez(path: Path, arrays: dict, compress: bool = True) -> None:
+    """np.savez(_compressed)'s format (np.load reads it), but with fixed member timestamps, so the same
+    arrays give the same bytes (np.savez stamps each member with the time of writing)."""
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(path, "w", method) as z:
+        for name, array in arrays.items():
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.asanyarray(array), allow_pickle=False)
+            z.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buffer.getvalue(),
+                       compress_type=method)

@@ -93,7 +93,7 @@ def _classifier_scorer(arrays, splits, settings: Settings):
 
 
 def _lm_scorer(arrays, settings: Settings):
-    from .lm.experiment import lm_row, read_item_scores
+    from .lm.scoring import lm_row, read_item_scores
     oracles = read_item_scores(arrays, "arm/oracles")
 
     def score(label: str, row: dict):

@@ -1,6 +1,6 @@
 """What a run is, shared by the classifier and language-model pipelines: its config (a frozen dataclass
 that describes it fully), the jobs it computes (one per method and budget, the noise floor always
-among them) and the loop over them. `experiment` (classifiers) and `lm.experiment` both build on it.
+among them) and the loop over them. `experiment` (classifiers) and `lm_experiment` both build on it.
 """
 from __future__ import annotations
 

@@ -35,6 +35,8 @@ from .cells import run_cells
 from .engine.compute import use
 from .errors import UnlearnkitError
 from .files import atomic_write
+from .report import index
+from .report.html import write_study_report
 from .runs import RunConfig, build_jobs, classifier_task, method_registry
 from .zoo import stable_hash
 
@@ -151,7 +153,7 @@ def load_study(path=None, run: tuple[str, ...] = (), grid: tuple[str, ...] = ())
 def _check_methods(config: RunConfig) -> None:
     from .lm.task import LM_TASKS
     if config.task in LM_TASKS:
-        from .lm.experiment import lm_jobs
+        from .lm_experiment import lm_jobs
         lm_jobs(config)
     else:
         classifier_task(config.task)
@@ -192,7 +194,6 @@ class _Finished:
 
 def run_study(study: Study, out: str | os.PathLike) -> dict:
     """Run every cell not already finished under `out`; write study.json, the study's figure and report."""
-    from .report import index
     out = Path(out)
     (out / "cells").mkdir(parents=True, exist_ok=True)
     items = [(str(out / "cells" / cell_name(v)), (out / "cells" / cell_name(v), c)) for v, c in study.cells]
@@ -205,11 +206,10 @@ def run_study(study: Study, out: str | os.PathLike) -> dict:
         results = _done(folder, config)
         if results is None:
             raise UnlearnkitError(f"cell {values} did not finish: {folder} has no results for it")
-        cells.append({"cell": values, "path": str(folder), "run_id": config.run_id,
+        cells.append({"cell": values, "name": cell_name(values), "path": str(folder), "run_id": config.run_id,
                       "rows": [_summary(r) for r in results["rows"]], "noise_floor": _summary(results["noise_floor"])})
     summary = {"study_id": study.study_id, "run": study.base, "grid": study.grid, "cells": cells}
     atomic_write(out / "study.json", lambda p: p.write_text(json.dumps(summary, indent=2)))
-    from .report.html import write_study_report
     write_study_report(out, summary, format_study(summary))
     index.record(out, {"run_id": study.study_id, "config": {**_plain(study.base), "forget": str(study.grid.get(
         "forget", study.base.get("forget"))), "models": study.base.get("models")}}, kind="study")

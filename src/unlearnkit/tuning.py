@@ -159,7 +159,7 @@ def lm_score(row: dict, utility_floor: float) -> float:
 
 
 def _lm_target(run_config, tune_config: TuneConfig, method) -> Target:
-    from .lm.experiment import LMBench, lm_jobs, lm_row, prepare_lm
+    from .lm_experiment import LMBench, lm_jobs, lm_row, prepare_lm
 
     config = dataclasses.replace(run_config, methods=(method.name,))
     jobs = lm_jobs(config)

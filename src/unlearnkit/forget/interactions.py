@@ -13,7 +13,7 @@ import torch
 
 from ..data import Dataset, Interactions
 from ..errors import UnlearnkitError
-from .specs import _id_list, _ids, _rng, resolve_amount
+from .parse import by_ids, draw_rng, id_list, resolve_amount
 
 
 def _interactions_of(ds: Dataset, kind: str) -> Interactions:
@@ -31,7 +31,7 @@ def _interactions(args: list[str], ds: Dataset, seed: int, resources) -> np.ndar
     k = resolve_amount(args[0], n, "interactions", "interactions")
     if k > n:
         raise UnlearnkitError(f"interactions:{args[0]} asks for {k} interactions; the training set has {n}")
-    return torch.randperm(n, generator=_rng(seed))[:k].numpy()
+    return torch.randperm(n, generator=draw_rng(seed))[:k].numpy()
 
 
 def _entities(kind: str, column: int):
@@ -45,7 +45,7 @@ def _entities(kind: str, column: int):
         k = resolve_amount(args[0], len(present), kind, kind)
         if k > len(present):
             raise UnlearnkitError(f"{kind}:{args[0]} asks for {k} {kind}; {len(present)} have training interactions")
-        chosen = present[torch.randperm(len(present), generator=_rng(seed))[:k].numpy()]
+        chosen = present[torch.randperm(len(present), generator=draw_rng(seed))[:k].numpy()]
         return np.flatnonzero(np.isin(ds.x_train[:, column].numpy(), chosen))
     return draw
 
@@ -55,7 +55,7 @@ def _named(kind: str, column: int):
     exist, or has no training interaction, is refused."""
     def pick(args: list[str], ds: Dataset, seed: int, resources) -> np.ndarray:
         ds = _interactions_of(ds, kind)
-        ids = _id_list(":".join(args), kind)
+        ids = id_list(":".join(args), kind)
         if not ids:
             raise UnlearnkitError(f"{kind}: no ids given; write {kind}:3 or {kind}:3,17")
         count = ds.n_users if column == 0 else ds.n_items
@@ -78,5 +78,5 @@ REC_KINDS = {
     "items": (_entities("items", 1), "items:K or items:F (random items with every training interaction with them)"),
     "user": (_named("user", 0), "user:ID[,ID…] (the named users' training interactions)"),
     "item": (_named("item", 1), "item:ID[,ID…] (every training interaction with the named items)"),
-    "ids": (_ids, "ids:4,8,15 or ids:@FILE (stable interaction ids, e.g. a run's forget_set.json)"),
+    "ids": (by_ids, "ids:4,8,15 or ids:@FILE (stable interaction ids, e.g. a run's forget_set.json)"),
 }

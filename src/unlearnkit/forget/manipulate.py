@@ -29,7 +29,7 @@ import torch
 from ..data import Dataset
 from ..engine import derived_seed
 from ..errors import UnlearnkitError
-from .specs import parse_amount
+from .parse import parse_amount
 
 MANIPULATE_TAG = 0x4D414E50  # "MANP": the manipulation's own random stream
 KINDS = ("poison", "swap", "noise")

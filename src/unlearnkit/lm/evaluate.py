@@ -38,9 +38,8 @@ from ..engine.compute import current
 from ..errors import Diverged
 from ..metrics import llm as M
 from ..metrics.fluency import generation_entropy
-from .generate import greedy_answers
 from .model import shifted_token_logprobs, token_stats
-from .steering import split_state
+from .steering import answers_for, split_state
 from .tokenizer import IGNORE, encode_pairs, special_ids
 
 MIA_ATTACKS = ("loss", "zlib", "mink", "minkpp", "ref", "gradnorm")
@@ -205,7 +204,7 @@ def score_items(forward: Callable, params: Params, module: nn.Module, tok: Token
     if rouge:
         pad, eos = specials or special_ids(tok)
         longest = int((labels != -100).sum(1).max())
-        generated = greedy_answers(module, params, tok, [qa.question for qa in items], longest + 4, pad, eos)
+        generated = answers_for(module, params, tok, [qa.question for qa in items], longest + 4, pad, eos)
         out.rouge = np.array([[M.rouge_l_recall(g, qa.answer, alnum=True) for g, qa in zip(model, items)]
                               for model in generated])
     if mia:
@@ -239,7 +238,7 @@ def generations(module: nn.Module, params: Params, tok: Tokenizer, prompts: Sequ
     tokens of all), returned in the prompts' order."""
     pad, eos = specials or special_ids(tok)
     order = sorted(range(len(prompts)), key=lambda i: len(tok.encode(prompts[i]).ids))
-    out = greedy_answers(module, params, tok, [prompts[i] for i in order], max_new_tokens, pad, eos, batch_size)
+    out = answers_for(module, params, tok, [prompts[i] for i in order], max_new_tokens, pad, eos, batch_size)
     back = np.argsort(order)
     return [[model[j] for j in back] for model in out]
 

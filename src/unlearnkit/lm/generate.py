@@ -28,11 +28,8 @@ def load_into(module: nn.Module, params: Params) -> nn.Module:
 @torch.no_grad()
 def greedy_answers(module: nn.Module, params: Params, tok: Tokenizer, questions: Sequence[str],
                    max_new_tokens: int, pad_id: int, eos_id: int, batch_size: int = 128) -> list[list[str]]:
-    """[models][questions] greedy continuations (decoded, up to EOS) of N = leading-dim models; params that
-    carry an inference-time method's state (`lm.steering`) generate through it."""
-    from .steering import answers_for, kind
-    if kind(params) is not None:
-        return answers_for(module, params, tok, questions, max_new_tokens, pad_id, eos_id, batch_size)
+    """[models][questions] greedy continuations (decoded, up to EOS) of N = leading-dim models' weights.
+    Params that carry an inference-time method's state generate through `steering.answers_for`."""
     n_models = next(iter(params.values())).shape[0]
     prompts = [tok.encode(q).ids for q in questions]
     out = []

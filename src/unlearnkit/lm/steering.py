@@ -5,7 +5,7 @@ and forbidden-continuation penalties on the logits, `lm.guard`) return the origi
 own per-model state in the same params dict, under a reserved key prefix, so that `torch.vmap` hands
 model i its own state with its weights. Everything that scores a row goes through the two functions
 here: `forward_for` (the teacher-forced Forward: token statistics, truth ratios, attacks) and
-`generate.greedy_answers` (ROUGE, probes, fluency: it dispatches to `answers_for`), so a steered row is
+`answers_for` (ROUGE, probes, fluency: plain weights through `generate.greedy_answers`), so a steered row is
 measured exactly as the metrics see the deployed system. Its weights still hold the knowledge: KLoM
 against the oracles and the attacks on the unchanged weights show it (a row says it suppresses).
 """
@@ -16,7 +16,10 @@ from collections.abc import Sequence
 from torch import nn
 
 from ..engine import Forward, Params
+from .generate import greedy_answers
+from .guard import GuardedForward, guarded_greedy_answers
 from .model import LMForward
+from .sae import PREFIX, ClampedForward, sae_hook
 
 PREFIXES = ("sae.", "guard.")
 MECHANISM = {"sae.": "inference-time clamp of SAE features (weights untouched)",
@@ -38,30 +41,28 @@ def forward_for(base: LMForward, params: Params) -> Forward:
     """The Forward that scores `params`: `base` itself for plain weights, else the steering wrapper."""
     k = kind(params)
     if k == "sae.":
-        from .sae import ClampedForward
         return ClampedForward.from_params(base, params)
     if k == "guard.":
-        from .guard import GuardedForward
         return GuardedForward(base)
     return base
 
 
 def answers_for(module: nn.Module, params: Params, tok, questions: Sequence[str], max_new_tokens: int,
-                pad_id: int, eos_id: int, batch_size: int) -> list[list[str]]:
-    """`generate.greedy_answers` of steered params: each model generates with its own state (the SAE hooked
-    on its block while Hugging Face's `generate` runs; the guard's decoder, which re-scores every prefix)."""
-    from .generate import greedy_answers
+                pad_id: int, eos_id: int, batch_size: int = 128) -> list[list[str]]:
+    """Greedy answers, [models][questions], of plain weights (`generate.greedy_answers`) or of steered
+    params: each model generates with its own state (the SAE hooked on its block while Hugging Face's
+    `generate` runs; the guard's decoder, which re-scores every prefix)."""
+    if kind(params) is None:
+        return greedy_answers(module, params, tok, questions, max_new_tokens, pad_id, eos_id, batch_size)
     weights, state = split_state(params)
     n = next(iter(weights.values())).shape[0]
     if kind(params) == "sae.":
-        from .sae import PREFIX, sae_hook
         out = []
         for i in range(n):
             with sae_hook(module, {k[len(PREFIX):]: v[i] for k, v in state.items()}):
                 out += greedy_answers(module, {k: v[i:i + 1] for k, v in weights.items()}, tok, questions,
                                       max_new_tokens, pad_id, eos_id, batch_size)
         return out
-    from .guard import GuardedForward, guarded_greedy_answers
     n_positions = getattr(module.config, "n_positions", None) or module.config.max_position_embeddings
     return guarded_greedy_answers(GuardedForward(LMForward(module=module)), params, tok, questions, max_new_tokens,
                                   pad_id, eos_id, n_positions, batch_size)

@@ -191,7 +191,7 @@ def corrective_curves(results: dict) -> Figure:
     """`unlearnkit corrective`: each metric against the identified fraction f, one line per method; the
     noise floor (an independent arm of corrected oracles) as a band where the metric has one."""
     kind = results["manipulation"]["kind"]
-    if kind == "forget":  # a language-model forget set (`lm.corrective`)
+    if kind == "forget":  # a language-model forget set (`lm_corrective`)
         panels = [("forget quality (KS p, log)", ("forget_quality", None)), ("model utility", ("model_utility", None)),
                   ("answer probability, unidentified", ("probability", "unidentified")),
                   ("KLoM p95, unidentified M ∖ S_F", ("klom_p95", "unidentified")),
@@ -268,7 +268,6 @@ def id_vs_ood_curves(results: dict) -> Figure:
 
 def study_bars(summary: dict) -> Figure:
     """A study: each cell's KLoM p95 on the forget set per method (bars), the cell's noise floor (grey tick)."""
-    from ..study import cell_name
     cells = summary["cells"]
     labels = list(dict.fromkeys(r["label"] for c in cells for r in c["rows"]))
     fig, ax = plt.subplots(figsize=(1.5 + 0.5 * len(cells) * max(1, len(labels)), 4.0), layout="constrained")
@@ -281,7 +280,7 @@ def study_bars(summary: dict) -> Figure:
         nf = c["noise_floor"]["klom_p95"]["forget"]
         if nf is not None:
             ax.hlines(nf, i - 0.45, i + 0.45, label="noise floor" if i == 0 else None, **FLOOR_STYLE)
-    ax.set_xticks(np.arange(len(cells)), [cell_name(c["cell"]) for c in cells], rotation=20, ha="right", fontsize=8)
+    ax.set_xticks(np.arange(len(cells)), [c["name"] for c in cells], rotation=20, ha="right", fontsize=8)
     ax.set(ylabel="KLoM p95, forget set (nats)", title="KLoM p95 on the forget set, per cell and method")
     ax.legend(fontsize=8, ncols=2)
     ax.grid(alpha=0.3, axis="y")

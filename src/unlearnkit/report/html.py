@@ -222,15 +222,6 @@ def write_grid_report(out, title: str, table: str, figures: dict, results: dict)
     return out / "report.html"
 
 
-def write_ood_report(out, results: dict) -> Path:
-    """`llm ood`'s report: the curves and its printed table."""
-    from ..lm.ood import format_id_vs_ood
-    from .figures import id_vs_ood_curves
-    c = results["config"]
-    return write_grid_report(out, f"in- vs out-of-distribution unlearning: {c['method']} on {c['task']}",
-                             format_id_vs_ood(results), {"id_vs_ood": id_vs_ood_curves(results)}, results)
-
-
 def write_study_report(out, summary: dict, table: str) -> Path:
     """report.html and figures/study.png|svg of a study: its table, the per-cell figure, links to the cells' reports."""
     from .figures import study_bars

@@ -6,17 +6,16 @@ that differs between identical runs: they go to timings.json.
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UnlearnkitError
-from ..files import alive, atomic_write, check_writable, remove_stale_temporaries
+from ..files import alive, atomic_write, check_writable, remove_stale_temporaries, savez
+from .scores import write_scores
 
 
 def json_safe(obj):
@@ -28,18 +27,6 @@ def json_safe(obj):
     if isinstance(obj, (list, tuple)):
         return [json_safe(v) for v in obj]
     return obj
-
-
-def _savez(path: Path, arrays: dict, compress: bool = True) -> None:
-    """np.savez(_compressed)'s format (np.load reads it), but with fixed member timestamps, so the same
-    arrays give the same bytes (np.savez stamps each member with the time of writing)."""
-    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
-    with zipfile.ZipFile(path, "w", method) as z:
-        for name, array in arrays.items():
-            buffer = io.BytesIO()
-            np.lib.format.write_array(buffer, np.asanyarray(array), allow_pickle=False)
-            z.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buffer.getvalue(),
-                       compress_type=method)
 
 
 def check_output(out, run_id: str, overwrite: bool = False, name: str = "results.json",
@@ -123,7 +110,6 @@ def write_results(out, results: dict, per_example: dict[str, np.ndarray], splits
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)
     if scores is not None:
-        from .scores import write_scores
         write_scores(out, {**scores, "forget_ids": np.asarray(forget_ids)}, splits, results["config"])
     atomic_write(out / "forget_set.json", lambda p: p.write_text(json.dumps(results["forget_set"], indent=1)))
     fixed, timings = split_timings(results)
@@ -139,5 +125,5 @@ def rewrite_results(out, fixed: dict, per_example: dict[str, np.ndarray], splits
     arrays = {f"klom/{m}": v for m, v in per_example.items()}
     arrays.update({f"split/{k}": v for k, v in splits.items()})
     arrays["forget_ids"] = forget_ids
-    atomic_write(out / "klom.npz", lambda p: _savez(p, arrays))
+    atomic_write(out / "klom.npz", lambda p: savez(p, arrays))
     atomic_write(out / "results.json", lambda p: p.write_text(json.dumps(json_safe(fixed), indent=2)))

@@ -31,18 +31,17 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UnlearnkitError
-from ..files import atomic_write
+from ..files import atomic_write, savez
 
 SCORES_FORMAT = 1
 NAME = "scores.npz"
 
 
 def write_scores(out, arrays: dict[str, np.ndarray], splits: dict[str, np.ndarray], config: dict) -> None:
-    from .results import _savez
     kind = "lm" if "lm_task" in config else "classifier"
     full = {"format": np.array(SCORES_FORMAT), "kind": np.array(kind),
             **{f"split/{k}": np.asarray(v) for k, v in splits.items()}, **arrays}
-    atomic_write(Path(out) / NAME, lambda p: _savez(p, full, compress=False))
+    atomic_write(Path(out) / NAME, lambda p: savez(p, full, compress=False))
 
 
 def read_scores(run_dir) -> dict[str, np.ndarray]:

@@ -13,8 +13,9 @@ import dataclasses
 
 import numpy as np
 
-from ..metrics.trajectory import STEP_METRICS, StepRule
-from ..scoring import Settings
+from .lm.scoring import KLOM_SPLITS, lm_row
+from .metrics.trajectory import STEP_METRICS, StepRule
+from .scoring import Settings
 
 
 class LMRecorder:
@@ -29,7 +30,7 @@ class LMRecorder:
         self.seq: list[np.ndarray] = []
 
     def __call__(self, step: int, params: dict) -> None:
-        from .experiment import KLOM_SPLITS, lm_row
+
         scores = self.bench.score(params)
         row, values = lm_row(scores, self.bench.oracle_scores, self.settings)
         self.steps.append(int(step))

@@ -17,19 +17,26 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from .. import __version__
-from ..budget import Budget, StepProfile
-from ..cells import CellStore
-from ..data.probes import N_FLUENCY, PROBE_TYPES, Probe, author_probes, fluency_prompts, neighbour_probes, sample
-from ..data.tofu_synth import author_profiles
-from ..engine.observe import observing
-from ..errors import Diverged, UnlearnkitError
-from ..methods.lm import LM_REGISTRY, LMContext
-from ..methods.lm.base import check_lora
-from ..metrics import bootstrap_p95, klom, summarize
-from ..metrics import llm as M
-from ..metrics.trajectory import StepRule
-from ..runs import (
+from . import __version__
+from .budget import Budget, StepProfile
+from .cells import CellStore
+from .data.probes import N_FLUENCY, PROBE_TYPES, Probe, author_probes, fluency_prompts, neighbour_probes, sample
+from .data.tofu_synth import author_profiles
+from .engine.observe import observing
+from .errors import Diverged, UnlearnkitError
+from .lm import steering
+from .lm.evaluate import ItemScores, answer_seq, fluency_scores, probe_scores, score_items
+from .lm.lora import LoraSpec
+from .lm.model import LMForward, build_lm, init_lm_params
+from .lm.scoring import concat_splits, diverged_lm_row, item_score_arrays, lm_row
+from .lm.task import DEFAULT_LM_METHODS, TofuData, get_lm_task, load_tofu  # noqa: F401 (re-exported)
+from .lm.tokenizer import IGNORE, special_ids
+from .lm.train import lm_key, lm_loss, train_lm_models
+from .lm_trajectories import LMRecorder
+from .methods.lm import LM_REGISTRY, LMContext
+from .methods.lm.base import check_lora
+from .metrics.trajectory import StepRule
+from .runs import (
     NOISE_FLOOR_METHOD,
     Job,
     RunConfig,
@@ -39,20 +46,11 @@ from ..runs import (
     run_budget,
     run_jobs,
 )
-from ..tuned import load_tuned
-from ..zoo import ORACLE_SEEDS, ORIGINAL_SEEDS, RETRAIN_SEEDS, ZooCache, arm_seeds, stable_hash
-from . import steering
-from .evaluate import MIA_ATTACKS, ItemScores, answer_seq, fluency_scores, probe_scores, score_items
-from .lora import LoraSpec
-from .model import LMForward, build_lm, init_lm_params
-from .task import DEFAULT_LM_METHODS, TofuData, get_lm_task, load_tofu  # noqa: F401 (re-exported)
-from .tokenizer import IGNORE, special_ids
-from .train import lm_key, lm_loss, train_lm_models
-from .trajectories import LMRecorder
+from .tuned import load_tuned
+from .zoo import ORACLE_SEEDS, ORIGINAL_SEEDS, RETRAIN_SEEDS, ZooCache, arm_seeds, stable_hash
 
 log = logging.getLogger(__name__)
 
-KLOM_SPLITS = ("forget", "retain", "val")
 PROBES_PER_TYPE = 8    # RWKU-style probes scored per type: a fixed seeded sample of the forget authors'
 NEIGHBOUR_PROBES = 16  # neighbour probes scored (locality)
 PROBE_ROOM = 12        # context tokens a probe's question must leave for the answer
@@ -99,7 +97,7 @@ class LMBench:
 
     def __init__(self, config: RunConfig, data: TofuData | None = None, cache: ZooCache | None = None,
                  identified: np.ndarray | None = None, probe=None, probe_key=None, forget: np.ndarray | None = None):
-        """`identified`: corrective unlearning (`lm.corrective`), the unlearner told only these positions of
+        """`identified`: corrective unlearning (`lm_corrective`), the unlearner told only these positions of
         the forget set M = config.forget: methods unlearn them (their retain set keeps the rest of M), the
         oracles and the noise floor train without all of M, the forget metrics cover M, and KLoM is also
         summarised on the identified and unidentified items. `probe(params) -> dict` adds what a study
@@ -247,116 +245,6 @@ class LMBench:
                 "hparams": asdict(job.hparams)}, extra
 
 
-def item_score_arrays(scores: dict[str, ItemScores], prefix: str) -> dict[str, np.ndarray]:
-    return {k: v for name, s in scores.items() for k, v in s.arrays(f"{prefix}/{name}").items()}
-
-
-def read_item_scores(arrays, prefix: str) -> dict[str, ItemScores]:
-    """The item sets' scores saved under `prefix` (see `report.scores`)."""
-    names = {k[len(prefix) + 1:].split("/")[0] for k in arrays if k.startswith(prefix + "/")}
-    if not names:
-        raise KeyError(prefix)
-    return {name: ItemScores.read(arrays, f"{prefix}/{name}") for name in sorted(names)}
-
-
-def _concat(scores: dict[str, ItemScores]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    blocks = [scores[s].seq for s in KLOM_SPLITS]
-    bounds = np.cumsum([0] + [b.shape[1] for b in blocks])
-    return np.concatenate(blocks, 1), {s: np.arange(a, b) for s, a, b in zip(KLOM_SPLITS, bounds[:-1], bounds[1:])}
-
-
-def utility_components(s: dict[str, ItemScores], i: int) -> dict[str, float]:
-    """TOFU's model-utility components of model i on the retain and world-facts sets (no real-authors
-    set exists here, so 6 of TOFU's 9)."""
-    r, w = s["retain"], s["world"]
-    return {"retain_Q_A_Prob": float(np.exp(r.seq[i]).mean()), "retain_Q_A_ROUGE": float(r.rouge[i].mean()),
-            "retain_Truth_Ratio": M.truth_ratio_retain_score(r.truth_ratio[i]),
-            "wf_Q_A_Prob_normalised": float(w.prob_options[i].mean()), "wf_Q_A_ROUGE": float(w.rouge[i].mean()),
-            "wf_Truth_Ratio": M.truth_ratio_retain_score(w.truth_ratio[i])}
-
-
-def mia_aucs(s: dict[str, ItemScores]) -> dict[str, float]:
-    """AUC of each attack separating the forget items (members) from held-out ones, mean over models (the
-    attacks scored on both: scores saved before the Reference and GradNorm attacks existed lack them)."""
-    f, v = s["forget"].mia, s["val"].mia
-    return {a: float(np.mean([M.mia_auc(f[a][i], v[a][i]) for i in range(len(f[a]))]))
-            for a in MIA_ATTACKS if a in f and a in v}
-
-
-def memorisation(s: ItemScores) -> dict[str, float | None]:
-    """OpenUnlearning's extraction strength and exact memorisation of an item set (its forget set in a
-    row), mean over items (exact memorisation: over the items where it is defined) and then over models;
-    {} for scores saved before they existed."""
-    out = {}
-    for key in ("extraction_strength", "exact_memorization"):
-        v = getattr(s, key)
-        if v is not None:
-            per_model = [float(np.mean(m[np.isfinite(m)])) for m in v if np.isfinite(m).any()]
-            out[key] = float(np.mean(per_model)) if per_model else None
-    return out
-
-
-def probe_metrics(s: dict[str, ItemScores]) -> dict:
-    """RWKU-style probe ROUGE-L recall on the forget authors (per type, and `probe_rouge` = the mean of
-    the types' means), on their neighbours (`neighbour_rouge`: locality), and RWKU's `fluency` (mean
-    weighted n-gram entropy of the generic prompts' generations); each averaged over the N models. {}
-    for scores saved before they existed, None where a forget set has no such probes (canaries)."""
-    if "fluency" not in s:
-        return {}
-    by_type = {t: float(s[f"probe_{t}"].rouge.mean()) for t in PROBE_TYPES if f"probe_{t}" in s}
-    return {"probe_rouge": float(np.mean(list(by_type.values()))) if by_type else None,
-            "probe_rouge_by_type": by_type,
-            "neighbour_rouge": float(s["neighbour"].rouge.mean()) if "neighbour" in s else None,
-            "fluency": float(s["fluency"].fluency.mean())}
-
-
-def lm_row(s: dict[str, ItemScores], o: dict[str, ItemScores], config,
-           subsets: dict[str, np.ndarray] | None = None) -> tuple[dict, np.ndarray]:
-    """One results row: the method's scores `s` judged against the oracles' `o`. `config`: a RunConfig
-    or `scoring.Settings` (binning, bootstrap, seed, extra KLoM estimators). `subsets` name parts of the
-    forget items (corrective unlearning's identified and unidentified items): KLoM, probability and
-    accuracy are also reported on each."""
-    u, splits = _concat(s)
-    subsets = subsets or {}
-    splits.update({k: splits["forget"][v] for k, v in subsets.items()})
-    ref, _ = _concat(o)
-    kw = {"reference_binning": config.reference_binning}
-    values = klom(u, ref, **kw)
-    by_estimator = {e: {k.removeprefix("klom_"): v for k, v in summarize(klom(u, ref, estimator=e), splits).items()}
-                    for e in config.estimators if e != "hist"}
-    fq = [M.forget_quality(tu, to) for tu, to in zip(s["forget"].truth_ratio, o["forget"].truth_ratio, strict=True)]
-    comps = [utility_components(s, i) for i in range(len(u))]
-    aucs, oracle_aucs = mia_aucs(s), mia_aucs(o)
-    row = {**summarize(values, splits),
-           "forget_quality": float(np.median(fq)), "forget_quality_per_model": fq,
-           "model_utility": float(np.mean([M.model_utility(c) for c in comps])),
-           "utility_components": {k: float(np.mean([c[k] for c in comps])) for k in comps[0]},
-           "forget_rouge": float(s["forget"].rouge.mean()),
-           "forget_truth_ratio": float(np.mean([M.truth_ratio_forget_score(t) for t in s["forget"].truth_ratio])),
-           **({"forget_truth_ratio_prob": float(s["forget"].truth_prob.mean())}
-              if s["forget"].truth_prob is not None else {}),
-           **memorisation(s["forget"]),
-           "probability": {k: float(np.exp(s[k].seq).mean()) for k in KLOM_SPLITS}
-           | {k: float(np.exp(s["forget"].seq[:, v]).mean()) for k, v in subsets.items()},
-           "accuracy": {k: float(s[k].accuracy.mean()) for k in KLOM_SPLITS}
-           | {k: float(s["forget"].accuracy[:, v].mean()) for k, v in subsets.items()},
-           "mia_auc": aucs, "privleak": M.privleak(aucs["mink"], oracle_aucs["mink"]), **probe_metrics(s)}
-    if config.bootstrap:
-        row["klom_p95_ci"] = bootstrap_p95(u, ref, splits, reps=config.bootstrap, seed=config.seed, **kw)
-    if by_estimator:
-        row["klom_estimators"] = by_estimator
-    return row, values
-
-
-def diverged_lm_row(seconds: float, why: str) -> dict:
-    nan = {"forget": None, "retain": None, "val": None}
-    return {"klom_p95": nan, "klom_mean": dict(nan), "klom_median": dict(nan), "forget_quality": None,
-            "model_utility": None, "forget_rouge": None, "forget_truth_ratio_prob": None, "extraction_strength": None,
-            "exact_memorization": None, "mia_auc": {a: None for a in MIA_ATTACKS}, "probe_rouge": None,
-            "neighbour_rouge": None, "fluency": None,
-            "probability": dict(nan), "accuracy": dict(nan), "seconds": seconds, "flops": None, "diverged": True, "why": why}
-
-
 def lm_budget(config: RunConfig, data: TofuData, jobs: list[Job], cache: ZooCache | None) -> Budget:
     """The training an LM run will do (`runs.run_budget`)."""
     task = data.task
@@ -386,7 +274,7 @@ def prepare_lm(config: RunConfig, jobs: list[Job]) -> tuple[TofuData, np.ndarray
 def run_lm(config: RunConfig, out: str | os.PathLike | None = None, overwrite: bool = False) -> dict:
     """`experiment.run` for language-model tasks: same config, same results layout plus the LM fields,
     the same checks before any training."""
-    from ..report import check_output, claim_output, json_config
+    from .report import check_output, claim_output, json_config
     jobs = lm_jobs(config)
     if out is not None:
         check_output(out, config.run_id, overwrite, mine=json_config(config))
@@ -412,8 +300,8 @@ def run_lm(config: RunConfig, out: str | os.PathLike | None = None, overwrite: b
         "noise_floor": floor,
     }
     if out is not None:
-        from ..report import index, write_report, write_results
-        _, splits = _concat(bench.oracle_scores)
+        from .report import index, write_report, write_results
+        _, splits = concat_splits(bench.oracle_scores)
         scores.update({**item_score_arrays(bench.oracle_scores, "arm/oracles"),
                        **item_score_arrays(bench.originals_scores, "arm/originals")})
         write_results(out, results, per_example, splits, ids, scores)

@@ -24,16 +24,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import __version__
-from ..corrective import RELEARN_LR, RELEARN_STEPS
-from ..errors import UnlearnkitError
-from ..files import atomic_write
-from ..forget.manipulate import identified
-from ..runs import RunConfig, computing, default_cache_dir, run_jobs
-from ..zoo import ZooCache, stable_hash
-from .experiment import LMBench, lm_budget
-from .model import causal_lm_loss, mean_token_logprob, token_logprobs
-from .task import get_lm_task, load_tofu
+from . import __version__
+from .errors import UnlearnkitError
+from .files import atomic_write
+from .forget.manipulate import identified
+from .lm.model import causal_lm_loss, mean_token_logprob, token_logprobs
+from .lm.task import get_lm_task, load_tofu
+from .lm_experiment import LMBench, lm_budget
+from .relearn import (
+    RELEARN_LR,
+    RELEARN_NOTE,
+    RELEARN_STEPS,
+    format_number,
+    format_steps,
+    k_relearn,
+    relearn_curves,
+    steps_to_half,
+)
+from .runs import RunConfig, computing, default_cache_dir, run_jobs
+from .zoo import ZooCache, stable_hash
 
 DEFAULT_LM_CORRECTIVE_METHODS = ("none", "filter", "finetune", "graddiff", "llmu", "rmu", "era", "era-control")
 RELEARN_TAG = 0x4C4D524C  # "LMRL"
@@ -46,9 +55,9 @@ def corrective_lm(config: RunConfig, fractions, out: str | os.PathLike | None = 
     (the classifier study's layout): `config.methods` on the originals with a fraction f of the forget set
     `config.forget` identified, for each f, against oracles retrained without the whole forget set. Checked
     (spec, fractions, methods, output, budget) before anything trains."""
-    from ..report import check_output, claim_output, index, release_output
-    from ..report.results import json_safe
-    from .experiment import lm_jobs
+    from .lm_experiment import lm_jobs
+    from .report import check_output, claim_output, index, release_output
+    from .report.results import json_safe
     fractions = tuple(sorted(set(float(f) for f in fractions)))
     if not fractions:
         raise UnlearnkitError("--identified needs at least one fraction in (0, 1]")
@@ -84,14 +93,13 @@ def corrective_lm(config: RunConfig, fractions, out: str | os.PathLike | None = 
                                      "rows": [r for r in rows if r["method"] in config.methods],
                                      "noise_floor": floor})
     if relearn:
-        from ..corrective import steps_to_half
         steps_to_half(results)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / "corrective.json", lambda p: p.write_text(json.dumps(json_safe(results), indent=2)))
-        from ..report.figures import corrective_curves
-        from ..report.html import write_grid_report
+        from .report.figures import corrective_curves
+        from .report.html import write_grid_report
         write_grid_report(out, f"corrective unlearning: {config.forget} identified in part on {config.task}",
                           format_lm_corrective(results), {"corrective": corrective_curves(results)}, results)
         index.record(out, {"run_id": run_id, "config": config.to_dict()}, kind="corrective")
@@ -104,10 +112,9 @@ def relearning_probe(data, identified_set: np.ndarray, forget: np.ndarray, k: in
     `RELEARN_STEPS` full-batch Adam steps of answer NLL on k identified forget items and, separately, on k
     retained items of the oracles' training set; after each step the mean answer probability on the whole
     forget set M (mean over models). probe(params) -> {"relearn": {set: {"curve", "max", "k"}}}."""
-    from ..corrective import relearn_curves
-    from ..methods.lm import LMContext
-    from ..zoo import ORIGINAL_SEEDS, arm_seeds
-    from .model import LMForward
+    from .lm.model import LMForward
+    from .methods.lm import LMContext
+    from .zoo import ORIGINAL_SEEDS, arm_seeds
     rng = np.random.default_rng([seed, RELEARN_TAG])
     corrected = np.setdiff1d(np.arange(len(data.items)), forget)
     authors = corrected[[data.items[p].kind == "author" for p in corrected]]
@@ -134,7 +141,6 @@ def relearning_probe(data, identified_set: np.ndarray, forget: np.ndarray, k: in
 def format_lm_corrective(results: dict) -> str:
     """One table per identified fraction (≤ 100 columns): forget quality on M, model utility, answer
     probability and KLoM p95 on the identified and unidentified items, retain and val KLoM, cost."""
-    from ..corrective import RELEARN_NOTE, _num, _steps, k_relearn
     m = results["manipulation"]
     lines = textwrap.wrap(f"{m['spec']} on {results['config']['task']}: {m['size']} forget items, a fraction of them "
                           f"identified; N = {results['config']['models']} models per arm; oracles retrained without "
@@ -149,11 +155,11 @@ def format_lm_corrective(results: dict) -> str:
         for r in block["rows"] + ([] if floor in block["rows"] else [{**floor, "label": "noise floor"}]):
             p, k = r.get("probability") or {}, r["klom_p95"]
             ratio = (r.get("cost_vs_retrain") or {}).get("flops")
-            lines.append(f"{r['label'][:13]:<14}{_num(r.get('forget_quality'), '.1e'):>8}"
-                         f"{_num(r.get('model_utility')):>6}{_num(p.get('identified')):>6}{_num(p.get('unidentified')):>7}"
-                         f"{_num(k.get('identified')):>8}{_num(k.get('unidentified')):>6}{_num(k.get('retain')):>7}"
-                         f"{_num(k.get('val')):>6}{_num(ratio, '.3f'):>9}"
-                         + (f"{_steps((r.get('relearn') or {}).get('forget')):>10}" if relearn else ""))
+            lines.append(f"{r['label'][:13]:<14}{format_number(r.get('forget_quality'), '.1e'):>8}"
+                         f"{format_number(r.get('model_utility')):>6}{format_number(p.get('identified')):>6}{format_number(p.get('unidentified')):>7}"
+                         f"{format_number(k.get('identified')):>8}{format_number(k.get('unidentified')):>6}{format_number(k.get('retain')):>7}"
+                         f"{format_number(k.get('val')):>6}{format_number(ratio, '.3f'):>9}"
+                         + (f"{format_steps((r.get('relearn') or {}).get('forget')):>10}" if relearn else ""))
     lines += ["", *textwrap.wrap(
         "FQ: TOFU's forget quality on all forget items (KS p-value of truth ratios against the oracles, median "
         "over pairs); util: model utility; P id / P unid: answer probability on the identified / unidentified "

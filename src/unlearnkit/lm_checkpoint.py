@@ -34,18 +34,18 @@ from transformers import (
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 from transformers.utils import logging as hf_logging
 
-from ..data.tofu_synth import QA, from_jsonl
-from ..errors import UnlearnkitError
-from ..files import check_writable, disk_full, nearest_existing
-from ..methods.base import make_hparams
-from ..methods.lm import LM_REGISTRY, LMContext
-from ..methods.lm.base import check_lora
-from ..runs import MAX_SEED
-from .evaluate import probe_scores, score_items
-from .generate import load_into
-from .lora import LoraSpec
-from .model import LMForward
-from .tokenizer import encode_pairs
+from .data.tofu_synth import QA, from_jsonl
+from .errors import UnlearnkitError
+from .files import check_writable, disk_full, nearest_existing
+from .lm.evaluate import probe_scores, score_items
+from .lm.generate import load_into
+from .lm.lora import LoraSpec
+from .lm.model import LMForward
+from .lm.tokenizer import encode_pairs
+from .methods.base import make_hparams
+from .methods.lm import LM_REGISTRY, LMContext
+from .methods.lm.base import check_lora
+from .runs import MAX_SEED
 
 NOT_FOR_CHECKPOINTS = ("retrain",)  # needs the training recipe and data of the model, which a checkpoint lacks
 # what a fast tokenizer is built from: its own JSON, or the vocabulary files it is converted from

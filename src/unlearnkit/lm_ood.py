@@ -24,24 +24,27 @@ highest, and the Spearman correlations of that step count with memorisation and 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from pathlib import Path
 
 import numpy as np
 
-from ..cells import run_cells
-from ..errors import UnlearnkitError
-from ..files import atomic_write
-from ..methods.base import make_hparams
-from ..methods.lm import LM_REGISTRY
-from ..metrics import generative as G
-from ..metrics.mia import neurips23_epsilons, neurips23_forget_score
-from ..report import check_output, claim_output, release_output
-from ..runs import Job, RunConfig, computing, default_cache_dir, job_key
-from ..zoo import ZooCache, stable_hash
-from .experiment import LMBench, lm_budget
-from .task import get_lm_task, load_tofu
+from .cells import run_cells
+from .errors import UnlearnkitError
+from .files import atomic_write
+from .lm.task import get_lm_task, load_tofu
+from .lm_experiment import LMBench, lm_budget
+from .methods.base import make_hparams
+from .methods.lm import LM_REGISTRY
+from .metrics import generative as G
+from .metrics.mia import neurips23_epsilons, neurips23_forget_score
+from .report import check_output, claim_output, release_output
+from .report.figures import id_vs_ood_curves
+from .report.html import write_grid_report
+from .runs import Job, RunConfig, computing, default_cache_dir, job_key
+from .zoo import ZooCache, stable_hash
 
 FORGOTTEN = 0.05   # TOFU's reading: forget quality above 0.05 = not told apart from the oracles
 MAX_STEPS = 100_000  # unlearning steps on a forget set of a few QAs: far past any curve's interesting part
@@ -115,11 +118,11 @@ def id_vs_ood(config: RunConfig, method: str, authors: int, steps: tuple[int, ..
                          **forgetting_speed(read, original, oracle,
                                             [data.items[p].id for p in bench.forget])}
     if out is not None:
-        import json
         Path(out).mkdir(parents=True, exist_ok=True)
         atomic_write(Path(out) / "id_vs_ood.json", lambda p: p.write_text(json.dumps(results, indent=2)))
-        from ..report.html import write_ood_report
-        write_ood_report(out, results)
+        c = results["config"]
+        write_grid_report(out, f"in- vs out-of-distribution unlearning: {c['method']} on {c['task']}",
+                          format_id_vs_ood(results), {"id_vs_ood": id_vs_ood_curves(results)}, results)
         release_output(out)
     return results
 
