@@ -7,10 +7,15 @@ zoo's achieved FLOP/s as a fraction of this device's matmul peak *in the same pr
 
     .venv/bin/python benchmarks/zoo_throughput.py --models 100 --epochs 1
     .venv/bin/python benchmarks/zoo_throughput.py --device cuda --models 100,300 --precisions fp32,tf32,bf16
+    .venv/bin/python benchmarks/zoo_throughput.py --task fashion-mnist-cnn --models 16   # vmap and loop (CPU)
+
+A convolutional task on the CPU is timed both vmapped and model by model (`engine.compute`, `ensemble`),
+the way a run trains it; --ensembles chooses.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import torch
@@ -19,7 +24,7 @@ from torch import nn
 
 from unlearnkit.data import load_dataset
 from unlearnkit.engine import EpochStream, fit
-from unlearnkit.engine.compute import Compute, bf16_fast, resolve, tf32, use
+from unlearnkit.engine.compute import Compute, bf16_fast, ensemble_for, resolve, tf32, use
 from unlearnkit.models import build_model, init_params
 from unlearnkit.tasks import get_task
 from unlearnkit.zoo import arm_seeds, cross_entropy_loss, recipe_optim, template
@@ -115,6 +120,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=1.0, help="epochs timed per model (all paths)")
     ap.add_argument("--loop-models", type=int, default=3, help="models timed in each per-model loop")
     ap.add_argument("--repeats", type=int, default=2, help="timings per path; the best is reported")
+    ap.add_argument("--ensembles", default=None,
+                    help="comma-separated vmap,loop; default vmap, and loop where a run would use it")
     args = ap.parse_args()
     torch.manual_seed(0)
     device = resolve(args.device, "fp32").device
@@ -122,6 +129,8 @@ def main() -> None:
                   ["fp32"] + (["tf32"] if device.startswith("cuda") else []) + (["bf16"] if bf16_fast(device) else []))
     computes = {p: resolve(device, p) for p in precisions}
     task = get_task(args.task)
+    ensembles = (args.ensembles.split(",") if args.ensembles else
+                 list(dict.fromkeys(["vmap", ensemble_for(task.model, device)])))
     ds = load_dataset(task.dataset, train_size=task.train_size)
     r = task.recipe
     flops_ex = train_flops_per_example(build_model(task.model, ds.input_shape, ds.num_classes, **task.model_kwargs),
@@ -140,18 +149,20 @@ def main() -> None:
     for kind, seconds in loops.items():
         print(f"  per-model loop, fp32 ({kind}): {loop_rate[kind]:.3f} models/s, "
               f"{flops_ex * steps * r.batch_size / seconds / 1e9:.1f} GFLOP/s")
-    print(f"  {'N':>5} {'precision':>9} {'peak GFLOP/s':>13} {'models/s':>9} {'GFLOP/s':>8} {'of peak':>8} "
-          f"{'vs fp32':>8} {'vs loop':>8}")
+    print(f"  {'N':>5} {'ensemble':>8} {'precision':>9} {'peak GFLOP/s':>13} {'models/s':>9} {'GFLOP/s':>8} "
+          f"{'of peak':>8} {'vs fp32':>8} {'vs loop':>8}")
     for n in (int(v) for v in args.models.split(",")):
         seeds = arm_seeds(0, n)
-        rates = {}
-        for p, c in computes.items():
-            zoo_s, steps = min(time_zoo(task, ds, seeds, args.epochs, c) for _ in range(args.repeats))
-            rates[p] = n / (zoo_s * full)
-            achieved = flops_ex * steps * r.batch_size * n / zoo_s
-            print(f"  {n:>5} {p:>9} {peaks[p] / 1e9:>13.0f} {rates[p]:>9.3f} {achieved / 1e9:>8.1f} "
-                  f"{achieved / peaks[p]:>8.0%} {rates[p] / rates.get('fp32', rates[p]):>7.2f}× "
-                  f"{rates[p] / loop_rate['indexing']:>7.1f}×", flush=True)
+        for e in ensembles:
+            rates = {}
+            for p, c in computes.items():
+                c = dataclasses.replace(c, ensemble=e)
+                zoo_s, steps = min(time_zoo(task, ds, seeds, args.epochs, c) for _ in range(args.repeats))
+                rates[p] = n / (zoo_s * full)
+                achieved = flops_ex * steps * r.batch_size * n / zoo_s
+                print(f"  {n:>5} {e:>8} {p:>9} {peaks[p] / 1e9:>13.0f} {rates[p]:>9.3f} {achieved / 1e9:>8.1f} "
+                      f"{achieved / peaks[p]:>8.0%} {rates[p] / rates.get('fp32', rates[p]):>7.2f}× "
+                      f"{rates[p] / loop_rate['indexing']:>7.1f}×", flush=True)
 
 
 if __name__ == "__main__":

@@ -183,3 +183,85 @@ def test_bf16_reads_the_same_noise_floor_and_do_nothing_row(tmp_path):
             (a, b), (c, d) = (rows[p][method]["klom_p95_ci"][split] for p in ("fp32", "bf16"))
             assert a <= d and c <= b, (method, split, (a, b), (c, d))
     assert rows["fp32"]["none"]["klom_p95"]["forget"] > rows["fp32"]["retrain"]["klom_p95"]["forget"]
+
+
+def _cnn_fit(digits, compute, optim, loss=None, mask=None, frozen=None, steps=12):
+    """A small CNN on the digits (8×8 images), N = 3, trained by `fit` on `compute`."""
+    from unlearnkit.engine import Forward
+    from unlearnkit.models import build_model
+    forward = Forward(build_model("cnn", (1, 8, 8), 10, channels=4))
+    seeds = arm_seeds(0, 3)
+    init = init_params("cnn", (1, 8, 8), 10, seeds, channels=4)
+    stream = EpochStream(torch.arange(len(digits.y_train)), seeds, 32)
+    with use(compute):
+        return init, fit(loss or cross_entropy_loss(forward, 0.01), init, {"train": stream},
+                         (digits.x_train.view(-1, 1, 8, 8), digits.y_train), steps, optim, frozen=frozen,
+                         update_mask=mask)
+
+
+@pytest.mark.parametrize("optim", [Optim("sgd", 0.05, 0.9, 5e-4), Optim("adam", 1e-3, weight_decay=1e-3)])
+def test_models_one_by_one_compute_what_vmap_computes(digits, optim):
+    """`ensemble="loop"` runs the same loss (here with a gradient penalty: double backpropagation) model by
+    model on slices of the stacked tensors and one stacked optimizer updates them: the same models as the
+    vmapped step, to float rounding (the kernels differ: a grouped convolution under vmap)."""
+    init, vmapped = _cnn_fit(digits, Compute("cpu", "fp32"), optim)
+    _, looped = _cnn_fit(digits, Compute("cpu", "fp32", ensemble="loop"), optim)
+    for k in init:
+        assert not torch.allclose(init[k], looped[k]), k  # it trained
+        torch.testing.assert_close(looped[k], vmapped[k], rtol=1e-4, atol=1e-5)
+
+
+def test_models_one_by_one_leave_unused_parameters_masks_and_divergence_as_vmap_does(digits):
+    from unlearnkit.engine import Forward
+    from unlearnkit.errors import Diverged
+    from unlearnkit.models import build_model
+    forward = Forward(build_model("cnn", (1, 8, 8), 10, channels=4))
+
+    def head_only(params, batch, frozen):  # the convolutions are not used: vmap leaves them alone, so must loop
+        x, y, _ = batch["train"]
+        features = frozen["features"].index_select(0, batch["train"][2])
+        return torch.nn.functional.cross_entropy(features @ params["7.weight"].T + params["7.bias"], y)
+    init = init_params("cnn", (1, 8, 8), 10, arm_seeds(0, 3), channels=4)
+    features = {"features": torch.randn(3, len(digits.y_train), init["7.weight"].shape[2])}
+    mask = {k: torch.ones_like(v) for k, v in init.items()}
+    mask["7.bias"][:, 5:] = 0
+    out = {e: _cnn_fit(digits, Compute("cpu", "fp32", ensemble=e), Optim("sgd", 0.05, 0.9, 5e-4), head_only, mask,
+                       features)[1] for e in ("vmap", "loop")}
+    for k in init:
+        if not k.startswith("7."):
+            assert torch.equal(out["loop"][k], init[k]) and torch.equal(out["vmap"][k], init[k]), k
+        torch.testing.assert_close(out["loop"][k], out["vmap"][k])
+    assert torch.equal(out["loop"]["7.bias"][:, 5:], init["7.bias"][:, 5:])
+
+    def model_1_diverges(params, batch, frozen):
+        return head_only(params, batch, frozen) * frozen["scale"]
+    features["scale"] = torch.tensor([1.0, float("nan"), 1.0])
+    with pytest.raises(Diverged) as err:
+        _cnn_fit(digits, Compute("cpu", "fp32", ensemble="loop"), Optim("sgd", 0.05), model_1_diverges, None, features)
+    assert err.value.models == [1]
+
+
+def test_convolutional_families_loop_on_the_cpu_and_the_choice_is_in_the_key(digits):
+    from unlearnkit.engine.compute import ensemble_for
+    assert [ensemble_for(f, "cpu") for f in ("cnn", "resnet9", "mlp", None)] == ["loop", "loop", "vmap", "vmap"]
+    assert ensemble_for("cnn", "cuda:0") == "vmap"
+    assert RunConfig(task="fashion-mnist-cnn", device="cpu").compute.ensemble == "loop"
+    assert RunConfig(task="digits-mlp", device="cpu").compute.ensemble == "vmap"
+    pos, seeds = torch.arange(10), arm_seeds(0, 2)
+    with use(Compute("cpu", "fp32")):
+        vmapped = zoo_train.zoo_key(TASK, digits, pos, seeds)
+    with use(Compute("cpu", "fp32", ensemble="loop")):
+        looped = zoo_train.zoo_key(TASK, digits, pos, seeds)
+    assert vmapped != looped
+    assert Compute().key() == {"device": "cpu", "precision": "fp32"}  # vmapped keys are the ones they always were
+    with pytest.raises(UnlearnkitError, match="ensemble must be one of vmap, loop"):
+        Compute(ensemble="threads")
+
+
+def test_a_looped_arm_holds_one_models_activations():
+    from unlearnkit.budget import STATE_COPIES, StepProfile
+    p = StepProfile(flops=1.0, activation_bytes=1000.0, param_bytes=100)
+    assert p.arm_bytes(10, 64, "vmap") == 10 * (STATE_COPIES * 100 + 64 * 1000)
+    assert p.arm_bytes(10, 64, "loop") == 10 * STATE_COPIES * 100 + 64 * 1000
+    limit = p.arm_bytes(10, 64, "vmap")
+    assert p.models_within(limit, 64, "vmap") == 10 and p.models_within(limit, 64, "loop") > 100

@@ -12,6 +12,7 @@ rerun after a crash resumes from the chunks already stored.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Callable, Iterable, Iterator
 
@@ -67,7 +68,7 @@ class Ray:
     def map(self, fn: Callable, items: Iterable, compute: Compute) -> Iterator[tuple[object, object]]:
         import ray
         task = ray.remote(num_gpus=1 if compute.is_cuda else 0)(_in_compute)
-        device = Compute("cuda:0", compute.precision, compute.max_memory) if compute.is_cuda else compute
+        device = dataclasses.replace(compute, device="cuda:0") if compute.is_cuda else compute
         shared = ray.put(fn)  # what every task reads (a bench's models and data): stored once, not per task
         pending = {task.remote(shared, item, device): item for item in items}
         while pending:

@@ -93,6 +93,19 @@ class StepProfile:
         moments, a checkpoint) and the activations of a minibatch kept for the backward pass."""
         return STATE_COPIES * self.param_bytes + batch * self.activation_bytes
 
+    def arm_bytes(self, models: int, batch: int, ensemble: str = "vmap") -> float:
+        """Memory a step of `models` models holds: every model's activations at once when vmapped, one
+        model's at a time when looped (`engine.compute`); every model's weights and copies either way."""
+        activations = batch * self.activation_bytes * (models if ensemble == "vmap" else 1)
+        return models * STATE_COPIES * self.param_bytes + activations
+
+    def models_within(self, limit: float, batch: int, ensemble: str = "vmap") -> int:
+        """The most models whose step fits in `limit` bytes (at least one: whether one fits is the caller's
+        check)."""
+        if ensemble == "vmap":
+            return max(1, int(limit // self.model_bytes(batch)))
+        return max(1, int((limit - batch * self.activation_bytes) // (STATE_COPIES * self.param_bytes)))
+
 
 class _Created(TorchDispatchMode):
     """Counts the bytes of every tensor the operations run under it create."""
@@ -124,7 +137,7 @@ class Budget:
         unlearning method's training (not a zoo arm's)."""
         one = profile.model_bytes(min(batch, examples))
         self.model_bytes = max(self.model_bytes, one)
-        self.peak_bytes = max(self.peak_bytes, models * one)
+        self.peak_bytes = max(self.peak_bytes, profile.arm_bytes(models, min(batch, examples), current().ensemble))
         if not cached:
             flops = profile.flops * models * examples * epochs
             self.flops += flops

@@ -25,7 +25,7 @@ from .budget import (
     parse_memory,
 )
 from .cells import cell_key, run_cells
-from .engine.compute import Compute, resolve, use
+from .engine.compute import Compute, ensemble_for, resolve, use
 from .errors import UnlearnkitError
 from .methods import get_method, make_hparams
 from .metrics.trajectory import StepRule
@@ -191,7 +191,8 @@ class RunConfig:
 
     @property
     def compute(self) -> Compute:
-        return Compute(self.device, self.precision, parse_memory(self.max_memory))
+        family = TASKS[self.task].model if self.task in TASKS else None  # None: a language model
+        return Compute(self.device, self.precision, parse_memory(self.max_memory), ensemble_for(family, self.device))
 
     @property
     def run_id(self) -> str:

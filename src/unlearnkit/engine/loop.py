@@ -3,7 +3,9 @@
 A loss is written for ONE model as a function of its parameters (torch.func style). `fit` vmaps it
 over the N models' stacked parameters and sums the N losses: model i's gradient then depends on model
 i alone, and because SGD and Adam update each coordinate on its own, one optimizer over the stacked
-tensors is exactly N independent optimizers — at the speed of batched matrix products.
+tensors is exactly N independent optimizers — at the speed of batched matrix products. Where vmap is
+slow (convolutions on a CPU: `engine.compute`, `ensemble`), the same loss runs model by model on slices
+of the same stacked tensors, and the same stacked optimizer updates all N at once.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.func import functional_call
+from torch.utils._pytree import tree_map
 
 from ..errors import Diverged, UnlearnkitError
 from .compute import current
@@ -164,24 +167,32 @@ def fit(
     observer = current_observer()
     observer = observer if observer is not None and observer.watches(master) else None
     last_checkpoint = time.perf_counter()
+    looped = compute.ensemble == "loop"
+    buffers = {k: torch.zeros_like(v) for k, v in live.items()} if looped else {}  # stacked gradients, model by model
     for step in progress(first, steps, desc):
         idx = {name: next(it).to(dev) for name, it in iters.items()}
         with flops.step(sum(i.numel() for i in idx.values())):
-            with autocast:
-                losses = batched_loss(live, {name: (_rows(x, i), _rows(y, i), i) for name, i in idx.items()}, frozen)
-            bad = ~torch.isfinite(losses.detach())
-            if bad.any():
-                raise Diverged(step, bad.nonzero().flatten().tolist())
-            if opt is not None:
-                opt.zero_grad()
-            layouts: dict[str, tuple] = {}
-            hooks = [] if opt is not None else [
-                v.register_hook(lambda g, k=k, seen=layouts: seen.__setitem__(k, g.stride())) for k, v in live.items()]
-            losses.sum().backward()
-            for h in hooks:
-                h.remove()
+            if looped:
+                with autocast:
+                    _loop_step(loss_fn, live, buffers, x, y, idx, frozen, step)
+            else:
+                with autocast:
+                    losses = batched_loss(live, {name: (_rows(x, i), _rows(y, i), i) for name, i in idx.items()},
+                                          frozen)
+                bad = ~torch.isfinite(losses.detach())
+                if bad.any():
+                    raise Diverged(step, bad.nonzero().flatten().tolist())
+                if opt is not None:
+                    opt.zero_grad()
+                layouts: dict[str, tuple] = {}
+                hooks = [] if opt is not None else [
+                    v.register_hook(lambda g, k=k, seen=layouts: seen.__setitem__(k, g.stride())) for k, v in live.items()]
+                losses.sum().backward()
+                for h in hooks:
+                    h.remove()
             if opt is None:  # first step: now that gradients exist, lay parameters out like them
-                live = _like_gradients(live, layouts)
+                if not looped:
+                    live = _like_gradients(live, layouts)
                 master = {k: _laid_out_like(m, live[k]) for k, m in master.items()} if mixed else live
                 opt = optim.build(list(master.values()), list(live.values()) if mixed else None,
                                   cpu=dev.type == "cpu")
@@ -209,6 +220,31 @@ def fit(
     if carry is not None and opt is not None:
         carry["optimizer"] = _placed(opt.state_dict(), "cpu")
     return _detached(master)
+
+
+def _loop_step(loss_fn: LossFn, live: Params, buffers: Params, x: torch.Tensor, y: torch.Tensor,
+               idx: dict[str, torch.Tensor], frozen: Params, step: int) -> None:
+    """One step of the N models one after another (`ensemble="loop"`): model i's loss on its own rows and
+    on slices of the stacked tensors, its gradient written into slice i of `buffers`, which become the
+    stacked tensors' `.grad` — None for a parameter the loss does not use, as vmap's backward leaves it
+    (the optimizer then skips it). Raises `Diverged` with every model whose loss is not finite, before
+    any model is updated."""
+    bad, used = [], set()
+    for i in range(len(next(iter(live.values())))):
+        own = {k: v[i].detach().requires_grad_(True) for k, v in live.items()}
+        batch = {name: (x.index_select(0, j[i]), y.index_select(0, j[i]), j[i]) for name, j in idx.items()}
+        loss = loss_fn(own, batch, tree_map(lambda t: t[i], frozen))
+        if not torch.isfinite(loss.detach()):
+            bad.append(i)
+            continue
+        for k, g in zip(own, torch.autograd.grad(loss, list(own.values()), allow_unused=True)):
+            if g is not None:
+                buffers[k][i].copy_(g)
+                used.add(k)
+    if bad:
+        raise Diverged(step, bad)
+    for k, v in live.items():
+        v.grad = buffers[k] if k in used else None
 
 
 def _rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -162,12 +162,13 @@ def models_per_chunk(loss: LossFn, init: Callable[[], Params], stream: EpochStre
         return len(stream.seeds)
     with uncounted():
         one = {k: v[:1] for k, v in init().items()}
-        need = StepProfile.measure(loss, one, data, stream.batch_size).model_bytes(stream.batch_size)
+        profile = StepProfile.measure(loss, one, data, stream.batch_size)
+    need = profile.model_bytes(stream.batch_size)
     if need > limit:
         raise UnlearnkitError(f"{label}: one model's training step needs about {need / 2 ** 20:,.0f} MiB and the memory "
                               f"limit is {limit / 2 ** 20:,.0f} MiB: raise --max-memory (or free memory on "
                               f"{current().device})")
-    return max(1, int(limit // need))
+    return profile.models_within(limit, stream.batch_size, current().ensemble)
 
 
 def _one_pass(key, loss, init, stream, data, epochs, optim, cache, label, manifest, update_mask=None) -> Arm:
