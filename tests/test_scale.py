@@ -212,10 +212,7 @@ def test_models_one_by_one_compute_what_vmap_computes(digits, optim):
 
 
 def test_models_one_by_one_leave_unused_parameters_masks_and_divergence_as_vmap_does(digits):
-    from unlearnkit.engine import Forward
     from unlearnkit.errors import Diverged
-    from unlearnkit.models import build_model
-    forward = Forward(build_model("cnn", (1, 8, 8), 10, channels=4))
 
     def head_only(params, batch, frozen):  # the convolutions are not used: vmap leaves them alone, so must loop
         x, y, _ = batch["train"]

@@ -155,3 +155,45 @@ def test_resumed_arm_costs_what_the_uninterrupted_one_did(digits, tmp_path, inte
     interrupt_at(None)
     resumed = train_models(TASK, digits, pos, arm_seeds(0, 2), cache)
     assert resumed.flops == whole.flops and resumed.earlier_flops > 0
+
+
+def test_an_arm_is_assembled_from_the_cached_arms_of_its_family(digits, tmp_path, monkeypatch):
+    """Model i depends on its seed alone, so N = 3 after N = 5 trains nothing (the first 3 models), and
+    N = 8 after them trains only the 3 models no cached arm holds: bit for bit the arms trained afresh,
+    each reused model charged its arm's cost per model."""
+    pos = torch.arange(len(digits.y_train))
+    fresh = {n: train_models(TASK, digits, pos, arm_seeds(0, n), None).params for n in (3, 8)}
+    trained = []
+    real = zoo_train._train
+    monkeypatch.setattr(zoo_train, "_train", lambda *a, **k: trained.append(list(a[2].seeds)) or real(*a, **k))
+    cache = ZooCache(tmp_path)
+    five = train_models(TASK, digits, pos, arm_seeds(0, 5), cache)
+    three = train_models(TASK, digits, pos, arm_seeds(0, 3), cache)
+    assert trained == [arm_seeds(0, 5)] and three.cached
+    assert three.flops == pytest.approx(five.flops * 3 / 5, rel=1e-6)
+    eight = train_models(TASK, digits, pos, arm_seeds(0, 8), cache)
+    assert trained[1:] == [arm_seeds(0, 8)[5:]] and not eight.cached
+    for n, arm in ((3, three), (8, eight)):
+        for k in arm.params:
+            assert torch.equal(arm.params[k], fresh[n][k]), (n, k)
+    assert train_models(TASK, digits, pos, arm_seeds(0, 8), cache).cached  # stored under its own key now
+    assert len(trained) == 2
+    other = train_models(TASK, digits, pos[1:], arm_seeds(0, 2), cache)  # another training set: another family
+    assert not other.cached and trained[-1] == arm_seeds(0, 2)
+
+
+def test_a_runs_budget_counts_only_the_models_no_cached_arm_holds(tmp_path):
+    from unlearnkit.experiment import RunConfig, budget, prepare, run
+
+    from unlearnkit.engine.compute import use
+
+    def config(n):
+        return RunConfig(task="digits-logreg", methods=("none",), models=n, cache_dir=str(tmp_path), bootstrap=0)
+
+    def flops(n):  # as `run` estimates it, on the run's compute
+        with use(config(n).compute):
+            return budget(prepare(config(n))).flops
+    fresh = flops(5)
+    run(config(3))
+    assert flops(5) == pytest.approx(fresh * 2 / 5)  # 2 new models in each of the 3 arms
+    assert flops(3) == 0

@@ -56,6 +56,7 @@ from .zoo import (
     template,
     tensor_digest,
     train_models,
+    zoo_family,
     zoo_key,
 )
 
@@ -337,7 +338,8 @@ def clustered_budget(config: RunConfig, task, ds, cache: ZooCache | None) -> Bud
     if kind in ("near", "lowest-loss", "worst", "easy"):
         seeds = arm_seeds(ORIGINAL_SEEDS, config.models, config.seed)
         out.add(_profile(task, ds), config.models, n_train, task.recipe.epochs, batch,
-                cache is not None and cache.has(zoo_key(task, ds, torch.arange(n_train), seeds)), cache is not None)
+                cache is not None and cache.untrained(zoo_family(task, ds, torch.arange(n_train)), seeds) == 0,
+                cache is not None)
         if kind in ("worst", "easy"):
             out.add(_profile(task, ds), min(SELECTION.models, config.models), n_train,
                     SELECTION.iterations * SELECTION.epochs, batch)
@@ -357,7 +359,7 @@ def budget(p: Prepared) -> Budget:
     task, ds = p.task, p.dataset
     return run_budget(_profile(task, ds), task.recipe, p.config, torch.arange(len(ds.y_train)),
                       torch.as_tensor(p.forget.retain_positions(len(ds.y_train))), len(p.forget),
-                      lambda positions, seeds: zoo_key(task, ds, positions, seeds), p.cache, p.jobs)
+                      lambda positions: zoo_family(task, ds, positions), p.cache, p.jobs)
 
 
 def diverged_row(seconds: float, why: str) -> dict:

@@ -31,7 +31,7 @@ from .lm.model import LMForward, build_lm, init_lm_params
 from .lm.scoring import concat_splits, diverged_lm_row, item_score_arrays, lm_row
 from .lm.task import DEFAULT_LM_METHODS, TofuData, get_lm_task, load_tofu  # noqa: F401 (re-exported)
 from .lm.tokenizer import IGNORE, special_ids
-from .lm.train import lm_key, lm_loss, train_lm_models
+from .lm.train import lm_family, lm_loss, train_lm_models
 from .lm_trajectories import LMRecorder
 from .methods.lm import LM_REGISTRY, LMContext
 from .methods.lm.base import check_lora
@@ -253,7 +253,7 @@ def lm_budget(config: RunConfig, data: TofuData, jobs: list[Job], cache: ZooCach
     forget = data.forget_positions(config.forget, config.seed)
     return run_budget(profile, task.recipe, config, torch.arange(len(data.items)),
                       torch.as_tensor(np.setdiff1d(np.arange(len(data.items)), forget)), len(forget),
-                      lambda positions, seeds: lm_key(data.config, data.tensors, positions, seeds, task.recipe),
+                      lambda positions: lm_family(data.config, data.tensors, positions, task.recipe),
                       cache, jobs)
 
 

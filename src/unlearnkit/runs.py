@@ -266,17 +266,19 @@ def build_jobs(config: RunConfig, registry: dict,
 
 
 def run_budget(profile: StepProfile, recipe, config: RunConfig, everything: torch.Tensor, retain: torch.Tensor,
-               n_forget: int, key_of: Callable[[torch.Tensor, list[int]], str], cache: ZooCache | None,
+               n_forget: int, family_of: Callable[[torch.Tensor], str], cache: ZooCache | None,
                jobs: list[Job]) -> Budget:
     """The training a run will do, for either pipeline: its three arms (originals on `everything`,
-    oracles and the retrain arm on `retain`; `key_of(positions, seeds)` names an arm's cache entry, and
-    a cached one costs nothing) and every job with an epochs budget, counted over the forget set (the
-    smallest set a method passes over: a lower bound, so a run is never refused for work it will not do)."""
+    oracles and the retrain arm on `retain`; `family_of(positions)` names an arm's family in the cache,
+    and the models its cached arms hold cost nothing) and every job with an epochs budget, counted over
+    the forget set (the smallest set a method passes over: a lower bound, so a run is never refused for
+    work it will not do)."""
     out = Budget()
     for positions, base in ((everything, ORIGINAL_SEEDS), (retain, ORACLE_SEEDS), (retain, RETRAIN_SEEDS)):
         seeds = arm_seeds(base, config.models, config.seed)
-        out.add(profile, config.models, len(positions), recipe.epochs, recipe.batch_size,
-                cache is not None and cache.has(key_of(positions, seeds)), cache is not None)
+        todo = config.models if cache is None else cache.untrained(family_of(positions), seeds)
+        out.add(profile, todo or config.models, len(positions), recipe.epochs, recipe.batch_size, todo == 0,
+                cache is not None)
     for job in jobs:
         epochs = getattr(job.hparams, "epochs", None)
         if epochs and job.method != NOISE_FLOOR_METHOD:

@@ -18,7 +18,7 @@ from ..engine import EpochStream, Optim
 from ..engine.compute import current
 from ..tasks import Recipe
 from ..zoo.cache import ZooCache, stable_hash, tensor_digest
-from ..zoo.train import Arm, train_cached
+from ..zoo.train import Arm, arm_key, train_cached
 from .model import LMForward, causal_lm_loss, describe_config, init_lm_params
 
 #: A recipe that fits small LMs from scratch in few epochs (Adam, linear decay, no weight decay).
@@ -40,12 +40,17 @@ def recipe_optim(recipe: Recipe) -> Optim:
 
 def lm_key(config: GPT2Config, data: tuple[torch.Tensor, torch.Tensor], positions: torch.Tensor,
            seeds: list[int], recipe: Recipe) -> str:
+    return arm_key(lm_family(config, data, positions, recipe), seeds)
+
+
+def lm_family(config: GPT2Config, data: tuple[torch.Tensor, torch.Tensor], positions: torch.Tensor,
+              recipe: Recipe) -> str:
+    """Everything that makes an LM arm but its seeds (`zoo.train.zoo_family`)."""
     input_ids, labels = data
     return stable_hash({
         "kind": "causal-lm", "config": describe_config(config), "recipe": dataclasses.asdict(recipe),
         "data": [tensor_digest(input_ids), tensor_digest(labels)], "positions": tensor_digest(positions),
-        "seeds": [int(s) for s in seeds], "torch": torch.__version__, "unlearnkit": __version__, "format": 3,
-        "compute": current().key(),
+        "torch": torch.__version__, "unlearnkit": __version__, "format": 4, "compute": current().key(),
     })
 
 
@@ -56,8 +61,9 @@ def train_lm_models(config: GPT2Config, data: tuple[torch.Tensor, torch.Tensor],
     data = (input_ids (M, L), labels (M, L)) from `tokenizer.encode_items`."""
     input_ids, labels = (torch.as_tensor(t, dtype=torch.long) for t in data)
     positions = torch.as_tensor(positions, dtype=torch.long)
-    return train_cached(lm_key(config, (input_ids, labels), positions, seeds, recipe), lm_loss(LMForward(config)),
+    family = lm_family(config, (input_ids, labels), positions, recipe)
+    return train_cached(arm_key(family, seeds), lm_loss(LMForward(config)),
                         lambda: init_lm_params(config, seeds), EpochStream(positions, seeds, recipe.batch_size),
                         (input_ids, labels), recipe.epochs, recipe_optim(recipe), cache, label,
                         {"kind": "causal-lm", "seeds": [int(s) for s in seeds], "config": describe_config(config),
-                         "recipe": dataclasses.asdict(recipe)})
+                         "recipe": dataclasses.asdict(recipe)}, family=family if positions.dim() == 1 else None)

@@ -5,6 +5,7 @@ from .train import (
                     ORIGINAL_SEEDS,
                     RETRAIN_SEEDS,
                     Arm,
+                    arm_key,
                     arm_seeds,
                     cross_entropy_loss,
                     init_models,
@@ -12,6 +13,7 @@ from .train import (
                     task_loss,
                     template,
                     train_models,
+                    zoo_family,
                     zoo_key,
 )
 
@@ -29,6 +31,8 @@ __all__ = [
                     "template",
                     "task_loss",
                     "tensor_digest",
+                    "arm_key",
                     "train_models",
+                    "zoo_family",
                     "zoo_key",
 ]

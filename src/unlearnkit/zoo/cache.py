@@ -1,6 +1,8 @@
 """On-disk cache of trained ensembles, keyed by a hash of everything that made them.
 
-Layout: <root>/zoo/<key>/{models.safetensors, manifest.json, checkpoint.pt, lock}. Every file is written
+Layout: <root>/zoo/<key>/{models.safetensors, manifest.json, checkpoint.pt, lock}, and
+<root>/zoo/families/<family>/<key>: empty markers listing the entries of one family (arms that differ in
+their seeds alone: `zoo.train.arm_key`), from which another N is assembled. Every file is written
 under a temporary name and renamed into place, so a file that exists is whole; `manifest.json` is written
 last and records the SHA-256 and the shape of every tensor, so a zoo is trusted only if all agree.
 An entry is trained under its `lock` (an exclusive `flock`, which the kernel drops when its owner dies,
@@ -151,6 +153,31 @@ class ZooCache:
                 f.seek(0)
                 f.truncate()
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+    def register(self, family: str, key: str) -> None:
+        """Note finished entry `key` as a member of `family` (a marker file: concurrent writers never clash)."""
+        marker = self.root / "families" / family[:24] / key[:24]
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+
+    def members(self, family: str) -> list[tuple[str, list[int]]]:
+        """(key, seeds) of the finished entries of `family` whose manifests say so (a removed or damaged
+        entry is left out: `load` verifies the one used)."""
+        out = []
+        folder = self.root / "families" / family[:24]
+        for marker in sorted(folder.iterdir()) if folder.is_dir() else []:
+            try:
+                manifest = json.loads((self.root / marker.name / "manifest.json").read_text())
+                if manifest.get("family") == family:
+                    out.append((manifest["key"], [int(s) for s in manifest["seeds"]]))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        return out
+
+    def untrained(self, family: str, seeds: list[int]) -> int:
+        """How many of `seeds`' models no finished arm of `family` holds: what training their arm costs."""
+        held = {s for _, its_seeds in self.members(family) for s in its_seeds}
+        return sum(1 for s in seeds if int(s) not in held)
 
     def remove(self, key: str) -> None:
         """Delete one entry (the chunks of an arm, once the whole arm is stored)."""

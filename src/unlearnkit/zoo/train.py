@@ -80,12 +80,21 @@ def task_loss(task: Task, forward: Forward):
     return loss
 
 
-def zoo_key(task: Task, dataset: Dataset, positions: torch.Tensor, seeds: list[int]) -> str:
+def zoo_family(task: Task, dataset: Dataset, positions: torch.Tensor) -> str:
+    """Everything that makes an arm but its seeds: arms of one family differ only in which models they
+    hold, and model i depends on its seed alone, so any arm of the family is assembled from others'."""
     return stable_hash({
         "task": task.describe(), "data": dataset.fingerprint, "positions": tensor_digest(positions),
-        "seeds": seeds, "torch": torch.__version__, "unlearnkit": __version__, "format": 3,
-        "compute": current().key(),
+        "torch": torch.__version__, "unlearnkit": __version__, "format": 4, "compute": current().key(),
     })
+
+
+def arm_key(family: str, seeds: list[int]) -> str:
+    return stable_hash({"family": family, "seeds": [int(s) for s in seeds]})
+
+
+def zoo_key(task: Task, dataset: Dataset, positions: torch.Tensor, seeds: list[int]) -> str:
+    return arm_key(zoo_family(task, dataset, positions), seeds)
 
 
 @dataclass(frozen=True)
@@ -112,34 +121,90 @@ def train_models(task: Task, dataset: Dataset, positions: torch.Tensor, seeds: l
     the parameters named in `trainable` (the others stay as they are, bit for bit).
     """
     positions = torch.as_tensor(positions, dtype=torch.long)
-    key = zoo_key(task, dataset, positions, seeds)
+    family = zoo_family(task, dataset, positions)
+    key = arm_key(family, seeds)
     if start is not None or trainable is not None:  # plain arms keep their keys
         key = stable_hash({"arm": key, "trainable": sorted(trainable) if trainable is not None else None,
                            "start": {k: tensor_digest(v) for k, v in sorted(start.items())} if start else None})
+    # models are assembled across arms only where model i depends on seed i alone: a plain arm whose models
+    # share one training set (a per-model subset, an S3T stage's start, are tied to their arm)
+    family = family if start is None and trainable is None and positions.dim() == 1 else None
     forward = template(task, dataset)
     mask = None if trainable is None else {k: torch.tensor(k in trainable) for k, _ in forward.module.named_parameters()}
     init = (lambda: start) if start is not None else (lambda: init_models(task, dataset, seeds))
     return train_cached(
         key, task_loss(task, forward), init,
         EpochStream(positions, seeds, task.recipe.batch_size), (dataset.x_train, dataset.y_train),
-        task.recipe.epochs, recipe_optim(task), cache, label, {"task": task.name, "seeds": seeds}, mask)
+        task.recipe.epochs, recipe_optim(task), cache, label, {"task": task.name, "seeds": seeds}, mask, family)
 
 
 def train_cached(key: str, loss: LossFn, init: Callable[[], Params], stream: EpochStream,
                  data: tuple[torch.Tensor, torch.Tensor], epochs: float, optim: Optim, cache: ZooCache | None,
-                 label: str, manifest: dict, update_mask: Params | None = None) -> Arm:
+                 label: str, manifest: dict, update_mask: Params | None = None, family: str | None = None) -> Arm:
     """The zoo's one path from a key to a trained ensemble: load it if cached, else train it with `fit`
     — in one pass, or in chunks of models when one pass would not fit in memory (`--max-memory`) or
     when a Ray backend spreads them — count its FLOPs, and cache it under `key`. `update_mask`: what
-    `fit` may update (one 0/1 tensor per parameter, shared by all models)."""
+    `fit` may update (one 0/1 tensor per parameter, shared by all models). `family` (with key =
+    `arm_key(family, seeds)`): models of the family's cached arms are reused by seed, so N = 16 after
+    N = 100 trains nothing and N = 100 after N = 16 trains the 84 new models only."""
     n = len(stream.seeds)
     if cache is not None and (hit := _load(cache, key, n, label)) is not None:
         return hit
     init = _once(init)  # the N models are built once, whether measured, chunked or trained
+    if cache is not None and family is not None:
+        manifest = {**manifest, "family": family}
+        if (arm := _assembled(key, family, loss, init, stream, data, epochs, optim, cache, label, manifest,
+                              update_mask)) is not None:
+            return arm
     size = models_per_chunk(loss, init, stream, data, label)
     if size >= n and backends.current().name == "local":
-        return _one_pass(key, loss, init, stream, data, epochs, optim, cache, label, manifest, update_mask)
-    return _chunked(key, loss, init, stream, data, epochs, optim, cache, label, manifest, size, update_mask)
+        arm = _one_pass(key, loss, init, stream, data, epochs, optim, cache, label, manifest, update_mask)
+    else:
+        arm = _chunked(key, loss, init, stream, data, epochs, optim, cache, label, manifest, size, update_mask)
+    if cache is not None and family is not None:
+        cache.register(family, key)
+    return arm
+
+
+def _assembled(key, family, loss, init, stream, data, epochs, optim, cache, label, manifest, update_mask) -> Arm | None:
+    """The arm `key` from the models its family's cached arms hold (by seed), the missing ones trained as
+    an arm of their own; stored under `key`. None when no cached arm holds any of its seeds. Each reused
+    model costs its arm's seconds and FLOPs per model (spent by an earlier run, as a resumed run's are)."""
+    seeds = stream.seeds
+    holder = {}
+    for other, its_seeds in cache.members(family):
+        for j, s in enumerate(its_seeds):
+            holder.setdefault(s, (other, j))
+    found = [i for i, s in enumerate(seeds) if s in holder]
+    if not found:
+        return None
+    entries = {k: cache.load(k, quiet=True) for k in {holder[seeds[i]][0] for i in found}}
+    if any(hit is None for hit in entries.values()):
+        return None  # damaged meanwhile: train the arm as if nothing were cached
+    rows, seconds, flops = {}, 0.0, 0.0
+    for i in found:
+        other, j = holder[seeds[i]]
+        params, saved = entries[other]
+        m = len(next(iter(params.values())))
+        rows[i] = {name: v[j] for name, v in params.items()}
+        seconds, flops = seconds + saved.get("seconds", 0.0) / m, flops + saved.get("flops", 0) / m
+    missing = [i for i in range(len(seeds)) if i not in rows]
+    log.info("%s: %d of %d models from cached arms of the same family%s", label, len(found), len(seeds),
+             f"; training the other {len(missing)}" if missing else "")
+    new = None
+    if missing:
+        new = train_cached(arm_key(family, [seeds[i] for i in missing]), loss,
+                           lambda: {k: v[missing] for k, v in init().items()}, stream.subset(missing), data, epochs,
+                           optim, cache, f"{label} (new)", manifest, update_mask)
+        rows.update({i: {name: v[t] for name, v in new.params.items()} for t, i in enumerate(missing)})
+    params = {name: torch.stack([rows[i][name] for i in range(len(seeds))]) for name in rows[found[0]]}
+    arm = Arm(params, seconds + (new.seconds if new else 0.0), int(flops + (new.flops if new else 0)), new is None,
+              seconds + (new.earlier_seconds if new else 0.0), int(flops + (new.earlier_flops if new else 0)))
+    cache.save(key, params, _manifest(manifest, label, stream, arm, 0) | {"assembled": True})
+    cache.register(family, key)
+    if new is not None:  # its models now live in this arm
+        cache.remove(arm_key(family, [seeds[i] for i in missing]))
+    return arm
 
 
 def _once(make: Callable[[], Params]) -> Callable[[], Params]:
@@ -235,7 +300,8 @@ def _chunked(key, loss, init, stream, data, epochs, optim, cache, label, manifes
 
 
 def _manifest(manifest: dict, label: str, stream: EpochStream, arm: Arm, resumed_from: int) -> dict:
-    return {**manifest, "label": label, "n_train": stream.indices.shape[-1], "seconds": arm.seconds,
+    return {**manifest, "label": label, "seeds": list(stream.seeds), "n_train": stream.indices.shape[-1],
+            "seconds": arm.seconds,
             "flops": arm.flops, "resumed_from_epoch": resumed_from, "compute": current().key(),
             "torch": torch.__version__, "unlearnkit": __version__}
 
