@@ -157,10 +157,12 @@ def test_resumed_arm_costs_what_the_uninterrupted_one_did(digits, tmp_path, inte
     assert resumed.flops == whole.flops and resumed.earlier_flops > 0
 
 
-def test_an_arm_is_assembled_from_the_cached_arms_of_its_family(digits, tmp_path, monkeypatch):
+@pytest.mark.parametrize("task", ["digits-logreg", "digits-mlp"])
+def test_an_arm_is_assembled_from_the_cached_arms_of_its_family(digits, tmp_path, monkeypatch, task):
     """Model i depends on its seed alone, so N = 3 after N = 5 trains nothing (the first 3 models), and
     N = 8 after them trains only the 3 models no cached arm holds: bit for bit the arms trained afresh,
     each reused model charged its arm's cost per model."""
+    TASK = get_task(task)
     pos = torch.arange(len(digits.y_train))
     fresh = {n: train_models(TASK, digits, pos, arm_seeds(0, n), None).params for n in (3, 8)}
     trained = []

@@ -51,6 +51,11 @@ def _shapes(params: Params) -> dict[str, list[int]]:
     return {k: list(v.shape) for k, v in sorted(params.items())}
 
 
+def arm_key(family: str, seeds: list[int]) -> str:
+    """The cache key of the arm of `family` (everything that made it but its seeds) holding `seeds`' models."""
+    return stable_hash({"family": family, "seeds": [int(s) for s in seeds]})
+
+
 class ZooCache:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root) / "zoo"
@@ -175,7 +180,10 @@ class ZooCache:
         return out
 
     def untrained(self, family: str, seeds: list[int]) -> int:
-        """How many of `seeds`' models no finished arm of `family` holds: what training their arm costs."""
+        """How many of `seeds`' models neither their own arm nor another finished arm of `family` holds:
+        what training their arm costs."""
+        if self.has(arm_key(family, seeds)):
+            return 0
         held = {s for _, its_seeds in self.members(family) for s in its_seeds}
         return sum(1 for s in seeds if int(s) not in held)
 

@@ -19,7 +19,7 @@ from ..engine.flops import book
 from ..errors import UnlearnkitError
 from ..models import bpr_loss, build_model, init_params
 from ..tasks import Task
-from .cache import ZooCache, stable_hash, tensor_digest
+from .cache import ZooCache, arm_key, stable_hash, tensor_digest
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +89,6 @@ def zoo_family(task: Task, dataset: Dataset, positions: torch.Tensor) -> str:
     })
 
 
-def arm_key(family: str, seeds: list[int]) -> str:
-    return stable_hash({"family": family, "seeds": [int(s) for s in seeds]})
-
-
 def zoo_key(task: Task, dataset: Dataset, positions: torch.Tensor, seeds: list[int]) -> str:
     return arm_key(zoo_family(task, dataset, positions), seeds)
 
@@ -145,11 +141,14 @@ def train_cached(key: str, loss: LossFn, init: Callable[[], Params], stream: Epo
     — in one pass, or in chunks of models when one pass would not fit in memory (`--max-memory`) or
     when a Ray backend spreads them — count its FLOPs, and cache it under `key`. `update_mask`: what
     `fit` may update (one 0/1 tensor per parameter, shared by all models). `family` (with key =
-    `arm_key(family, seeds)`): models of the family's cached arms are reused by seed, so N = 16 after
-    N = 100 trains nothing and N = 100 after N = 16 trains the 84 new models only."""
+    `arm_key(family, seeds)`, for arms whose model i depends on seed i alone, bit for bit): models of the
+    family's cached arms are reused by seed, so N = 16 after N = 100 trains nothing and N = 100 after
+    N = 16 trains the 84 new models only."""
     n = len(stream.seeds)
     if cache is not None and (hit := _load(cache, key, n, label)) is not None:
         return hit
+    if current().is_cuda:  # batched GPU kernels may choose their algorithm by the number of models: models
+        family = None     # are reused only where they are the same bit for bit, on the CPU (tests/test_zoo.py)
     init = _once(init)  # the N models are built once, whether measured, chunked or trained
     if cache is not None and family is not None:
         manifest = {**manifest, "family": family}
