@@ -185,9 +185,8 @@ def test_an_arm_is_assembled_from_the_cached_arms_of_its_family(digits, tmp_path
 
 
 def test_a_runs_budget_counts_only_the_models_no_cached_arm_holds(tmp_path):
-    from unlearnkit.experiment import RunConfig, budget, prepare, run
-
     from unlearnkit.engine.compute import use
+    from unlearnkit.experiment import RunConfig, budget, prepare, run
 
     def config(n):
         return RunConfig(task="digits-logreg", methods=("none",), models=n, cache_dir=str(tmp_path), bootstrap=0)

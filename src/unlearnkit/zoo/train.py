@@ -194,7 +194,7 @@ def _assembled(key, family, loss, init, stream, data, epochs, optim, cache, labe
     if missing:
         new = train_cached(arm_key(family, [seeds[i] for i in missing]), loss,
                            lambda: {k: v[missing] for k, v in init().items()}, stream.subset(missing), data, epochs,
-                           optim, cache, f"{label} (new)", manifest, update_mask)
+                           optim, cache, f"{label} ({len(missing)} of {len(seeds)} new)", manifest, update_mask)
         rows.update({i: {name: v[t] for name, v in new.params.items()} for t, i in enumerate(missing)})
     params = {name: torch.stack([rows[i][name] for i in range(len(seeds))]) for name in rows[found[0]]}
     arm = Arm(params, seconds + (new.seconds if new else 0.0), int(flops + (new.flops if new else 0)), new is None,
