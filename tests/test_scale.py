@@ -262,3 +262,20 @@ def test_a_looped_arm_holds_one_models_activations():
     assert p.arm_bytes(10, 64, "loop") == 10 * STATE_COPIES * 100 + 64 * 1000
     limit = p.arm_bytes(10, 64, "vmap")
     assert p.models_within(limit, 64, "vmap") == 10 and p.models_within(limit, 64, "loop") > 100
+
+
+def test_a_looped_fit_resumes_from_its_checkpoint_bit_for_bit(digits):
+    """An interrupted model-by-model loop resumes exactly as the vmapped one does (tests/test_zoo.py)."""
+    from unlearnkit.engine import Forward
+    from unlearnkit.models import build_model
+    forward = Forward(build_model("cnn", (1, 8, 8), 10, channels=4))
+    seeds = arm_seeds(0, 2)
+    init = init_params("cnn", (1, 8, 8), 10, seeds, channels=4)
+    stream = EpochStream(torch.arange(256), seeds, 64)  # 4 steps an epoch
+    data, optim, checkpoints = (digits.x_train.view(-1, 1, 8, 8), digits.y_train), Optim("sgd", 0.05, 0.9, 5e-4), []
+    with use(Compute("cpu", "fp32", ensemble="loop")):
+        whole = fit(cross_entropy_loss(forward), init, {"train": stream}, data, 8, optim, on_epoch=checkpoints.append)
+        resumed = fit(cross_entropy_loss(forward), init, {"train": stream}, data, 8, optim, resume=checkpoints[0])
+    assert checkpoints[0].epoch == 1
+    for k in whole:
+        assert torch.equal(whole[k], resumed[k]), k
