@@ -30,9 +30,12 @@ log = logging.getLogger(__name__)
 
 MAX_EPOCHS = 1000        # no recipe, method or budget here needs more passes over its data
 MAX_MODELS = 10_000      # models per arm: 100 is the reference, 10k is far past any use of KLoM
-# share of the matmul peak (of the run's precision) a vectorised training step reaches: about 0.5 in float32
-# and 0.2 in bfloat16 on MLPs here (bf16 products are 5-6x faster, the rest of a step is not)
-ZOO_EFFICIENCY = {"fp32": 0.3, "tf32": 0.3, "bf16": 0.1}
+# share of the measured matmul rate (`matmul_rate`, the run's device and precision) that a whole run's FLOPs
+# reach, per device type: on a 2-core AMX CPU the default run at N = 100 did 54.3 TFLOP in 242 s in bf16
+# (0.2 of the bf16 rate; bf16 products are 5-6x faster, the rest of a step is not) and its zoo reaches
+# 0.8 of the fp32 rate (0.45 for a whole run, metrics included); on an H200 the MLP zoo reached 9-22% of
+# the fp32 peak and 1-3% of the tf32 and bf16 ones (memory- and launch-bound: issue 11, stop 20)
+ZOO_EFFICIENCY = {"cpu": {"fp32": 0.45, "bf16": 0.2}, "cuda": {"fp32": 0.1, "tf32": 0.02, "bf16": 0.01}}
 STATE_COPIES = 5         # parameters, gradients, two optimizer moments, one checkpoint copy
 
 
@@ -205,7 +208,7 @@ def matmul_rate(compute: Compute | None = None) -> float:
 def training_rate(compute: Compute | None = None) -> float:
     """FLOP/s a vectorised training step is expected to reach on the run's compute."""
     compute = compute or current()
-    return ZOO_EFFICIENCY[compute.precision] * matmul_rate(compute)
+    return ZOO_EFFICIENCY[torch.device(compute.device).type][compute.precision] * matmul_rate(compute)
 
 
 def available_memory() -> int | None:
