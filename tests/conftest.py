@@ -42,8 +42,12 @@ def digits():
 @pytest.fixture(scope="session")
 def tiny_lm_cache(tmp_path_factory) -> str:
     """One model cache for the tests that train tofu-synth-tiny arms at N = 2 with authors:0.1 forgotten:
-    the originals, oracles and retrain arm are trained once for all of them."""
-    return str(tmp_path_factory.mktemp("tiny-lm-cache"))
+    the originals, oracles and retrain arm are trained once for all of them — under pytest-xdist, once for
+    all workers (the session's folder above theirs; the zoo's locks make the others wait and load)."""
+    root = tmp_path_factory.getbasetemp()
+    path = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "tiny-lm-cache"
+    path.mkdir(exist_ok=True)
+    return str(path)
 
 
 @pytest.fixture(scope="module")
