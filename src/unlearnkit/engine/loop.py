@@ -173,8 +173,7 @@ def fit(
         idx = {name: next(it).to(dev) for name, it in iters.items()}
         with flops.step(sum(i.numel() for i in idx.values())):
             if looped:
-                with autocast:
-                    _loop_step(loss_fn, live, buffers, x, y, idx, frozen, step)
+                _loop_step(loss_fn, live, buffers, x, y, idx, frozen, step, autocast)
             else:
                 with autocast:
                     losses = batched_loss(live, {name: (_rows(x, i), _rows(y, i), i) for name, i in idx.items()},
@@ -223,7 +222,7 @@ def fit(
 
 
 def _loop_step(loss_fn: LossFn, live: Params, buffers: Params, x: torch.Tensor, y: torch.Tensor,
-               idx: dict[str, torch.Tensor], frozen: Params, step: int) -> None:
+               idx: dict[str, torch.Tensor], frozen: Params, step: int, autocast) -> None:
     """One step of the N models one after another (`ensemble="loop"`): model i's loss on its own rows and
     on slices of the stacked tensors, its gradient written into slice i of `buffers`, which become the
     stacked tensors' `.grad` — None for a parameter the loss does not use, as vmap's backward leaves it
@@ -233,7 +232,8 @@ def _loop_step(loss_fn: LossFn, live: Params, buffers: Params, x: torch.Tensor, 
     for i in range(len(next(iter(live.values())))):
         own = {k: v[i].detach().requires_grad_(True) for k, v in live.items()}
         batch = {name: (x.index_select(0, j[i]), y.index_select(0, j[i]), j[i]) for name, j in idx.items()}
-        loss = loss_fn(own, batch, tree_map(lambda t: t[i], frozen))
+        with autocast:  # the forward only, as for vmap: the backward runs in the forward's dtypes by itself
+            loss = loss_fn(own, batch, tree_map(lambda t: t[i], frozen))
         if not torch.isfinite(loss.detach()):
             bad.append(i)
             continue
