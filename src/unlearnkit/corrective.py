@@ -24,10 +24,8 @@ but fails on interclass confusion).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,7 +34,6 @@ from . import __version__
 from .data import load_dataset
 from .errors import UnlearnkitError
 from .experiment import Bench, Prepared, budget
-from .files import atomic_write
 from .forget import ForgetSet
 from .forget.manipulate import Manipulation, identified, manipulate
 from .methods import REGISTRY
@@ -71,8 +68,8 @@ def corrective(config: RunConfig, manipulation: str, fractions=DEFAULT_FRACTIONS
     if config.task in LM_TASKS:  # the forget set is `manipulation`, a language-model forget spec
         from .lm_corrective import corrective_lm
         return corrective_lm(dataclasses.replace(config, forget=manipulation), fractions, out, overwrite, relearn)
-    from .report import check_output, claim_output, index, release_output
-    from .report.results import json_safe
+    from .report import check_output, claim_output
+    from .report.html import write_corrective_report
     fractions = tuple(sorted(set(float(f) for f in fractions)))
     if not fractions:
         raise UnlearnkitError("--identified needs at least one fraction in (0, 1]")
@@ -121,15 +118,8 @@ def corrective(config: RunConfig, manipulation: str, fractions=DEFAULT_FRACTIONS
     if relearn:
         steps_to_half(results)
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "corrective.json", lambda p: p.write_text(json.dumps(json_safe(results), indent=2)))
-        from .report.figures import corrective_curves
-        from .report.html import write_grid_report
-        write_grid_report(out, f"corrective unlearning: {manipulation} on {config.task}", format_corrective(results),
-                          {"corrective": corrective_curves(results)}, results)
-        index.record(out, {"run_id": run_id, "config": {**config.to_dict(), "forget": manipulation}}, kind="corrective")
-        release_output(out)
+        write_corrective_report(out, results, f"corrective unlearning: {manipulation} on {config.task}",
+                                format_corrective(results), run_id, {**config.to_dict(), "forget": manipulation})
     return results
 
 

@@ -20,7 +20,6 @@ from .budget import Budget, StepProfile
 from .cells import CellStore
 from .data import Interactions, load_dataset
 from .engine import Params, predict
-from .engine.observe import observing
 from .errors import Diverged, UnlearnkitError
 from .forget import build_forget_set
 from .forget.worst import SELECTION, memorisation, per_example_losses, select
@@ -41,6 +40,7 @@ from .runs import (
     method_registry,
     run_budget,
     run_jobs,
+    run_method,
 )
 from .scoring import ArmScores, Settings, row_metrics
 from .trajectories import Recorder, sample_positions
@@ -224,15 +224,10 @@ class Bench:
         extra = None
         try:
             recorder = self.recorder(job)
-            if recorder is None:
-                result, cost = ctx.charged(get_method(job.method, self.registry).fn, job.hparams)
-            else:
-                template = {k: tuple(v.shape) for k, v in self.originals.params.items()}
-                with observing(recorder, p.config.trajectories, template) as watched:
-                    result, cost = ctx.charged(get_method(job.method, self.registry).fn, job.hparams)
-                cost["seconds"] -= watched.seconds
-                if not isinstance(result, Ensemble) and recorder.steps[-1] != watched.steps:
-                    recorder(watched.steps, result)  # where the method stopped
+            result, cost, last = run_method(ctx, get_method(job.method, self.registry).fn, job.hparams, recorder,
+                                            p.config.trajectories, self.originals.params)
+            if recorder is not None and not isinstance(result, Ensemble) and recorder.steps[-1] != last:
+                recorder(last, result)  # where the method stopped
             reference = None
             if isinstance(result, Ensemble):
                 arm = self.scores(result.logits(self.x_all))

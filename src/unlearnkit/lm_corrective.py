@@ -16,17 +16,14 @@ labelled? Every (fraction, method) pair is a cell: an interrupted study resumes.
 """
 from __future__ import annotations
 
-import json
 import os
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import __version__
 from .errors import UnlearnkitError
-from .files import atomic_write
 from .forget.manipulate import identified
 from .lm.model import causal_lm_loss, mean_token_logprob, token_logprobs
 from .lm.task import get_lm_task, load_tofu
@@ -56,8 +53,8 @@ def corrective_lm(config: RunConfig, fractions, out: str | os.PathLike | None = 
     `config.forget` identified, for each f, against oracles retrained without the whole forget set. Checked
     (spec, fractions, methods, output, budget) before anything trains."""
     from .lm_experiment import lm_jobs
-    from .report import check_output, claim_output, index, release_output
-    from .report.results import json_safe
+    from .report import check_output, claim_output
+    from .report.html import write_corrective_report
     fractions = tuple(sorted(set(float(f) for f in fractions)))
     if not fractions:
         raise UnlearnkitError("--identified needs at least one fraction in (0, 1]")
@@ -95,15 +92,8 @@ def corrective_lm(config: RunConfig, fractions, out: str | os.PathLike | None = 
     if relearn:
         steps_to_half(results)
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "corrective.json", lambda p: p.write_text(json.dumps(json_safe(results), indent=2)))
-        from .report.figures import corrective_curves
-        from .report.html import write_grid_report
-        write_grid_report(out, f"corrective unlearning: {config.forget} identified in part on {config.task}",
-                          format_lm_corrective(results), {"corrective": corrective_curves(results)}, results)
-        index.record(out, {"run_id": run_id, "config": config.to_dict()}, kind="corrective")
-        release_output(out)
+        write_corrective_report(out, results, f"corrective unlearning: {config.forget} identified in part on "
+                                f"{config.task}", format_lm_corrective(results), run_id, config.to_dict())
     return results
 
 

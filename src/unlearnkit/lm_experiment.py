@@ -22,7 +22,6 @@ from .budget import Budget, StepProfile
 from .cells import CellStore
 from .data.probes import N_FLUENCY, PROBE_TYPES, Probe, author_probes, fluency_prompts, neighbour_probes, sample
 from .data.tofu_synth import author_profiles
-from .engine.observe import observing
 from .errors import Diverged, UnlearnkitError
 from .lm import steering
 from .lm.evaluate import ItemScores, answer_seq, fluency_scores, probe_scores, score_items
@@ -45,6 +44,7 @@ from .runs import (
     default_cache_dir,
     run_budget,
     run_jobs,
+    run_method,
 )
 from .tuned import load_tuned
 from .zoo import ORACLE_SEEDS, ORIGINAL_SEEDS, RETRAIN_SEEDS, ZooCache, arm_seeds, stable_hash
@@ -216,13 +216,8 @@ class LMBench:
         extra = None
         try:
             recorder = self.recorder(job)
-            if recorder is None:
-                params, cost = ctx.charged(LM_REGISTRY[job.method].fn, job.hparams)
-            else:  # evaluated every K steps, outside the method's charged seconds and FLOPs
-                template = {k: tuple(v.shape) for k, v in self.originals.params.items()}
-                with observing(recorder, self.config.trajectories, template) as watched:
-                    params, cost = ctx.charged(LM_REGISTRY[job.method].fn, job.hparams)
-                cost["seconds"] -= watched.seconds
+            params, cost, last = run_method(ctx, LM_REGISTRY[job.method].fn, job.hparams, recorder,
+                                            self.config.trajectories, self.originals.params)
             if not all(torch.isfinite(v).all() for v in params.values()):
                 raise Diverged(-1, [])
             scores = self.score(params)
@@ -234,8 +229,8 @@ class LMBench:
                 row.update(self.probe(params))
             extra = {"klom": values, "scores": item_score_arrays(scores, f"row/{job.label}")}
             if recorder is not None:
-                if recorder.steps[-1] != watched.steps:
-                    recorder(watched.steps, params)  # where the method stopped
+                if recorder.steps[-1] != last:
+                    recorder(last, params)  # where the method stopped
                 row["trajectory"], arrays = recorder.result(StepRule.parse(self.config.best_step))
                 extra["scores"].update({f"trajectory/{job.label}/{k}": v for k, v in arrays.items()})
         except Diverged as err:

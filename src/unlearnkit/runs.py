@@ -26,6 +26,7 @@ from .budget import (
 )
 from .cells import cell_key, run_cells
 from .engine.compute import Compute, ensemble_for, resolve, use
+from .engine.observe import observing
 from .errors import UnlearnkitError
 from .methods import get_method, make_hparams
 from .metrics.trajectory import StepRule
@@ -309,6 +310,19 @@ def run_jobs(bench, jobs: list[Job]) -> tuple[list[dict], dict[str, np.ndarray],
         r["cost_vs_retrain"] = {k: (r[k] / floor[k] if r.get(k) is not None and floor.get(k) else None)
                                 for k in ("seconds", "flops")}
     return rows, per_example, scores, floor
+
+
+def run_method(ctx, fn: Callable, hparams, recorder: Callable | None, every: int, originals: dict):
+    """`ctx.charged(fn, hparams)` for either pipeline's bench: (the method's result, its cost, the last step
+    it trained or None). With a trajectory `recorder` (None: no trajectory), every `every` optimizer steps
+    of fits over parameters shaped like `originals` are reported to it, outside the method's charged
+    seconds and FLOPs."""
+    if recorder is None:
+        return (*ctx.charged(fn, hparams), None)
+    with observing(recorder, every, {k: tuple(v.shape) for k, v in originals.items()}) as watched:
+        result, cost = ctx.charged(fn, hparams)
+    cost["seconds"] -= watched.seconds
+    return result, cost, watched.steps
 
 
 def job_key(bench, job: Job, registry: dict | None = None) -> str:

@@ -20,6 +20,8 @@ import numpy as np
 from ..errors import UnlearnkitError
 from ..files import atomic_write
 from ..metrics import SPLITS
+from .index import record
+from .results import json_safe, release_output
 
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1500px; padding: 0 1em; color: #222; }
@@ -220,6 +222,19 @@ def write_grid_report(out, title: str, table: str, figures: dict, results: dict)
         "<h2>Provenance</h2>", _dl(provenance(results)), "</body></html>"])
     atomic_write(out / "report.html", lambda p: p.write_text(page))
     return out / "report.html"
+
+
+def write_corrective_report(out, results: dict, title: str, table: str, run_id: str, index_config: dict) -> Path:
+    """Everything a corrective study (`corrective`, `lm_corrective`) leaves in `out`: corrective.json, its
+    report (the table, the per-fraction curves), its line in the run index; then the folder is released."""
+    from .figures import corrective_curves
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "corrective.json", lambda p: p.write_text(json.dumps(json_safe(results), indent=2)))
+    page = write_grid_report(out, title, table, {"corrective": corrective_curves(results)}, results)
+    record(out, {"run_id": run_id, "config": index_config}, kind="corrective")
+    release_output(out)
+    return page
 
 
 def write_study_report(out, summary: dict, table: str) -> Path:
