@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unlearnkit.engine import EpochStream, Forward, Optim, fit, predict
+from unlearnkit.engine import EpochStream, Forward, Optim, accumulate, fit, predict
+from unlearnkit.engine.compute import bf16_fast, resolve, use
 from unlearnkit.errors import Diverged
 from unlearnkit.models import build_model, init_params
 
@@ -114,6 +115,33 @@ def test_predict_shapes(digits):
     forward, init, _ = _setup(digits, "logreg")
     logits = predict(forward, init, digits.x_val, chunk=100)
     assert logits.shape == (len(SEEDS), len(digits.y_val), 10)
+
+
+def test_accumulate_sums_each_models_own_batches(digits):
+    """`accumulate` (the measurements methods take: importances, saliency) is, per model, the sum over one epoch
+    of that model's own batches of the one-model function, and the number of batches (a partial last one
+    counts); in float32 on the CPU even when the run trains in bf16."""
+    forward, init, _ = _setup(digits, width=16, depth=1)
+    positions = torch.arange(100)
+    stream = EpochStream(positions, SEEDS, 32)  # 100 = 3 × 32 + 4: four batches
+
+    def squared_grad(p, x, y):
+        return {k: g.square() for k, g in torch.func.grad(lambda q: F.cross_entropy(forward(q, x), y))(p).items()}
+
+    with use(resolve("cpu", "bf16" if bf16_fast("cpu") else "fp32")):
+        total, batches = accumulate(squared_grad, init, stream, (digits.x_train, digits.y_train))
+    assert batches == 4
+    for i, seed in enumerate(SEEDS):
+        one = {k: v[i] for k, v in init.items()}
+        expected = {k: torch.zeros_like(v) for k, v in one.items()}
+        own = EpochStream(positions, [seed], 32).batches()
+        for _ in range(4):
+            idx = next(own)[0]
+            for k, g in squared_grad(one, digits.x_train[idx], digits.y_train[idx]).items():
+                expected[k] += g
+        for k in expected:
+            assert total[k].dtype == torch.float32 and total[k].device.type == "cpu"
+            torch.testing.assert_close(total[k][i], expected[k], rtol=1e-5, atol=1e-7)
 
 
 def test_flops_are_counted_exactly_from_the_first_step(digits):

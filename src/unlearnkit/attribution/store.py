@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..data import Dataset
+from ..engine.compute import current
 from ..errors import UnlearnkitError
 from ..files import atomic_write
 from ..tasks import Task
@@ -80,7 +81,8 @@ def trak_lds(task: Task, dataset: Dataset, held_out: SubsetRuns, models: int = 2
     arm = train_models(task, dataset, torch.arange(n), arm_seeds(ORIGINAL_SEEDS, models, seed), cache, "originals")
     x_t = torch.cat([dataset.x_train[pick_t], dataset.x_val[pick_v]])
     y_t = torch.cat([dataset.y_train[pick_t], dataset.y_val[pick_v]])
-    att = trak_attribution(template(task, dataset), arm.params,
+    on_device = {k: v.to(current().device) for k, v in arm.params.items()}  # per-example gradients there
+    att = trak_attribution(template(task, dataset), on_device,
                            dataset.x_train, dataset.y_train, x_t, y_t, proj_dim=proj_dim, seed=seed)
     scores = lds(att, held_out.masks, held_out.margins[:, torch.cat([pick_t, n + pick_v])])
     return {"lds_train": float(np.nanmean(scores[:len(pick_t)])), "lds_val": float(np.nanmean(scores[len(pick_t):])),

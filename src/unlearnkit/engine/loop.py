@@ -10,6 +10,7 @@ of the same stacked tensors, and the same stacked optimizer updates all N at onc
 from __future__ import annotations
 
 import functools
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -329,3 +330,31 @@ def predict(forward: Forward, params: Params, x: torch.Tensor, chunk: int | None
     params = {k: v.to(dev) for k, v in params.items()}
     call = torch.vmap(forward, in_dims=(0, None))
     return torch.cat([call(params, x[i:i + chunk].to(dev)).cpu() for i in range(0, len(x), chunk)], dim=1)
+
+
+@torch.no_grad()
+def accumulate(fn: Callable[..., Params], params: Params, stream: EpochStream,
+               data: tuple[torch.Tensor, ...]) -> tuple[Params, int]:
+    """Σ over one epoch of `stream` of fn(params, *rows), for N models at once, and the number of batches.
+
+    `fn` is written for ONE model: its parameters and its minibatch's rows of each tensor in `data`
+    (inputs, labels), returning a dict of tensors (a squared gradient, say); `accumulate` vmaps it over
+    the N models' stacked parameters and their own batches, as `fit` does for a loss. For the measurements
+    a method takes of its models without training them (SSD's and Potion's parameter importances, SalUn's
+    saliency): like `predict`, on the run's device in float32 whatever the training precision, and handed
+    back on the CPU. `fn` may differentiate inside (torch.func.grad): this no_grad does not reach it.
+    """
+    dev = torch.device(current().device)
+    params = {k: v.detach().to(dev) for k, v in params.items()}
+    data = tuple(t.to(dev) for t in data)
+    call = torch.vmap(fn, randomness="error")
+    total: Params = {}
+    batches = stream.steps_per_epoch
+    for idx in itertools.islice(stream.batches(0), batches):
+        idx = idx.to(dev)
+        for k, v in call(params, *(_rows(t, idx) for t in data)).items():
+            if k in total:
+                total[k] += v
+            else:
+                total[k] = v.clone()
+    return {k: v.cpu() for k, v in total.items()}, batches

@@ -7,6 +7,7 @@ Questions are left-padded with an attention mask, as batched decoding requires.
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -14,6 +15,17 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from ..engine import Params
+from ..engine.compute import current
+
+
+def on_run_device(module: nn.Module, params: Params) -> tuple[nn.Module, Params]:
+    """`module` and `params` on the run's device, where generation runs (it is evaluation work, like
+    `engine.predict`). A module elsewhere is copied there: the template stays where it is, for the code that
+    calls it with parameters on the CPU."""
+    dev = torch.device(current().device)
+    if next(module.parameters()).device != dev:
+        module = copy.deepcopy(module).to(dev)
+    return module, {k: v.to(dev) for k, v in params.items()}
 
 
 @torch.no_grad()
@@ -32,6 +44,7 @@ def greedy_answers(module: nn.Module, params: Params, tok: Tokenizer, questions:
     Params that carry an inference-time method's state generate through `steering.answers_for`."""
     n_models = next(iter(params.values())).shape[0]
     prompts = [tok.encode(q).ids for q in questions]
+    dev = next(module.parameters()).device
     out = []
     for i in range(n_models):
         load_into(module, {k: v[i] for k, v in params.items()}).eval()
@@ -39,8 +52,8 @@ def greedy_answers(module: nn.Module, params: Params, tok: Tokenizer, questions:
         for s in range(0, len(prompts), batch_size):
             chunk = prompts[s:s + batch_size]
             width = max(len(p) for p in chunk)
-            ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in chunk])
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+            ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in chunk], device=dev)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=dev)
             context = getattr(module.config, "n_positions", None) or module.config.max_position_embeddings
             room = context - width  # positions beyond the model's range do not exist
             gen = module.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max(1, min(max_new_tokens, room)),

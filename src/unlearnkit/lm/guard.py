@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from ..engine import Forward, Params
+from ..engine import Forward, Params, predict
 from ..errors import UnlearnkitError
 from .model import LMForward
 from .tokenizer import IGNORE
@@ -285,10 +285,8 @@ def question_features(forward: LMForward, params: Params, input_ids: torch.Tenso
                       chunk: int = 64) -> torch.Tensor:
     """(N, n, d) each model's mean block-`layer` output over each row's question tokens."""
     weights, _ = split_guard(params)
-    qmask, _ = question_mask(input_ids, sep)
-    call = torch.vmap(lambda p, x: forward.hidden(p, x, layer), in_dims=(0, None))
-    parts = [pooled(call(weights, input_ids[s:s + chunk]), qmask[s:s + chunk]) for s in range(0, len(input_ids), chunk)]
-    return torch.cat(parts, 1)
+    return predict(lambda p, x: pooled(forward.hidden(p, x, layer), question_mask(x, sep)[0]), weights, input_ids,
+                   chunk)  # on the run's device
 
 
 def train_classifier(features: torch.Tensor, target: torch.Tensor, seeds: Sequence[int], steps: int, lr: float,
@@ -372,6 +370,7 @@ def guarded_greedy_answers(forward: Callable, params: Params, tok: Tokenizer, qu
     n_models = next(iter(params.values())).shape[0]
     prompts = [tok.encode(q).ids for q in questions]
     guarded = isinstance(forward, GuardedForward)
+    dev = next(iter(params.values())).device  # the prefixes live where the parameters do
     out = []
     for i in range(n_models):
         p = {k: v[i] for k, v in params.items()}
@@ -383,10 +382,11 @@ def guarded_greedy_answers(forward: Callable, params: Params, tok: Tokenizer, qu
             buf = torch.full((len(chunk), width + steps), pad_id, dtype=torch.long)
             for r, q in enumerate(chunk):
                 buf[r, :len(q)] = torch.tensor(q)
-            length = torch.tensor([len(q) for q in chunk])
+            buf = buf.to(dev)
+            length = torch.tensor([len(q) for q in chunk], device=dev)
             n_prompt = length.clone()
-            done = torch.zeros(len(chunk), dtype=torch.bool)
-            rows = torch.arange(len(chunk))
+            done = torch.zeros(len(chunk), dtype=torch.bool, device=dev)
+            rows = torch.arange(len(chunk), device=dev)
             for _ in range(steps):
                 end = int(length.max())
                 logits = forward(p, buf[:, :end], n_question=n_prompt) if guarded else forward(p, buf[:, :end])

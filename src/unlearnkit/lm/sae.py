@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..engine import Forward, Params
+from ..engine import Forward, Params, predict
 from ..errors import UnlearnkitError
 from .model import LMForward
 
@@ -318,7 +318,5 @@ def sae_hook(module: nn.Module, sae: Params):
 def residual_acts(forward: LMForward, params: Params, input_ids: torch.Tensor, layer: int, pad_id: int,
                   chunk: int = 64) -> torch.Tensor:
     """(N, T, d): block `layer`'s output of N models at the T real (non-padding) tokens of `input_ids`."""
-    call = torch.vmap(lambda p, x: forward.hidden(p, x, layer), in_dims=(0, None))
-    keep = input_ids != pad_id
-    parts = [call(params, input_ids[s:s + chunk])[:, keep[s:s + chunk]] for s in range(0, len(input_ids), chunk)]
-    return torch.cat(parts, 1)
+    hidden = predict(lambda p, x: forward.hidden(p, x, layer), params, input_ids, chunk)  # on the run's device
+    return hidden[:, input_ids != pad_id]

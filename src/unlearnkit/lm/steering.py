@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from ..engine import Forward, Params
-from .generate import greedy_answers
+from .generate import greedy_answers, on_run_device
 from .guard import GuardedForward, guarded_greedy_answers
 from .model import LMForward
 from .sae import PREFIX, ClampedForward, sae_hook
@@ -51,7 +51,8 @@ def answers_for(module: nn.Module, params: Params, tok, questions: Sequence[str]
                 pad_id: int, eos_id: int, batch_size: int = 128) -> list[list[str]]:
     """Greedy answers, [models][questions], of plain weights (`generate.greedy_answers`) or of steered
     params: each model generates with its own state (the SAE hooked on its block while Hugging Face's
-    `generate` runs; the guard's decoder, which re-scores every prefix)."""
+    `generate` runs; the guard's decoder, which re-scores every prefix), on the run's device."""
+    module, params = on_run_device(module, params)
     if kind(params) is None:
         return greedy_answers(module, params, tok, questions, max_new_tokens, pad_id, eos_id, batch_size)
     weights, state = split_state(params)

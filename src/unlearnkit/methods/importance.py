@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..engine import Params
+from ..engine import Params, accumulate
 from .base import Context
 
 
@@ -22,28 +22,17 @@ def diagonal_fisher(ctx: Context, positions, batch_size: int, params: Params | N
                     name: str = "fisher") -> Params:
     """I[p] for each of the N models (leading dim N), over one pass of training-set `positions`.
 
-    Vectorised: one `vmap(grad(loss))` call per batch for all N models at once. Model i's batches are one
-    epoch of the stream `ctx.stream(name, positions, batch_size)` (a fixed, per-model shuffled order).
-    `params` defaults to the originals. No training happens here.
+    Model i's batches are one epoch of the stream `ctx.stream(name, positions, batch_size)` (a fixed,
+    per-model shuffled order); the engine vmaps the one-model function over the N models, on the run's
+    device. `params` defaults to the originals. No training happens here.
     """
-    params = ctx.originals if params is None else params
-    stream = ctx.stream(name, positions, batch_size)
-    x, y = ctx.dataset.x_train, ctx.dataset.y_train
+    def squared_grad(p: Params, xb: torch.Tensor, yb: torch.Tensor) -> Params:
+        g = torch.func.grad(lambda q: F.cross_entropy(ctx.forward(q, xb), yb))(p)
+        return {k: v.square() for k, v in g.items()}
 
-    def loss(p, xb, yb):
-        return F.cross_entropy(ctx.forward(p, xb), yb)
-
-    per_model_grad = torch.vmap(torch.func.grad(loss))
-    detached = {k: v.detach() for k, v in params.items()}
-    total = {k: torch.zeros_like(v) for k, v in detached.items()}
-    batches = stream.batches(0)
-    n_batches = stream.steps_per_epoch
-    for _ in range(n_batches):
-        idx = next(batches)  # (N, b)
-        grads = per_model_grad(detached, x[idx], y[idx])
-        for k, g in grads.items():
-            total[k] += g.square()
-    return {k: v / n_batches for k, v in total.items()}
+    total, batches = accumulate(squared_grad, ctx.originals if params is None else params,
+                                ctx.stream(name, positions, batch_size), ctx.train_data)
+    return {k: v / batches for k, v in total.items()}
 
 
 def output_norm_importance(ctx: Context, positions, batch_size: int, name: str = "importance:lf") -> Params:
@@ -51,17 +40,10 @@ def output_norm_importance(ctx: Context, positions, batch_size: int, name: str =
     label_free=True, x_D=True): for every batch, |∂ (batch mean of ‖f(x)‖₂) / ∂p|, averaged over the batches.
     No labels are read, so importances on poisoned or mislabelled examples are not steered by the wrong
     labels (the "outlier-resistant" variant of Schoepf et al. 2024)."""
-    stream = ctx.stream(name, positions, batch_size)
-    x = ctx.dataset.x_train
+    def abs_grad(p: Params, xb: torch.Tensor) -> Params:
+        g = torch.func.grad(lambda q: torch.linalg.vector_norm(ctx.forward(q, xb), dim=-1).mean())(p)
+        return {k: v.abs() for k, v in g.items()}
 
-    def loss(p, xb):
-        return torch.linalg.vector_norm(ctx.forward(p, xb), dim=-1).mean()
-
-    per_model_grad = torch.vmap(torch.func.grad(loss))
-    detached = {k: v.detach() for k, v in ctx.originals.items()}
-    total = {k: torch.zeros_like(v) for k, v in detached.items()}
-    batches = stream.batches(0)
-    for _ in range(stream.steps_per_epoch):
-        for k, g in per_model_grad(detached, x[next(batches)]).items():
-            total[k] += g.abs()
-    return {k: v / stream.steps_per_epoch for k, v in total.items()}
+    total, batches = accumulate(abs_grad, ctx.originals, ctx.stream(name, positions, batch_size),
+                                (ctx.dataset.x_train,))
+    return {k: v / batches for k, v in total.items()}

@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, jacrev, vmap
 
 from ..engine import Params
+from ..engine.compute import current
 from ..errors import UnlearnkitError
 from ..models import init_params
 from .base import Context, HParams, register
@@ -55,8 +56,9 @@ def newton(ctx: Context, hp: NewtonParams) -> Params:
     sizes = [s.numel() for s in shapes]
     _check_size(sum(sizes), hp.max_params)
     lam = ctx.task.recipe.weight_decay
-    x, y = ctx.dataset.x_train, ctx.dataset.y_train
-    forget, retain = torch.as_tensor(ctx.forget), torch.as_tensor(ctx.retain)
+    dev = current().device  # the Hessians are the method's work: built on the run's device, in float64
+    x, y = ctx.dataset.x_train.to(dev), ctx.dataset.y_train.to(dev)
+    forget, retain = torch.as_tensor(ctx.forget, device=dev), torch.as_tensor(ctx.retain, device=dev)
 
     def unflatten(flat: torch.Tensor) -> Params:
         return {k: t.view(s) for k, t, s in zip(names, flat.split(sizes), shapes)}
@@ -70,7 +72,7 @@ def newton(ctx: Context, hp: NewtonParams) -> Params:
 
     def step(flat: torch.Tensor) -> torch.Tensor:
         delta = grad(summed_loss)(flat, forget) + len(forget) * lam * flat
-        h = (lam * len(retain) + hp.damping) * torch.eye(len(flat), dtype=flat.dtype)
+        h = (lam * len(retain) + hp.damping) * torch.eye(len(flat), dtype=flat.dtype, device=flat.device)
         for chunk in retain.split(512):
             jac = vmap(jacrev(logits_one), in_dims=(None, 0))(flat, x[chunk])       # (b, C, P)
             p = torch.softmax(vmap(logits_one, in_dims=(None, 0))(flat, x[chunk]), dim=-1)
@@ -78,9 +80,9 @@ def newton(ctx: Context, hp: NewtonParams) -> Params:
             h += jac.flatten(0, 1).T @ (curvature @ jac).flatten(0, 1)
         return flat + torch.linalg.solve(h, delta)
 
-    flat = torch.cat([ctx.originals[k].flatten(1) for k in names], dim=1).double()
+    flat = torch.cat([ctx.originals[k].flatten(1) for k in names], dim=1).to(dev, torch.float64)
     with torch.no_grad():
         x = x.double()
         new = torch.stack([step(f) for f in flat])  # N Hessians of P² numbers: one model at a time bounds memory
-    out = {k: t.view(-1, *s).float() for k, t, s in zip(names, new.split(sizes, dim=1), shapes)}
+    out = {k: t.view(-1, *s).float().cpu() for k, t, s in zip(names, new.split(sizes, dim=1), shapes)}
     return {k: v.contiguous() for k, v in out.items()}

@@ -3,7 +3,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..engine import Params
+from ..engine import Params, accumulate
 from .base import Context, register
 from .random_labels import (
     RandomLabelsParams,
@@ -27,17 +27,10 @@ class SalUnParams(RandomLabelsParams):
 
 def forget_gradient(ctx: Context, batch_size: int = 256) -> Params:
     """Per-model Σ over forget batches of ∇θ CE(batch mean) at the originals (stacked like the parameters)."""
-    def loss(params, x, y):
-        return F.cross_entropy(ctx.forward(params, x), y)
+    def batch_grad(params: Params, x: torch.Tensor, y: torch.Tensor) -> Params:
+        return torch.func.grad(lambda p: F.cross_entropy(ctx.forward(p, x), y))(params)
 
-    grad = torch.vmap(torch.func.grad(loss))
-    order = ctx.stream("salun-mask", ctx.forget, batch_size).epoch_order(0)  # (N, |F|), each model its own
-    x, y = ctx.dataset.x_train, ctx.dataset.y_train
-    total = {k: torch.zeros_like(v) for k, v in ctx.originals.items()}
-    for start in range(0, order.shape[1], batch_size):
-        idx = order[:, start:start + batch_size]
-        for k, g in grad(ctx.originals, x[idx], y[idx]).items():
-            total[k] += g
+    total, _ = accumulate(batch_grad, ctx.originals, ctx.stream("salun-mask", ctx.forget, batch_size), ctx.train_data)
     return total
 
 

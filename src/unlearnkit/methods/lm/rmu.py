@@ -3,7 +3,7 @@ from typing import ClassVar
 
 import torch
 
-from ...engine import Params
+from ...engine import Params, predict
 from ...errors import UnlearnkitError
 from .base import LM_REGISTRY, LMContext, LMLoopParams, register
 
@@ -59,7 +59,8 @@ def rmu(ctx: LMContext, hp: RMUParams) -> Params:
     pad = ctx.pad_id
     x_forget = ctx.train_data[0][torch.as_tensor(ctx.forget)]
     with torch.no_grad():
-        h = torch.vmap(lambda p: ctx.forward.hidden(p, x_forget, hp.layer))(ctx.originals)  # (N, n, L, d)
+        h = predict(lambda p, x: ctx.forward.hidden(p, x, hp.layer), ctx.originals, x_forget,  # (N, n, L, d)
+                    chunk=len(x_forget))
         norms = h.norm(dim=-1)[:, x_forget != pad].mean(1)
         gens = [torch.Generator().manual_seed(int(s) + 0x5A17) for s in ctx.seeds]
         u = torch.stack([torch.rand(h.shape[-1], generator=g) for g in gens])
