@@ -3,7 +3,7 @@
 # PyTorch, transformers, safetensors, click and tqdm but not this package, and no internet: src/ goes on
 # PYTHONPATH and Fashion-MNIST travels with the call. Once, here:
 #   mkdir -p .devdata && cp -r /usr/share/datasets/fashion-mnist .devdata/ && echo /.devdata/ >> .git/info/exclude
-# then: device run  command="bash benchmarks/gpu_check.sh"  carry=[".devdata"]  timeout_s=500
+# then: device run  command="bash benchmarks/gpu_check.sh"  carry=[".devdata"]  timeout_s=600 (the steps' limits sum to 595 s; most end well before theirs)
 # It prints (and saves under $OUT) the zoo-vs-loop tables of both Fashion-MNIST tasks in every precision,
 # and the whole default run at N = 100 from an empty cache.
 set -uo pipefail
@@ -38,4 +38,9 @@ step 60 "LM methods on the GPU" python3 -m unlearnkit run --task tofu-synth-tiny
 #    PEFT is installed)
 step 45 "LM memory: reference, LoRA" python3 benchmarks/lm_memory.py --task tofu-synth-tiny --models 32 --device cuda \
   --precision tf32 --epochs 2 --lora 8
+# 8. classifier methods whose measurements run on the device (SSD's and Potion's importances, SalUn's saliency:
+#    engine.accumulate; Newton's Hessians)
+step 50 "classifier measurements on the GPU" bash -c "python3 -m unlearnkit run --task digits-mlp --forget class:3:0.5 \
+  --models 4 --device cuda --bootstrap 0 --no-cache --methods none,ssd,potion,salun,l1-sparse && python3 -m unlearnkit \
+  run --task digits-logreg --models 4 --device cuda --bootstrap 0 --no-cache --methods none,newton"
 nvidia-smi --query-gpu=memory.used --format=csv,noheader | tee -a "$OUT/gpu.txt"
