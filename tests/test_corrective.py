@@ -117,3 +117,53 @@ def test_era_needs_hidden_layers(tmp_path):
     with pytest.raises(UnlearnkitError, match="hidden layers"):
         corrective(config, "poison:20", (1.0,))
     assert not (tmp_path / "zoo").exists()
+
+
+class _Stop(Exception):
+    pass
+
+
+def _budget(monkeypatch, tmp_path, methods, fractions, relearn=0, cache=True):
+    """The Budget a corrective study checks before it trains anything (the check is stopped there)."""
+    from unlearnkit.budget import Budget
+    seen = {}
+
+    def stop(self, *args, **kwargs):
+        seen["budget"] = self
+        raise _Stop
+    monkeypatch.setattr(Budget, "check", stop)
+    config = RunConfig(task="digits-mlp", forget="poison:80", methods=methods, models=4, bootstrap=0,
+                       cache_dir=str(tmp_path / "cache") if cache else "", metrics=("klom",), estimators=())
+    with pytest.raises(_Stop):
+        corrective(config, "poison:80:target=0", fractions, relearn=relearn)
+    return seen["budget"]
+
+
+def test_budget_counts_every_fraction_the_arms_methods_retrain_and_the_attack(monkeypatch, tmp_path):
+    """A study's estimate counts each fraction's method runs, the arms its methods train from scratch (filter
+    on D ∖ S_F: the corrected oracles' arm when all of M is identified, another arm below that; ERA's
+    widened arm), and the relearning attack on every row; each arm once."""
+    from unlearnkit.methods.finetune import FinetuneParams
+    from unlearnkit.relearn import RELEARN_STEPS
+    from unlearnkit.tasks import get_task
+    task = get_task("digits-mlp")
+    n, m, models, epochs = len(load_dataset("digits").y_train), 80, 4, task.recipe.epochs
+
+    def flops(methods, fractions, relearn=0):
+        return _budget(monkeypatch, tmp_path, methods, fractions, relearn).flops
+
+    reference = flops(("none",), (0.5,))  # originals on D, oracles and the noise floor on D ∖ M
+    per_example = reference / (models * epochs * (n + 2 * (n - m)))  # one model's training FLOPs per example
+    assert flops(("none",), (0.5, 1.0)) == reference  # the reference arms are shared by every fraction
+    arm = lambda examples, scale=1.0: per_example * models * epochs * examples * scale  # noqa: E731
+    finetune = per_example * models * FinetuneParams().epochs  # per forget example
+    assert flops(("none", "finetune"), (0.5,)) == pytest.approx(reference + finetune * 40)
+    assert flops(("none", "finetune"), (0.5, 1.0)) == pytest.approx(reference + finetune * (40 + 80))
+    assert flops(("none", "filter"), (1.0,)) == pytest.approx(reference)  # filter at f = 1 is the floor's arm
+    assert flops(("none", "filter"), (0.5, 1.0)) == pytest.approx(reference + arm(n - 40))
+    era = flops(("none", "era", "era-control"), (0.5,)) - reference
+    assert era > 2 * arm(n)  # two widened arms on D (routed and not), each costlier than the task's model
+    k = 10
+    rows = 2  # `none` and the noise floor
+    attack = per_example * models * RELEARN_STEPS * rows * 2 * k  # k identified and k retained, per row
+    assert flops(("none",), (0.5, 1.0), relearn=k) == pytest.approx(reference + 2 * attack)

@@ -77,6 +77,45 @@ def test_lm_corrective_era_removes_what_it_routed_and_keeps_the_rest(tiny_lm_cac
     assert rows["era"]["model_utility"] > 0.5 * rows["none"]["model_utility"]
     assert set(rows["era"]["klom_p95"]) == {"forget", "retain", "val", "identified", "unidentified"}
     assert (tmp_path / "out" / "figures" / "corrective.png").exists()
+    # a rerun's estimate: every arm is cached now (ERA's widened one under its own key): only methods' epochs
+    budget = _checked_budget(lambda: corrective(config, "authors:0.1", (0.5,)))
+    assert budget.flops == budget.method_flops
+
+
+class _Stop(Exception):
+    pass
+
+
+def _checked_budget(study):
+    """The Budget `study()` checks before it trains (stopped there)."""
+    from unlearnkit.budget import Budget
+    seen = {}
+
+    def stop(self, *args, **kwargs):
+        seen["budget"] = self
+        raise _Stop
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Budget, "check", stop)
+        with pytest.raises(_Stop):
+            study()
+    return seen["budget"]
+
+
+def test_lm_corrective_budget_counts_each_fraction_and_filters_arm(tiny, tmp_path):
+    """Each identified fraction runs the methods again; filter retrains on D ∖ S_F, an arm of its own below
+    f = 1 and the corrected oracles' at f = 1."""
+    n = len(tiny.items)  # 20 forget items, 10 identified at f = 0.5
+
+    def flops(methods, fractions):
+        config = RunConfig(task="tofu-synth-tiny", methods=methods, models=2, cache_dir=str(tmp_path / "cache"))
+        return _checked_budget(lambda: corrective(config, "authors:0.1", fractions)).flops
+    reference = flops(("none",), (1.0,))
+    assert flops(("none",), (0.5, 1.0)) == reference
+    assert flops(("none", "filter"), (1.0,)) == reference
+    filtered = flops(("none", "filter"), (0.5, 1.0)) - reference
+    assert filtered == pytest.approx(reference * (n - 10) / (n + 2 * (n - 20)))  # one more arm, on D ∖ S_F
+    ga = flops(("none", "ga"), (0.5, 1.0)) - reference
+    assert ga == pytest.approx(3 * (flops(("none", "ga"), (0.5,)) - reference))  # 10 then 20 forget items
 
 
 @pytest.mark.parametrize("kwargs,match", [

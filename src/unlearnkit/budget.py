@@ -51,6 +51,16 @@ def check_models(n: int, minimum: int = 2) -> None:
 
 
 @dataclass(frozen=True)
+class Work:
+    """Training a budget counts besides arms and methods' epochs (a study's relearning attack): `models`
+    models for `steps` steps of `batch` examples each."""
+
+    models: int
+    steps: int
+    batch: int
+
+
+@dataclass(frozen=True)
 class StepProfile:
     """One model's training cost per example: FLOPs of a forward+backward, activation bytes kept for the
     backward, and the model's parameter bytes."""

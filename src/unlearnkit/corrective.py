@@ -45,6 +45,7 @@ from .relearn import (
     format_steps,
     k_relearn,
     relearn_curves,
+    relearn_work,
     steps_to_half,
 )
 from .runs import RunConfig, build_jobs, classifier_task, computing, default_cache_dir, run_jobs
@@ -94,7 +95,10 @@ def corrective(config: RunConfig, manipulation: str, fractions=DEFAULT_FRACTIONS
     for p in prepared.values():
         for job in jobs:
             job.hparams.check_setting(task, manip.dataset, p.forget.positions, config.seed)
-    budget(prepared[fractions[0]]).check(config.max_hours, cache.root if cache else None, "this corrective study")
+    attack = [w for s in sets.values() for w in relearn_work(config.models, len(jobs), min(relearn, len(s)),
+                                                              min(relearn, len(corrected)))] if relearn else []
+    budget(prepared[fractions[0]], corrected, tuple(prepared[f] for f in fractions[1:]), tuple(attack)).check(
+        config.max_hours, cache.root if cache else None, "this corrective study")
     if out is not None:
         claim_output(out, run_id)
     results = {"run_id": run_id, "config": {**config.to_dict(), "train_size": len(clean.y_train),

@@ -24,6 +24,7 @@ from .errors import Diverged, UnlearnkitError
 from .forget import build_forget_set
 from .forget.worst import SELECTION, memorisation, per_example_losses, select
 from .methods import Context, Ensemble, get_method
+from .methods.base import Setting
 from .metrics.trajectory import worse_after_best
 from .runs import (
     DEFAULT_METHODS,
@@ -31,6 +32,7 @@ from .runs import (
     NOISE_FLOOR_METHOD,
     Job,
     RunConfig,
+    Work,
     build_jobs,
     classifier_task,
     computing,
@@ -349,12 +351,19 @@ def clustered_budget(config: RunConfig, task, ds, cache: ZooCache | None) -> Bud
     return out
 
 
-def budget(p: Prepared) -> Budget:
-    """The training a prepared run will do (`runs.run_budget`)."""
+def budget(p: Prepared, oracles_on: np.ndarray | None = None, more: tuple[Prepared, ...] = (),
+           extra: tuple[Work, ...] = ()) -> Budget:
+    """The training a prepared run will do (`runs.run_budget`); for a study, with its oracles' training set
+    (default: the run's retain set), its other prepared forget sets (`more`, same task, data and jobs) and
+    other work."""
     task, ds = p.task, p.dataset
+    seeds = arm_seeds(ORIGINAL_SEEDS, p.config.models, p.config.seed)
+    settings = [Setting(task, ds, q.forget.positions, q.forget.retain_positions(len(ds.y_train)), seeds)
+                for q in (p, *more)]
+    oracles_on = settings[0].retain if oracles_on is None else oracles_on
     return run_budget(_profile(task, ds), task.recipe, p.config, torch.arange(len(ds.y_train)),
-                      torch.as_tensor(p.forget.retain_positions(len(ds.y_train))), len(p.forget),
-                      lambda positions: zoo_family(task, ds, positions), p.cache, p.jobs)
+                      torch.as_tensor(oracles_on), settings, lambda positions: zoo_family(task, ds, positions),
+                      p.cache, p.jobs, method_registry(p.config.task), list(extra))
 
 
 def diverged_row(seconds: float, why: str) -> dict:

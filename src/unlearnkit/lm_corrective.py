@@ -36,6 +36,7 @@ from .relearn import (
     format_steps,
     k_relearn,
     relearn_curves,
+    relearn_work,
     steps_to_half,
 )
 from .runs import RunConfig, computing, default_cache_dir, run_jobs
@@ -71,8 +72,11 @@ def corrective_lm(config: RunConfig, fractions, out: str | os.PathLike | None = 
         check_output(out, run_id, overwrite, "corrective.json")
     cache_dir = default_cache_dir() if config.cache_dir is None else config.cache_dir
     cache = ZooCache(cache_dir) if cache_dir else None
-    lm_budget(config, data, jobs, cache).check(config.max_hours, cache.root if cache else None,
-                                               "this corrective study")
+    corrected = np.setdiff1d(np.arange(len(data.items)), forget)
+    attack = [w for s in sets.values() for w in relearn_work(config.models, len(jobs), min(relearn, len(s)),
+                                                              min(relearn, len(corrected)))] if relearn else []
+    lm_budget(config, data, jobs, cache, list(sets.values()), tuple(attack)).check(
+        config.max_hours, cache.root if cache else None, "this corrective study")
     if out is not None:
         claim_output(out, run_id)
     results = {"run_id": run_id, "config": {**config.to_dict(), "train_size": len(data.items),

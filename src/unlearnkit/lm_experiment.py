@@ -32,6 +32,7 @@ from .lm.task import DEFAULT_LM_METHODS, TofuData, get_lm_task, load_tofu  # noq
 from .lm.tokenizer import IGNORE, special_ids
 from .lm.train import lm_family, lm_loss, train_lm_models
 from .lm_trajectories import LMRecorder
+from .methods.base import Setting
 from .methods.lm import LM_REGISTRY, LMContext
 from .methods.lm.base import check_lora
 from .metrics.trajectory import StepRule
@@ -39,6 +40,7 @@ from .runs import (
     NOISE_FLOOR_METHOD,
     Job,
     RunConfig,
+    Work,
     build_jobs,
     computing,
     default_cache_dir,
@@ -240,16 +242,21 @@ class LMBench:
                 "hparams": asdict(job.hparams)}, extra
 
 
-def lm_budget(config: RunConfig, data: TofuData, jobs: list[Job], cache: ZooCache | None) -> Budget:
-    """The training an LM run will do (`runs.run_budget`)."""
+def lm_budget(config: RunConfig, data: TofuData, jobs: list[Job], cache: ZooCache | None,
+              identified: list[np.ndarray] | None = None, extra: tuple[Work, ...] = ()) -> Budget:
+    """The training an LM run will do (`runs.run_budget`); for a corrective study, with the forget sets it
+    runs its methods on (`identified`: its oracles train without all of the run's forget set) and other work."""
     task = data.task
     profile = StepProfile.measure(lm_loss(LMForward(data.config)), init_lm_params(data.config, [0]), data.tensors,
                                   task.recipe.batch_size)
     forget = data.forget_positions(config.forget, config.seed)
-    return run_budget(profile, task.recipe, config, torch.arange(len(data.items)),
-                      torch.as_tensor(np.setdiff1d(np.arange(len(data.items)), forget)), len(forget),
+    everything = np.arange(len(data.items))
+    seeds = arm_seeds(ORIGINAL_SEEDS, config.models, config.seed)
+    settings = [Setting(task, data, f, np.setdiff1d(everything, f), seeds) for f in (identified or [forget])]
+    return run_budget(profile, task.recipe, config, torch.as_tensor(everything),
+                      torch.as_tensor(np.setdiff1d(everything, forget)), settings,
                       lambda positions: lm_family(data.config, data.tensors, positions, task.recipe),
-                      cache, jobs)
+                      cache, jobs, LM_REGISTRY, list(extra))
 
 
 def prepare_lm(config: RunConfig, jobs: list[Job]) -> tuple[TofuData, np.ndarray, ZooCache | None, Budget]:

@@ -6,10 +6,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from .budget import Work
 from .engine import Optim
 
 RELEARN_STEPS = 40    # GR's bound on the relearning fine-tune
 RELEARN_LR = 1e-3     # Adam; GR's 5e-5 is for a pretrained transformer, this moves a small classifier in 40 steps
+
+
+def relearn_work(models: int, rows: int, k_forget: int, k_retain: int) -> list[Work]:
+    """What the attack trains, for a study's budget: for each of `rows` rows of N = `models` models (one row
+    after another), `RELEARN_STEPS` full-batch steps on each of its two sets (of k_forget and k_retain
+    examples)."""
+    return [Work(models, RELEARN_STEPS * rows, k) for k in (k_forget, k_retain) if k]
 
 
 def relearn_curves(params, sets: dict[str, np.ndarray], loss, metric, context) -> dict:

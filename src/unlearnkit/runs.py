@@ -4,6 +4,7 @@ among them) and the loop over them. `experiment` (classifiers) and `lm_experimen
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import math
@@ -20,6 +21,7 @@ from .budget import (
     MAX_MODELS,
     Budget,
     StepProfile,
+    Work,
     check_epochs,
     check_models,
     parse_memory,
@@ -29,6 +31,7 @@ from .engine.compute import Compute, ensemble_for, resolve, use
 from .engine.observe import observing
 from .errors import UnlearnkitError
 from .methods import get_method, make_hparams
+from .methods.base import ScratchArm, Setting
 from .metrics.trajectory import StepRule
 from .scoring import DEFAULT_ESTIMATORS, DEFAULT_METRICS, check_settings
 from .tasks import TASKS, Task
@@ -266,25 +269,44 @@ def build_jobs(config: RunConfig, registry: dict,
     return jobs
 
 
-def run_budget(profile: StepProfile, recipe, config: RunConfig, everything: torch.Tensor, retain: torch.Tensor,
-               n_forget: int, family_of: Callable[[torch.Tensor], str], cache: ZooCache | None,
-               jobs: list[Job]) -> Budget:
-    """The training a run will do, for either pipeline: its three arms (originals on `everything`,
-    oracles and the retrain arm on `retain`; `family_of(positions)` names an arm's family in the cache,
-    and the models its cached arms hold cost nothing) and every job with an epochs budget, counted over
-    the forget set (the smallest set a method passes over: a lower bound, so a run is never refused for
-    work it will not do)."""
+def run_budget(profile: StepProfile, recipe, config: RunConfig, everything: torch.Tensor, oracles_on: torch.Tensor,
+               settings: list[Setting], family_of: Callable[[torch.Tensor], str], cache: ZooCache | None,
+               jobs: list[Job], registry: dict, extra: list[Work] = ()) -> Budget:
+    """The training a run (or a study of several forget sets) will do, for either pipeline: the reference
+    arms (originals on `everything`; oracles and the noise-floor arm on `oracles_on`), and per forget set
+    (`settings`: one per set) every job with an epochs budget, counted over the forget set (the smallest
+    set a method passes over), and the arms a job's method trains from scratch (`Method.scratch`: retrain,
+    filter, ERA). An arm counts once however many jobs or sets name it, and the models a cache holds cost
+    nothing (`family_of(positions)` names a zoo arm's family there), so a run is never refused for work it
+    will not do. `extra`: other training (`Work`)."""
     out = Budget()
-    for positions, base in ((everything, ORIGINAL_SEEDS), (retain, ORACLE_SEEDS), (retain, RETRAIN_SEEDS)):
-        seeds = arm_seeds(base, config.models, config.seed)
-        todo = config.models if cache is None else cache.untrained(family_of(positions), seeds)
-        out.add(profile, todo or config.models, len(positions), recipe.epochs, recipe.batch_size, todo == 0,
-                cache is not None)
-    for job in jobs:
-        epochs = getattr(job.hparams, "epochs", None)
-        if epochs and job.method != NOISE_FLOOR_METHOD:
-            out.add(profile, config.models, n_forget, epochs, getattr(job.hparams, "batch_size", recipe.batch_size),
-                    method=True)
+    arms = [ScratchArm(everything, ORIGINAL_SEEDS), ScratchArm(oracles_on, ORACLE_SEEDS),
+            ScratchArm(oracles_on, RETRAIN_SEEDS)]
+    for setting in settings:
+        for job in jobs:
+            method = get_method(job.method, registry)
+            if method.scratch is not None and job.method != NOISE_FLOOR_METHOD:  # the floor is a reference arm
+                arms += method.scratch(job.hparams, setting)
+    seen = set()
+    for arm in arms:
+        seeds = arm_seeds(arm.seed_base, config.models, config.seed)
+        family = family_of(arm.positions) if arm.key is None else None
+        name = (family, arm.seed_base) if arm.key is None else arm.key
+        if name in seen:
+            continue
+        seen.add(name)
+        todo = (config.models if cache is None else cache.untrained(family, seeds) if arm.key is None
+                else 0 if cache.has(arm.key) else config.models)
+        out.add(dataclasses.replace(profile, flops=profile.flops * arm.scale), todo or config.models,
+                len(arm.positions), recipe.epochs, recipe.batch_size, todo == 0, cache is not None)
+    for setting in settings:
+        for job in jobs:
+            epochs = getattr(job.hparams, "epochs", None)
+            if epochs and job.method != NOISE_FLOOR_METHOD:
+                out.add(profile, config.models, len(setting.forget), epochs,
+                        getattr(job.hparams, "batch_size", recipe.batch_size), method=True)
+    for work in extra:
+        out.add(profile, work.models, work.batch, work.steps, work.batch)
     return out
 
 

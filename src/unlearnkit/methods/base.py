@@ -24,7 +24,7 @@ from ..engine import EpochStream, Forward, LossFn, Optim, Params, fit
 from ..engine.compute import current
 from ..errors import UnlearnkitError
 from ..tasks import Task
-from ..zoo import Arm, ZooCache, train_models
+from ..zoo import RETRAIN_SEEDS, Arm, ZooCache, train_models
 
 
 @dataclass(frozen=True)
@@ -207,11 +207,44 @@ MethodFn = Callable[[Context, HParams], "Params | Ensemble"]
 
 
 @dataclass(frozen=True)
+class Setting:
+    """What a run knows of a method's setting before anything trains: enough for the arms it will train
+    from scratch (`Method.scratch`). `data` is the run's Dataset (classifiers) or TofuData (LMs); `seeds`
+    the originals' seeds."""
+
+    task: object
+    data: object
+    forget: np.ndarray
+    retain: np.ndarray
+    seeds: list[int]
+
+
+@dataclass(frozen=True)
+class ScratchArm:
+    """An arm of N models a method trains from scratch with the task's recipe, for a run's budget
+    (`runs.run_budget`, which counts nothing a cache holds): with `key` None, the zoo's arm of
+    `seed_base`'s seeds on `positions` (partly cached families count only their missing models); else an
+    arm the method caches under its own `key` (ERA's widened, routed models), whose steps cost `scale`
+    times the task model's."""
+
+    positions: torch.Tensor
+    seed_base: int = RETRAIN_SEEDS
+    key: str | None = None
+    scale: float = 1.0
+
+
+def retrained_on_retain(hp: HParams, setting: Setting) -> list[ScratchArm]:
+    """The `scratch` of methods that retrain on S_R with the retrain seeds (retrain, filter)."""
+    return [ScratchArm(torch.as_tensor(setting.retain))]
+
+
+@dataclass(frozen=True)
 class Method:
     name: str
     fn: MethodFn
     hparams: type[HParams]
     summary: str
+    scratch: Callable[[HParams, Setting], list[ScratchArm]] | None = None  # arms it trains from scratch
 
 
 REGISTRY: dict[str, Method] = {}      # classifier methods
@@ -219,13 +252,15 @@ LM_REGISTRY: dict[str, Method] = {}   # language-model methods (methods/lm/)
 REC_REGISTRY: dict[str, Method] = {}  # recommendation methods, BPR objectives (methods/rec/)
 
 
-def register(name: str, hparams: type[HParams] = HParams, registry: dict[str, Method] = REGISTRY):
+def register(name: str, hparams: type[HParams] = HParams, registry: dict[str, Method] = REGISTRY,
+             scratch: Callable[[HParams, Setting], list[ScratchArm]] | None = None):
     """Register `fn` under `name` (in the classifier registry, or the language-model or recommendation
-    one); its docstring's first line is the summary `unlearnkit list` shows."""
+    one); its docstring's first line is the summary `unlearnkit list` shows. `scratch` declares the arms
+    the method trains from scratch, for budgets."""
     def wrap(fn: MethodFn) -> MethodFn:
         if name in registry:
             raise ValueError(f"method {name!r} registered twice")
-        registry[name] = Method(name, fn, hparams, (fn.__doc__ or "").strip().splitlines()[0])
+        registry[name] = Method(name, fn, hparams, (fn.__doc__ or "").strip().splitlines()[0], scratch)
         return fn
     return wrap
 

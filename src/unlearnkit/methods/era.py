@@ -1,3 +1,4 @@
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -10,7 +11,7 @@ from ..errors import UnlearnkitError
 from ..models import init_params
 from ..zoo import ORIGINAL_SEEDS, arm_seeds, recipe_optim, stable_hash, tensor_digest
 from ..zoo.train import train_cached
-from .base import Context, HParams, register
+from .base import Context, HParams, ScratchArm, Setting, register
 
 ERA_TAG = 0x455241  # "ERA": the fine-tuning sample's stream
 
@@ -83,6 +84,26 @@ def ablate(params: Params, width: int, depth: int) -> Params:
     return out
 
 
+def era_key(task, ds, seeds: list[int], forget, hp: ERAParams) -> str:
+    """The cache key of ERA's widened arm: everything that made it."""
+    return stable_hash({"era": True, "task": task.describe(), "data": ds.fingerprint, "seeds": seeds,
+                        "routed": tensor_digest(torch.as_tensor(np.sort(forget))) if hp.routing else None,
+                        "expand": hp.expand, "scale": hp.routed_original, "l1": hp.l1})
+
+
+def era_arm(hp: ERAParams, setting: Setting) -> list[ScratchArm]:
+    """ERA's `scratch`: its widened arm on every training example; a step costs the widened MLP's products
+    over the task's (the ratio of their weights)."""
+    task, ds = setting.task, setting.data
+    width, depth = _hidden(task)
+    inputs = math.prod(ds.input_shape)
+
+    def weights(w: int) -> int:
+        return inputs * w + (depth - 1) * w * w + w * ds.num_classes
+    return [ScratchArm(torch.arange(len(ds.y_train)), ORIGINAL_SEEDS, era_key(task, ds, setting.seeds, setting.forget, hp),
+                       weights(width + hp.expand) / weights(width))]
+
+
 def era_models(ctx: Context, hp: ERAParams) -> Params:
     """Expand, Route (or not), Ablate: the widened originals trained with routing on the identified
     examples (through the zoo's cache, keyed by everything that made them), then ablated."""
@@ -99,10 +120,7 @@ def era_models(ctx: Context, hp: ERAParams) -> Params:
         logits, l1 = routed_forward(params, x, routed[idx], width, depth, hp.routed_original, hp.routing)
         return F.cross_entropy(logits, y) + hp.l1 * l1
 
-    key = stable_hash({"era": True, "task": task.describe(), "data": ds.fingerprint, "seeds": seeds,
-                       "routed": tensor_digest(torch.as_tensor(np.sort(ctx.forget))) if hp.routing else None,
-                       "expand": hp.expand, "scale": hp.routed_original, "l1": hp.l1})
-    arm = train_cached(key, loss, lambda: init_params("mlp", ds.input_shape, ds.num_classes, seeds,
+    arm = train_cached(era_key(task, ds, seeds, ctx.forget, hp), loss, lambda: init_params("mlp", ds.input_shape, ds.num_classes, seeds,
                                                       width=width + hp.expand, depth=depth),
                        EpochStream(positions, seeds, task.recipe.batch_size), (ds.x_train, ds.y_train),
                        task.recipe.epochs, recipe_optim(task), ctx.cache, "era" if hp.routing else "era-control",
@@ -147,7 +165,7 @@ def _cross_entropy(ctx: Context):
     return lambda p, x, y: F.cross_entropy(ctx.forward(p, x), y)
 
 
-@register("era", ERAParams)
+@register("era", ERAParams, scratch=era_arm)
 def era(ctx: Context, hp: ERAParams) -> Params:
     """ERA, Expand-Route-Ablate: gradient routing localises what the identified examples teach into added
     units during training; removing those units unlearns it.
@@ -167,7 +185,7 @@ def era(ctx: Context, hp: ERAParams) -> Params:
     return coherence_finetune(ctx, era_models(ctx, hp), hp, _cross_entropy(ctx))
 
 
-@register("era-control", ERAControlParams)
+@register("era-control", ERAControlParams, scratch=era_arm)
 def era_control(ctx: Context, hp: ERAControlParams) -> Params:
     """ERA without routing (Cloud et al. 2024's control): expand, train with the L1 penalty, ablate the
     added units and fine-tune, with no gradient masking — what expansion and fine-tuning alone do."""

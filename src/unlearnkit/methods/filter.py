@@ -1,9 +1,9 @@
 from ..engine import Params
-from .base import Context, HParams, register
+from .base import Context, HParams, register, retrained_on_retain
 from .retrain import retrained
 
 
-@register("filter")
+@register("filter", scratch=retrained_on_retain)
 def filter_(ctx: Context, hp: HParams) -> Params:
     """Data filtering: retrain from scratch on everything except what was identified, D ∖ S_F.
 

@@ -29,6 +29,7 @@ from ...lm.model import LMForward, causal_lm_loss, describe_config, init_lm_para
 from ...lm.train import recipe_optim
 from ...zoo import ORIGINAL_SEEDS, arm_seeds, stable_hash, tensor_digest
 from ...zoo.train import train_cached
+from ..base import ScratchArm, Setting
 from ..era import ERAParams, coherence_finetune
 from .base import LM_REGISTRY, LMContext, register
 
@@ -134,6 +135,25 @@ def ablate_mlp(params: Params, blocks: list[int], width: int) -> Params:
     return out
 
 
+def lm_era_key(config, recipe, tokens: tuple[torch.Tensor, torch.Tensor], seeds: list[int], forget,
+               hp: LMERAParams) -> str:
+    """The cache key of the LM ERA's widened arm: everything that made it."""
+    input_ids, labels = tokens
+    return stable_hash({"lm-era": True, "config": describe_config(config), "recipe": dataclasses.asdict(recipe),
+                        "data": [tensor_digest(input_ids), tensor_digest(labels)], "seeds": seeds,
+                        "blocks": hp.routed_blocks(config),
+                        "routed": tensor_digest(torch.as_tensor(np.sort(forget))) if hp.routing else None,
+                        "expand": hp.expand, "scale": hp.routed_original, "l1": hp.l1, "compute": current().key()})
+
+
+def lm_era_arm(hp: LMERAParams, setting: Setting) -> list[ScratchArm]:
+    """The LM ERA's `scratch`: its widened arm on every training item (counted at the task model's cost per
+    token, a lower bound: only some blocks' MLPs are wider)."""
+    data = setting.data
+    return [ScratchArm(torch.arange(len(data.items)), ORIGINAL_SEEDS,
+                       lm_era_key(data.config, data.task.recipe, data.tensors, setting.seeds, setting.forget, hp))]
+
+
 def lm_era_models(ctx: LMContext, hp: LMERAParams) -> Params:
     """Expand, Route (or not), Ablate: the widened LMs trained on every training item with the identified
     items' tokens routed (the task's recipe, through the zoo's cache), then ablated."""
@@ -151,12 +171,8 @@ def lm_era_models(ctx: LMContext, hp: LMERAParams) -> Params:
         nll, l1 = forward.routed_loss(params, x, y, routed[idx][:, None].expand(x.shape))
         return nll + hp.l1 * l1
 
-    key = stable_hash({"lm-era": True, "config": describe_config(config), "recipe": dataclasses.asdict(recipe),
-                       "data": [tensor_digest(input_ids), tensor_digest(labels)], "seeds": seeds, "blocks": blocks,
-                       "routed": tensor_digest(torch.as_tensor(np.sort(ctx.forget))) if hp.routing else None,
-                       "expand": hp.expand, "scale": hp.routed_original, "l1": hp.l1, "compute": current().key()})
     positions = torch.arange(len(input_ids))
-    arm = train_cached(key, loss, lambda: widened_params(config, seeds, blocks, hp.expand),
+    arm = train_cached(lm_era_key(config, recipe, ctx.tokens, seeds, ctx.forget, hp), loss, lambda: widened_params(config, seeds, blocks, hp.expand),
                        EpochStream(positions, seeds, recipe.batch_size), (input_ids, labels), recipe.epochs,
                        recipe_optim(recipe), ctx.cache, "era" if hp.routing else "era-control",
                        {"kind": "causal-lm-era", "seeds": seeds, "blocks": blocks, "expand": hp.expand})
@@ -169,7 +185,7 @@ def _answer_nll(ctx: LMContext):
     return lambda p, x, y: causal_lm_loss(ctx.forward(p, x), y)
 
 
-@register("era", LMERAParams, LM_REGISTRY)
+@register("era", LMERAParams, LM_REGISTRY, scratch=lm_era_arm)
 def era(ctx: LMContext, hp: LMERAParams) -> Params:
     """ERA (Expand, Route, Ablate) with token-level routing in the first blocks' MLPs (Cloud et al. 2024,
     arXiv 2410.04332, §4.2): every token of an identified forget item is routed (tofu-synth has no topic
@@ -179,7 +195,7 @@ def era(ctx: LMContext, hp: LMERAParams) -> Params:
     return coherence_finetune(ctx, lm_era_models(ctx, hp), hp, _answer_nll(ctx))
 
 
-@register("era-control", LMERAControlParams, LM_REGISTRY)
+@register("era-control", LMERAControlParams, LM_REGISTRY, scratch=lm_era_arm)
 def era_control(ctx: LMContext, hp: LMERAControlParams) -> Params:
     """ERA without routing (Cloud et al. 2024's control): expand, train with the L1 penalty, ablate the
     added units and fine-tune — what expansion and fine-tuning alone do."""

@@ -1,10 +1,10 @@
 from ...engine import Params
 from ...zoo import RETRAIN_SEEDS, arm_seeds
-from ..base import HParams
+from ..base import HParams, retrained_on_retain
 from .base import LM_REGISTRY, LMContext, register
 
 
-@register("filter", HParams, LM_REGISTRY)
+@register("filter", HParams, LM_REGISTRY, scratch=retrained_on_retain)
 def filter_(ctx: LMContext, hp: HParams) -> Params:
     """Data filtering: retrain from scratch on every item except those identified, D ∖ S_F.
 
