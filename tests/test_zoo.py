@@ -198,3 +198,29 @@ def test_a_runs_budget_counts_only_the_models_no_cached_arm_holds(tmp_path):
     run(config(3))
     assert flops(5) == pytest.approx(fresh * 2 / 5)  # 2 new models in each of the 3 arms
     assert flops(3) == 0
+
+
+def test_a_runs_budget_counts_the_arms_its_methods_train_from_scratch(tmp_path):
+    """Retrain is the noise floor's arm and filter the same arm (counted once); SISA trains its deployed
+    shards, the affected shards again without S_F, and its sharded oracles (the unaffected shards' second
+    training is their first: counted once)."""
+    from unlearnkit.engine.compute import use
+    from unlearnkit.experiment import RunConfig, budget, prepare
+    from unlearnkit.methods.sisa import shard_partition
+
+    def flops(methods):
+        config = RunConfig(task="digits-logreg", methods=methods, models=3, forget="random:10",
+                           cache_dir=str(tmp_path), bootstrap=0)
+        with use(config.compute):
+            p = prepare(config)
+            return budget(p).flops, p
+    reference, p = flops(("none",))
+    n = len(p.dataset.y_train)
+    per_example = reference / (n + 2 * (n - 10))  # per model and epoch: every arm has the same N and recipe
+    assert flops(("none", "retrain", "filter"))[0] == reference
+    forget = set(p.forget.positions.tolist())
+    parts = shard_partition(n, 5, 0)
+    affected = sum(len(part) - len(forget & set(part.tolist())) for part in parts if forget & set(part.tolist()))
+    sisa = n + affected + (n - 10)
+    assert 0 < affected < n - 10  # some shards hold no forget example
+    assert flops(("none", "sisa"))[0] == pytest.approx(reference + per_example * sisa)

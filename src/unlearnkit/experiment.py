@@ -358,8 +358,8 @@ def budget(p: Prepared, oracles_on: np.ndarray | None = None, more: tuple[Prepar
     other work."""
     task, ds = p.task, p.dataset
     seeds = arm_seeds(ORIGINAL_SEEDS, p.config.models, p.config.seed)
-    settings = [Setting(task, ds, q.forget.positions, q.forget.retain_positions(len(ds.y_train)), seeds)
-                for q in (p, *more)]
+    settings = [Setting(task, ds, q.forget.positions, q.forget.retain_positions(len(ds.y_train)), seeds,
+                        p.config.seed) for q in (p, *more)]
     oracles_on = settings[0].retain if oracles_on is None else oracles_on
     return run_budget(_profile(task, ds), task.recipe, p.config, torch.arange(len(ds.y_train)),
                       torch.as_tensor(oracles_on), settings, lambda positions: zoo_family(task, ds, positions),

@@ -252,7 +252,8 @@ def lm_budget(config: RunConfig, data: TofuData, jobs: list[Job], cache: ZooCach
     forget = data.forget_positions(config.forget, config.seed)
     everything = np.arange(len(data.items))
     seeds = arm_seeds(ORIGINAL_SEEDS, config.models, config.seed)
-    settings = [Setting(task, data, f, np.setdiff1d(everything, f), seeds) for f in (identified or [forget])]
+    settings = [Setting(task, data, f, np.setdiff1d(everything, f), seeds, config.seed)
+                for f in (identified or [forget])]
     return run_budget(profile, task.recipe, config, torch.as_tensor(everything),
                       torch.as_tensor(np.setdiff1d(everything, forget)), settings,
                       lambda positions: lm_family(data.config, data.tensors, positions, task.recipe),

@@ -289,9 +289,9 @@ def run_budget(profile: StepProfile, recipe, config: RunConfig, everything: torc
                 arms += method.scratch(job.hparams, setting)
     seen = set()
     for arm in arms:
-        seeds = arm_seeds(arm.seed_base, config.models, config.seed)
+        seeds = list(arm.seeds) if arm.seeds is not None else arm_seeds(arm.seed_base, config.models, config.seed)
         family = family_of(arm.positions) if arm.key is None else None
-        name = (family, arm.seed_base) if arm.key is None else arm.key
+        name = (family, tuple(seeds)) if arm.key is None else arm.key
         if name in seen:
             continue
         seen.add(name)

@@ -7,7 +7,7 @@ import torch
 from ..engine import Forward, Params, derived_seed, predict
 from ..errors import UnlearnkitError
 from ..zoo import ORACLE_SEEDS, arm_seeds
-from .base import Context, Ensemble, HParams, register
+from .base import Context, Ensemble, HParams, ScratchArm, Setting, register
 
 SHARD_TAG = 0x5157
 
@@ -48,7 +48,22 @@ def shard_seeds(model_seeds: list[int], shard: int) -> list[int]:
     return [derived_seed(s, SHARD_TAG, shard) for s in model_seeds]
 
 
-@register("sisa", SisaParams)
+def sisa_arms(hp: SisaParams, setting: Setting) -> list[ScratchArm]:
+    """SISA's `scratch`: the deployed shard models, the affected shards retrained without S_F, and the sharded
+    oracles (`sisa` below)."""
+    parts = shard_partition(len(setting.data.y_train), hp.shards, setting.run_seed)
+    forget = set(setting.forget.tolist())
+    kept = [np.array([i for i in part if i not in forget], dtype=np.int64) for part in parts]
+    oracle_models = arm_seeds(ORACLE_SEEDS, len(setting.seeds), setting.run_seed)
+    arms = []
+    for k, (part, left) in enumerate(zip(parts, kept)):
+        arms += [ScratchArm(torch.as_tensor(part), seeds=tuple(shard_seeds(setting.seeds, k))),
+                 ScratchArm(torch.as_tensor(left), seeds=tuple(shard_seeds(setting.seeds, k))),
+                 ScratchArm(torch.as_tensor(left), seeds=tuple(shard_seeds(oracle_models, k)))]
+    return arms  # an unaffected shard's retrained arm is its deployed one: the budget counts it once
+
+
+@register("sisa", SisaParams, scratch=sisa_arms)
 def sisa(ctx: Context, hp: SisaParams) -> Ensemble:
     """SISA: K isolated shard models per ensemble; unlearning retrains only the shards that held S_F.
 
