@@ -8,6 +8,7 @@ Questions are left-padded with an attention mask, as batched decoding requires.
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -17,14 +18,19 @@ from torch import nn
 from ..engine import Params
 from ..engine.compute import current
 
+_copies: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> {device: its copy there}
+
 
 def on_run_device(module: nn.Module, params: Params) -> tuple[nn.Module, Params]:
     """`module` and `params` on the run's device, where generation runs (it is evaluation work, like
-    `engine.predict`). A module elsewhere is copied there: the template stays where it is, for the code that
-    calls it with parameters on the CPU."""
+    `engine.predict`). A module elsewhere is copied there once (generation loads each model's weights into
+    it): the template stays where it is, for the code that calls it with parameters on the CPU."""
     dev = torch.device(current().device)
     if next(module.parameters()).device != dev:
-        module = copy.deepcopy(module).to(dev)
+        copies = _copies.setdefault(module, {})
+        if dev not in copies:
+            copies[dev] = copy.deepcopy(module).to(dev)
+        module = copies[dev]
     return module, {k: v.to(dev) for k, v in params.items()}
 
 
