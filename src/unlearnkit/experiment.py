@@ -20,6 +20,7 @@ from .budget import Budget, StepProfile
 from .cells import CellStore
 from .data import Interactions, load_dataset
 from .engine import Params, predict
+from .engine.compute import current
 from .errors import Diverged, UnlearnkitError
 from .forget import build_forget_set
 from .forget.worst import SELECTION, memorisation, per_example_losses, select
@@ -134,11 +135,17 @@ class ForgetResources:
         return train_models(self.task, self.dataset, torch.arange(len(self.dataset.y_train)), self.seeds(),
                             self.cache, "originals").params
 
-    def embeddings(self) -> torch.Tensor:
-        """Penultimate-layer features of the training set under the first original model."""
-        forward, first = template(self.task, self.dataset), {k: v[0] for k, v in self.originals().items()}
+    def embeddings(self, chunk: int = 2048) -> torch.Tensor:
+        """Penultimate-layer features of the training set under the first original model, on the CPU: computed
+        on the run's device, `chunk` examples at a time (50k CIFAR images at once would keep ~13 GB of
+        ResNet-9 activations). One model's plain forward, not vmapped: on the CPU chunks give the same bits
+        as one call, so a clustered forget set does not depend on the chunk."""
+        forward = template(self.task, self.dataset)
+        dev = current().device
+        first = {k: v[0].to(dev) for k, v in self.originals().items()}
+        x = self.dataset.x_train
         with torch.no_grad():  # the originals are trained (or loaded) outside it
-            return forward.embed(first, self.dataset.x_train)
+            return torch.cat([forward.embed(first, x[i:i + chunk].to(dev)).cpu() for i in range(0, len(x), chunk)])
 
     def original_losses(self) -> torch.Tensor:
         """Each training example's cross-entropy, averaged over the run's originals."""
