@@ -31,16 +31,17 @@ step 60 "tofu-synth-gpt LM zoo" python3 benchmarks/lm_throughput.py --device cud
   --steps 20 --repeats 1 --loop-models 2
 # 5. the whole default run at N = 100 from an empty cache (target: <= 30 s)
 step 130 "default run, N = 100" python3 benchmarks/run_wallclock.py --device cuda --models 100 --verbose
-# 6. every LM method (tables indexed by batch positions live on the device) and the LM corrective study's ERA
-step 60 "LM methods on the GPU" python3 -m unlearnkit run --task tofu-synth-tiny --forget authors:0.1 --models 2 \
-  --device cuda --bootstrap 0 --no-cache --methods none,ga,graddiff,ga+kl,npo,simnpo,idk,idkdpo,altpo,undial,wga,satimp,ceu,pdu,llmu,rmu,flat,era
+# 6. every LM method (tables indexed by batch positions live on the device; residual activations, generation
+#    and the SAE and guard steering on it too) and the LM corrective study's ERA
+step 70 "LM methods on the GPU" python3 -m unlearnkit run --task tofu-synth-tiny --forget authors:0.1 --models 2 \
+  --device cuda --bootstrap 0 --no-cache --methods none,ga,graddiff,ga+kl,npo,simnpo,idk,idkdpo,altpo,undial,wga,satimp,ceu,pdu,llmu,rmu,flat,era,sae-clamp,guard
 # 7. memory on the device: a live reference model vs reference log-probs computed once (and full vs LoRA where
 #    PEFT is installed)
-step 45 "LM memory: reference, LoRA" python3 benchmarks/lm_memory.py --task tofu-synth-tiny --models 32 --device cuda \
+step 40 "LM memory: reference, LoRA" python3 benchmarks/lm_memory.py --task tofu-synth-tiny --models 32 --device cuda \
   --precision tf32 --epochs 2 --lora 8
 # 8. classifier methods whose measurements run on the device (SSD's and Potion's importances, SalUn's saliency:
 #    engine.accumulate; Newton's Hessians)
-step 50 "classifier measurements on the GPU" bash -c "python3 -m unlearnkit run --task digits-mlp --forget class:3:0.5 \
+step 45 "classifier measurements on the GPU" bash -c "python3 -m unlearnkit run --task digits-mlp --forget class:3:0.5 \
   --models 4 --device cuda --bootstrap 0 --no-cache --methods none,ssd,potion,salun,l1-sparse && python3 -m unlearnkit \
   run --task digits-logreg --models 4 --device cuda --bootstrap 0 --no-cache --methods none,newton"
 nvidia-smi --query-gpu=memory.used --format=csv,noheader | tee -a "$OUT/gpu.txt"
