@@ -51,6 +51,7 @@ fluency prompts) need no separator.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -58,7 +59,8 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from ..engine import Forward, Params, predict
+from ..engine import EpochStream, Forward, Optim, Params, fit, predict
+from ..engine.compute import current, use
 from ..errors import UnlearnkitError
 from .model import LMForward
 from .tokenizer import IGNORE
@@ -293,26 +295,29 @@ def train_classifier(features: torch.Tensor, target: torch.Tensor, seeds: Sequen
                      l2: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-model logistic regressions (w (N, d), b (N,)) on features (N, n, d), target (n,) in {0, 1}:
     standardised features, class-balanced cross-entropy plus l2·‖w‖², full-batch Adam for `steps`, w
-    started at N(0, 0.01²) from each model's seed; the standardisation is folded into (w, b)."""
+    started at N(0, 0.01²) from each model's seed; the standardisation is folded into (w, b). Trained by the
+    engine (`fit`, each step one batch of every example) on the run's device, in float32 whatever the run's
+    precision: a probe on the models' features, as small as it is sensitive to rounding."""
     mu, sd = features.mean(1, keepdim=True), features.std(1, keepdim=True).clamp(min=1e-6)
-    x = (features - mu) / sd
     y = target.float()
     pos, neg = y.sum().clamp(min=1), (1 - y).sum().clamp(min=1)
-    weight = torch.where(y > 0, 0.5 / pos, 0.5 / neg)
-    w = torch.stack([torch.randn(x.shape[-1], generator=torch.Generator().manual_seed(int(s) ^ 0x6A2D)) * 0.01
-                     for s in seeds]).requires_grad_()
-    b = torch.zeros(len(seeds), requires_grad=True)
-    opt = torch.optim.Adam([w, b], lr=lr)
-    with torch.enable_grad():
-        for _ in range(steps):
-            opt.zero_grad()
-            logit = torch.einsum("nid,nd->ni", x, w) + b[:, None]
-            loss = (F.binary_cross_entropy_with_logits(logit, y.expand_as(logit), reduction="none") * weight).sum(1)
-            (loss + l2 * (w ** 2).sum(1)).sum().backward()
-            opt.step()
-    w, b = w.detach(), b.detach()
-    w_raw = w / sd[:, 0]
-    return w_raw, b - (mu[:, 0] * w_raw).sum(-1)
+    frozen = {"x": (features - mu) / sd, "weight": torch.where(y > 0, 0.5 / pos, 0.5 / neg).expand(len(seeds), -1)}
+    init = {"w": torch.stack([torch.randn(features.shape[-1], generator=torch.Generator().manual_seed(int(s) ^ 0x6A2D))
+                              * 0.01 for s in seeds]),
+            "b": torch.zeros(len(seeds))}
+
+    def loss(p, batch, frozen):
+        _, yb, idx = batch["train"]
+        logit = frozen["x"][idx] @ p["w"] + p["b"]
+        bce = F.binary_cross_entropy_with_logits(logit, yb, reduction="none")
+        return (bce * frozen["weight"][idx]).sum() + l2 * (p["w"] ** 2).sum()
+
+    stream = EpochStream(torch.arange(len(y)), list(seeds), len(y))
+    with torch.enable_grad(), use(dataclasses.replace(current(), precision="fp32", ensemble="vmap")):
+        p = fit(loss, init, {"train": stream}, (y[:, None], y), steps, Optim("adam", lr, schedule="constant"),
+                frozen=frozen)
+    w_raw = p["w"] / sd[:, 0]
+    return w_raw, p["b"] - (mu[:, 0] * w_raw).sum(-1)
 
 
 @torch.no_grad()
