@@ -203,14 +203,14 @@ def test_a_runs_budget_counts_only_the_models_no_cached_arm_holds(tmp_path):
 def test_a_runs_budget_counts_the_arms_its_methods_train_from_scratch(tmp_path):
     """Retrain is the noise floor's arm and filter the same arm (counted once); SISA trains its deployed
     shards, the affected shards again without S_F, and its sharded oracles (the unaffected shards' second
-    training is their first: counted once)."""
+    training is their first: counted once); IAU its restricted originals and oracles."""
     from unlearnkit.engine.compute import use
     from unlearnkit.experiment import RunConfig, budget, prepare
     from unlearnkit.methods.sisa import shard_partition
 
-    def flops(methods):
+    def flops(methods, hparams=()):
         config = RunConfig(task="digits-logreg", methods=methods, models=3, forget="random:10",
-                           cache_dir=str(tmp_path), bootstrap=0)
+                           cache_dir=str(tmp_path), bootstrap=0, hparams=hparams)
         with use(config.compute):
             p = prepare(config)
             return budget(p).flops, p
@@ -224,3 +224,7 @@ def test_a_runs_budget_counts_the_arms_its_methods_train_from_scratch(tmp_path):
     sisa = n + affected + (n - 10)
     assert 0 < affected < n - 10  # some shards hold no forget example
     assert flops(("none", "sisa"))[0] == pytest.approx(reference + per_example * sisa)
+    # IAU's deployed models and oracles: the restricted recipe's (double backpropagation: at least twice a
+    # step's cost); unrestricted (α = 0), they are the run's own originals and oracles
+    assert flops(("none", "iau"))[0] == pytest.approx(reference + 2 * per_example * (n + n - 10))
+    assert flops(("none", "iau"), (("iau", "alpha", "0"),))[0] == reference

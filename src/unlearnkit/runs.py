@@ -290,7 +290,7 @@ def run_budget(profile: StepProfile, recipe, config: RunConfig, everything: torc
     seen = set()
     for arm in arms:
         seeds = list(arm.seeds) if arm.seeds is not None else arm_seeds(arm.seed_base, config.models, config.seed)
-        family = family_of(arm.positions) if arm.key is None else None
+        family = (arm.family or family_of(arm.positions)) if arm.key is None else None
         name = (family, tuple(seeds)) if arm.key is None else arm.key
         if name in seen:
             continue

@@ -225,14 +225,16 @@ class ScratchArm:
     """An arm of N models a method trains from scratch with the task's recipe, for a run's budget
     (`runs.run_budget`, which counts nothing a cache holds): with `key` None, the zoo's arm on `positions`
     of `seeds` (default: `seed_base`'s arm seeds; partly cached families count only their missing
-    models); else an arm the method caches under its own `key` (ERA's widened, routed models), whose
-    steps cost `scale` times the task model's."""
+    models), of the run's task or of the zoo `family` given (a variant of the task: IAU's restricted
+    recipe); else an arm the method caches under its own `key` (ERA's widened, routed models). Its steps
+    cost `scale` times the task model's."""
 
     positions: torch.Tensor
     seed_base: int = RETRAIN_SEEDS
     key: str | None = None
     scale: float = 1.0
     seeds: tuple[int, ...] | None = None
+    family: str | None = None
 
 
 def retrained_on_retain(hp: HParams, setting: Setting) -> list[ScratchArm]:

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 from ..engine import Optim, Params, predict
 from ..tasks import Task
-from ..zoo import ORACLE_SEEDS, arm_seeds
-from .base import Context, Ensemble, HParams, register
+from ..zoo import ORACLE_SEEDS, arm_seeds, zoo_family
+from .base import Context, Ensemble, HParams, ScratchArm, Setting, register
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,18 @@ def influence_step(ctx: Context, params: Params, lr: float) -> Params:
     return ctx.fit(loss, streams, 1, Optim("adam", lr, 0.0, 0.0, "constant"), params=params, desc="iau step")
 
 
-@register("iau", IAUParams)
+def iau_arms(hp: IAUParams, setting: Setting) -> list[ScratchArm]:
+    """IAU's `scratch`: the deployed models and its oracles, both of the restricted recipe (at α = 0 they are
+    the run's own originals and oracles, counted once). A restricted step differentiates twice, so it costs
+    at least twice the task's (`scale`, a lower bound)."""
+    task, ds = restricted(setting.task, hp.alpha), setting.data
+    everything, retain = torch.arange(len(ds.y_train)), torch.as_tensor(setting.retain)
+    scale = 2.0 if hp.alpha > 0 else 1.0
+    return [ScratchArm(everything, seeds=tuple(setting.seeds), family=zoo_family(task, ds, everything), scale=scale),
+            ScratchArm(retain, ORACLE_SEEDS, family=zoo_family(task, ds, retain), scale=scale)]
+
+
+@register("iau", IAUParams, scratch=iau_arms)
 def iau(ctx: Context, hp: IAUParams) -> Ensemble:
     """IAU, Influence Approximation Unlearning: gradient-restricted models, one step along ∇L(S_R) − ∇L(S_F).
 
