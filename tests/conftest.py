@@ -41,9 +41,10 @@ def digits():
 
 @pytest.fixture(scope="session")
 def tiny_lm_cache(tmp_path_factory) -> str:
-    """One model cache for the tests that train tofu-synth-tiny arms at N = 2 with authors:0.1 forgotten:
-    the originals, oracles and retrain arm are trained once for all of them — under pytest-xdist, once for
-    all workers (the session's folder above theirs; the zoo's locks make the others wait and load)."""
+    """One model cache for the tests that train tofu-synth-tiny arms (most at N = 2 with authors:0.1 forgotten;
+    the LM pipeline's run and ID-vs-OOD tests share originals at N = 3): each arm is trained once for all of
+    them — under pytest-xdist, once for all workers (the session's folder above theirs; the zoo's locks make
+    the others wait and load)."""
     root = tmp_path_factory.getbasetemp()
     path = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "tiny-lm-cache"
     path.mkdir(exist_ok=True)

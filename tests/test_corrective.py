@@ -167,3 +167,5 @@ def test_budget_counts_every_fraction_the_arms_methods_retrain_and_the_attack(mo
     rows = 2  # `none` and the noise floor
     attack = per_example * models * RELEARN_STEPS * rows * 2 * k  # k identified and k retained, per row
     assert flops(("none",), (0.5, 1.0), relearn=k) == pytest.approx(reference + 2 * attack)
+    sisa = flops(("none", "sisa"), (0.5,))  # an ensemble's row is not probed: the attack runs on two rows still
+    assert flops(("none", "sisa"), (0.5,), relearn=k) == pytest.approx(sisa + attack)

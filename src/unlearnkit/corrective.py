@@ -95,7 +95,8 @@ def corrective(config: RunConfig, manipulation: str, fractions=DEFAULT_FRACTIONS
     for p in prepared.values():
         for job in jobs:
             job.hparams.check_setting(task, manip.dataset, p.forget.positions, config.seed)
-    attack = [w for s in sets.values() for w in relearn_work(config.models, len(jobs), min(relearn, len(s)),
+    probed = sum(1 for job in jobs if not REGISTRY[job.method].ensemble)  # rows the attack runs on
+    attack = [w for s in sets.values() for w in relearn_work(config.models, probed, min(relearn, len(s)),
                                                               min(relearn, len(corrected)))] if relearn else []
     budget(prepared[fractions[0]], corrected, tuple(prepared[f] for f in fractions[1:]), tuple(attack)).check(
         config.max_hours, cache.root if cache else None, "this corrective study")

@@ -72,9 +72,9 @@ def corrective_lm(config: RunConfig, fractions, out: str | os.PathLike | None = 
         check_output(out, run_id, overwrite, "corrective.json")
     cache_dir = default_cache_dir() if config.cache_dir is None else config.cache_dir
     cache = ZooCache(cache_dir) if cache_dir else None
-    corrected = np.setdiff1d(np.arange(len(data.items)), forget)
+    retained = len(retained_authors(data, forget))  # the attack's retained items are authors' QAs
     attack = [w for s in sets.values() for w in relearn_work(config.models, len(jobs), min(relearn, len(s)),
-                                                              min(relearn, len(corrected)))] if relearn else []
+                                                              min(relearn, retained))] if relearn else []
     lm_budget(config, data, jobs, cache, list(sets.values()), tuple(attack)).check(
         config.max_hours, cache.root if cache else None, "this corrective study")
     if out is not None:
@@ -101,6 +101,12 @@ def corrective_lm(config: RunConfig, fractions, out: str | os.PathLike | None = 
     return results
 
 
+def retained_authors(data, forget: np.ndarray) -> np.ndarray:
+    """Positions of the author QAs of the oracles' training set (everything but the forget set M)."""
+    corrected = np.setdiff1d(np.arange(len(data.items)), forget)
+    return corrected[[data.items[p].kind == "author" for p in corrected]]
+
+
 def relearning_probe(data, identified_set: np.ndarray, forget: np.ndarray, k: int, seed: int):
     """The relearning attack for LMs (Gradient Routing §5; Siddiqui et al. 2025): from the unlearned models,
     `RELEARN_STEPS` full-batch Adam steps of answer NLL on k identified forget items and, separately, on k
@@ -110,8 +116,7 @@ def relearning_probe(data, identified_set: np.ndarray, forget: np.ndarray, k: in
     from .methods.lm import LMContext
     from .zoo import ORIGINAL_SEEDS, arm_seeds
     rng = np.random.default_rng([seed, RELEARN_TAG])
-    corrected = np.setdiff1d(np.arange(len(data.items)), forget)
-    authors = corrected[[data.items[p].kind == "author" for p in corrected]]
+    authors = retained_authors(data, forget)
     sets = {"forget": np.sort(rng.choice(identified_set, min(k, len(identified_set)), replace=False)),
             "retain": np.sort(rng.choice(authors, min(k, len(authors)), replace=False))}
     forward = LMForward(data.config)

@@ -243,13 +243,15 @@ class LMBench:
 
 
 def lm_budget(config: RunConfig, data: TofuData, jobs: list[Job], cache: ZooCache | None,
-              identified: list[np.ndarray] | None = None, extra: tuple[Work, ...] = ()) -> Budget:
-    """The training an LM run will do (`runs.run_budget`); for a corrective study, with the forget sets it
-    runs its methods on (`identified`: its oracles train without all of the run's forget set) and other work."""
+              identified: list[np.ndarray] | None = None, extra: tuple[Work, ...] = (),
+              forget: np.ndarray | None = None) -> Budget:
+    """The training an LM run will do (`runs.run_budget`) on the run's forget set (or `forget`: a search's
+    tuning set); for a corrective study, with the forget sets it runs its methods on (`identified`: its
+    oracles train without all of the run's forget set) and other work."""
     task = data.task
     profile = StepProfile.measure(lm_loss(LMForward(data.config)), init_lm_params(data.config, [0]), data.tensors,
                                   task.recipe.batch_size)
-    forget = data.forget_positions(config.forget, config.seed)
+    forget = data.forget_positions(config.forget, config.seed) if forget is None else forget
     everything = np.arange(len(data.items))
     seeds = arm_seeds(ORIGINAL_SEEDS, config.models, config.seed)
     settings = [Setting(task, data, f, np.setdiff1d(everything, f), seeds, config.seed)

@@ -275,8 +275,8 @@ def run_budget(profile: StepProfile, recipe, config: RunConfig, everything: torc
     """The training a run (or a study of several forget sets) will do, for either pipeline: the reference
     arms (originals on `everything`; oracles and the noise-floor arm on `oracles_on`), and per forget set
     (`settings`: one per set) every job with an epochs budget, counted over the forget set (the smallest
-    set a method passes over), and the arms a job's method trains from scratch (`Method.scratch`: retrain,
-    filter, ERA). An arm counts once however many jobs or sets name it, and the models a cache holds cost
+    set a method passes over), and the arms a job's method trains from scratch (`Method.scratch`: filter,
+    ERA, SISA, IAU). An arm counts once however many jobs or sets name it, and the models a cache holds cost
     nothing (`family_of(positions)` names a zoo arm's family there), so a run is never refused for work it
     will not do. `extra`: other training (`Work`)."""
     out = Budget()

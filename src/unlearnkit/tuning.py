@@ -127,14 +127,14 @@ def tune(run_config, tune_config: TuneConfig) -> dict:
 def _classifier_target(run_config, tune_config: TuneConfig, method) -> Target:
     # the objective reads histogram KLoM alone: no other estimator or attack is computed per trial
     p = prepare(dataclasses.replace(run_config, methods=(method.name,), estimators=(), metrics=("klom",)))
-    plan = budget(p)
+    spec = tune_config.tune_forget or run_config.forget
+    tuning_set = build_forget_set(spec, p.dataset, run_config.seed + TUNING_SEED_OFFSET)
+    _check_apart(spec, tuning_set.positions, p.forget.positions)
+    plan = budget(dataclasses.replace(p, forget=tuning_set))  # the search trains on the tuning set
     plan.flops += (tune_config.trials - 1) * plan.method_flops  # every trial runs the method once
     plan.check(run_config.max_hours, p.cache.root if p.cache else None, "this search")
     if p.cache is None:
         raise UnlearnkitError("tuning saves its result in the cache directory: do not disable the cache")
-    spec = tune_config.tune_forget or run_config.forget
-    tuning_set = build_forget_set(spec, p.dataset, run_config.seed + TUNING_SEED_OFFSET)
-    _check_apart(spec, tuning_set.positions, p.forget.positions)
     overlap = len(np.intersect1d(tuning_set.positions, p.forget.positions))
     return Target(Bench(p, forget=tuning_set), score, "mean KLoM p95 over forget, retain, val",
                   ("klom_p95", "accuracy", "seconds", "diverged"),
@@ -159,11 +159,11 @@ def lm_score(row: dict, utility_floor: float) -> float:
 
 
 def _lm_target(run_config, tune_config: TuneConfig, method) -> Target:
-    from .lm_experiment import LMBench, lm_jobs, lm_row, prepare_lm
+    from .lm_experiment import LMBench, lm_budget, lm_jobs, lm_row, prepare_lm
 
     config = dataclasses.replace(run_config, methods=(method.name,))
     jobs = lm_jobs(config)
-    data, reported, cache, plan = prepare_lm(config, jobs)
+    data, reported, cache, _ = prepare_lm(config, jobs)
     spec = tune_config.tune_forget or config.forget
     tuning = data.forget_positions(spec, config.seed + TUNING_SEED_OFFSET)
     _check_apart(spec, tuning, reported)
@@ -171,6 +171,7 @@ def _lm_target(run_config, tune_config: TuneConfig, method) -> Target:
         job.hparams.check_setting(data.task, data, tuning, config.seed)
     if cache is None:
         raise UnlearnkitError("tuning saves its result in the cache directory: do not disable the cache")
+    plan = lm_budget(config, data, jobs, cache, forget=tuning)  # the search trains on the tuning set
     plan.flops += (tune_config.trials - 1) * plan.method_flops
     plan.check(config.max_hours, cache.root, "this search")
     bench = LMBench(config, data, cache, forget=tuning)

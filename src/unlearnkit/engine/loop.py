@@ -345,8 +345,8 @@ def accumulate(fn: Callable[..., Params], params: Params, stream: EpochStream,
     back on the CPU. `fn` may differentiate inside (torch.func.grad): this no_grad does not reach it.
     """
     dev = torch.device(current().device)
-    params = {k: v.detach().to(dev) for k, v in params.items()}
-    data = tuple(t.to(dev) for t in data)
+    params = {k: v.detach().to(dev, torch.float32 if v.is_floating_point() else v.dtype) for k, v in params.items()}
+    data = tuple(t.to(dev, torch.float32 if t.is_floating_point() else t.dtype) for t in data)
     call = torch.vmap(fn, randomness="error")
     total: Params = {}
     batches = stream.steps_per_epoch

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from ..engine import Forward, Params, predict
+from ..engine.compute import current
 from ..errors import UnlearnkitError
 from .model import LMForward
 
@@ -318,5 +319,7 @@ def sae_hook(module: nn.Module, sae: Params):
 def residual_acts(forward: LMForward, params: Params, input_ids: torch.Tensor, layer: int, pad_id: int,
                   chunk: int = 64) -> torch.Tensor:
     """(N, T, d): block `layer`'s output of N models at the T real (non-padding) tokens of `input_ids`."""
-    hidden = predict(lambda p, x: forward.hidden(p, x, layer), params, input_ids, chunk)  # on the run's device
-    return hidden[:, input_ids != pad_id]
+    keep = input_ids != pad_id  # padding dropped chunk by chunk: never all N models' padded activations at once
+    params = {k: v.to(current().device) for k, v in params.items()}  # moved once, not per chunk
+    return torch.cat([predict(lambda p, x: forward.hidden(p, x, layer), params, input_ids[s:s + chunk], chunk)
+                      [:, keep[s:s + chunk]] for s in range(0, len(input_ids), chunk)], 1)

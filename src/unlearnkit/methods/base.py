@@ -238,7 +238,8 @@ class ScratchArm:
 
 
 def retrained_on_retain(hp: HParams, setting: Setting) -> list[ScratchArm]:
-    """The `scratch` of methods that retrain on S_R with the retrain seeds (retrain, filter)."""
+    """The `scratch` of filtering: the retrain seeds on S_R (`retrain` itself is the noise floor, a reference
+    arm every budget counts, on the oracles' training set)."""
     return [ScratchArm(torch.as_tensor(setting.retain))]
 
 
@@ -249,6 +250,12 @@ class Method:
     hparams: type[HParams]
     summary: str
     scratch: Callable[[HParams, Setting], list[ScratchArm]] | None = None  # arms it trains from scratch
+
+    @property
+    def ensemble(self) -> bool:
+        """Whether the method returns an `Ensemble` (its function is annotated so: SISA, S3T, IAU), whose rows
+        a study's probe does not measure."""
+        return self.fn.__annotations__.get("return") in (Ensemble, "Ensemble")
 
 
 REGISTRY: dict[str, Method] = {}      # classifier methods

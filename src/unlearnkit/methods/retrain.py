@@ -1,9 +1,9 @@
 from ..engine import Params
 from ..zoo import RETRAIN_SEEDS, arm_seeds
-from .base import Context, HParams, register, retrained_on_retain
+from .base import Context, HParams, register
 
 
-@register("retrain", scratch=retrained_on_retain)
+@register("retrain")
 def retrain(ctx: Context, hp: HParams) -> Params:
     """Retrain from scratch on S_R with seeds disjoint from the reference oracles': exact, the noise floor.
 

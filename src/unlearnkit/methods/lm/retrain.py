@@ -1,10 +1,10 @@
 from ...engine import Params
 from ...zoo import RETRAIN_SEEDS, arm_seeds
-from ..base import HParams, retrained_on_retain
+from ..base import HParams
 from .base import LM_REGISTRY, LMContext, register
 
 
-@register("retrain", HParams, LM_REGISTRY, scratch=retrained_on_retain)
+@register("retrain", HParams, LM_REGISTRY)
 def retrain(ctx: LMContext, hp: HParams) -> Params:
     """Retrain from scratch on S_R with seeds disjoint from the oracles': exact, the noise floor.
 
