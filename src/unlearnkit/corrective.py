@@ -96,8 +96,7 @@ def corrective(config: RunConfig, manipulation: str, fractions=DEFAULT_FRACTIONS
         for job in jobs:
             job.hparams.check_setting(task, manip.dataset, p.forget.positions, config.seed)
     probed = sum(1 for job in jobs if not REGISTRY[job.method].ensemble)  # rows the attack runs on
-    attack = [w for s in sets.values() for w in relearn_work(config.models, probed, min(relearn, len(s)),
-                                                              min(relearn, len(corrected)))] if relearn else []
+    attack = relearn_work(relearn, config.models, probed, list(sets.values()), len(corrected))
     budget(prepared[fractions[0]], corrected, tuple(prepared[f] for f in fractions[1:]), tuple(attack)).check(
         config.max_hours, cache.root if cache else None, "this corrective study")
     if out is not None:

@@ -72,9 +72,8 @@ def corrective_lm(config: RunConfig, fractions, out: str | os.PathLike | None = 
         check_output(out, run_id, overwrite, "corrective.json")
     cache_dir = default_cache_dir() if config.cache_dir is None else config.cache_dir
     cache = ZooCache(cache_dir) if cache_dir else None
-    retained = len(retained_authors(data, forget))  # the attack's retained items are authors' QAs
-    attack = [w for s in sets.values() for w in relearn_work(config.models, len(jobs), min(relearn, len(s)),
-                                                              min(relearn, retained))] if relearn else []
+    attack = relearn_work(relearn, config.models, len(jobs), list(sets.values()),
+                          len(retained_authors(data, forget)))  # the attack's retained items are authors' QAs
     lm_budget(config, data, jobs, cache, list(sets.values()), tuple(attack)).check(
         config.max_hours, cache.root if cache else None, "this corrective study")
     if out is not None:

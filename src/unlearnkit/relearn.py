@@ -13,11 +13,14 @@ RELEARN_STEPS = 40    # GR's bound on the relearning fine-tune
 RELEARN_LR = 1e-3     # Adam; GR's 5e-5 is for a pretrained transformer, this moves a small classifier in 40 steps
 
 
-def relearn_work(models: int, rows: int, k_forget: int, k_retain: int) -> list[Work]:
-    """What the attack trains, for a study's budget: for each of `rows` rows of N = `models` models (one row
-    after another), `RELEARN_STEPS` full-batch steps on each of its two sets (of k_forget and k_retain
-    examples)."""
-    return [Work(models, RELEARN_STEPS * rows, k) for k in (k_forget, k_retain) if k]
+def relearn_work(k: int, models: int, rows: int, identified: list, retained: int) -> list[Work]:
+    """What the attack with k examples trains, for a study's budget (none when k = 0): for each identified set
+    (one per fraction) and each of `rows` rows of N = `models` models (one row after another),
+    `RELEARN_STEPS` full-batch steps on each of its two sets: min(k, |set|) identified examples and
+    min(k, `retained`) retained ones."""
+    if not k:
+        return []
+    return [Work(models, RELEARN_STEPS * rows, n) for s in identified for n in (min(k, len(s)), min(k, retained)) if n]
 
 
 def relearn_curves(params, sets: dict[str, np.ndarray], loss, metric, context) -> dict:
