@@ -138,8 +138,9 @@ class ForgetResources:
     def embeddings(self, chunk: int = 8192) -> torch.Tensor:
         """Penultimate-layer features of the training set under the first original model, on the CPU: computed
         on the run's device, `chunk` examples at a time (50k CIFAR images at once would keep ~13 GB of
-        ResNet-9 activations; each chunk also carries its 1000 calibration images). One model's plain forward, not vmapped: on the CPU chunks give the same bits
-        as one call, so a clustered forget set does not depend on the chunk."""
+        ResNet-9 activations; each chunk also carries its 1000 calibration images). One model's plain
+        forward, not vmapped: on the CPU chunks give the same bits as one call, so a clustered forget set does
+        not depend on the chunk."""
         forward = template(self.task, self.dataset)
         dev = current().device
         first = {k: v[0].to(dev) for k, v in self.originals().items()}

@@ -100,8 +100,8 @@ def era_arm(hp: ERAParams, setting: Setting) -> list[ScratchArm]:
 
     def weights(w: int) -> int:
         return inputs * w + (depth - 1) * w * w + w * ds.num_classes
-    return [ScratchArm(torch.arange(len(ds.y_train)), ORIGINAL_SEEDS, era_key(task, ds, setting.seeds, setting.forget, hp),
-                       weights(width + hp.expand) / weights(width))]
+    key = era_key(task, ds, setting.seeds, setting.forget, hp)
+    return [ScratchArm(torch.arange(len(ds.y_train)), ORIGINAL_SEEDS, key, weights(width + hp.expand) / weights(width))]
 
 
 def era_models(ctx: Context, hp: ERAParams) -> Params:
@@ -120,7 +120,8 @@ def era_models(ctx: Context, hp: ERAParams) -> Params:
         logits, l1 = routed_forward(params, x, routed[idx], width, depth, hp.routed_original, hp.routing)
         return F.cross_entropy(logits, y) + hp.l1 * l1
 
-    arm = train_cached(era_key(task, ds, seeds, ctx.forget, hp), loss, lambda: init_params("mlp", ds.input_shape, ds.num_classes, seeds,
+    key = era_key(task, ds, seeds, ctx.forget, hp)
+    arm = train_cached(key, loss, lambda: init_params("mlp", ds.input_shape, ds.num_classes, seeds,
                                                       width=width + hp.expand, depth=depth),
                        EpochStream(positions, seeds, task.recipe.batch_size), (ds.x_train, ds.y_train),
                        task.recipe.epochs, recipe_optim(task), ctx.cache, "era" if hp.routing else "era-control",

@@ -44,6 +44,12 @@ def sliced_partition(n_train: int, shards: int, slices: int, seed: int) -> list[
     return [[np.sort(part.numpy()) for part in shard.tensor_split(slices)] for shard in order.tensor_split(shards)]
 
 
+def shards_without(parts: list[np.ndarray], forget) -> list[np.ndarray]:
+    """Each shard's positions without the forget set's (what the affected shards retrain on)."""
+    gone = set(np.asarray(forget).tolist())
+    return [np.array([i for i in part if i not in gone], dtype=np.int64) for part in parts]
+
+
 def shard_seeds(model_seeds: list[int], shard: int) -> list[int]:
     return [derived_seed(s, SHARD_TAG, shard) for s in model_seeds]
 
@@ -52,8 +58,7 @@ def sisa_arms(hp: SisaParams, setting: Setting) -> list[ScratchArm]:
     """SISA's `scratch`: the deployed shard models, the affected shards retrained without S_F, and the sharded
     oracles (`sisa` below)."""
     parts = shard_partition(len(setting.data.y_train), hp.shards, setting.run_seed)
-    forget = set(setting.forget.tolist())
-    kept = [np.array([i for i in part if i not in forget], dtype=np.int64) for part in parts]
+    kept = shards_without(parts, setting.forget)
     oracle_models = arm_seeds(ORACLE_SEEDS, len(setting.seeds), setting.run_seed)
     arms = []
     for k, (part, left) in enumerate(zip(parts, kept)):
@@ -80,14 +85,13 @@ def sisa(ctx: Context, hp: SisaParams) -> Ensemble:
     """
     n_train = len(ctx.dataset.y_train)
     parts = shard_partition(n_train, hp.shards, ctx.run_seed)
-    forget = set(ctx.forget.tolist())
     oracle_models = arm_seeds(ORACLE_SEEDS, ctx.n_models, ctx.run_seed)
 
     def train(parts_: list[np.ndarray], seeds: list[int], label: str) -> list:
         return [ctx.train_from_scratch(part, shard_seeds(seeds, k), f"{label} shard {k}")
                 for k, part in enumerate(parts_)]
 
-    kept = [np.array([i for i in part if i not in forget], dtype=np.int64) for part in parts]
+    kept = shards_without(parts, ctx.forget)
     affected = [k for k, part in enumerate(parts) if len(kept[k]) < len(part)]
     originals = ctx.uncharged(lambda: train(parts, ctx.seeds, "sisa"))   # the deployed ensemble
     unlearned = list(originals)

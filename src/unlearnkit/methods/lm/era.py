@@ -172,7 +172,8 @@ def lm_era_models(ctx: LMContext, hp: LMERAParams) -> Params:
         return nll + hp.l1 * l1
 
     positions = torch.arange(len(input_ids))
-    arm = train_cached(lm_era_key(config, recipe, ctx.tokens, seeds, ctx.forget, hp), loss, lambda: widened_params(config, seeds, blocks, hp.expand),
+    key = lm_era_key(config, recipe, ctx.tokens, seeds, ctx.forget, hp)
+    arm = train_cached(key, loss, lambda: widened_params(config, seeds, blocks, hp.expand),
                        EpochStream(positions, seeds, recipe.batch_size), (input_ids, labels), recipe.epochs,
                        recipe_optim(recipe), ctx.cache, "era" if hp.routing else "era-control",
                        {"kind": "causal-lm-era", "seeds": seeds, "blocks": blocks, "expand": hp.expand})
