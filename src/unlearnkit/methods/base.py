@@ -150,7 +150,7 @@ class Context:
         """Train fresh models of the task's recipe through the (cached) zoo; or of `task`, a variant of this
         classifier task (IAU's gradient-restricted recipe)."""
         positions = torch.as_tensor(positions)
-        return self._counted(self.train_arm(positions, seeds, label) if task is None
+        return self.counted(self.train_arm(positions, seeds, label) if task is None
                              else train_models(task, self.dataset, positions, seeds, self.cache, label))
 
     def train_stage(self, positions, seeds: list[int], start: Params | None, trainable: Collection[str],
@@ -158,11 +158,12 @@ class Context:
         """One stage of a sequential recipe (S3T's slice-wise training) through the (cached) zoo: the task's
         recipe on `positions`, continuing `start` (fresh models of `seeds` when None) and updating only the
         parameters named in `trainable`."""
-        return self._counted(train_models(self.task, self.dataset, torch.as_tensor(positions), seeds, self.cache,
+        return self.counted(train_models(self.task, self.dataset, torch.as_tensor(positions), seeds, self.cache,
                                           label, start, trainable))
 
-    def _counted(self, arm: Arm) -> Params:
-        """`arm`'s models; what a cache hit (or a resumed checkpoint) saved is counted as spent all the same."""
+    def counted(self, arm: Arm) -> Params:
+        """`arm`'s models; what a cache hit (or a resumed checkpoint) saved is counted as spent all the same
+        (every arm a method trains: through the zoo here, or under its own key, as ERA's)."""
         self.cached_seconds += arm.seconds if arm.cached else arm.earlier_seconds
         self.cached_flops += arm.flops if arm.cached else arm.earlier_flops
         return arm.params

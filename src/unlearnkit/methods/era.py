@@ -127,9 +127,7 @@ def era_models(ctx: Context, hp: ERAParams) -> Params:
                        task.recipe.epochs, recipe_optim(task), ctx.cache, "era" if hp.routing else "era-control",
                        {"task": task.name, "seeds": seeds})
     # training-time work, charged like any arm a method needs (what a cache hit or a resume saved included)
-    ctx.cached_seconds += arm.seconds if arm.cached else arm.earlier_seconds
-    ctx.cached_flops += arm.flops if arm.cached else arm.earlier_flops
-    return ablate(arm.params, width, depth)
+    return ablate(ctx.counted(arm), width, depth)
 
 
 def coherence_finetune(ctx: Context, params: Params, hp: ERAParams, one_loss) -> Params:

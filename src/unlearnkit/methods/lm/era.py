@@ -177,9 +177,7 @@ def lm_era_models(ctx: LMContext, hp: LMERAParams) -> Params:
                        EpochStream(positions, seeds, recipe.batch_size), (input_ids, labels), recipe.epochs,
                        recipe_optim(recipe), ctx.cache, "era" if hp.routing else "era-control",
                        {"kind": "causal-lm-era", "seeds": seeds, "blocks": blocks, "expand": hp.expand})
-    ctx.cached_seconds += arm.seconds if arm.cached else arm.earlier_seconds
-    ctx.cached_flops += arm.flops if arm.cached else arm.earlier_flops
-    return ablate_mlp(arm.params, blocks, forward.width)
+    return ablate_mlp(ctx.counted(arm), blocks, forward.width)
 
 
 def _answer_nll(ctx: LMContext):
