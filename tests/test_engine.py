@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from unlearnkit.engine import EpochStream, Forward, Optim, accumulate, fit, predict
 from unlearnkit.engine.compute import bf16_fast, resolve, use
-from unlearnkit.errors import Diverged
+from unlearnkit.errors import Diverged, UnlearnkitError
 from unlearnkit.models import build_model, init_params
 
 SEEDS = [3, 7, 11]
@@ -83,6 +83,32 @@ def test_parameters_the_loss_does_not_use_are_left_alone(digits, name):
               (digits.x_train, digits.y_train), 4, Optim(name, lr=0.01, weight_decay=1e-3))
     assert not torch.equal(out["1.weight"], init["1.weight"])
     assert all(torch.equal(out[k], init[k]) for k in init if k != "1.weight")
+
+
+def test_unit_rows_take_one_projected_step_and_stay_on_the_sphere(digits):
+    """`Optim.unit_rows` (an SAE decoder's constraint): one plain SGD step equals the hand-written projected
+    step w ← normalise(w − lr·(g − ⟨g, w⟩w)) per row, rows stay unit-norm over many steps, a purely radial
+    gradient moves nothing, and a name the parameters lack fails in one line."""
+    forward, init, loss = _setup(digits, "logreg")
+    init = {**init, "1.weight": init["1.weight"] / init["1.weight"].norm(dim=-1, keepdim=True)}
+    data, optim = (digits.x_train, digits.y_train), Optim(lr=0.5, momentum=0.0, unit_rows=("1.weight",))
+    stream = EpochStream(torch.arange(64), SEEDS, 64)
+    one = fit(loss, init, {"train": stream}, data, 1, optim)
+    idx = next(stream.batches())
+    for i in range(len(SEEDS)):
+        w = init["1.weight"][i].clone().requires_grad_()
+        batch = {"train": (data[0][idx[i]], data[1][idx[i]], idx[i])}
+        loss({"1.weight": w, "1.bias": init["1.bias"][i]}, batch, {}).backward()
+        g = w.grad - (w.grad * w).sum(-1, keepdim=True) * w.detach()
+        step = w.detach() - 0.5 * g
+        torch.testing.assert_close(one["1.weight"][i], step / step.norm(dim=-1, keepdim=True), rtol=1e-5, atol=1e-6)
+    many = fit(loss, init, {"train": stream}, data, 30, Optim("adam", 0.05, unit_rows=("1.weight",)))
+    torch.testing.assert_close(many["1.weight"].norm(dim=-1), torch.ones(len(SEEDS), 10))
+    radial = fit(lambda p, b, f: p["1.weight"].pow(2).sum() + 0 * loss(p, b, f), init, {"train": stream}, data, 5,
+                 optim)
+    torch.testing.assert_close(radial["1.weight"], init["1.weight"])
+    with pytest.raises(UnlearnkitError, match="unit_rows names \\['W_dec'\\]"):
+        fit(loss, init, {"train": stream}, data, 1, Optim(unit_rows=("W_dec",)))
 
 
 def test_non_finite_loss_raises_diverged(digits):

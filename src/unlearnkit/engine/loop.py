@@ -77,13 +77,19 @@ def _cast(params: Params, x: torch.Tensor) -> Params:
 @dataclass(frozen=True)
 class Optim:
     """Optimizer and learning-rate schedule of a loop (`linear`: decays to zero over the loop). `sign` is
-    sign-SGD (momentum and weight decay unused)."""
+    sign-SGD (momentum and weight decay unused).
+
+    `unit_rows` names parameters whose rows (last dim) are kept on the unit sphere, as a sparse
+    autoencoder's decoder (Bricken et al. 2023, "Towards Monosemanticity"): before every step the
+    gradient's component along each row is removed (the optimizer sees the tangent gradient), and after it
+    the rows are renormalised."""
 
     name: str = "sgd"
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 0.0
     schedule: str = "constant"
+    unit_rows: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.name not in ("sgd", "adam", "sign"):
@@ -145,6 +151,8 @@ def fit(
     Raises `Diverged` at the first non-finite loss: the caller decides what a divergence means.
     """
     keep_freed_memory()
+    if missing := [k for k in optim.unit_rows if k not in params]:
+        raise UnlearnkitError(f"Optim.unit_rows names {missing}, which the parameters do not have")
     compute = current()
     dev = torch.device(compute.device)
     x, y = _placed(data[0], dev, compute.dtype), _placed(data[1], dev)
@@ -185,8 +193,8 @@ def fit(
                 if opt is not None:
                     opt.zero_grad()
                 layouts: dict[str, tuple] = {}
-                hooks = [] if opt is not None else [
-                    v.register_hook(lambda g, k=k, seen=layouts: seen.__setitem__(k, g.stride())) for k, v in live.items()]
+                hooks = [] if opt is not None else [v.register_hook(lambda g, k=k, seen=layouts: seen.__setitem__(
+                    k, g.stride())) for k, v in live.items()]
                 losses.sum().backward()
                 for h in hooks:
                     h.remove()
@@ -202,6 +210,7 @@ def fit(
                     opt.load_state_dict(_placed(carry["optimizer"], dev))
         opt.lr = optim.lr_at(step, steps)
         with uncounted():  # elementwise: no FLOPs to count (and a compiled update runs outside the counter)
+            _tangent_gradients(optim.unit_rows, live, master)
             if mask is None:
                 opt.step()
             else:
@@ -212,6 +221,7 @@ def fit(
                         v.copy_(torch.where(mask[k], v, before[k]))
                         if mixed:
                             live[k].copy_(v)
+            _renormalised_rows(optim.unit_rows, live, master, mixed)
         if observer is not None:
             observer.after_step(master)
         if on_epoch and (step + 1) % per_epoch == 0 and time.perf_counter() - last_checkpoint >= checkpoint_every:
@@ -246,6 +256,26 @@ def _loop_step(loss_fn: LossFn, live: Params, buffers: Params, x: torch.Tensor, 
         raise Diverged(step, bad)
     for k, v in live.items():
         v.grad = buffers[k] if k in used else None
+
+
+@torch.no_grad()
+def _tangent_gradients(names: tuple[str, ...], live: Params, master: Params) -> None:
+    """g ← g − ⟨g, w⟩ w per row of each parameter in `names` (rows unit-norm): what is left moves along
+    the sphere (`Optim.unit_rows`). Computed in float32 against the master weights."""
+    for k in names:
+        g = live[k].grad
+        if g is not None:
+            g32, w = g.float(), master[k]
+            g.copy_(g32 - (g32 * w).sum(-1, keepdim=True) * w)
+
+
+@torch.no_grad()
+def _renormalised_rows(names: tuple[str, ...], live: Params, master: Params, mixed: bool) -> None:
+    """Rows of each parameter in `names` back to unit norm after a step (and its bfloat16 copy)."""
+    for k in names:
+        master[k].div_(master[k].norm(dim=-1, keepdim=True))
+        if mixed:
+            live[k].copy_(master[k])
 
 
 def _rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

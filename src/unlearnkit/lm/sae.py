@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..engine import Forward, Params, predict
+from ..engine import EpochStream, Forward, Optim, Params, fit, predict
 from ..engine.compute import current
 from ..errors import UnlearnkitError
 from .model import LMForward
@@ -48,6 +48,7 @@ PREFIX = "sae."          # reserved key prefix of the SAE tensors in a params di
 SAE_KEYS = ("W_enc", "b_enc", "W_dec", "b_dec")
 KINDS = ("relu", "topk")
 SCORES = ("ratio", "mean", "freq")
+SAE_STREAM = 0x5AE  # the batch stream's tag: its batches differ from a zoo's of the same seeds
 
 
 def split_sae(params: Params) -> tuple[Params, Params]:
@@ -102,9 +103,11 @@ def train_sae(acts: torch.Tensor, width_mult: int = 4, kind: str = "topk", l1: f
               steps: int = 1000, lr: float = 2e-3, batch_size: int = 256, seed: int | Sequence[int] = 0) -> Params:
     """One SAE per model on activations `acts` (N, T, d) (model n's tokens acts[n]); stacked SAE params
     {W_enc (N, d, m), b_enc (N, m), W_dec (N, m, d), b_dec (N, d)}, m = width_mult · d (see the module
-    docstring for the recipe). `seed`: an int, or one seed per model (model n then depends on seed[n] and
-    its own activations alone: its initialisation and its batches). Adam at a constant `lr`,
-    `steps` batches of `batch_size` tokens drawn with replacement. Deterministic on a given device."""
+    docstring for the recipe), on the CPU in float32. `seed`: an int, or one seed per model (model n then
+    depends on seed[n] and its own activations alone: its initialisation and its batches). Trained by the
+    engine's loop (`fit`, on the run's device and precision): Adam at a constant `lr`, `steps` batches of
+    `batch_size` tokens, each model's tokens shuffled epoch by epoch, the decoder's rows on the unit sphere
+    (`Optim.unit_rows`)."""
     if kind not in KINDS:
         raise UnlearnkitError(f"SAE kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if acts.dim() != 3 or acts.shape[1] == 0:
@@ -114,35 +117,26 @@ def train_sae(acts: torch.Tensor, width_mult: int = 4, kind: str = "topk", l1: f
     topk = k if kind == "topk" else 0
     if kind == "topk" and not 1 <= k <= m:
         raise UnlearnkitError(f"SAE k={k} must be in [1, {m}] (the dictionary's width)")
-    x = acts.detach().float()
+    x = acts.detach().float().cpu()
     scale = (d / x.pow(2).sum(-1).mean(1)).sqrt()                     # (N,): E‖scale·x‖² = d
     x = x * scale[:, None, None]
-    dev = x.device
-    gens = [torch.Generator().manual_seed(s) for s in _model_seeds(seed, n)]
-    w_dec = torch.stack([torch.randn(m, d, generator=g) for g in gens]).to(dev)
+    seeds = _model_seeds(seed, n)
+    w_dec = torch.stack([torch.randn(m, d, generator=torch.Generator().manual_seed(s)) for s in seeds])
     w_dec = w_dec / w_dec.norm(dim=-1, keepdim=True)
-    p = {"W_enc": w_dec.transpose(1, 2).clone(), "b_enc": torch.zeros(n, m, device=dev), "W_dec": w_dec,
-         "b_dec": _geometric_median(x)}
-    p = {kk: v.contiguous().requires_grad_() for kk, v in p.items()}
-    opt = torch.optim.Adam(p.values(), lr=lr)
-    rows = torch.arange(n, device=dev)[:, None]
-    for _ in range(steps):
-        idx = torch.stack([torch.randint(t, (batch_size,), generator=g) for g in gens]).to(dev)
-        xb = x[rows, idx]                                                # (N, B, d)
-        f = encode(p, xb, topk)
-        err = (decode(p, f) - xb).pow(2).sum(-1).mean(1)                 # (N,)
-        loss = err + (l1 * f.sum(-1).mean(1) if kind == "relu" else 0)   # ‖W_dec[i]‖ = 1: the L1 is Σ f_i
-        opt.zero_grad(set_to_none=True)
-        loss.sum().backward()                                            # models independent: Σ separates
-        with torch.no_grad():
-            g, w = p["W_dec"].grad, p["W_dec"]
-            g -= (g * w).sum(-1, keepdim=True) * w                       # keep the rows on the unit sphere
-            opt.step()
-            w /= w.norm(dim=-1, keepdim=True)
-    with torch.no_grad():  # fold the input scale back: features and b_dec in raw units, W_dec unit-norm
-        s = scale[:, None]
-        return {"W_enc": p["W_enc"].detach().clone(), "b_enc": p["b_enc"].detach() / s,
-                "W_dec": p["W_dec"].detach().clone(), "b_dec": p["b_dec"].detach() / s}
+    init = {"W_enc": w_dec.transpose(1, 2).contiguous(), "b_enc": torch.zeros(n, m), "W_dec": w_dec,
+            "b_dec": _geometric_median(x)}
+
+    def loss(sae: Params, batch, frozen) -> torch.Tensor:  # one model's
+        xb = batch["tokens"][0]
+        f = encode(sae, xb, topk)
+        err = (decode(sae, f).float() - xb.float()).pow(2).sum(-1).mean()
+        return err + (l1 * f.float().sum(-1).mean() if kind == "relu" else 0)  # ‖W_dec[i]‖ = 1: the L1 is Σ f_i
+
+    stream = EpochStream(torch.arange(n * t).view(n, t), seeds, batch_size, tag=SAE_STREAM)
+    p = fit(loss, init, {"tokens": stream}, (x.flatten(0, 1), torch.zeros(n * t, dtype=torch.long)), steps,
+            Optim("adam", lr, 0.0, 0.0, "constant", unit_rows=("W_dec",)), desc="sae")
+    s = scale[:, None]  # fold the input scale back: features and b_dec in raw units, W_dec unit-norm
+    return {**p, "b_enc": p["b_enc"] / s, "b_dec": p["b_dec"] / s}
 
 
 @dataclass
