@@ -69,6 +69,7 @@ def test_a_study_runs_every_cell_and_resumes_without_recomputing(tmp_path, monke
     ("[run]\ntask = 'digits-mlp'\n[grid]\nmodels = [4, 1]\n", r"line 4 \(models = \[4, 1\]\).*--models"),
     ("[runs]\ntask = 'x'\n", r"line 1 \(\[runs\]\): unknown table"),
     ("[run\n", "not valid TOML"),
+    ("[run]\ntask = 'digits-mlp'\nhparams = [['ga', 'lr']]\n[grid]\nseed = [0]\n", r"\[METHOD, NAME, VALUE\]"),
 ])
 def test_a_bad_spec_fails_before_any_training_naming_its_line(tmp_path, text, match):
     with pytest.raises(UnlearnkitError, match=match):
@@ -102,3 +103,10 @@ def test_the_common_cases_need_no_spec_file(tmp_path):
         load_study(None, flags[:1], ("models=4,1",))
     with pytest.raises(UnlearnkitError, match="KEY=VALUE"):
         load_study(None, ("task",), ("seed=0",))
+    # hyperparameters as the command line's --set writes them, or as a spec's lists: the same configs
+    ga = load_study(None, flags + ("hparams=ga.lr=0.1,ga.epochs=2",), ("seed=0",)).cells[0][1]
+    spec = _spec(tmp_path, "[run]\ntask = 'digits-mlp'\nmodels = 3\nhparams = [['ga', 'lr', 0.1], ['ga', 'epochs', 2]]"
+                 "\n[grid]\nseed = [0]\n")
+    assert ga.hparams == load_study(spec).cells[0][1].hparams == (("ga", "lr", "0.1"), ("ga", "epochs", "2"))
+    with pytest.raises(UnlearnkitError, match="METHOD.NAME=VALUE"):
+        load_study(None, flags + ("hparams=ga.lr",), ("seed=0",))

@@ -10,17 +10,6 @@ import click
 from .errors import UnlearnkitError
 
 
-def _overrides(values: tuple[str, ...]) -> tuple[tuple[str, str, str], ...]:
-    out = []
-    for v in values:
-        key, sep, value = v.partition("=")
-        method, dot, name = key.rpartition(".")
-        if not sep or not dot or not method or not name:
-            raise UnlearnkitError(f"--set expects METHOD.NAME=VALUE (e.g. ga.lr=0.001), got {v!r}")
-        out.append((method, name, value))
-    return tuple(out)
-
-
 def _study_options(fn):
     """N, seed, data, cache, hyperparameter overrides and the time limit, the same on every study command
     (`corrective`, `generalisation`)."""
@@ -209,7 +198,7 @@ def _run_config(task, forget, methods, models, seed, train_size, val_size, data_
         raise UnlearnkitError(f"--budgets expects comma-separated numbers of epochs, got {budgets!r}") from None
     return RunConfig(task=task, forget=forget, methods=_names(methods),
                      models=models, seed=seed, train_size=train_size, val_size=val_size, data_dir=data_dir,
-                     cache_dir="" if no_cache else cache_dir, hparams=_overrides(sets),
+                     cache_dir="" if no_cache else cache_dir, hparams=sets,
                      reference_binning=reference_binning, bootstrap=bootstrap, budgets=budget_list, tuned=tuned,
                      datamodels=datamodels, datamodel_models=datamodel_models, max_hours=max_hours,
                      estimators=_names(estimators), metrics=_names(metrics), trajectories=trajectories, lora=lora,
@@ -266,8 +255,8 @@ def datamodels(task, models, subset, seed, train_size, data_dir, cache_dir, trak
     """Fit linear datamodels on subset-trained models; report their LDS (and TRAK's); save them."""
     from .attribution import compute_datamodels, save_datamodels, trak_lds
     from .attribution.store import datamodels_id
+    from .attribution.subsets import check_datamodel_settings
     from .backends import use_backend
-    from .budget import MAX_MODELS
     from .data import load_dataset
     from .engine.compute import use
     from .experiment import RunConfig, default_cache_dir
@@ -277,11 +266,7 @@ def datamodels(task, models, subset, seed, train_size, data_dir, cache_dir, trak
 
     t = classifier_task(task)
     config = RunConfig(task=task, seed=seed, train_size=train_size, **compute)  # shared options, checked the same way
-    if not 10 <= models <= MAX_MODELS:
-        raise UnlearnkitError(f"--models: datamodels need at least 10 subset models (and at most {MAX_MODELS}), "
-                              f"got {models}")
-    if not 0 < subset < 1:
-        raise UnlearnkitError(f"--subset must be a fraction in (0, 1), got {subset}")
+    check_datamodel_settings(models, subset)
     if trak_models < 0 or proj_dim < 1:
         raise UnlearnkitError(f"--trak-models must be >= 0 and --proj-dim >= 1, got {trak_models} and {proj_dim}")
     ds = load_dataset(t.dataset, data_dir, t.train_size if train_size is None else train_size, seed)
@@ -339,7 +324,7 @@ def corrective_cmd(task, manipulation, identified, methods, models, seed, train_
     names = (tuple(m.strip() for m in methods.split(",") if m.strip()) if methods
              else DEFAULT_LM_CORRECTIVE_METHODS if lm else DEFAULT_METHODS)
     config = RunConfig(task=task, forget=manipulation, methods=names, models=models, seed=seed, train_size=train_size,
-                       data_dir=data_dir, cache_dir=cache_dir, hparams=_overrides(sets), bootstrap=bootstrap,
+                       data_dir=data_dir, cache_dir=cache_dir, hparams=sets, bootstrap=bootstrap,
                        max_hours=max_hours, **compute)
     results = corrective(config, manipulation, fractions, out, overwrite, relearn)
     click.echo(format_lm_corrective(results) if lm else format_corrective(results))
@@ -368,7 +353,7 @@ def generalisation_cmd(task, klass, fraction, methods, models, seed, train_size,
 
     config = RunConfig(task=task, methods=_names(methods) or DEFAULT_METHODS, models=models,
                        seed=seed, train_size=train_size, data_dir=data_dir, cache_dir=cache_dir,
-                       hparams=_overrides(sets), bootstrap=0, max_hours=max_hours, **compute)
+                       hparams=sets, bootstrap=0, max_hours=max_hours, **compute)
     results = generalisation(config, klass, fraction, out, overwrite)
     click.echo(format_generalisation(results))
     if out:
@@ -402,7 +387,7 @@ def ood(task, method, authors, steps, models, seed, cache_dir, sets, out, overwr
     except ValueError:
         raise UnlearnkitError(f"--steps expects comma-separated whole numbers, got {steps!r}") from None
     config = RunConfig(task=task, methods=(method,), models=models, seed=seed, cache_dir=cache_dir,
-                       hparams=_overrides(sets), bootstrap=0, **compute)
+                       hparams=sets, bootstrap=0, **compute)
     click.echo(format_id_vs_ood(id_vs_ood(config, method, authors, step_list, out, overwrite)))
     if out:
         click.echo(f"\nwrote {out}/id_vs_ood.json and {out}/report.html")
@@ -459,12 +444,9 @@ def llm_run(model_dir, forget_file, retain_file, method, sets, max_len, seed, pr
     """Unlearn your forget QAs from your checkpoint, keep your retain QAs, and save the result."""
     from .engine.compute import resolve, use
     from .lm_checkpoint import unlearn_checkpoint
+    from .runs import method_overrides
 
-    overrides = {}
-    for m, name, value in _overrides(sets):
-        if m != method:
-            raise UnlearnkitError(f"hyperparameter {m}.{name} given, but the method is {method}")
-        overrides[name] = value
+    overrides = method_overrides(sets, method)
     with use(resolve(device, precision)):
         report = unlearn_checkpoint(model_dir, forget_file, retain_file, method, out, overrides, max_len, seed, probes,
                                     lora)

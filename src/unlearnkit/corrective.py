@@ -48,8 +48,8 @@ from .relearn import (
     relearn_work,
     steps_to_half,
 )
-from .runs import RunConfig, build_jobs, classifier_task, computing, default_cache_dir, run_jobs
-from .zoo import ORIGINAL_SEEDS, ZooCache, arm_seeds, stable_hash, template
+from .runs import RunConfig, build_jobs, classifier_task, computing, run_jobs
+from .zoo import ORIGINAL_SEEDS, arm_seeds, stable_hash, template
 
 DEFAULT_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 DEFAULT_METHODS = ("none", "filter", "finetune", "neggrad+", "acdc", "nablatau", "llmu", "ssd", "potion",
@@ -87,8 +87,7 @@ def corrective(config: RunConfig, manipulation: str, fractions=DEFAULT_FRACTIONS
     run_id = stable_hash([config.run_id, manipulation, fractions, relearn])[:16]
     if out is not None:
         check_output(out, run_id, overwrite, "corrective.json")
-    cache_dir = default_cache_dir() if config.cache_dir is None else config.cache_dir
-    cache = ZooCache(cache_dir) if cache_dir else None
+    cache = config.zoo_cache()
     blocks, extra = evaluation_blocks(manip, clean)
     prepared = {f: Prepared(config, task, manip.dataset, _forget_set(manip, f, s, config.seed), jobs, cache)
                 for f, s in sets.items()}

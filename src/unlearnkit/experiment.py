@@ -82,9 +82,8 @@ def prepare(config: RunConfig) -> Prepared:
     task = classifier_task(config.task)
     if config.lora:
         raise UnlearnkitError("--lora applies to language-model tasks (classifier methods train every weight)")
-    cache_dir = default_cache_dir() if config.cache_dir is None else config.cache_dir
     jobs = build_jobs(config, method_registry(config.task),
-                      lambda m: load_tuned(cache_dir, config.task, config.forget, m) if config.tuned else None)
+                      lambda m: load_tuned(config.cache_root, config.task, config.forget, m) if config.tuned else None)
     size = task.train_size if config.train_size is None else config.train_size
     dataset = load_dataset(task.dataset, config.data_dir, size, config.seed)
     if config.val_size is not None:
@@ -92,7 +91,7 @@ def prepare(config: RunConfig) -> Prepared:
             raise UnlearnkitError(f"--val-size must be in [1, {len(dataset.y_val)}]")
         dataset = dataclasses.replace(dataset, x_val=dataset.x_val[:config.val_size],
                                       y_val=dataset.y_val[:config.val_size], val_ids=dataset.val_ids[:config.val_size])
-    cache = ZooCache(cache_dir) if cache_dir else None
+    cache = config.zoo_cache()
     if (before := clustered_budget(config, task, dataset, cache)) is not None:  # what building the set trains
         before.check(config.max_hours, cache.root if cache else None, "building this forget set")
     forget = build_forget_set(config.forget, dataset, config.seed, ForgetResources(config, task, dataset, cache))

@@ -39,8 +39,8 @@ from .relearn import (
     relearn_work,
     steps_to_half,
 )
-from .runs import RunConfig, computing, default_cache_dir, run_jobs
-from .zoo import ZooCache, stable_hash
+from .runs import RunConfig, computing, run_jobs
+from .zoo import stable_hash
 
 DEFAULT_LM_CORRECTIVE_METHODS = ("none", "filter", "finetune", "graddiff", "llmu", "rmu", "era", "era-control")
 RELEARN_TAG = 0x4C4D524C  # "LMRL"
@@ -70,8 +70,7 @@ def corrective_lm(config: RunConfig, fractions, out: str | os.PathLike | None = 
     run_id = stable_hash([config.run_id, "lm-corrective", fractions, relearn])[:16]
     if out is not None:
         check_output(out, run_id, overwrite, "corrective.json")
-    cache_dir = default_cache_dir() if config.cache_dir is None else config.cache_dir
-    cache = ZooCache(cache_dir) if cache_dir else None
+    cache = config.zoo_cache()
     attack = relearn_work(relearn, config.models, len(jobs), list(sets.values()),
                           len(retained_authors(data, forget)))  # the attack's retained items are authors' QAs
     lm_budget(config, data, jobs, cache, list(sets.values()), tuple(attack)).check(

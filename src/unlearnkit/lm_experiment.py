@@ -43,7 +43,6 @@ from .runs import (
     Work,
     build_jobs,
     computing,
-    default_cache_dir,
     run_budget,
     run_jobs,
     run_method,
@@ -89,9 +88,8 @@ def lm_jobs(config: RunConfig) -> list[Job]:
         raise UnlearnkitError("--datamodels, --train-size, --val-size and --data-dir apply to classifier tasks only "
                               "(language-model tasks generate their data)")
     check_lora(config.methods if config.lora else (), LM_REGISTRY)
-    cache_dir = default_cache_dir() if config.cache_dir is None else config.cache_dir
     return build_jobs(config, LM_REGISTRY,
-                      lambda m: load_tuned(cache_dir, config.task, config.forget, m) if config.tuned else None)
+                      lambda m: load_tuned(config.cache_root, config.task, config.forget, m) if config.tuned else None)
 
 
 class LMBench:
@@ -270,8 +268,7 @@ def prepare_lm(config: RunConfig, jobs: list[Job]) -> tuple[TofuData, np.ndarray
     forget = data.forget_positions(config.forget, config.seed)
     for job in jobs:
         job.hparams.check_setting(data.task, data, forget, config.seed)
-    cache_dir = default_cache_dir() if config.cache_dir is None else config.cache_dir
-    cache = ZooCache(cache_dir) if cache_dir else None
+    cache = config.zoo_cache()
     return data, forget, cache, lm_budget(config, data, jobs, cache)
 
 

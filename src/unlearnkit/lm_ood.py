@@ -43,8 +43,8 @@ from .metrics.mia import neurips23_epsilons, neurips23_forget_score
 from .report import check_output, claim_output, release_output
 from .report.figures import id_vs_ood_curves
 from .report.html import write_grid_report
-from .runs import Job, RunConfig, computing, default_cache_dir, job_key
-from .zoo import ZooCache, stable_hash
+from .runs import Job, RunConfig, computing, job_key, method_overrides
+from .zoo import stable_hash
 
 FORGOTTEN = 0.05   # TOFU's reading: forget quality above 0.05 = not told apart from the oracles
 MAX_STEPS = 100_000  # unlearning steps on a forget set of a few QAs: far past any curve's interesting part
@@ -70,11 +70,7 @@ def id_vs_ood(config: RunConfig, method: str, authors: int, steps: tuple[int, ..
     if size > task.n_canaries:
         raise UnlearnkitError(f"{authors} authors = {size} QAs, but the task has only {task.n_canaries} canaries "
                               f"to match them with; use at most {task.n_canaries // task.qa_per_author} authors")
-    others = sorted({m for m, _, _ in config.hparams if m != method})
-    if others:
-        raise UnlearnkitError(f"hyperparameters given for {', '.join(others)}, but the method is {method}")
-    overrides = {name: value for m, name, value in config.hparams if m == method}
-    hp = make_hparams(method, overrides, LM_REGISTRY)
+    hp = make_hparams(method, method_overrides(config.hparams, method), LM_REGISTRY)
     if not hasattr(hp, "epochs") or method == "finetune":
         raise UnlearnkitError(f"method {method!r} takes no steps on the forget set (the curve's x axis)")
     per_epoch = math.ceil(size / min(hp.batch_size, size))
@@ -82,8 +78,7 @@ def id_vs_ood(config: RunConfig, method: str, authors: int, steps: tuple[int, ..
     if out is not None:
         check_output(out, run_id, overwrite, "id_vs_ood.json")
     data = load_tofu(task)
-    cache_dir = default_cache_dir() if config.cache_dir is None else config.cache_dir
-    cache = ZooCache(cache_dir) if cache_dir else None
+    cache = config.zoo_cache()
     specs = {"in-distribution": f"authors:{authors / task.n_authors:g}", "out-of-distribution": f"canaries:{size}"}
     for spec in specs.values():  # the arms both curves train, estimated before any of them is
         lm_budget(dataclasses.replace(config, forget=spec), data, [], cache).check(

@@ -9,8 +9,8 @@ from .lm.model import LMForward
 from .lm.task import get_lm_task, load_tofu
 from .lm.trace import POSITIONS, TraceResult, causal_trace, check_trace_settings, subject_tokens
 from .lm.train import train_lm_models
-from .runs import computing, default_cache_dir
-from .zoo import ORIGINAL_SEEDS, ZooCache, arm_seeds
+from .runs import computing
+from .zoo import ORIGINAL_SEEDS, arm_seeds
 
 
 def trace_task(config, samples: int = 10, noise: float = 3.0, window: int = 1, positions: bool = False,
@@ -28,10 +28,9 @@ def trace_task(config, samples: int = 10, noise: float = 3.0, window: int = 1, p
         if not 1 <= top <= task.n_layer:
             raise UnlearnkitError(f"--top must be in [1, {task.n_layer}] (the model's blocks), got {top}")
         subjects = subject_tokens(data.tok, [data.items[p] for p in forget], task.max_len)
-        cache_dir = default_cache_dir() if config.cache_dir is None else config.cache_dir
         seeds = arm_seeds(ORIGINAL_SEEDS, config.models, config.seed)
         arm = train_lm_models(data.config, data.tensors, torch.arange(len(data.items)), seeds, task.recipe,
-                              ZooCache(cache_dir) if cache_dir else None, "originals")
+                              config.zoo_cache(), "originals")
         rows = torch.as_tensor(forget)
         result = causal_trace(LMForward(data.config), arm.params, data.tensors[0][rows], data.tensors[1][rows],
                               subjects, seeds, samples=samples, noise=noise, window=window, positions=positions)

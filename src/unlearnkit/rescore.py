@@ -16,10 +16,13 @@ from .report.results import rewrite_results
 from .report.scores import read_results, read_scores, with_seconds
 from .scoring import ArmScores, Settings, check_settings, row_metrics
 
-# the row fields a run's metrics write; everything else in a row (cost, hyperparameters) is kept as it is
+# the row fields a run's metrics write (scoring.row_metrics, lm.scoring.lm_row): a rescore replaces them, and
+# drops those its settings no longer produce (intervals without a bootstrap); everything else in a row (cost,
+# hyperparameters) is kept as it is
 METRIC_KEYS = ("klom_p95", "klom_mean", "klom_median", "klom_p95_ci", "accuracy", "klom_estimators", "ulira",
                "neurips23", "mia", "forget_quality", "forget_quality_per_model", "model_utility",
-               "utility_components", "forget_rouge", "forget_truth_ratio", "probability", "mia_auc", "privleak",
+               "utility_components", "forget_rouge", "forget_truth_ratio", "forget_truth_ratio_prob",
+               "extraction_strength", "exact_memorization", "probability", "mia_auc", "privleak",
                "probe_rouge", "probe_rouge_by_type", "neighbour_rouge", "fluency")
 
 
@@ -70,13 +73,13 @@ def rescore(run_dir: str | os.PathLike, estimators: tuple[str, ...] | None = Non
 
 
 def _merged(old: dict, fresh: dict) -> dict:
-    """`old` with its metric fields replaced by `fresh`'s, in place (same key order as the run wrote)."""
+    """`old` with `fresh`'s fields, in place (same key order as the run wrote); a metric field `fresh` lacks
+    is dropped."""
     out = {}
     for k, v in old.items():
-        if k in METRIC_KEYS:
-            if k in fresh:
-                out[k] = fresh[k]
-        else:
+        if k in fresh:
+            out[k] = fresh[k]
+        elif k not in METRIC_KEYS:
             out[k] = v
     out.update({k: v for k, v in fresh.items() if k not in out})
     return out

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .attribution.subsets import check_datamodel_settings
 from .backends import check_backend, use_backend
 from .budget import (
-    MAX_MODELS,
     Budget,
     StepProfile,
     Work,
@@ -114,6 +114,35 @@ def classifier_task(name: str) -> Task:
     return TASKS[name]
 
 
+def parse_overrides(values) -> tuple[tuple[str, str, str], ...]:
+    """Hyperparameter overrides as (method, name, value) triples of text, from "METHOD.NAME=VALUE" strings
+    (the command line's --set, a study's `hparams`) or from triples (a spec's [["ga", "lr", 0.1]])."""
+    out = []
+    for v in values:
+        if isinstance(v, str):
+            key, sep, value = v.partition("=")
+            method, dot, name = key.strip().rpartition(".")
+            if not sep or not dot or not method or not name:
+                raise UnlearnkitError(f"a hyperparameter override is METHOD.NAME=VALUE (e.g. ga.lr=0.001), got {v!r}")
+            out.append((method, name, value.strip()))
+        elif (isinstance(v, (tuple, list)) and len(v) == 3 and all(isinstance(x, str) for x in v[:2])
+              and isinstance(v[2], (str, int, float, bool))):
+            out.append((v[0], v[1], str(v[2]).lower() if isinstance(v[2], bool) else str(v[2])))
+        else:
+            raise UnlearnkitError(f"a hyperparameter override is METHOD.NAME=VALUE or [METHOD, NAME, VALUE], got {v!r}")
+    return tuple(out)
+
+
+def method_overrides(hparams, method: str) -> dict[str, str]:
+    """{name: value} of the overrides (`parse_overrides`'s input) for a command that runs one `method`;
+    an override for any other method is refused rather than ignored."""
+    triples = parse_overrides(hparams)
+    others = sorted({m for m, _, _ in triples if m != method})
+    if others:
+        raise UnlearnkitError(f"hyperparameters given for {', '.join(others)}, but the method is {method}")
+    return {name: value for _, name, value in triples}
+
+
 def default_cache_dir() -> str:
     return os.environ.get("UNLEARNKIT_CACHE") or str(Path.home() / ".cache" / "unlearnkit")
 
@@ -158,6 +187,7 @@ class RunConfig:
             object.__setattr__(self, "methods", default_methods(self.task))
         if self.forget is None:
             object.__setattr__(self, "forget", default_forget(self.task))
+        object.__setattr__(self, "hparams", parse_overrides(self.hparams))
         compute = resolve(self.device, self.precision)
         object.__setattr__(self, "device", compute.device)
         object.__setattr__(self, "precision", compute.precision)
@@ -184,14 +214,22 @@ class RunConfig:
                                   f"got {self.bootstrap}")
         for b in self.budgets:
             check_epochs(b, "every --budgets value")
-        if not 10 <= self.datamodel_models <= MAX_MODELS:
-            raise UnlearnkitError(f"--datamodel-models must be in [10, {MAX_MODELS}], got {self.datamodel_models}")
+        check_datamodel_settings(self.datamodel_models, 0.5, "--datamodel-models")
         check_models(self.models, MIN_MODELS)
         if not (self.max_hours > 0 and math.isfinite(self.max_hours)):
             raise UnlearnkitError(f"--max-hours must be a positive number, got {self.max_hours}")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def cache_root(self) -> str:
+        """The model cache's directory: `cache_dir`, else $UNLEARNKIT_CACHE or ~/.cache/unlearnkit ("": none)."""
+        return default_cache_dir() if self.cache_dir is None else self.cache_dir
+
+    def zoo_cache(self) -> ZooCache | None:
+        """The model cache this run reads and writes (None when `cache_dir` is "")."""
+        return ZooCache(self.cache_root) if self.cache_root else None
 
     @property
     def compute(self) -> Compute:

@@ -85,6 +85,8 @@ def _flag(key: str, value: str, axis: bool):
 
 
 def _value(key: str, v):
+    """A spec's value as RunConfig takes it: lists as tuples (hparams as "METHOD.NAME=VALUE" strings or
+    [METHOD, NAME, VALUE] lists, which RunConfig reads with `runs.parse_overrides`)."""
     if key in TUPLES and isinstance(v, list):
         return tuple(tuple(x) if isinstance(x, list) else x for x in v)
     return v

@@ -56,8 +56,6 @@ def compute_datamodels(task: Task, dataset: Dataset, models: int, subset: float 
                        cache: ZooCache | None = None) -> DatamodelReport:
     """Train M subset models (+ held-out ones for the LDS), fit ridge datamodels for every training and
     validation example, and score them by LDS on the held-out subsets."""
-    if models < 10:
-        raise UnlearnkitError(f"datamodels need at least 10 subset models, got {models}")
     held_out = max(10, round(HELD_OUT * models))
     runs = train_subset_models(task, dataset, models, subset, seed, cache)
     test = train_subset_models(task, dataset, held_out, subset, seed, cache, first=models)

@@ -6,8 +6,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ..budget import MAX_MODELS
 from ..data import Dataset
 from ..engine import derived_seed, predict
+from ..errors import UnlearnkitError
 from ..metrics import margins
 from ..tasks import Task
 from ..zoo import ZooCache, arm_seeds, template, train_models
@@ -27,11 +29,23 @@ def subset_positions(n_train: int, size: int, seed: int, model: int) -> torch.Te
     return torch.randperm(n_train, generator=g)[:size].sort().values
 
 
+MIN_MODELS = 10  # subset models at the least: ridge datamodels and their held-out LDS need several
+
+
+def check_datamodel_settings(models: int, subset: float, flag: str = "--models") -> None:
+    """The one check of datamodels' settings (the `datamodels` command, a run's --datamodel-models, DMM's
+    hyperparameters): M subset models and the fraction of the training set each one trains on."""
+    if not MIN_MODELS <= models <= MAX_MODELS:
+        raise UnlearnkitError(f"{flag}: datamodels need at least {MIN_MODELS} subset models (and at most "
+                              f"{MAX_MODELS}), got {models}")
+    if not 0 < subset < 1:
+        raise UnlearnkitError(f"--subset must be a fraction in (0, 1) of the training set, got {subset}")
+
+
 def train_subset_models(task: Task, dataset: Dataset, models: int, subset: float, seed: int,
                         cache: ZooCache | None, first: int = 0) -> SubsetRuns:
     """`models` models, model m on its own random `subset` fraction (model index first + m)."""
-    if not 0 < subset < 1:
-        raise ValueError(f"subset must be a fraction in (0, 1), got {subset}")
+    check_datamodel_settings(models, subset)
     n = len(dataset.y_train)
     size = max(1, round(subset * n))
     forward = template(task, dataset)

@@ -3,6 +3,7 @@ from typing import ClassVar
 
 import torch
 
+from ..budget import MAX_MODELS
 from ..engine import Params, predict
 from .base import Context, register
 from .om import MatchParams, match_outputs
@@ -17,7 +18,9 @@ class DMMParams(MatchParams):
     search_space: ClassVar[dict] = MatchParams.search_space
 
     def _checks(self):
-        return super()._checks() + [("models", 10 <= self.models <= 10_000, "must be in [10, 10000]"),
+        from ..attribution.subsets import MIN_MODELS
+        return super()._checks() + [("models", MIN_MODELS <= self.models <= MAX_MODELS,
+                                     f"must be in [{MIN_MODELS}, {MAX_MODELS}]"),
                                     ("subset", 0 < self.subset < 1, "must be in (0, 1)")]
 
     def check_setting(self, task, dataset, forget, seed) -> None:
