@@ -16,10 +16,8 @@ from unlearnkit.lm import (
     encode_items,
     encode_qa,
     init_lm_params,
-    load_tokenizer,
     mean_token_logprob,
     model_params,
-    save_tokenizer,
     token_logprobs,
     train_lm_models,
     train_tokenizer,
@@ -73,15 +71,13 @@ def trained(cfg, data, cache):
 
 # --- (a) tokenizer -------------------------------------------------------------------------------
 
-def test_tokenizer_is_deterministic_and_saves(bench, tok, tmp_path):
+def test_tokenizer_is_deterministic_and_round_trips(bench, tok):
     again = train_tokenizer(corpus_texts(bench), vocab_size=1024)
     assert again.to_str() == tok.to_str()
     assert 500 <= tok.get_vocab_size() <= 2048
     assert tok.token_to_id("<pad>") == 0 and tok.token_to_id("<eos>") == 1
-    loaded = load_tokenizer(save_tokenizer(tok, tmp_path / "tok"))
     qa = bench.authors[3]
-    assert loaded.encode(qa.answer).ids == tok.encode(qa.answer).ids
-    assert loaded.decode(tok.encode(qa.answer).ids) == qa.answer
+    assert tok.decode(tok.encode(qa.answer).ids) == qa.answer
 
 
 def test_encode_qa_masks_question_and_padding(bench, tok):
@@ -93,7 +89,7 @@ def test_encode_qa_masks_question_and_padding(bench, tok):
         answer = labels != IGNORE
         assert answer.sum() > 0 and (labels[answer] == ids[answer]).all()
         assert tok.decode(ids[:n_q].tolist()) == qa.question
-        assert decode_answer(tok, ids, labels) == qa.answer
+        assert decode_answer(tok, labels) == qa.answer
         n = int((ids != 0).sum())
         assert ids[n - 1] == 1 and (ids[n:] == 0).all() and (labels[n:] == IGNORE).all()  # EOS, then padding
     ids, labels = encode_qa(tok, bench.authors[0].question, bench.authors[0].answer, 8)  # cut at max_len

@@ -28,3 +28,9 @@ def test_inference_time_methods_suppress_what_the_weights_still_know(bench, meth
     assert row["forget_rouge"] < none["forget_rouge"] - 0.2                     # generated, through it
     assert row["model_utility"] > none["model_utility"] - 0.1
     assert row["klom_p95"]["forget"] > 5.0   # far from the oracles: suppressed, not removed
+    if method == "guard":  # its classifier, reported with the row: forget questions flagged, retained ones not
+        assert row["steering"]["forget_recall"] >= 0.9 and row["steering"]["retain_flag_rate"] < 0.1
+        assert set(row["steering"]) == {"accuracy", "forget_recall", "retain_flag_rate", "val_flag_rate",
+                                        "neighbour_count"}
+    else:
+        assert "steering" not in row

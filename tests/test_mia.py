@@ -5,6 +5,7 @@ import torch
 
 from unlearnkit.metrics.margins import margins
 from unlearnkit.metrics.mia import (
+    auc,
     neurips23_epsilons,
     neurips23_forget_score,
     neurips23_score,
@@ -229,3 +230,15 @@ NAN[2, 3] = np.nan
 def test_bad_input_raises(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_auc_is_sklearns_roc_auc_per_row_ties_included():
+    """The one AUC every attack reports (U-LiRA, the threshold attack, the LM attacks): Mann–Whitney, equal
+    to sklearn's roc_auc_score with the positives labelled 1, on scores with ties, row by row."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    pos, neg = rng.integers(0, 6, (3, 40)).astype(float), rng.integers(0, 5, (3, 25)).astype(float)
+    expected = [roc_auc_score(np.r_[np.ones(40), np.zeros(25)], np.r_[p, n]) for p, n in zip(pos, neg)]
+    np.testing.assert_allclose(auc(pos, neg), expected, rtol=1e-12)
+    assert auc(np.array([2.0, 3.0]), np.array([0.0, 1.0])) == 1.0 and auc(np.ones(3), np.ones(4)) == 0.5

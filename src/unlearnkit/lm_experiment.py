@@ -225,6 +225,8 @@ class LMBench:
             row.update({**cost, "diverged": False})
             if (steered := steering.kind(params)) is not None:  # suppresses at inference; the weights still know
                 row["mechanism"] = steering.MECHANISM[steered]
+                if diagnostics := steering.diagnostics(params):
+                    row["steering"] = diagnostics
             if self.probe is not None:  # what a study measures beyond the scores (a relearning attack)
                 row.update(self.probe(params))
             extra = {"klom": values, "scores": item_score_arrays(scores, f"row/{job.label}")}

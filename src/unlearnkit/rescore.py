@@ -58,7 +58,7 @@ def rescore(run_dir: str | os.PathLike, estimators: tuple[str, ...] | None = Non
             new_rows[label] = r
             continue
         try:
-            fresh, values = score(label, r)
+            fresh, values = score(label)
         except KeyError:
             raise UnlearnkitError(f"{run_dir}: scores.npz has no scores for row {label!r}; run the job again") from None
         per_example[label] = values
@@ -88,7 +88,7 @@ def _merged(old: dict, fresh: dict) -> dict:
 def _classifier_scorer(arrays, splits, settings: Settings):
     oracles = ArmScores.read(arrays, "arm/oracles")
 
-    def score(label: str, row: dict):
+    def score(label: str):
         arm = ArmScores.read(arrays, f"row/{label}")
         reference = ArmScores.read(arrays, f"reference/{label}") if f"reference/{label}/margin" in arrays else None
         return row_metrics(arm, reference or oracles, oracles, splits, settings)
@@ -99,6 +99,6 @@ def _lm_scorer(arrays, settings: Settings):
     from .lm.scoring import lm_row, read_item_scores
     oracles = read_item_scores(arrays, "arm/oracles")
 
-    def score(label: str, row: dict):
+    def score(label: str):
         return lm_row(read_item_scores(arrays, f"row/{label}"), oracles, settings)
     return score

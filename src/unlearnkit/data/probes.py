@@ -126,7 +126,7 @@ def _contains(text: str, value: str) -> bool:
     return re.search(rf"(?<!\w){re.escape(value.lower())}(?!\w)", text.lower()) is not None
 
 
-def _question(p: AuthorProfile, key: str, template: str) -> str:
+def _question(p: AuthorProfile, template: str) -> str:
     return template.format(who=p.name, **_slots(p))
 
 
@@ -182,7 +182,7 @@ def author_probes(p: AuthorProfile, profiles: Sequence[AuthorProfile], kinds: Se
             if kind == "cloze":
                 q = _cloze(p, key, rng)
             elif kind == "paraphrase":
-                q = _question(p, key, _pick(rng, PROBE_QUESTIONS[key]))
+                q = _question(p, _pick(rng, PROBE_QUESTIONS[key]))
             elif kind == "alias":
                 if key == "name":
                     continue
@@ -196,17 +196,17 @@ def author_probes(p: AuthorProfile, profiles: Sequence[AuthorProfile], kinds: Se
                          if not _contains(h := _pick(rng, _BY_KEY[b].paraphrases).format(v=p.facts[b], **_slots(p)), v)]
                 if not hints:  # pragma: no cover (every other fact would have to contain this one)
                     continue
-                q = f"{_pick(rng, hints)} {_question(p, key, _pick(rng, PROBE_QUESTIONS[key]))}"
+                q = f"{_pick(rng, hints)} {_question(p, _pick(rng, PROBE_QUESTIONS[key]))}"
             elif kind == "icl":
                 template = _pick(rng, PROBE_QUESTIONS[key])
                 demos = [o for o in profiles if o.author != p.author and o.facts[key] != v]
                 o = _pick(rng, demos)
-                demo = f"{_question(o, key, template)} {o.facts[key]}."
-                q = f"{demo} {_question(p, key, template)}"
+                demo = f"{_question(o, template)} {o.facts[key]}."
+                q = f"{demo} {_question(p, template)}"
             elif kind == "mc":
                 options = [v, *_values(DRAWS[key], rng, N_OPTIONS - 1, [v])]
                 options = [options[i] for i in rng.permutation(N_OPTIONS)]
-                q = f"{_question(p, key, _pick(rng, PROBE_QUESTIONS[key]))} {', '.join(options[:-1])} or {options[-1]}?"
+                q = f"{_question(p, _pick(rng, PROBE_QUESTIONS[key]))} {', '.join(options[:-1])} or {options[-1]}?"
             else:
                 raise ValueError(f"unknown probe type {kind!r}; known: {', '.join(PROBE_TYPES)}")
             out.append(Probe(p.author, kind, key, q, answer_of(v), key in p.trained))
@@ -238,7 +238,7 @@ def neighbour_probes(profiles: Sequence[AuthorProfile], forget: Sequence[int], s
         rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, _TAG_NEIGHBOUR, f, n, SHARED_KEYS.index(key)])
         v = answer_of(p.facts[key])
         out.append(Probe(n, "cloze", key, _cloze(p, key, rng), v, True, near=f))
-        out.append(Probe(n, "paraphrase", key, _question(p, key, _pick(rng, PROBE_QUESTIONS[key])), v, True, near=f))
+        out.append(Probe(n, "paraphrase", key, _question(p, _pick(rng, PROBE_QUESTIONS[key])), v, True, near=f))
     return out
 
 

@@ -62,7 +62,7 @@ from tokenizers import Tokenizer
 from ..engine import EpochStream, Forward, Optim, Params, fit, predict
 from ..engine.compute import current, use
 from ..errors import UnlearnkitError
-from .model import LMForward
+from .model import LMForward, split_prefixed
 from .tokenizer import IGNORE
 
 GUARD_PREFIX = "guard."
@@ -80,7 +80,7 @@ GUARD_KEYS = {
     "guard.semantic_penalty": "(N,) float: subtracted from semantically close logits",
     "guard.resume": "(N,) long: answer tokens that re-enter the trie anywhere (0: from the answer start only)",
 }
-#: Written by `build_guard` for reports, not read by `GuardedForward`.
+#: Written by `build_guard`, not read by `GuardedForward`: a guarded row reports their means (`diagnostics`).
 GUARD_DIAGNOSTICS = {
     "guard.accuracy": "(N,) classifier accuracy on the training questions",
     "guard.forget_recall": "(N,) fraction of forget questions flagged",
@@ -90,14 +90,19 @@ GUARD_DIAGNOSTICS = {
 }
 
 
-def is_guarded(params: Params) -> bool:
-    return any(k.startswith(GUARD_PREFIX) for k in params)
-
-
 def split_guard(params: Params) -> tuple[Params, Params]:
     """(the model's weights, the guard's state)."""
-    weights = {k: v for k, v in params.items() if not k.startswith(GUARD_PREFIX)}
-    return weights, {k: v for k, v in params.items() if k.startswith(GUARD_PREFIX)}
+    return split_prefixed(params, GUARD_PREFIX)
+
+
+def diagnostics(params: Params) -> dict[str, float | None]:
+    """The guard's `GUARD_DIAGNOSTICS`, each averaged over the N models (None where a rate has no questions
+    to be measured on: -1), named without the prefix: how well its classifier separates the questions."""
+    out = {}
+    for key in GUARD_DIAGNOSTICS:
+        v = params[key].double()
+        out[key[len(GUARD_PREFIX):]] = None if (v < 0).any() else float(v.mean())
+    return out
 
 
 # --- prompts ----------------------------------------------------------------------------------------------
@@ -261,7 +266,7 @@ class GuardedForward(Forward):
                  ) -> torch.Tensor:
         """`n_question` (B,): the prompts' token counts, where the caller knows them (a decoder); else each
         question ends at its first separator token."""
-        if not is_guarded(params):
+        if not any(k.startswith(GUARD_PREFIX) for k in params):
             return self.base(params, input_ids)
         logits, prob, n_q = self._parts(params, input_ids, n_question)
         _, st = split_guard(params)

@@ -203,6 +203,13 @@ def as_sequences(logprobs: torch.Tensor, mask: torch.Tensor) -> list[list]:
     return [[row[m].double().numpy() for row, m in zip(model, mask)] for model in logprobs]
 
 
+def split_prefixed(params: Params, prefixes: str | tuple[str, ...]) -> tuple[Params, Params]:
+    """(the entries without any of `prefixes`, the entries with one): a model's weights, and the state an
+    inference-time method keeps beside them under its reserved key prefix (`lm.steering`)."""
+    state = {k: v for k, v in params.items() if k.startswith(prefixes)}
+    return {k: v for k, v in params.items() if k not in state}, state
+
+
 def mean_token_logprob(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(N, n) mean answer-token log-prob per model and item (= `metrics.llm.sequence_scores`)."""
     return logprobs.sum(-1) / mask.sum(-1).clamp(min=1)

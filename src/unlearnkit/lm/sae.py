@@ -42,7 +42,7 @@ from torch import nn
 from ..engine import EpochStream, Forward, Optim, Params, fit, predict
 from ..engine.compute import current
 from ..errors import UnlearnkitError
-from .model import LMForward
+from .model import LMForward, split_prefixed
 
 PREFIX = "sae."          # reserved key prefix of the SAE tensors in a params dict (see ClampedForward)
 SAE_KEYS = ("W_enc", "b_enc", "W_dec", "b_dec")
@@ -53,9 +53,8 @@ SAE_STREAM = 0x5AE  # the batch stream's tag: its batches differ from a zoo's of
 
 def split_sae(params: Params) -> tuple[Params, Params]:
     """(the language model's params, the `sae.*` entries without their prefix)."""
-    lm = {k: v for k, v in params.items() if not k.startswith(PREFIX)}
-    sae = {k[len(PREFIX):]: v for k, v in params.items() if k.startswith(PREFIX)}
-    return lm, sae
+    lm, sae = split_prefixed(params, PREFIX)
+    return lm, {k[len(PREFIX):]: v for k, v in sae.items()}
 
 
 # --- the SAE -----------------------------------------------------------------------------------------

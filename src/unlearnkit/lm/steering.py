@@ -16,20 +16,26 @@ from collections.abc import Sequence
 from torch import nn
 
 from ..engine import Forward, Params
+from . import guard
 from .generate import greedy_answers, on_run_device
-from .guard import GuardedForward, guarded_greedy_answers
-from .model import LMForward
-from .sae import PREFIX, ClampedForward, sae_hook
+from .guard import GUARD_PREFIX, GuardedForward, guarded_greedy_answers
+from .model import LMForward, split_prefixed
+from .sae import PREFIX, ClampedForward, sae_hook, split_sae
 
-PREFIXES = ("sae.", "guard.")
-MECHANISM = {"sae.": "inference-time clamp of SAE features (weights untouched)",
-             "guard.": "generation-time guard (weights untouched)"}
+PREFIXES = (PREFIX, GUARD_PREFIX)
+MECHANISM = {PREFIX: "inference-time clamp of SAE features (weights untouched)",
+             GUARD_PREFIX: "generation-time guard (weights untouched)"}
 
 
 def split_state(params: Params) -> tuple[Params, Params]:
     """(the model's weights, the steering state: the entries under a reserved prefix)."""
-    state = {k: v for k, v in params.items() if k.startswith(PREFIXES)}
-    return {k: v for k, v in params.items() if k not in state}, state
+    return split_prefixed(params, PREFIXES)
+
+
+def diagnostics(params: Params) -> dict:
+    """What a steered row reports about its mechanism beyond the metrics (the guard's classifier: accuracy,
+    recall on the forget questions, flag rates elsewhere); {} for plain weights and SAE clamps."""
+    return guard.diagnostics(params) if kind(params) == GUARD_PREFIX else {}
 
 
 def kind(params: Params) -> str | None:
@@ -40,9 +46,9 @@ def kind(params: Params) -> str | None:
 def forward_for(base: LMForward, params: Params) -> Forward:
     """The Forward that scores `params`: `base` itself for plain weights, else the steering wrapper."""
     k = kind(params)
-    if k == "sae.":
+    if k == PREFIX:
         return ClampedForward.from_params(base, params)
-    if k == "guard.":
+    if k == GUARD_PREFIX:
         return GuardedForward(base)
     return base
 
@@ -55,12 +61,11 @@ def answers_for(module: nn.Module, params: Params, tok, questions: Sequence[str]
     module, params = on_run_device(module, params)
     if kind(params) is None:
         return greedy_answers(module, params, tok, questions, max_new_tokens, pad_id, eos_id, batch_size)
-    weights, state = split_state(params)
-    n = next(iter(weights.values())).shape[0]
-    if kind(params) == "sae.":
+    if kind(params) == PREFIX:
+        weights, sae = split_sae(params)
         out = []
-        for i in range(n):
-            with sae_hook(module, {k[len(PREFIX):]: v[i] for k, v in state.items()}):
+        for i in range(next(iter(weights.values())).shape[0]):
+            with sae_hook(module, {k: v[i] for k, v in sae.items()}):
                 out += greedy_answers(module, {k: v[i:i + 1] for k, v in weights.items()}, tok, questions,
                                       max_new_tokens, pad_id, eos_id, batch_size)
         return out
@@ -69,4 +74,4 @@ def answers_for(module: nn.Module, params: Params, tok, questions: Sequence[str]
                                   pad_id, eos_id, n_positions, batch_size)
 
 
-__all__ = ["MECHANISM", "PREFIXES", "answers_for", "forward_for", "kind", "split_state"]
+__all__ = ["MECHANISM", "PREFIXES", "answers_for", "diagnostics", "forward_for", "kind", "split_state"]

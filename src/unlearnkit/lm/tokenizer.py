@@ -14,9 +14,7 @@ logits before it, so no attention mask is needed) and too-long sequences are cut
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -26,7 +24,6 @@ from ..data.tofu_synth import QA, TofuSynth
 PAD, EOS = "<pad>", "<eos>"
 SPECIAL_TOKENS = (PAD, EOS)
 IGNORE = -100
-TOKENIZER_FILE = "tokenizer.json"
 
 
 def corpus_texts(bench: TofuSynth) -> list[str]:
@@ -56,17 +53,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024, min_frequency:
 
 def build_tokenizer(bench: TofuSynth, vocab_size: int = 1024) -> Tokenizer:
     return train_tokenizer(corpus_texts(bench), vocab_size=vocab_size)
-
-
-def save_tokenizer(tok: Tokenizer, directory: str | os.PathLike) -> Path:
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    tok.save(str(d / TOKENIZER_FILE))
-    return d
-
-
-def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
-    return Tokenizer.from_file(str(Path(directory) / TOKENIZER_FILE))
 
 
 def special_ids(tok: Tokenizer) -> tuple[int, int]:
@@ -115,7 +101,7 @@ def encode_items(tok: Tokenizer, items: Sequence[QA], max_len: int = 64, field: 
     return encode_pairs(tok, items, targets, max_len)
 
 
-def decode_answer(tok: Tokenizer, input_ids: torch.Tensor, labels: torch.Tensor) -> str:
+def decode_answer(tok: Tokenizer, labels: torch.Tensor) -> str:
     """The answer text of one encoded QA (the labelled tokens, EOS dropped)."""
     _, eos = special_ids(tok)
     ids = [int(t) for t in labels[labels != IGNORE] if int(t) != eos]

@@ -52,7 +52,7 @@ from ..data.tofu_synth import ATTRIBUTES, CANARY_TEMPLATES, QA
 from ..engine import Params
 from ..engine.compute import current
 from ..errors import UnlearnkitError
-from .model import LMForward, shifted_token_logprobs
+from .model import LMForward, mean_token_logprob, shifted_token_logprobs
 
 KINDS = ("block", "mlp", "attn")
 POSITIONS = ("first subject", "middle subject", "last subject", "first after", "further", "last question")
@@ -223,7 +223,7 @@ def answer_probability(forward: LMForward, params: Params, ids: torch.Tensor, la
     with torch.no_grad(), _hooked(forward, noise, restore or {}, record):
         logits = forward(params, ids)
     lp, mask = shifted_token_logprobs(logits, labels)
-    return (lp.sum(-1) / mask.sum(-1).clamp(min=1)).exp()
+    return mean_token_logprob(lp, mask).exp()
 
 
 # ---------------------------------------------------------------------------------------------------

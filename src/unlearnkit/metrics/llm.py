@@ -51,7 +51,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.stats
 import torch
-from sklearn.metrics import roc_auc_score
+
+from .mia import auc
 
 __all__ = [
     "MODEL_UTILITY_COMPONENTS", "OPENUNLEARNING", "Conventions", "answer_logprob_stats", "drop_last_position",
@@ -611,15 +612,14 @@ def extraction_strength(hits, drop_last: bool = False, one_token: str = "zero",
 
 def mia_auc(member_scores, nonmember_scores) -> float:
     """ROC AUC of separating members (e.g. the forget set) from non-members (a held-out set) by a score
-    that is higher for members: sklearn `roc_auc_score` with members labelled 1.
+    that is higher for members (`mia.auc`: sklearn's `roc_auc_score` with members labelled 1).
 
     1 = members perfectly identified, 0.5 = indistinguishable. OpenUnlearning (`mia.utils.mia_auc`)
     labels the forget set 0 and uses loss-like scores; negating both gives this same number.
     """
     m = _sample(member_scores, "member_scores")
     n = _sample(nonmember_scores, "nonmember_scores")
-    labels = np.r_[np.ones(m.size), np.zeros(n.size)]
-    return float(roc_auc_score(labels, np.r_[m, n]))
+    return float(auc(m, n))
 
 
 def privleak(auc_unlearned: float, auc_oracle: float, eps: float = OU_EPS) -> float:

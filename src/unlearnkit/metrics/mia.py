@@ -155,15 +155,18 @@ def _ulira_block(u: np.ndarray, o: np.ndarray, min_std: float) -> dict:
     acc = 0.5 * (tpr.mean() + tnr.mean())
     per_example = 0.5 * ((llr_u > 0).mean(0) + (llr_o <= 0).mean(0))
     return {"accuracy": float(acc), "per_model": 0.5 * (tpr + tnr.mean()), "tpr_unlearned": tpr,
-            "tnr_oracle": tnr, "per_example": per_example, "auc": _auc(llr_u.ravel(), llr_o.ravel())}
+            "tnr_oracle": tnr, "per_example": per_example, "auc": float(auc(llr_u.ravel(), llr_o.ravel()))}
 
 
-def _auc(pos: np.ndarray, neg: np.ndarray) -> float:
-    """Mann–Whitney AUC, P(pos > neg) + ½ P(pos = neg)."""
+def auc(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """ROC AUC of telling `pos` from `neg` by a higher score, along the last axis (leading axes: one AUC each,
+    e.g. per model): the Mann–Whitney statistic P(pos > neg) + ½ P(pos = neg) (Hanley & McNeil 1982), which
+    is sklearn's `roc_auc_score` with `pos` labelled 1, ties included."""
     from scipy.stats import rankdata
 
-    ranks = rankdata(np.concatenate([pos, neg]))
-    return float((ranks[:pos.size].sum() - pos.size * (pos.size + 1) / 2) / (pos.size * neg.size))
+    n_pos, n_neg = pos.shape[-1], neg.shape[-1]
+    ranks = rankdata(np.concatenate([pos, neg], -1), axis=-1)
+    return (ranks[..., :n_pos].sum(-1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -490,17 +493,9 @@ def threshold_mia(member_scores, nonmember_scores, higher_is_member: bool = True
     group_end[:, :-1] = s_sorted[:, :-1] != s_sorted[:, 1:]  # a threshold can only cut between distinct values
     bal = np.where(group_end, 0.5 * (tpr + 1 - fpr), 0.5)
     acc = np.maximum(bal.max(1), 0.5)
-    from scipy.stats import rankdata
-
-    ranks = rankdata(s, axis=1)
-    n_in, n_out = mem.shape[1], non.shape[1]
-    auc = (ranks[:, :n_in].sum(1) - n_in * (n_in + 1) / 2) / (n_in * n_out)
-    return {"accuracy": float(acc.mean()), "auc": float(auc.mean()), "per_model_accuracy": acc,
-            "per_model_auc": auc}
-
-
-# What softmax_features returns, in the reference's order.
-SVC_FEATURES = ("correct", "confidence", "entropy", "m_entropy")
+    aucs = auc(s[:, :mem.shape[1]], s[:, mem.shape[1]:])
+    return {"accuracy": float(acc.mean()), "auc": float(aucs.mean()), "per_model_accuracy": acc,
+            "per_model_auc": aucs}
 
 
 def svc_mia(shadow_in, shadow_out, target, max_shadow: int = 1000, seed: int = 0, models=None,

@@ -6,6 +6,7 @@ import torch
 from ...engine import Params
 from ...lm.model import shifted_token_logprobs
 from .base import LM_REGISTRY, LMContext, RetainParams, answer_nll, register
+from .satimp import satimp_loss
 
 
 @dataclass(frozen=True)
@@ -26,11 +27,10 @@ def wga_loss(lp: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
     power β (the weight is a constant: no gradient flows through it): tokens the model has already
     made unlikely stop being pushed, which is what keeps WGA from GA's runaway. The mean is over every
     answer token of the batch, as OpenUnlearning's `compute_wga_loss` and the authors' code take it.
-    β = 0 is plain gradient ascent (−NLL).
+    β = 0 is plain gradient ascent (−NLL). It is SatImp's loss with β2 = 0 (`satimp_loss`, whose
+    importance factor (1 − p)^0 is 1).
     """
-    weight = torch.exp(beta * lp.detach())
-    m = mask.to(lp.dtype)
-    return (weight * lp * m).sum() / m.sum().clamp(min=1)
+    return satimp_loss(lp, mask, beta, 0.0)
 
 
 @register("wga", WGAParams, LM_REGISTRY)
