@@ -65,15 +65,16 @@ def corrective(config: RunConfig, manipulation: str, fractions=DEFAULT_FRACTIONS
     Everything is checked (spec, fractions, methods, output, budget) before anything trains."""
     if not 0 <= relearn <= 100_000:
         raise UnlearnkitError(f"--relearn must be a number of examples in [1, 100000] (0: off), got {relearn}")
+    fractions = tuple(sorted(set(float(f) for f in fractions)))
+    if not fractions:
+        raise UnlearnkitError("--identified needs at least one fraction in (0, 1]")
     from .lm.task import LM_TASKS
     if config.task in LM_TASKS:  # the forget set is `manipulation`, a language-model forget spec
         from .lm_corrective import corrective_lm
         return corrective_lm(dataclasses.replace(config, forget=manipulation), fractions, out, overwrite, relearn)
     from .report import check_output, claim_output
-    from .report.html import write_corrective_report
-    fractions = tuple(sorted(set(float(f) for f in fractions)))
-    if not fractions:
-        raise UnlearnkitError("--identified needs at least one fraction in (0, 1]")
+    from .report.figures import corrective_curves
+    from .report.html import write_study_output
     task = classifier_task(config.task)
     if task.objective != "cross-entropy":
         raise UnlearnkitError(f"corrective unlearning manipulates a classifier's training labels and inputs; "
@@ -121,8 +122,9 @@ def corrective(config: RunConfig, manipulation: str, fractions=DEFAULT_FRACTIONS
     if relearn:
         steps_to_half(results)
     if out is not None:
-        write_corrective_report(out, results, f"corrective unlearning: {manipulation} on {config.task}",
-                                format_corrective(results), run_id, {**config.to_dict(), "forget": manipulation})
+        write_study_output(out, "corrective", results, f"corrective unlearning: {manipulation} on {config.task}",
+                           format_corrective(results), {"corrective": corrective_curves(results)},
+                           {**config.to_dict(), "forget": manipulation})
     return results
 
 

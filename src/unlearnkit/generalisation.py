@@ -27,9 +27,7 @@ et al. 2021), with `none`, `retrain` and `finetune` for scale. One table; every 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,7 +35,6 @@ from sklearn.linear_model import LogisticRegression
 
 from .errors import UnlearnkitError
 from .experiment import Bench, prepare
-from .files import atomic_write
 from .methods import make_hparams
 from .runs import Job, RunConfig, computing, run_jobs
 from .zoo import template
@@ -53,8 +50,7 @@ def generalisation(config: RunConfig, klass: int, fraction: str = "0.5", out: st
                    overwrite: bool = False) -> dict:
     """{"config", "class", "forget", "rows", "noise_floor"}: every method of `config.methods` (plus random
     labels on the forget set alone) with the held-out, collateral and probe accuracies described above."""
-    from .report import check_output, claim_output, index, release_output
-    from .report.results import json_safe
+    from .report import check_output, claim_output
     config = dataclasses.replace(config, forget=f"class:{klass}:{fraction}")
     p = prepare(config)
     ds = p.dataset
@@ -87,13 +83,9 @@ def generalisation(config: RunConfig, klass: int, fraction: str = "0.5", out: st
                "rows": [r for r in rows if r["method"] in config.methods or r["label"] == FORGET_ONLY],
                "noise_floor": floor}
     if out is not None:
-        out = Path(out)
-        atomic_write(out / "generalisation.json", lambda f: f.write_text(json.dumps(json_safe(results), indent=2)))
-        from .report.html import write_grid_report
-        write_grid_report(out, f"random-label forgetting of class {klass} on {config.task}",
-                          format_generalisation(results), {}, results)
-        index.record(out, {"run_id": run_id, "config": config.to_dict()}, kind="generalisation")
-        release_output(out)
+        from .report.html import write_study_output
+        write_study_output(out, "generalisation", results, f"random-label forgetting of class {klass} on "
+                           f"{config.task}", format_generalisation(results), {}, config.to_dict())
     return results
 
 

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from . import __version__
-from .errors import UnlearnkitError
 from .forget.manipulate import identified
 from .lm.model import causal_lm_loss, mean_token_logprob, token_logprobs
 from .lm.task import get_lm_task, load_tofu
@@ -51,14 +50,13 @@ def corrective_lm(config: RunConfig, fractions, out: str | os.PathLike | None = 
                   relearn: int = 0) -> dict:
     """{"run_id", "config", "manipulation", "fractions": [{"fraction", "identified", "rows", "noise_floor"}]}
     (the classifier study's layout): `config.methods` on the originals with a fraction f of the forget set
-    `config.forget` identified, for each f, against oracles retrained without the whole forget set. Checked
-    (spec, fractions, methods, output, budget) before anything trains."""
+    `config.forget` identified, for each f of `fractions` (sorted, distinct: `corrective.corrective` calls
+    this), against oracles retrained without the whole forget set. Checked (spec, fractions, methods,
+    output, budget) before anything trains."""
     from .lm_experiment import lm_jobs
     from .report import check_output, claim_output
-    from .report.html import write_corrective_report
-    fractions = tuple(sorted(set(float(f) for f in fractions)))
-    if not fractions:
-        raise UnlearnkitError("--identified needs at least one fraction in (0, 1]")
+    from .report.figures import corrective_curves
+    from .report.html import write_study_output
     jobs = lm_jobs(config)
     task = get_lm_task(config.task)
     data = load_tofu(task)
@@ -94,8 +92,9 @@ def corrective_lm(config: RunConfig, fractions, out: str | os.PathLike | None = 
     if relearn:
         steps_to_half(results)
     if out is not None:
-        write_corrective_report(out, results, f"corrective unlearning: {config.forget} identified in part on "
-                                f"{config.task}", format_lm_corrective(results), run_id, config.to_dict())
+        write_study_output(out, "corrective", results, f"corrective unlearning: {config.forget} identified in part "
+                           f"on {config.task}", format_lm_corrective(results), {"corrective": corrective_curves(results)},
+                           config.to_dict())
     return results
 
 

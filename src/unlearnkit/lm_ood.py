@@ -24,25 +24,22 @@ highest, and the Spearman correlations of that step count with memorisation and 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
-from pathlib import Path
 
 import numpy as np
 
 from .cells import run_cells
 from .errors import UnlearnkitError
-from .files import atomic_write
 from .lm.task import get_lm_task, load_tofu
 from .lm_experiment import LMBench, lm_budget
 from .methods.base import make_hparams
 from .methods.lm import LM_REGISTRY
 from .metrics import generative as G
 from .metrics.mia import neurips23_epsilons, neurips23_forget_score
-from .report import check_output, claim_output, release_output
+from .report import check_output, claim_output
 from .report.figures import id_vs_ood_curves
-from .report.html import write_grid_report
+from .report.html import write_study_output
 from .runs import Job, RunConfig, computing, job_key, method_overrides
 from .zoo import stable_hash
 
@@ -113,12 +110,9 @@ def id_vs_ood(config: RunConfig, method: str, authors: int, steps: tuple[int, ..
                          **forgetting_speed(read, original, oracle,
                                             [data.items[p].id for p in bench.forget])}
     if out is not None:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        atomic_write(Path(out) / "id_vs_ood.json", lambda p: p.write_text(json.dumps(results, indent=2)))
-        c = results["config"]
-        write_grid_report(out, f"in- vs out-of-distribution unlearning: {c['method']} on {c['task']}",
-                          format_id_vs_ood(results), {"id_vs_ood": id_vs_ood_curves(results)}, results)
-        release_output(out)
+        write_study_output(out, "id_vs_ood", results, f"in- vs out-of-distribution unlearning: {method} on "
+                           f"{config.task}", format_id_vs_ood(results), {"id_vs_ood": id_vs_ood_curves(results)},
+                           {**config.to_dict(), "methods": [method]})
     return results
 
 

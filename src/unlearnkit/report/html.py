@@ -224,15 +224,16 @@ def write_grid_report(out, title: str, table: str, figures: dict, results: dict)
     return out / "report.html"
 
 
-def write_corrective_report(out, results: dict, title: str, table: str, run_id: str, index_config: dict) -> Path:
-    """Everything a corrective study (`corrective`, `lm_corrective`) leaves in `out`: corrective.json, its
-    report (the table, the per-fraction curves), its line in the run index; then the folder is released."""
-    from .figures import corrective_curves
+def write_study_output(out, kind: str, results: dict, title: str, table: str, figures: dict,
+                       index_config: dict) -> Path:
+    """Everything a study (corrective, generalisation, ID vs OOD) leaves in `out`: `<kind>.json`, its report
+    (the table, its figures), its line in the run index (`index_config`: the settings listed there); then
+    the folder is released."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "corrective.json", lambda p: p.write_text(json.dumps(json_safe(results), indent=2)))
-    page = write_grid_report(out, title, table, {"corrective": corrective_curves(results)}, results)
-    record(out, {"run_id": run_id, "config": index_config}, kind="corrective")
+    atomic_write(out / f"{kind}.json", lambda p: p.write_text(json.dumps(json_safe(results), indent=2)))
+    page = write_grid_report(out, title, table, figures, results)
+    record(out, {"run_id": results["run_id"], "config": index_config}, kind=kind)
     release_output(out)
     return page
 
