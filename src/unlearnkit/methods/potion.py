@@ -169,5 +169,6 @@ def potion_label_free(ctx: Context, hp: PotionParams) -> Params:
 
 @register("potion-lf+finetune", PotionFinetuneParams)
 def potion_label_free_finetune(ctx: Context, hp: PotionFinetuneParams) -> Params:
-    """`potion-lf` followed by `finetune` on S_R for `epochs` at `lr` (as `potion+finetune`)."""
+    """`potion-lf` (Schoepf, Foster & Brintrup 2024, arXiv 2406.09173, label-free importances) followed by
+    `finetune` on S_R for `epochs` at `lr`, as `potion+finetune`."""
     return finetune_from(ctx, potion_label_free(ctx, hp), hp.epochs, hp.lr)
