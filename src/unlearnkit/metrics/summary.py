@@ -15,7 +15,7 @@ def summarize(values: np.ndarray, splits: dict[str, np.ndarray]) -> dict[str, di
 
     The headline is the 95th percentile (a method must be good on nearly every point, not on average),
     as Georgiev et al. 2024 ("Attribute-to-Delete: Machine Unlearning via Datamodel Matching", arXiv
-    2410.23232, §2, and EasyDUB's tables) report KLoM per split.
+    2410.23232, appendix E.1, and EasyDUB's tables) report KLoM per split.
     """
     out = {"klom_p95": {}, "klom_mean": {}, "klom_median": {}}
     for name, idx in splits.items():
