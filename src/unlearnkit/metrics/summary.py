@@ -38,8 +38,9 @@ def bootstrap_p95(unlearned: np.ndarray, oracle: np.ndarray, splits: dict[str, n
     around their median, re-centred on the point estimate: [p95 − (med* − q_lo*), p95 + (q_hi* − med*)].
     For speed, a split larger than `max_examples` is represented by a fixed random subsample, and
     `workers` threads compute the replicates (the same numbers whatever their count).
-    The interval is this project's (the KLoM papers report points): a basic bootstrap over the models
-    (Efron & Tibshirani 1993, "An Introduction to the Bootstrap", §13), shifted as above.
+    The interval is this project's (the KLoM papers report points): percentiles of a nonparametric
+    bootstrap over the models (Efron & Tibshirani 1993, "An Introduction to the Bootstrap"), re-centred
+    as above.
     """
     rng = np.random.default_rng(seed)
     chosen = {k: (rng.choice(v, max_examples, replace=False) if len(v) > max_examples else v)
