@@ -253,31 +253,12 @@ def tune(task, forget, method, trials, tune_forget, models, seed, train_size, da
 def datamodels(task, models, subset, seed, train_size, data_dir, cache_dir, trak_models, proj_dim, out,
                overwrite, **compute) -> None:
     """Fit linear datamodels on subset-trained models; report their LDS (and TRAK's); save them."""
-    from .attribution import compute_datamodels, save_datamodels, trak_lds
-    from .attribution.store import datamodels_id
-    from .attribution.subsets import check_datamodel_settings
-    from .backends import use_backend
-    from .data import load_dataset
-    from .engine.compute import use
-    from .experiment import RunConfig, default_cache_dir
-    from .report import check_output
-    from .runs import classifier_task
-    from .zoo import ZooCache
+    from .attribution_run import fit_and_save_datamodels
+    from .experiment import RunConfig
 
-    t = classifier_task(task)
-    config = RunConfig(task=task, seed=seed, train_size=train_size, **compute)  # shared options, checked the same way
-    check_datamodel_settings(models, subset)
-    if trak_models < 0 or proj_dim < 1:
-        raise UnlearnkitError(f"--trak-models must be >= 0 and --proj-dim >= 1, got {trak_models} and {proj_dim}")
-    ds = load_dataset(t.dataset, data_dir, t.train_size if train_size is None else train_size, seed)
-    check_output(out, datamodels_id(t, ds, models, subset, seed), overwrite, "datamodels.json")
-    cache = ZooCache(cache_dir or default_cache_dir())
-    cache.check()
-    with use(config.compute), use_backend(config.backend, config.ray_address):
-        report = compute_datamodels(t, ds, models, subset, seed, cache)
-        extra = (trak_lds(t, ds, report.held_out_runs, trak_models, proj_dim, seed=seed, cache=cache)
-                 if trak_models else None)
-    save_datamodels(out, report, {"trak": extra} if extra else {})
+    config = RunConfig(task=task, seed=seed, train_size=train_size, data_dir=data_dir, cache_dir=cache_dir,
+                       **compute)  # shared options, checked the same way
+    report, extra = fit_and_save_datamodels(config, out, models, subset, trak_models, proj_dim, overwrite)
     click.echo(f"datamodels on {task}: M = {models} models on {subset:.0%} subsets; LDS on {report.held_out} fresh "
                f"subsets: train {report.lds_train:.3f}, validation {report.lds_val:.3f}")
     if extra:

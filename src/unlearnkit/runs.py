@@ -137,9 +137,10 @@ def method_overrides(hparams, method: str) -> dict[str, str]:
     """{name: value} of the overrides (`parse_overrides`'s input) for a command that runs one `method`;
     an override for any other method is refused rather than ignored."""
     triples = parse_overrides(hparams)
-    others = sorted({m for m, _, _ in triples if m != method})
+    others = [f"{m}.{name}" for m, name, _ in triples if m != method]
     if others:
-        raise UnlearnkitError(f"hyperparameters given for {', '.join(others)}, but the method is {method}")
+        raise UnlearnkitError(f"hyperparameters given for another method ({', '.join(others)}), but the method is "
+                              f"{method}")
     return {name: value for _, name, value in triples}
 
 
