@@ -3,6 +3,7 @@ and the LM in- vs out-of-distribution curve resume after an interruption without
 finished, and read the same as if never interrupted; a damaged cell is computed again, never trusted."""
 import json
 
+import numpy as np
 import pytest
 
 import unlearnkit.experiment as E
@@ -78,3 +79,12 @@ def test_a_damaged_cell_is_computed_again(tmp_path):
     again = run_cells(store, [("k1", 1), ("k2", 2)], compute)
     assert computed == [1, 2, 1, 2] and again[0][0] == first[0][0]
     assert (again[0][1]["klom"] == first[0][1]["klom"]).all()
+    # valid JSON that is not an entry, an edited number, edited arrays: each computed again, never trusted
+    (tmp_path / "k1.json").write_text("null")
+    entry = json.loads((tmp_path / "k2.json").read_text())
+    (tmp_path / "k2.json").write_text(json.dumps({**entry, "row": {"value": 3}}))
+    run_cells(store, [("k1", 1), ("k2", 2)], compute)
+    assert computed == [1, 2, 1, 2, 1, 2]
+    npz = (tmp_path / "k1.npz").read_bytes()
+    (tmp_path / "k1.npz").write_bytes(npz.replace(np.float64(2.0).tobytes(), np.float64(7.0).tobytes()))
+    assert run_cells(store, [("k1", 1)], compute)[0][1]["klom"].tolist() == [1.0, 2.0] and computed[-1] == 1

@@ -73,8 +73,9 @@ def test_checkpoint_errors_are_clear_and_nothing_is_written(checkpoint, tmp_path
         unlearn_checkpoint(tmp_path, *args, out=tmp_path / "o")
     with pytest.raises(UnlearnkitError, match="exceed --max-len 8"):
         unlearn_checkpoint(checkpoint / "model", *args, out=tmp_path / "o", max_len=8)
-    with pytest.raises(UnlearnkitError, match="cannot unlearn a checkpoint"):
-        unlearn_checkpoint(checkpoint / "model", *args[:2], "retrain", out=tmp_path / "o")
+    for method, why in (("retrain", "from scratch"), ("era", "from scratch"), ("guard", "not its weights")):
+        with pytest.raises(UnlearnkitError, match=f"cannot unlearn a checkpoint \\(it .*{why}"):
+            unlearn_checkpoint(checkpoint / "model", *args[:2], method, out=tmp_path / "o")
     # a bidirectional encoder is not a causal LM
     bert = tmp_path / "bert"
     BertModel(BertConfig(vocab_size=2000, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -92,6 +93,8 @@ def test_checkpoint_errors_are_clear_and_nothing_is_written(checkpoint, tmp_path
                             eos_token="<eos>").save_pretrained(small)
     with pytest.raises(UnlearnkitError, match="tokenizer mismatch"):
         unlearn_checkpoint(small, *args, out=tmp_path / "o")
+    with pytest.raises(UnlearnkitError, match="ga diverged .*nothing was saved"):  # a NaN loss: one line
+        unlearn_checkpoint(checkpoint / "model", *args, out=tmp_path / "o", overrides={"lr": "1e12", "epochs": "5"})
     assert not (tmp_path / "o").exists()
 
 

@@ -60,6 +60,12 @@ def test_corrupt_weights_are_not_trusted(digits, tmp_path):
     weights = cache.dir(key) / "models.safetensors"
     weights.write_bytes(weights.read_bytes()[:-10])  # half-written file
     assert cache.load(key) is None
+    manifest = cache.dir(key) / "manifest.json"
+    kept = manifest.read_text()
+    for junk in ("[]", "null", '"text"', "1"):  # JSON, but not a manifest: damaged, not a crash
+        manifest.write_text(junk)
+        assert cache.load(key) is None and cache.members(zoo_train.zoo_family(TASK, digits, pos)) == []
+    manifest.write_text(kept)
     again = train_models(TASK, digits, pos, arm_seeds(0, 2), cache)
     assert not again.cached
     for k in arm.params:

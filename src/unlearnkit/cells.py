@@ -28,12 +28,12 @@ import numpy as np
 from . import __version__
 from .backends import current as current_backend
 from .engine.compute import current as current_compute
-from .files import atomic_write
+from .files import atomic_write, file_sha, read_json_object
 from .zoo import stable_hash
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2
 
 
 def cell_key(*parts) -> str:
@@ -70,11 +70,15 @@ class CellStore:
         if not meta.exists():
             return None
         try:
-            saved = json.loads(meta.read_text())
+            saved = read_json_object(meta)
             if saved.get("key") != key:
                 raise ValueError("the entry names another key")
+            if saved.get("sha256") != _row_sha(saved.get("row")) or not isinstance(saved["row"], dict):
+                raise ValueError("its row does not match its checksum")
             if not saved["arrays"]:
                 return saved["row"], None
+            if saved.get("arrays_sha256") != file_sha(arrays):
+                raise ValueError("its arrays do not match their checksum")
             with np.load(arrays) as z:
                 scores = {name[len("scores/"):]: z[name] for name in z.files if name.startswith("scores/")}
                 return saved["row"], {"klom": z["klom"], "scores": scores}
@@ -85,12 +89,18 @@ class CellStore:
     def put(self, key: str, result) -> None:
         row, extra = result
         self.root.mkdir(parents=True, exist_ok=True)
+        entry = {"key": key, "arrays": extra is not None, "row": row, "sha256": _row_sha(row)}
         if extra is not None:
             arrays = {"klom": np.asarray(extra["klom"]), **{f"scores/{k}": np.asarray(v)
                                                             for k, v in extra["scores"].items()}}
             atomic_write(self.root / f"{key}.npz", lambda p: _save_npz(p, arrays))
-        atomic_write(self.root / f"{key}.json", lambda p: p.write_text(json.dumps(
-            {"key": key, "arrays": extra is not None, "row": row})))
+            entry["arrays_sha256"] = file_sha(self.root / f"{key}.npz")
+        atomic_write(self.root / f"{key}.json", lambda p: p.write_text(json.dumps(entry)))
+
+
+def _row_sha(row) -> str:
+    """A checksum of a row as JSON writes it (an edited number in a cell is refused, not reported)."""
+    return hashlib.sha256(json.dumps(row, sort_keys=True).encode()).hexdigest()
 
 
 def _save_npz(path: Path, arrays: dict) -> None:

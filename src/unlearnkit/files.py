@@ -7,7 +7,9 @@ any work starts, so a run never spends its compute and then fails at its last wr
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
+import json
 import os
 import re
 import tempfile
@@ -20,6 +22,24 @@ import numpy as np
 from .errors import UnlearnkitError
 
 _TEMPORARY = re.compile(r"^\..+\.tmp-(\d+)$")
+
+
+def file_sha(path: Path) -> str:
+    """SHA-256 of a file's bytes: what a cache entry records of what it wrote, to refuse an edited one."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_json_object(path: Path) -> dict:
+    """A JSON file that must hold an object (a manifest, a cell): ValueError when it holds anything else,
+    as for a file that is not JSON at all, so a damaged entry is reported and recomputed, not trusted."""
+    value = json.loads(Path(path).read_text())
+    if not isinstance(value, dict):
+        raise ValueError(f"it holds a JSON {type(value).__name__}, not an object")
+    return value
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:

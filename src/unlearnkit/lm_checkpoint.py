@@ -35,7 +35,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 from transformers.utils import logging as hf_logging
 
 from .data.tofu_synth import QA, from_jsonl
-from .errors import UnlearnkitError
+from .errors import Diverged, UnlearnkitError
 from .files import check_writable, disk_full, nearest_existing
 from .lm.evaluate import probe_scores, score_items
 from .lm.generate import load_into
@@ -47,7 +47,12 @@ from .methods.lm import LM_REGISTRY, LMContext
 from .methods.lm.base import check_lora
 from .runs import MAX_SEED
 
-NOT_FOR_CHECKPOINTS = ("retrain",)  # needs the training recipe and data of the model, which a checkpoint lacks
+# methods that cannot unlearn a checkpoint, and why
+_FROM_SCRATCH = "trains models from scratch with the training recipe and data of the model, which a checkpoint lacks"
+_AT_INFERENCE = ("changes how the model runs, not its weights: a saved checkpoint would be the original (run it "
+                 "on an LM task with `unlearnkit run`)")
+NOT_FOR_CHECKPOINTS = {"retrain": _FROM_SCRATCH, "filter": _FROM_SCRATCH, "era": _FROM_SCRATCH,
+                       "era-control": _FROM_SCRATCH, "guard": _AT_INFERENCE, "sae-clamp": _AT_INFERENCE}
 # what a fast tokenizer is built from: its own JSON, or the vocabulary files it is converted from
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
                    "sentencepiece.bpe.model")
@@ -150,7 +155,8 @@ def unlearn_checkpoint(model_dir, forget_file, retain_file, method: str, out, ov
     hf_logging.disable_progress_bar()
     if method not in LM_REGISTRY or method in NOT_FOR_CHECKPOINTS:
         usable = [m for m in LM_REGISTRY if m not in NOT_FOR_CHECKPOINTS]
-        raise UnlearnkitError(f"method {method!r} cannot unlearn a checkpoint; use one of {', '.join(usable)}")
+        why = f" (it {NOT_FOR_CHECKPOINTS[method]})" if method in NOT_FOR_CHECKPOINTS else ""
+        raise UnlearnkitError(f"method {method!r} cannot unlearn a checkpoint{why}; use one of {', '.join(usable)}")
     hp = make_hparams(method, overrides or {}, LM_REGISTRY)
     spec = LoraSpec(lora) if lora else None
     check_lora([method] if spec else [], LM_REGISTRY)
@@ -192,7 +198,10 @@ def unlearn_checkpoint(model_dir, forget_file, retain_file, method: str, out, ov
     before = {"forget": score(params, forget), "retain": score(params, retain)}
     before_probes = probe_rouge(params) if probe_items else None
     start = time.perf_counter()
-    unlearned = LM_REGISTRY[method].fn(ctx, hp)
+    try:
+        unlearned = LM_REGISTRY[method].fn(ctx, hp)
+    except Diverged as err:
+        raise UnlearnkitError(f"{method} diverged ({err}); nothing was saved — lower its lr or epochs") from None
     seconds = time.perf_counter() - start
     if not all(torch.isfinite(v).all() for v in unlearned.values()):
         raise UnlearnkitError(f"{method} diverged (non-finite weights); nothing was saved — lower its lr or epochs")

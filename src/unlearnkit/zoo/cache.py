@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from ..engine import Checkpoint, Params
 from ..errors import UnlearnkitError
-from ..files import atomic_write, check_writable, remove_stale_temporaries
+from ..files import atomic_write, check_writable, file_sha, read_json_object, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +37,6 @@ def stable_hash(obj) -> str:
 
 def tensor_digest(t: torch.Tensor) -> str:
     return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()[:16]
-
-
-def _file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _shapes(params: Params) -> dict[str, list[int]]:
@@ -79,10 +71,10 @@ class ZooCache:
         if not self.has(key):
             return None
         try:
-            manifest = json.loads((d / "manifest.json").read_text())
+            manifest = read_json_object(d / "manifest.json")
             if manifest["key"] != key:
                 raise ValueError("its manifest belongs to another entry")
-            if manifest["sha256"] != _file_sha(d / "models.safetensors"):
+            if manifest["sha256"] != file_sha(d / "models.safetensors"):
                 raise ValueError("its weights do not match their checksum")
             params = {k: v.clone() for k, v in load_file(d / "models.safetensors").items()}  # own, aligned memory
             if _shapes(params) != manifest["shapes"]:
@@ -100,7 +92,7 @@ class ZooCache:
         d.mkdir(parents=True, exist_ok=True)
         weights = d / "models.safetensors"
         atomic_write(weights, lambda p: save_file({k: v.contiguous() for k, v in params.items()}, p))
-        full = {**manifest, "key": key, "sha256": _file_sha(weights), "shapes": _shapes(params)}
+        full = {**manifest, "key": key, "sha256": file_sha(weights), "shapes": _shapes(params)}
         atomic_write(d / "manifest.json", lambda p: p.write_text(json.dumps(full, indent=2, default=str)))
         (d / "checkpoint.pt").unlink(missing_ok=True)
 
@@ -172,7 +164,7 @@ class ZooCache:
         folder = self.root / "families" / family[:24]
         for marker in sorted(folder.iterdir()) if folder.is_dir() else []:
             try:
-                manifest = json.loads((self.root / marker.name / "manifest.json").read_text())
+                manifest = read_json_object(self.root / marker.name / "manifest.json")
                 if manifest.get("family") == family:
                     out.append((manifest["key"], [int(s) for s in manifest["seeds"]]))
             except (OSError, ValueError, KeyError, TypeError):
