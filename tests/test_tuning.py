@@ -29,6 +29,18 @@ def test_tuning_refuses_the_reported_forget_set(tmp_path):
         tune(config, TuneConfig("ga", trials=1))
 
 
+def test_a_fixed_hyperparameter_is_not_searched(tmp_path):
+    """`--set` fixes a value: the search leaves it out and the saved config keeps it; fixing every tuned value
+    leaves nothing to search, said before anything trains."""
+    config = RunConfig(task="digits-logreg", forget="random:10", methods=("finetune",), models=2,
+                       cache_dir=str(tmp_path), bootstrap=0, hparams=("finetune.lr=0.01",))
+    result = tune(config, TuneConfig("finetune", trials=2))
+    assert all(set(t["params"]) == {"epochs"} for t in result["trials"]) and result["hparams"]["lr"] == 0.01
+    with pytest.raises(UnlearnkitError, match="nothing is left to search"):
+        tune(RunConfig(**{**config.__dict__, "hparams": (("finetune", "lr", "0.01"), ("finetune", "epochs", "1"))}),
+             TuneConfig("finetune", trials=1))
+
+
 def test_tuning_needs_something_to_tune(tmp_path):
     config = RunConfig(task="digits-logreg", forget="random:10", methods=("none",), models=2, cache_dir=str(tmp_path))
     with pytest.raises(UnlearnkitError, match="no hyperparameters"):

@@ -81,13 +81,17 @@ def tune(run_config, tune_config: TuneConfig) -> dict:
         raise UnlearnkitError(f"method {method.name!r} has no hyperparameters to tune")
     if tune_config.trials > MAX_TRIALS:
         raise UnlearnkitError(f"--trials must be at most {MAX_TRIALS}, got {tune_config.trials}")
+    base = {n: v for m, n, v in run_config.hparams if m == method.name}  # --set: fixed, not searched
+    space = {name: dims for name, dims in method.hparams.search_space.items() if name not in base}
+    if not space:
+        raise UnlearnkitError(f"every hyperparameter {method.name} tunes ({', '.join(method.hparams.search_space)}) "
+                              "is fixed by --set: nothing is left to search")
+
     target = (_lm_target if lm else _classifier_target)(run_config, tune_config, method)
     bench = target.bench
-    base = {n: v for m, n, v in run_config.hparams if m == method.name}
-
     def objective(trial: optuna.Trial) -> float:
         values = dict(base)
-        for name, (kind, low, high) in method.hparams.search_space.items():
+        for name, (kind, low, high) in space.items():
             if kind == "log":
                 values[name] = trial.suggest_float(name, low, high, log=True)
             elif kind == "int":
