@@ -86,9 +86,9 @@ def tune(run_config, tune_config: TuneConfig) -> dict:
     if not space:
         raise UnlearnkitError(f"every hyperparameter {method.name} tunes ({', '.join(method.hparams.search_space)}) "
                               "is fixed by --set: nothing is left to search")
-
     target = (_lm_target if lm else _classifier_target)(run_config, tune_config, method)
     bench = target.bench
+
     def objective(trial: optuna.Trial) -> float:
         values = dict(base)
         for name, (kind, low, high) in space.items():
