@@ -69,6 +69,9 @@ def test_a_study_runs_every_cell_and_resumes_without_recomputing(tmp_path, monke
     ("[run]\ntask = 'digits-mlp'\n[grid]\nmodels = [4, 1]\n", r"line 4 \(models = \[4, 1\]\).*--models"),
     ("[runs]\ntask = 'x'\n", r"line 1 \(\[runs\]\): unknown table"),
     ("[run\n", "not valid TOML"),
+    ("[run]\ntask = 'digits-mlp'\nmodels = 'two'\n[grid]\nseed = [0]\n", "--models must be an int, got 'two'"),
+    ("[run]\ntask = 'digits-mlp'\n[grid]\nforget = ['random:20', 'class:42']\n", r"line 4 .*class 42"),
+    ("[run]\ntask = 'digits-mlp'\n[grid]\nseed = [0, 0]\n", r"line 4 \(seed = \[0, 0\]\): .*repeats a value"),
     ("[run]\ntask = 'digits-mlp'\nhparams = [['ga', 'lr']]\n[grid]\nseed = [0]\n", r"\[METHOD, NAME, VALUE\]"),
 ])
 def test_a_bad_spec_fails_before_any_training_naming_its_line(tmp_path, text, match):

@@ -77,8 +77,22 @@ class Prepared:
     cache: ZooCache | None
 
 
-def prepare(config: RunConfig) -> Prepared:
-    """Check every input and load the data; raise UnlearnkitError before any work on bad input."""
+class NeedsModels(Exception):
+    """Raised by `NO_MODELS` when a forget spec asks for trained models (see `prepare`'s `check_only`)."""
+
+
+class _NoModels:
+    def __getattr__(self, name):
+        raise NeedsModels(name)
+
+
+NO_MODELS = _NoModels()  # ForgetResources that refuse to train: a clustered or hard spec is checked when built
+
+
+def prepare(config: RunConfig, check_only: bool = False) -> Prepared:
+    """Check every input and load the data; raise UnlearnkitError before any work on bad input.
+    `check_only` (a study checking its cells before any runs): nothing is trained, so a forget set that
+    needs trained models (clustered, hard to unlearn) is left for its run to build and check (forget None)."""
     task = classifier_task(config.task)
     if config.lora:
         raise UnlearnkitError("--lora applies to language-model tasks (classifier methods train every weight)")
@@ -92,9 +106,15 @@ def prepare(config: RunConfig) -> Prepared:
         dataset = dataclasses.replace(dataset, x_val=dataset.x_val[:config.val_size],
                                       y_val=dataset.y_val[:config.val_size], val_ids=dataset.val_ids[:config.val_size])
     cache = config.zoo_cache()
-    if (before := clustered_budget(config, task, dataset, cache)) is not None:  # what building the set trains
-        before.check(config.max_hours, cache.root if cache else None, "building this forget set")
-    forget = build_forget_set(config.forget, dataset, config.seed, ForgetResources(config, task, dataset, cache))
+    if check_only:
+        try:
+            forget = build_forget_set(config.forget, dataset, config.seed, NO_MODELS)
+        except NeedsModels:
+            return Prepared(config, task, dataset, None, jobs, cache)
+    else:
+        if (before := clustered_budget(config, task, dataset, cache)) is not None:  # what building the set trains
+            before.check(config.max_hours, cache.root if cache else None, "building this forget set")
+        forget = build_forget_set(config.forget, dataset, config.seed, ForgetResources(config, task, dataset, cache))
     for job in jobs:
         job.hparams.check_setting(task, dataset, forget.positions, config.seed)
     return Prepared(config, task, dataset, forget, jobs, cache)

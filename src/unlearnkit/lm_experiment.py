@@ -266,12 +266,18 @@ def prepare_lm(config: RunConfig, jobs: list[Job]) -> tuple[TofuData, np.ndarray
     """What an LM run checks before any training (`run_lm`, LM tuning): the data, the run's forget set (a bad
     spec fails here), each job's setting on it, the cache, and the training budget (for the caller to check
     against its limit)."""
+    data, forget = checked_lm(config, jobs)
+    cache = config.zoo_cache()
+    return data, forget, cache, lm_budget(config, data, jobs, cache)
+
+
+def checked_lm(config: RunConfig, jobs: list[Job]) -> tuple[TofuData, np.ndarray]:
+    """The data and the run's forget set, with each job's setting checked on it (a bad spec fails here)."""
     data = load_tofu(get_lm_task(config.task))
     forget = data.forget_positions(config.forget, config.seed)
     for job in jobs:
         job.hparams.check_setting(data.task, data, forget, config.seed)
-    cache = config.zoo_cache()
-    return data, forget, cache, lm_budget(config, data, jobs, cache)
+    return data, forget
 
 
 @computing

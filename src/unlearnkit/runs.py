@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import inspect
 import math
+import numbers
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -114,6 +115,22 @@ def classifier_task(name: str) -> Task:
     return TASKS[name]
 
 
+_SCALARS = {"int": (numbers.Integral,), "float": (numbers.Real,), "bool": (bool, np.bool_), "str": (str,)}
+
+
+def _check_types(config) -> None:
+    """Each scalar field of the type it is declared with (a spec's `models = "two"` or `seed = 1.5` is refused
+    by name, not met later as a Python error)."""
+    for f in dataclasses.fields(config):
+        kind, _, rest = str(f.type).partition(" | ")
+        value = getattr(config, f.name)
+        if kind not in _SCALARS or (value is None and rest == "None"):
+            continue
+        if not isinstance(value, _SCALARS[kind]) or (isinstance(value, (bool, np.bool_)) and kind != "bool"):
+            raise UnlearnkitError(f"--{f.name.replace('_', '-')} must be {'an' if kind == 'int' else 'a'} {kind}, "
+                                  f"got {value!r}")
+
+
 def parse_overrides(values) -> tuple[tuple[str, str, str], ...]:
     """Hyperparameter overrides as (method, name, value) triples of text, from "METHOD.NAME=VALUE" strings
     (the command line's --set, a study's `hparams`) or from triples (a spec's [["ga", "lr", 0.1]])."""
@@ -182,6 +199,7 @@ class RunConfig:
         """Every option's range, checked when the config is made: nothing trains on a value that would
         fail (or run forever) later. `auto` device and precision are resolved here, so a config (and the
         results.json that records it) always says what the run computed on."""
+        _check_types(self)
         if self.models is None:
             object.__setattr__(self, "models", default_models(self.task))
         if self.methods is None:

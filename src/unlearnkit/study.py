@@ -34,10 +34,10 @@ from .backends import use_backend
 from .cells import run_cells
 from .engine.compute import use
 from .errors import UnlearnkitError
-from .files import atomic_write
+from .files import atomic_write, check_writable
 from .report import index
 from .report.html import write_study_report
-from .runs import RunConfig, build_jobs, classifier_task, method_registry
+from .runs import RunConfig
 from .zoo import stable_hash
 
 FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
@@ -103,6 +103,8 @@ def load_study(path=None, run: tuple[str, ...] = (), grid: tuple[str, ...] = ())
             text = path.read_text()
         except OSError as e:
             raise UnlearnkitError(f"cannot read the study spec {path}: {e.strerror or e}") from None
+        except UnicodeDecodeError:
+            raise UnlearnkitError(f"{path} is not UTF-8 text: a study spec is a TOML file") from None
         try:
             spec = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
@@ -135,16 +137,19 @@ def load_study(path=None, run: tuple[str, ...] = (), grid: tuple[str, ...] = ())
             raise UnlearnkitError(f"{path}, {_line(text, k)}: grid axis {k!r} must be a non-empty list")
         if k in base:
             raise UnlearnkitError(f"{path}, {_line(text, k)}: {k!r} is both in [run] and in [grid]")
+        if len({repr(v) for v in values}) < len(values):
+            raise UnlearnkitError(f"{path}, {_line(text, k)}: grid axis {k!r} repeats a value: the same cell twice")
     cells = []
     for combo in itertools.product(*grid.values()):
         values = dict(zip(grid, combo))
         fields = {k: _value(k, v) for k, v in {**base, **values}.items()}
         try:
             config = RunConfig(**fields)
-            _check_methods(config)
+            _check_cell(config)
         except UnlearnkitError as e:
-            where = next((k for k in values if str(values[k]) in str(e) or k in str(e)), None)
-            at = _line(text, where) if where else "its [run] options"
+            named = [k for k in values if k in str(e) or (isinstance(values[k], str) and values[k] in str(e))]
+            where = named[0] if named else next(iter(values)) if len(values) == 1 else None
+            at = _line(text, where) if where else "its values or its [run] options"
             raise UnlearnkitError(f"{path}, cell {values} ({at}): {e}") from None
         except TypeError as e:
             raise UnlearnkitError(f"{path}, cell {values}: {e}") from None
@@ -152,14 +157,17 @@ def load_study(path=None, run: tuple[str, ...] = (), grid: tuple[str, ...] = ())
     return Study(base, grid, cells)
 
 
-def _check_methods(config: RunConfig) -> None:
+def _check_cell(config: RunConfig) -> None:
+    """What a cell's run checks before it trains — methods, data, the forget set, each method's setting on
+    it — so that a bad cell fails before any cell runs (a clustered or hard forget set needs trained models
+    to be built: its run checks it)."""
     from .lm.task import LM_TASKS
     if config.task in LM_TASKS:
-        from .lm_experiment import lm_jobs
-        lm_jobs(config)
+        from .lm_experiment import checked_lm, lm_jobs
+        checked_lm(config, lm_jobs(config))
     else:
-        classifier_task(config.task)
-        build_jobs(config, method_registry(config.task))
+        from .experiment import prepare
+        prepare(config, check_only=True)
 
 
 def cell_name(values: dict) -> str:
@@ -197,6 +205,7 @@ class _Finished:
 def run_study(study: Study, out: str | os.PathLike) -> dict:
     """Run every cell not already finished under `out`; write study.json, the study's figure and report."""
     out = Path(out)
+    check_writable(out, "the study's --out")
     (out / "cells").mkdir(parents=True, exist_ok=True)
     items = [(str(out / "cells" / cell_name(v)), (out / "cells" / cell_name(v), c)) for v, c in study.cells]
     first = study.cells[0][1]
