@@ -1,4 +1,6 @@
 """Datamodels, clustered forget sets, OM and DMM."""
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -72,6 +74,19 @@ def test_saved_datamodels_reload_and_refuse_another_training_set(digits_dm):
         load_datamodels(root / "dm", get_task("digits-logreg"), ds)
     with pytest.raises(UnlearnkitError, match="no readable datamodels"):
         load_datamodels(root / "nothing", task, ds)
+    # damaged copies: an edited weight, a truncated file, a manifest that is not an object
+    bad = root / "bad"
+    shutil.copytree(root / "dm", bad)
+    weights = (bad / "datamodels.safetensors").read_bytes()
+    (bad / "datamodels.safetensors").write_bytes(weights[:-12] + bytes(12))
+    with pytest.raises(UnlearnkitError, match="does not match the checksum"):
+        load_datamodels(bad, task, ds)
+    (bad / "datamodels.safetensors").write_bytes(weights[:200])
+    with pytest.raises(UnlearnkitError, match="no readable datamodels"):
+        load_datamodels(bad, task, ds)
+    (bad / "datamodels.json").write_text("[]")
+    with pytest.raises(UnlearnkitError, match="not an object"):
+        load_datamodels(bad, task, ds)
 
 
 def test_pc_forget_sets_are_deterministic_and_extreme(digits_dm):

@@ -98,3 +98,14 @@ def test_a_search_budgets_the_tuning_set_it_trains_on(tmp_path, monkeypatch):
     b = seen["budget"]
     assert arms[30] < arms[10]
     assert b.flops - 4 * b.method_flops == pytest.approx(arms[30])  # the arms, and each trial's method
+
+
+def test_a_damaged_tuned_file_is_named_not_taken_for_missing(tmp_path):
+    from unlearnkit.tuned import tuned_path
+    path = tuned_path(str(tmp_path), "digits-mlp", "random:10", "ga")
+    assert load_tuned(str(tmp_path), "digits-mlp", "random:10", "ga") is None  # nothing saved: None
+    path.parent.mkdir(parents=True)
+    for junk in ("{bad", "[]", '{"hparams": 3}'):
+        path.write_text(junk)
+        with pytest.raises(UnlearnkitError, match="tuned hyperparameters of ga .* cannot be read"):
+            load_tuned(str(tmp_path), "digits-mlp", "random:10", "ga")

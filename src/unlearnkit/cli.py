@@ -495,7 +495,10 @@ def main() -> None:
     except click.ClickException as err:
         err.show()
         sys.exit(err.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (click.exceptions.Abort, KeyboardInterrupt) as err:
+        if isinstance(err.__cause__, EOFError):  # click reports an EOFError as an abort: it is a truncated file
+            click.echo(f"error: a file ended early (truncated or empty): {err.__cause__}", err=True)
+            sys.exit(2)
         click.echo("interrupted: the ensembles finished so far are cached (and the one in training at its last "
                    "epoch); rerun the same command to resume", err=True)
         sys.exit(130)

@@ -4,9 +4,11 @@ read them without depending on the tuner.
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
+
+from .errors import UnlearnkitError
+from .files import read_json_object
 
 
 def tuned_path(cache_dir: str, task: str, forget: str, method: str) -> Path:
@@ -19,7 +21,13 @@ def load_tuned(cache_dir: str, task: str, forget: str, method: str) -> dict | No
     if not cache_dir:
         return None
     path = tuned_path(cache_dir, task, forget, method)
-    try:
-        return json.loads(path.read_text())["hparams"]
-    except (OSError, ValueError, KeyError):
+    if not path.is_file():
         return None
+    try:
+        hparams = read_json_object(path)["hparams"]
+        if not isinstance(hparams, dict):
+            raise ValueError("its hparams are not a table of values")
+    except (OSError, ValueError, KeyError) as e:
+        raise UnlearnkitError(f"the tuned hyperparameters of {method} in {path} cannot be read ({e}); run "
+                              f"`unlearnkit tune --method {method}` again, or delete the file") from None
+    return hparams

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..data import Dataset
 from ..engine.compute import current
 from ..errors import UnlearnkitError
-from ..files import atomic_write
+from ..files import atomic_write, file_sha, read_json_object
 from ..tasks import Task
 from ..zoo import (
     ORIGINAL_SEEDS,
@@ -97,7 +98,7 @@ def save_datamodels(path: str | os.PathLike, report: DatamodelReport, extra: dic
     atomic_write(d / "datamodels.safetensors", lambda p: save_file({k: v.contiguous() for k, v in tensors.items()}, p))
     key = stable_hash(report.meta)
     meta = {**report.meta, "key": key, "run_id": key[:16], "lds_train": report.lds_train, "lds_val": report.lds_val,
-            "held_out_models": report.held_out, **(extra or {}),
+            "held_out_models": report.held_out, "sha256": file_sha(d / "datamodels.safetensors"), **(extra or {}),
             "layout": "weights[i, x] = (basis @ coef)[i, x]; targets x = training then validation examples"}
     atomic_write(d / "datamodels.json", lambda p: p.write_text(json.dumps(meta, indent=2)))
 
@@ -106,10 +107,13 @@ def load_datamodels(path: str | os.PathLike, task: Task, dataset: Dataset) -> Li
     """Load datamodels saved by `save_datamodels`, refusing those fitted for another task or training set."""
     d = Path(path)
     try:
-        meta = json.loads((d / "datamodels.json").read_text())
+        meta = read_json_object(d / "datamodels.json")
+        if meta.get("sha256") != file_sha(d / "datamodels.safetensors"):
+            raise ValueError("datamodels.safetensors does not match the checksum datamodels.json records")
         t = load_file(d / "datamodels.safetensors")
-    except (OSError, ValueError) as err:
-        raise UnlearnkitError(f"no readable datamodels in {d}: {err}") from None
+    except (OSError, ValueError, SafetensorError) as err:
+        raise UnlearnkitError(f"no readable datamodels in {d}: {err}; fit them again with `unlearnkit datamodels`"
+                              ) from None
     want = _identity(task, dataset, meta.get("models"), meta.get("subset"), meta.get("seed"))
     for field in ("task", "data", "train_ids", "n_train", "n_val"):
         if meta.get(field) != want[field]:

@@ -10,18 +10,22 @@ from __future__ import annotations
 import html
 import io
 import json
+import logging
 import os
 import platform
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UnlearnkitError
-from ..files import atomic_write
+from ..files import atomic_write, check_writable
 from ..metrics import SPLITS
 from .index import record
 from .results import json_safe, release_output
+
+log = logging.getLogger(__name__)
 
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1500px; padding: 0 1em; color: #222; }
@@ -106,6 +110,7 @@ def _table(results: dict) -> str:
 def save_figure(out: Path, name: str, fig) -> str:
     """`fig` as out/figures/NAME.png and .svg (each written atomically); returns its inline SVG and closes it."""
     import matplotlib.pyplot as plt
+    check_writable(Path(out) / "figures", "the report's figures")
     (Path(out) / "figures").mkdir(parents=True, exist_ok=True)
     for ext in ("png", "svg"):
         atomic_write(Path(out) / "figures" / f"{name}.{ext}", lambda p, ext=ext: fig.savefig(p, format=ext, dpi=120))
@@ -193,7 +198,9 @@ def _trajectory_arrays(run_dir: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(run_dir / "scores.npz", allow_pickle=False) as z:
             return {k: z[k] for k in z.files if k.startswith("trajectory/") and not k.endswith("/margins")}
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        log.warning("%s/scores.npz cannot be read (%s): the report has no trajectory figures", run_dir,
+                    type(e).__name__)
         return {}
 
 
@@ -202,8 +209,9 @@ def _klom_arrays(run_dir: Path) -> tuple[dict, dict]:
         with np.load(run_dir / "klom.npz", allow_pickle=False) as z:
             per_example = {k[len("klom/"):]: z[k] for k in z.files if k.startswith("klom/")}
             splits = {s: z[f"split/{s}"] for s in SPLITS}
-    except (OSError, ValueError, KeyError) as e:
-        raise UnlearnkitError(f"{run_dir}/klom.npz cannot be read ({type(e).__name__}); run the job again") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise UnlearnkitError(f"{run_dir}/klom.npz cannot be read ({type(e).__name__}); run the job again, or "
+                              f"`unlearnkit rescore {run_dir}` to recompute it from scores.npz") from None
     return per_example, splits
 
 

@@ -35,6 +35,8 @@ def check_output(out, run_id: str, overwrite: bool = False, name: str = "results
     (`name` with another "run_id", the hash of a config) unless `overwrite`. The same run's results are
     refreshed. Nothing is created: the folder appears only when the results are written. `mine` (this run's
     config) lets the message name the settings that differ."""
+    if not str(out).strip():
+        raise UnlearnkitError("--out is empty: give the folder to write to (leave --out out to write nothing)")
     out = Path(out)
     check_writable(out, f"--out {out}")
     claim = _claim(out)
