@@ -2,6 +2,7 @@
 browser (headless Chromium) with no console errors; a folder that is not a run is refused."""
 import json
 import re
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -113,7 +114,7 @@ def test_run_index_lists_shows_and_compares_runs(run_dir, tmp_path):
     assert "ga" in compared.output and "B − A" in compared.output
 
 
-def test_run_index_refuses_unknown_or_vanished_runs(tmp_path):
+def test_run_index_refuses_unknown_or_vanished_runs(tmp_path, monkeypatch):
     from unlearnkit.report import index
     with pytest.raises(UnlearnkitError, match="no run 'zzzz'"):
         index.find("zzzz")
@@ -123,3 +124,12 @@ def test_run_index_refuses_unknown_or_vanished_runs(tmp_path):
     gone.rmdir()
     with pytest.raises(UnlearnkitError, match="no longer exists"):
         index.find("feedbeef")
+    assert "(folder deleted)" in index.format_list(index.entries())
+    again = tmp_path / "again"  # the same run written to a second folder: its id finds the folder that exists
+    again.mkdir()
+    index.record(again, {"run_id": "feedbeef00000000", "config": {"task": "digits-mlp", "methods": ["none"]}})
+    assert index.find("feedbeef00000000") == Path(str(again.resolve()))
+    monkeypatch.setenv("UNLEARNKIT_INDEX", str(tmp_path / "garbage.sqlite"))
+    index.index_path().write_text("not a database")
+    with pytest.raises(UnlearnkitError, match="cannot be read .*UNLEARNKIT_INDEX"):
+        index.entries()

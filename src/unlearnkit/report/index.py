@@ -54,10 +54,14 @@ def record(out, results: dict, kind: str = "run") -> None:
 def entries(task: str | None = None) -> list[dict]:
     if not index_path().is_file():
         return []
-    with _connect() as db:
-        db.row_factory = sqlite3.Row
-        query = "SELECT * FROM runs" + (" WHERE task = ?" if task else "") + " ORDER BY written"
-        return [dict(r) for r in db.execute(query, (task,) if task else ())]
+    try:
+        with _connect() as db:
+            db.row_factory = sqlite3.Row
+            query = "SELECT * FROM runs" + (" WHERE task = ?" if task else "") + " ORDER BY written"
+            return [dict(r) for r in db.execute(query, (task,) if task else ())]
+    except sqlite3.Error as e:
+        raise UnlearnkitError(f"the run index {index_path()} cannot be read ({e}); move it away (runs written "
+                              "afterwards start a new one) or point $UNLEARNKIT_INDEX elsewhere") from None
 
 
 def find(ref: str) -> Path:
@@ -66,6 +70,8 @@ def find(ref: str) -> Path:
         return Path(ref)
     hits = [e for e in entries() if (e["run_id"] or "").startswith(ref)]
     paths = sorted({e["path"] for e in hits})
+    if len({e["run_id"] for e in hits}) == 1 and len(paths) > 1:  # one run written to several folders
+        paths = [max(hits, key=lambda e: (Path(e["path"]).is_dir(), e["written"]))["path"]]
     if not paths:
         raise UnlearnkitError(f"no run {ref!r}: neither a folder nor a run id in the index {index_path()} "
                               "(`unlearnkit runs list` shows them)")
@@ -88,8 +94,9 @@ def format_list(rows: list[dict]) -> str:
     lines = [f"{'run id':<17}{'written (UTC)':<21}{'task':<20}{'forget':<16}{'N':>5}  {'methods':<30}path"]
     for e in rows:
         methods = e["methods"] if len(e["methods"]) <= 28 else e["methods"][:27] + "…"
+        gone = "" if Path(e["path"]).is_dir() else "  (folder deleted)"
         lines.append(f"{e['run_id'] or '—':<17}{e['written'][:19]:<21}{e['task'] or '—':<20}{e['forget']:<16}"
-                     f"{e['models'] or 0:>5}  {methods:<30}{e['path']}")
+                     f"{e['models'] or 0:>5}  {methods:<30}{e['path']}{gone}")
     return "\n".join(lines)
 
 
