@@ -78,7 +78,8 @@ def format_table(results: dict) -> str:
         cells = []
         for s in SPLITS:
             ci = r.get("klom_p95_ci", {}).get(s)
-            cells.append(f"{_num(r['klom_p95'][s]) + (f' [{ci[0]:.1f},{ci[1]:.1f}]' if ci else ''):>16}")
+            # a space first: a wide value (KLoM ≥ 10 with its interval) shifts the row, never joins its neighbour
+            cells.append(" " + f"{_num(r['klom_p95'][s]) + (f' [{ci[0]:.1f},{ci[1]:.1f}]' if ci else ''):>15}")
         accs = "".join(f"{_num(r['accuracy'][s], '{:.3f}'):>7}" for s in SPLITS)
         ratio = (r.get("cost_vs_retrain") or {}).get("flops")
         lines.append(f"{_name(r):<22.22}" + "".join(cells) + accs + f"{_num(ratio, '{:.3f}'):>9}")
