@@ -297,7 +297,8 @@ def corrective_cmd(task, manipulation, identified, methods, models, seed, train_
     from .lm_corrective import DEFAULT_LM_CORRECTIVE_METHODS, format_lm_corrective
     lm = task in LM_TASKS
     if manipulation is not None and not manipulation.strip():
-        raise UnlearnkitError("--manip is empty: give a manipulation (e.g. poison:100), or leave it out for the default")
+        raise UnlearnkitError("--manip is empty: give a manipulation (e.g. poison:100), or leave it out for the "
+                              "default")
     manipulation = manipulation or ("authors:0.1" if lm else "poison:100")
 
     try:
