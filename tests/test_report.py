@@ -133,3 +133,12 @@ def test_run_index_refuses_unknown_or_vanished_runs(tmp_path, monkeypatch):
     index.index_path().write_text("not a database")
     with pytest.raises(UnlearnkitError, match="cannot be read .*UNLEARNKIT_INDEX"):
         index.entries()
+
+
+def test_a_klom_cell_always_fits_its_column():
+    """Up to the cap (≈ 11.5) with its interval, a cell takes at most 16 characters, so the space before it
+    always separates it from its neighbour (two decimals below 10, one from 10 up where needed)."""
+    from unlearnkit.report.table import _klom_cell
+    assert _klom_cell(9.83, [9.7, 9.9]) == "9.83 [9.7,9.9]" and _klom_cell(10.88, [10.8, 11.5]) == "10.9 [10.8,11.5]"
+    assert _klom_cell(10.88, [9.9, 11.5]) == "10.88 [9.9,11.5]" and _klom_cell(11.51, None) == "11.51"
+    assert all(len(_klom_cell(p, [lo, 11.51])) <= 16 for p in (0.01, 9.99, 10.0, 11.51) for lo in (0.0, 9.9, 10.5))

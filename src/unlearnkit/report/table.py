@@ -57,6 +57,16 @@ def _ranking_block(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _klom_cell(p95: float | None, ci) -> str:
+    """A KLoM p95 and its interval in at most 16 characters (a space always separates the next cell): two
+    decimals, one from 10 up (the cap is ≈ 11.5) where the interval would not fit beside two."""
+    if not ci or p95 is None:
+        return _num(p95)
+    interval = f" [{ci[0]:.1f},{ci[1]:.1f}]"
+    point = _num(p95)
+    return (point if len(point + interval) <= 16 else f"{p95:.1f}") + interval
+
+
 def _name(r: dict) -> str:
     name = r.get("label", r["method"]) + (" DIVERGED" if r["diverged"] else "")
     if r.get("reference", "oracles") != "oracles":
@@ -71,20 +81,19 @@ def format_table(results: dict) -> str:
     floor = results["noise_floor"]
     if floor not in rows:
         rows.append({**floor, "label": f"{floor['method']} (noise floor)"})
-    header = (f"{'method':<22}" + "".join(f"{('KLoM p95 ' if s == 'forget' else '') + s:>16}" for s in SPLITS)
-              + "".join(f"{'acc ' + s[0]:>7}" for s in SPLITS) + f"{'×retrain':>9}")
+    header = (f"{'method':<22}" + "".join(f"{('KLoM p95 ' if s == 'forget' else '') + s:>17}" for s in SPLITS)
+              + "".join(f"{'acc ' + s[0]:>6}" for s in SPLITS) + f"{'×retrain':>9}")
     lines = [header, "-" * len(header)]
     for r in rows:
         cells = []
         for s in SPLITS:
             ci = r.get("klom_p95_ci", {}).get(s)
-            # a space first: a wide value (KLoM ≥ 10 with its interval) shifts the row, never joins its neighbour
-            cells.append(" " + f"{_num(r['klom_p95'][s]) + (f' [{ci[0]:.1f},{ci[1]:.1f}]' if ci else ''):>15}")
-        accs = "".join(f"{_num(r['accuracy'][s], '{:.3f}'):>7}" for s in SPLITS)
+            cells.append(" " + f"{_klom_cell(r['klom_p95'][s], ci):>16}")
+        accs = "".join(f"{_num(r['accuracy'][s], '{:.3f}'):>6}" for s in SPLITS)
         ratio = (r.get("cost_vs_retrain") or {}).get("flops")
         lines.append(f"{_name(r):<22.22}" + "".join(cells) + accs + f"{_num(ratio, '{:.3f}'):>9}")
     o = results["oracle"]["accuracy"]
-    lines.append(f"{'oracles (reference)':<22}" + " " * 16 * len(SPLITS) + "".join(f"{o[s]:>7.3f}" for s in SPLITS))
+    lines.append(f"{'oracles (reference)':<22}" + " " * 17 * len(SPLITS) + "".join(f"{o[s]:>6.3f}" for s in SPLITS))
     lines += _evaluation_block(rows)
     lines += _ranking_block(rows)
     lines.append("")
