@@ -77,16 +77,16 @@ class Prepared:
     cache: ZooCache | None
 
 
-class NeedsModels(Exception):
-    """Raised by `NO_MODELS` when a forget spec asks for trained models (see `prepare`'s `check_only`)."""
+class _NeedsModels(Exception):
+    """Raised by `_NO_MODELS` when a forget spec asks for trained models (see `prepare`'s `check_only`)."""
 
 
 class _NoModels:
     def __getattr__(self, name):
-        raise NeedsModels(name)
+        raise _NeedsModels(name)
 
 
-NO_MODELS = _NoModels()  # ForgetResources that refuse to train: a clustered or hard spec is checked when built
+_NO_MODELS = _NoModels()  # ForgetResources that refuse to train: a clustered or hard spec is checked when built
 
 
 def prepare(config: RunConfig, check_only: bool = False) -> Prepared:
@@ -108,8 +108,8 @@ def prepare(config: RunConfig, check_only: bool = False) -> Prepared:
     cache = config.zoo_cache()
     if check_only:
         try:
-            forget = build_forget_set(config.forget, dataset, config.seed, NO_MODELS)
-        except NeedsModels:
+            forget = build_forget_set(config.forget, dataset, config.seed, _NO_MODELS)
+        except _NeedsModels:
             return Prepared(config, task, dataset, None, jobs, cache)
     else:
         if (before := clustered_budget(config, task, dataset, cache)) is not None:  # what building the set trains

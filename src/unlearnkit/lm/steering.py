@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from torch import nn
 
 from ..engine import Forward, Params
-from . import guard
 from .generate import greedy_answers, on_run_device
 from .guard import GUARD_PREFIX, GuardedForward, guarded_greedy_answers
+from .guard import diagnostics as guard_diagnostics
 from .model import LMForward, split_prefixed
 from .sae import PREFIX, ClampedForward, sae_hook, split_sae
 
@@ -35,7 +35,7 @@ def split_state(params: Params) -> tuple[Params, Params]:
 def diagnostics(params: Params) -> dict:
     """What a steered row reports about its mechanism beyond the metrics (the guard's classifier: accuracy,
     recall on the forget questions, flag rates elsewhere); {} for plain weights and SAE clamps."""
-    return guard.diagnostics(params) if kind(params) == GUARD_PREFIX else {}
+    return guard_diagnostics(params) if kind(params) == GUARD_PREFIX else {}
 
 
 def kind(params: Params) -> str | None:
