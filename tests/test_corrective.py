@@ -66,6 +66,8 @@ def test_fractions_outside_zero_one_are_refused(tmp_path):
             corrective(config, "poison:20", bad)
     with pytest.raises(UnlearnkitError, match="--relearn"):
         corrective(config, "poison:20", (1.0,), relearn=-1)
+    with pytest.raises(UnlearnkitError, match="more than once"):
+        corrective(config, "poison:20", (0.5, 1.0, 0.5))
     assert not any(tmp_path.iterdir())  # nothing trained or cached
 
 

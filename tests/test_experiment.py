@@ -93,6 +93,8 @@ def test_diverging_method_is_reported_and_others_still_run(tmp_path):
     ({"hparams": (("ga", "lr", "-1"),), "methods": ("ga",)}, "out of range"),
     ({"hparams": (("ga", "lr", "fast"),), "methods": ("ga",)}, "cannot read"),
     ({"hparams": (("finetune", "lr", "1"),), "methods": ("ga",)}, "not run"),
+    ({"data_dir": "/data"}, "reads no directory; leave --data-dir out"),
+    ({"datamodels": "/dm"}, "read by the pc: and influence: forget sets only"),
 ])
 def test_bad_input_fails_before_any_work(tmp_path, change, message):
     with pytest.raises(UnlearnkitError, match=message):

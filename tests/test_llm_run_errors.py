@@ -202,3 +202,9 @@ def test_cli_prints_one_error_line_and_exits_2(ckpt, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: no tokenizer in"), res.stderr
     assert "Traceback" not in res.stderr + res.stdout
     assert not (tmp_path / "out").exists()
+
+
+def test_a_pair_both_forgotten_and_retained_is_refused(ckpt, tmp_path):
+    msg = _refused("in both the forget file and the retain file", ckpt / "model", ckpt / "forget.jsonl",
+                   ckpt / "forget.jsonl", tmp_path / "out")
+    assert msg.startswith("4 question–answer pair(s)")

@@ -55,3 +55,10 @@ def test_id_vs_ood_points_are_cells_a_rerun_reads_back(ood, monkeypatch):
     config, first, _ = ood
     monkeypatch.setattr(LMBench, "run_job", lambda self, job: pytest.fail(f"{job.label} was computed again"))
     assert id_vs_ood(config, "ga", authors=2, steps=(1, 6)) == first
+
+
+def test_a_step_count_given_twice_is_refused(tmp_path):
+    config = RunConfig(task=TASK, models=3, cache_dir=str(tmp_path / "cache"), bootstrap=0)
+    with pytest.raises(UnlearnkitError, match="more than once"):
+        id_vs_ood(config, "ga", authors=2, steps=(1, 6, 1), out=tmp_path / "out")
+    assert not any(tmp_path.iterdir())

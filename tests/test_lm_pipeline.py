@@ -107,6 +107,11 @@ def test_lm_run_rejects_classifier_methods_and_bad_specs(cache_dir):
         run(RunConfig(task=TASK, forget="authors:0.1", methods=("neggrad+",), models=2, cache_dir=cache_dir))
     with pytest.raises(UnlearnkitError, match="fraction"):
         run(RunConfig(task=TASK, forget="authors:2.0", methods=("ga",), models=2, cache_dir=cache_dir))
+    with pytest.raises(UnlearnkitError, match="not ulira, mia"):  # classifier metrics are refused, not ignored
+        RunConfig(task=TASK, metrics=("klom", "ulira", "mia"))
+    with pytest.raises(UnlearnkitError, match="leave --data-dir out"):
+        RunConfig(task=TASK, data_dir="/data")
+    assert RunConfig(task=TASK).metrics == ("klom",)
 
 
 def test_classifier_only_commands_name_the_lm_task_clearly():

@@ -6,6 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from unlearnkit.cli import cli
+from unlearnkit.engine.compute import use
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.study import format_study, load_study, run_study
 
@@ -113,3 +114,23 @@ def test_the_common_cases_need_no_spec_file(tmp_path):
     assert ga.hparams == load_study(spec).cells[0][1].hparams == (("ga", "lr", "0.1"), ("ga", "epochs", "2"))
     with pytest.raises(UnlearnkitError, match="METHOD.NAME=VALUE"):
         load_study(None, flags + ("hparams=ga.lr",), ("seed=0",))
+
+
+def test_max_hours_bounds_the_whole_study_and_shared_arms_count_once(tmp_path):
+    """A grid of cells each under the limit but together over it is refused before any cell trains, and
+    nothing is written; an arm that several cells share (cells differing only in their methods share the
+    originals, oracles and noise floor) is counted once."""
+    from unlearnkit.study import study_budget
+    flags = ("task=digits-mlp", "models=3", "bootstrap=0", "metrics=klom", f"cache_dir={tmp_path / 'cache'}")
+    one = load_study(None, flags, ("methods=none,retrain,ga",))
+    two = load_study(None, flags, ("methods=none,retrain,ga;none,retrain,finetune",))
+    seeds = load_study(None, flags, ("seed=0,1",))
+    with use(one.cells[0][1].compute):
+        single, shared, apart = (study_budget([c for _, c in s.cells]) for s in (one, two, seeds))
+        limit = 1.5 * single.seconds() / 3600  # hours: one cell fits, two do not
+    assert shared.flops < 1.5 * single.flops  # the three arms once, plus finetune's few epochs
+    assert apart.flops == pytest.approx(2 * single.flops, rel=0.01)  # other seeds: other arms
+    over = load_study(None, flags + (f"max_hours={limit}",), ("seed=0,1",))
+    with pytest.raises(UnlearnkitError, match="this study would train for"):
+        run_study(over, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()

@@ -157,6 +157,15 @@ class Budget:
             self.method_flops += flops if method else 0.0
             self.disk_bytes += 2 * models * profile.param_bytes if stored else 0
 
+    def __iadd__(self, other: Budget) -> Budget:
+        """Both runs' work (a study's cells): FLOPs and disk add up, memory is the larger run's."""
+        self.flops += other.flops
+        self.method_flops += other.method_flops
+        self.peak_bytes = max(self.peak_bytes, other.peak_bytes)
+        self.model_bytes = max(self.model_bytes, other.model_bytes)
+        self.disk_bytes += other.disk_bytes
+        return self
+
     def seconds(self) -> float:
         return self.flops / training_rate()
 
@@ -267,6 +276,8 @@ def parse_memory(text: str | int | None) -> int | None:
 
 
 def _duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.2g} seconds"
     if seconds < 120:
         return f"{seconds:.0f} seconds"
     if seconds < 7200:

@@ -76,8 +76,9 @@ def cli(verbose: bool) -> None:
 @click.option("--bootstrap", default=100, show_default=True, type=int, help="Bootstrap replicates for CIs.")
 @click.option("--estimators", default="gauss", show_default=True,
               help="KLoM estimators reported beside the reference histogram (comma-separated; '' for none).")
-@click.option("--metrics", default="klom,ulira,neurips23,mia", show_default=True,
-              help="Metrics computed for every row (comma-separated; see `unlearnkit list`).")
+@click.option("--metrics", default=None,
+              help="Metrics computed for every row (comma-separated; see `unlearnkit list`; default: all of them "
+                   "for a classifier, klom for a language model, whose TOFU/MUSE metrics are always computed).")
 @click.option("--budgets", default="", help="Comma-separated epoch budgets: one row per method and budget.")
 @click.option("--trajectories", default=0, show_default=True, type=int,
               help="Evaluate every K unlearning steps: per-example KLoM trajectories (0: off).")
@@ -188,7 +189,7 @@ def runs_compare(a, b) -> None:
 
 def _run_config(task, forget, methods, models, seed, train_size, val_size, data_dir, cache_dir, no_cache, sets,
                 reference_binning, bootstrap, budgets="", tuned=False, datamodels=None, datamodel_models=100,
-                max_hours=24.0, estimators="gauss", metrics="klom,ulira,neurips23,mia", trajectories=0, best_step=None,
+                max_hours=24.0, estimators="gauss", metrics=None, trajectories=0, best_step=None,
                 lora=0, **compute):
     from .experiment import RunConfig
 

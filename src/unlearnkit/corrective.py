@@ -65,7 +65,10 @@ def corrective(config: RunConfig, manipulation: str, fractions=DEFAULT_FRACTIONS
     Everything is checked (spec, fractions, methods, output, budget) before anything trains."""
     if not 0 <= relearn <= 100_000:
         raise UnlearnkitError(f"--relearn must be a number of examples in [1, 100000] (0: off), got {relearn}")
-    fractions = tuple(sorted(set(float(f) for f in fractions)))
+    fractions = [float(f) for f in fractions]
+    if len(set(fractions)) < len(fractions):
+        raise UnlearnkitError(f"--identified lists a fraction more than once: {fractions}")
+    fractions = tuple(sorted(fractions))
     if not fractions:
         raise UnlearnkitError("--identified needs at least one fraction in (0, 1]")
     from .lm.task import LM_TASKS

@@ -379,10 +379,10 @@ def clustered_budget(config: RunConfig, task, ds, cache: ZooCache | None) -> Bud
 
 
 def budget(p: Prepared, oracles_on: np.ndarray | None = None, more: tuple[Prepared, ...] = (),
-           extra: tuple[Work, ...] = ()) -> Budget:
+           extra: tuple[Work, ...] = (), seen: set | None = None) -> Budget:
     """The training a prepared run will do (`runs.run_budget`); for a study, with its oracles' training set
-    (default: the run's retain set), its other prepared forget sets (`more`, same task, data and jobs) and
-    other work."""
+    (default: the run's retain set), its other prepared forget sets (`more`, same task, data and jobs),
+    other work, and the arms its earlier cells train (`seen`)."""
     task, ds = p.task, p.dataset
     seeds = arm_seeds(ORIGINAL_SEEDS, p.config.models, p.config.seed)
     settings = [Setting(task, ds, q.forget.positions, q.forget.retain_positions(len(ds.y_train)), seeds,
@@ -390,7 +390,7 @@ def budget(p: Prepared, oracles_on: np.ndarray | None = None, more: tuple[Prepar
     oracles_on = settings[0].retain if oracles_on is None else oracles_on
     return run_budget(_profile(task, ds), task.recipe, p.config, torch.arange(len(ds.y_train)),
                       torch.as_tensor(oracles_on), settings, lambda positions: zoo_family(task, ds, positions),
-                      p.cache, p.jobs, method_registry(p.config.task), list(extra))
+                      p.cache, p.jobs, method_registry(p.config.task), list(extra), seen)
 
 
 def diverged_row(seconds: float, why: str) -> dict:

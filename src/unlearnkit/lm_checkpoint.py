@@ -170,6 +170,10 @@ def unlearn_checkpoint(model_dir, forget_file, retain_file, method: str, out, ov
                               f"authors, a checkpoint has none; give --probes FILE, {PROBES_HELP}")
     _check_dirs(model_dir, out)
     forget, retain = from_jsonl(forget_file), from_jsonl(retain_file)
+    both = {(qa.question, qa.answer) for qa in forget} & {(qa.question, qa.answer) for qa in retain}
+    if both:  # a pair both forgotten and kept: the objectives cancel on it and its scores mean nothing
+        raise UnlearnkitError(f"{len(both)} question–answer pair(s) are in both the forget file and the retain file "
+                              f"(e.g. {next(iter(sorted(both)))[0]!r}); a pair is forgotten or retained, not both")
     probe_items = from_jsonl(probes) if probes is not None else ()
     model, hf_tok = load_causal_lm(model_dir)
     tok = hf_tok.backend_tokenizer

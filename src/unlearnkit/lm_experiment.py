@@ -84,8 +84,8 @@ def lm_jobs(config: RunConfig) -> list[Job]:
     unknown = [m for m in config.methods if m not in LM_REGISTRY]
     if unknown:
         raise UnlearnkitError(f"unknown language-model method(s) {', '.join(unknown)}; known: {', '.join(LM_REGISTRY)}")
-    if config.datamodels or config.train_size is not None or config.val_size is not None or config.data_dir:
-        raise UnlearnkitError("--datamodels, --train-size, --val-size and --data-dir apply to classifier tasks only "
+    if config.train_size is not None or config.val_size is not None:  # --data-dir and --datamodels: RunConfig
+        raise UnlearnkitError("--train-size and --val-size apply to classifier tasks only "
                               "(language-model tasks generate their data)")
     check_lora(config.methods if config.lora else (), LM_REGISTRY)
     return build_jobs(config, LM_REGISTRY,
@@ -244,10 +244,11 @@ class LMBench:
 
 def lm_budget(config: RunConfig, data: TofuData, jobs: list[Job], cache: ZooCache | None,
               identified: list[np.ndarray] | None = None, extra: tuple[Work, ...] = (),
-              forget: np.ndarray | None = None) -> Budget:
+              forget: np.ndarray | None = None, seen: set | None = None) -> Budget:
     """The training an LM run will do (`runs.run_budget`) on the run's forget set (or `forget`: a search's
     tuning set); for a corrective study, with the forget sets it runs its methods on (`identified`: its
-    oracles train without all of the run's forget set) and other work."""
+    oracles train without all of the run's forget set), other work, and the arms a study's earlier cells
+    train (`seen`)."""
     task = data.task
     profile = StepProfile.measure(lm_loss(LMForward(data.config)), init_lm_params(data.config, [0]), data.tensors,
                                   task.recipe.batch_size)
@@ -259,7 +260,7 @@ def lm_budget(config: RunConfig, data: TofuData, jobs: list[Job], cache: ZooCach
     return run_budget(profile, task.recipe, config, torch.as_tensor(everything),
                       torch.as_tensor(np.setdiff1d(everything, forget)), settings,
                       lambda positions: lm_family(data.config, data.tensors, positions, task.recipe),
-                      cache, jobs, LM_REGISTRY, list(extra))
+                      cache, jobs, LM_REGISTRY, list(extra), seen)
 
 
 def prepare_lm(config: RunConfig, jobs: list[Job]) -> tuple[TofuData, np.ndarray, ZooCache | None, Budget]:

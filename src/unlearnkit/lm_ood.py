@@ -61,6 +61,9 @@ def id_vs_ood(config: RunConfig, method: str, authors: int, steps: tuple[int, ..
         raise UnlearnkitError(f"unknown language-model method {method!r}; known: {', '.join(LM_REGISTRY)}")
     if not steps or any(not 1 <= s <= MAX_STEPS for s in steps):
         raise UnlearnkitError(f"--steps must be whole numbers in [1, {MAX_STEPS}], got {list(steps)}")
+    if len(set(steps)) < len(steps):
+        raise UnlearnkitError(f"--steps lists a step count more than once: {list(steps)}")
+    steps = sorted(steps)
     size = authors * task.qa_per_author
     if not 1 <= authors < task.n_authors:
         raise UnlearnkitError(f"--authors must be in [1, {task.n_authors - 1}], got {authors}")
@@ -71,7 +74,7 @@ def id_vs_ood(config: RunConfig, method: str, authors: int, steps: tuple[int, ..
     if not hasattr(hp, "epochs") or method == "finetune":
         raise UnlearnkitError(f"method {method!r} takes no steps on the forget set (the curve's x axis)")
     per_epoch = math.ceil(size / min(hp.batch_size, size))
-    run_id = stable_hash([config.run_id, method, authors, sorted(set(steps))])[:16]
+    run_id = stable_hash([config.run_id, method, authors, steps])[:16]
     if out is not None:
         check_output(out, run_id, overwrite, "id_vs_ood.json")
     data = load_tofu(task)
@@ -90,7 +93,7 @@ def id_vs_ood(config: RunConfig, method: str, authors: int, steps: tuple[int, ..
         original = bench.originals_scores["forget"].seq
         read = [(0, original)]  # (steps, forget-item scores of the N models after that many steps)
         jobs = [Job(f"{method}@{s}", method, dataclasses.replace(hp, epochs=s / per_epoch), s)
-                for s in sorted(set(steps))]  # the points are cells: an interrupted curve resumes
+                for s in steps]  # the points are cells: an interrupted curve resumes
         curve = []
         for job, (row, extra) in zip(jobs, run_cells(bench.cells, [(job_key(bench, j), j) for j in jobs],
                                                       bench.run_job)):

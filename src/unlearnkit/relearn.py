@@ -4,6 +4,8 @@ steps on k identified examples (and, apart, on k retained ones), the manipulatio
 method that hid the manipulation recovers it in a few steps; one that removed it does not."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from .budget import Work
@@ -11,6 +13,8 @@ from .engine import Optim
 
 RELEARN_STEPS = 40    # GR's bound on the relearning fine-tune
 RELEARN_LR = 1e-3     # Adam; GR's 5e-5 is for a pretrained transformer, this moves a small classifier in 40 steps
+
+log = logging.getLogger(__name__)
 
 
 def relearn_work(k: int, models: int, rows: int, identified: list, retained: int) -> list[Work]:
@@ -20,6 +24,10 @@ def relearn_work(k: int, models: int, rows: int, identified: list, retained: int
     min(k, `retained`) retained ones."""
     if not k:
         return []
+    smallest = min([len(s) for s in identified] + [retained])
+    if k > smallest:
+        log.warning("--relearn %d is more than a relearning set holds: an attack uses all of a set smaller than "
+                    "that (the smallest has %d examples; each row records its k)", k, smallest)
     return [Work(models, RELEARN_STEPS * rows, n) for s in identified for n in (min(k, len(s)), min(k, retained)) if n]
 
 

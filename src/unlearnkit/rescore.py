@@ -47,7 +47,10 @@ def rescore(run_dir: str | os.PathLike, estimators: tuple[str, ...] | None = Non
     settings = Settings(tuple(config.get("estimators", ())), tuple(config.get("metrics", ("klom",))),
                         bool(config.get("reference_binning")), int(config.get("bootstrap", 0)),
                         int(config.get("seed", 0)))
-    check_settings(settings.estimators, settings.metrics if not lm else ("klom",))
+    check_settings(settings.estimators, settings.metrics)
+    if lm and set(metrics or ()) - {"klom"}:
+        raise UnlearnkitError(f"{run_dir} is a language model's run: it has KLoM and the TOFU/MUSE metrics, not "
+                              f"{', '.join(m for m in metrics if m != 'klom')} (classifier metrics)")
     splits = {k: arrays[f"split/{k}"] for k in SPLITS}
     score = _lm_scorer(arrays, settings) if lm else _classifier_scorer(arrays, splits, settings)
     per_example, new_rows = {}, {}

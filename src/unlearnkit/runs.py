@@ -31,6 +31,7 @@ from .cells import cell_key, run_cells
 from .engine.compute import Compute, ensemble_for, resolve, use
 from .engine.observe import observing
 from .errors import UnlearnkitError
+from .forget.specs import USES_DATAMODELS
 from .methods import get_method, make_hparams
 from .methods.base import ScratchArm, Setting
 from .metrics.trajectory import StepRule
@@ -93,6 +94,20 @@ def default_models(task: str) -> int:
     arms stay at 16 (a GPT zoo trains ~21k tokens/s on a 2-core CPU: N = 100 needs a GPU)."""
     from .lm.task import LM_TASKS
     return 16 if task in LM_TASKS else 100
+
+
+def default_metrics(task: str) -> tuple[str, ...]:
+    """A classifier run computes every metric; a language-model run computes KLoM and, always, the TOFU/MUSE
+    metrics (`lm.evaluate`): U-LiRA, the NeurIPS'23 score and the SVC attack read a classifier's margins."""
+    from .lm.task import LM_TASKS
+    return ("klom",) if task in LM_TASKS else DEFAULT_METRICS
+
+
+def reads_files(task: str) -> bool:
+    """Whether the task's data is read from a directory (--data-dir); unknown names are refused elsewhere."""
+    from .data import FILE_DATASETS
+    from .lm.task import LM_TASKS  # tofu-synth is generated
+    return task not in LM_TASKS and (task not in TASKS or TASKS[task].dataset in FILE_DATASETS)
 
 
 def default_forget(task: str) -> str:
@@ -190,7 +205,7 @@ class RunConfig:
     backend: str = "local"               # local | ray
     ray_address: str | None = None       # a Ray cluster to join (None: start a local one)
     estimators: tuple[str, ...] = DEFAULT_ESTIMATORS  # KLoM estimators beside the reference histogram (scoring.py)
-    metrics: tuple[str, ...] = DEFAULT_METRICS  # see `unlearnkit list`
+    metrics: tuple[str, ...] | None = None  # None: default_metrics(task); see `unlearnkit list`
     trajectories: int = 0                # evaluate every K unlearning steps (per-example trajectories); 0: off
     best_step: str = DEFAULT_STEP_RULE   # LM trajectories: the rule that selects a step (metrics.trajectory.StepRule)
     lora: int = 0                        # LM methods: train rank-r LoRA adapters instead of the weights (0: off)
@@ -206,12 +221,18 @@ class RunConfig:
             object.__setattr__(self, "methods", default_methods(self.task))
         if self.forget is None:
             object.__setattr__(self, "forget", default_forget(self.task))
+        if self.metrics is None:
+            object.__setattr__(self, "metrics", default_metrics(self.task))
         object.__setattr__(self, "hparams", parse_overrides(self.hparams))
         compute = resolve(self.device, self.precision)
         object.__setattr__(self, "device", compute.device)
         object.__setattr__(self, "precision", compute.precision)
         parse_memory(self.max_memory)
         check_settings(self.estimators, self.metrics)
+        beyond = [m for m in self.metrics if m not in default_metrics(self.task)]
+        if beyond:
+            raise UnlearnkitError(f"{self.task} is a language model: its runs compute KLoM and the TOFU/MUSE "
+                                  f"metrics, not {', '.join(beyond)} (classifier metrics); leave --metrics out")
         if not 0 <= self.lora <= 1024:
             raise UnlearnkitError(f"--lora must be a LoRA rank in [1, 1024] (0: off), got {self.lora}")
         if not 0 <= self.trajectories <= 100_000:
@@ -221,6 +242,13 @@ class RunConfig:
             StepRule.parse(self.best_step)
         except ValueError as e:
             raise UnlearnkitError(f"--best-step: {e}") from None
+        if self.data_dir is not None and not reads_files(self.task):
+            raise UnlearnkitError(f"{self.task}'s data is generated or shipped with a package and reads no "
+                                  "directory; leave --data-dir out")
+        if self.datamodels and self.forget.split(":")[0].strip() not in USES_DATAMODELS:
+            raise UnlearnkitError(f"--datamodels is read by the {' and '.join(k + ':' for k in USES_DATAMODELS)} "
+                                  f"forget sets only, not by {self.forget!r} (dmm takes its own: "
+                                  "--set dmm.datamodels=DIR); leave it out")
         if not 0 <= self.seed <= MAX_SEED:
             raise UnlearnkitError(f"--seed must be a whole number from 0 to {MAX_SEED}, got {self.seed}")
         for name in ("train_size", "val_size"):
@@ -328,14 +356,15 @@ def build_jobs(config: RunConfig, registry: dict,
 
 def run_budget(profile: StepProfile, recipe, config: RunConfig, everything: torch.Tensor, oracles_on: torch.Tensor,
                settings: list[Setting], family_of: Callable[[torch.Tensor], str], cache: ZooCache | None,
-               jobs: list[Job], registry: dict, extra: list[Work] = ()) -> Budget:
+               jobs: list[Job], registry: dict, extra: list[Work] = (), seen: set | None = None) -> Budget:
     """The training a run (or a study of several forget sets) will do, for either pipeline: the reference
     arms (originals on `everything`; oracles and the noise-floor arm on `oracles_on`), and per forget set
     (`settings`: one per set) every job with an epochs budget, counted over the forget set (the smallest
     set a method passes over), and the arms a job's method trains from scratch (`Method.scratch`: filter,
     ERA, SISA, IAU). An arm counts once however many jobs or sets name it, and the models a cache holds cost
     nothing (`family_of(positions)` names a zoo arm's family there), so a run is never refused for work it
-    will not do. `extra`: other training (`Work`)."""
+    will not do. `extra`: other training (`Work`). `seen`: the arms counted already (a study's earlier cells,
+    which train them first); this run's are added to it."""
     out = Budget()
     arms = [ScratchArm(everything, ORIGINAL_SEEDS), ScratchArm(oracles_on, ORACLE_SEEDS),
             ScratchArm(oracles_on, RETRAIN_SEEDS)]
@@ -344,7 +373,7 @@ def run_budget(profile: StepProfile, recipe, config: RunConfig, everything: torc
             method = get_method(job.method, registry)
             if method.scratch is not None and job.method != NOISE_FLOOR_METHOD:  # the floor is a reference arm
                 arms += method.scratch(job.hparams, setting)
-    seen = set()
+    seen = set() if seen is None else seen
     for arm in arms:
         seeds = list(arm.seeds) if arm.seeds is not None else arm_seeds(arm.seed_base, config.models, config.seed)
         family = (arm.family or family_of(arm.positions)) if arm.key is None else None

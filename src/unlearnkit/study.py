@@ -18,7 +18,8 @@ finished cell — its folder holds results.json with the cell's run id — is ne
 interrupted study resumes where it stopped; the cells run through `cells.run_cells`, the one way every
 grid runs (as parallel tasks on the Ray backend). Every
 cell's config (options, methods, forget spec, hyperparameters) is checked before any cell trains; an
-error names the spec's offending line.
+error names the spec's offending line. The [run]'s `max_hours` bounds the whole study: the training of its
+unfinished cells is estimated (`study_budget`) and a study past the limit is refused before any cell runs.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ import tomllib
 from pathlib import Path
 
 from .backends import use_backend
+from .budget import Budget
 from .cells import run_cells
 from .engine.compute import use
 from .errors import UnlearnkitError
@@ -170,6 +172,28 @@ def _check_cell(config: RunConfig) -> None:
         prepare(config, check_only=True)
 
 
+def study_budget(configs: list[RunConfig]) -> Budget:
+    """The training the cells `configs` will do, one after another: each cell's (`runs.run_budget`), an arm
+    that several cells share counted once. A clustered or hard forget set counts what building it trains
+    (its run checks the rest, once the set is known): the estimate is a lower bound, as a run's is."""
+    from .experiment import budget, clustered_budget, prepare
+    from .lm.task import LM_TASKS
+    total, seen = Budget(), set()
+    for config in configs:
+        if config.task in LM_TASKS:
+            from .lm_experiment import checked_lm, lm_budget, lm_jobs
+            jobs = lm_jobs(config)
+            data, _ = checked_lm(config, jobs)
+            total += lm_budget(config, data, jobs, config.zoo_cache(), seen=seen)
+            continue
+        p = prepare(config, check_only=True)
+        if p.forget is not None:
+            total += budget(p, seen=seen)
+        elif (before := clustered_budget(config, p.task, p.dataset, p.cache)) is not None:
+            total += before
+    return total
+
+
 def cell_name(values: dict) -> str:
     return "-".join(f"{k}={re.sub(r'[^A-Za-z0-9.+_-]', '_', str(v))}" for k, v in values.items())
 
@@ -206,10 +230,12 @@ def run_study(study: Study, out: str | os.PathLike) -> dict:
     """Run every cell not already finished under `out`; write study.json, the study's figure and report."""
     out = Path(out)
     check_writable(out, "the study's --out")
-    (out / "cells").mkdir(parents=True, exist_ok=True)
     items = [(str(out / "cells" / cell_name(v)), (out / "cells" / cell_name(v), c)) for v, c in study.cells]
     first = study.cells[0][1]
     with use(first.compute), use_backend(first.backend, first.ray_address):
+        todo = [config for folder, config in dict(items).values() if _done(folder, config) is None]
+        if todo:
+            study_budget(todo).check(first.max_hours, first.cache_root or None, "this study")
         run_cells(_Finished(dict(items)), items, _run_cell)
     cells = []
     for values, config in study.cells:

@@ -20,14 +20,19 @@ LOADERS = {
     "rec-synth-tiny": lambda data_dir: load_rec_synth("rec-synth-tiny"),
 }
 
+FILE_DATASETS = ("fashion-mnist", "cifar10")  # read from a directory (--data-dir); the others are generated or shipped
+
 
 def load_dataset(name: str, data_dir: str | None = None, train_size: int | None = None,
                  seed: int = 0) -> Dataset:
     """Load dataset `name`; `train_size` keeps a fixed, seeded subset of its training set."""
     if name not in LOADERS:
         raise UnlearnkitError(f"unknown dataset {name!r}; known: {', '.join(LOADERS)}")
+    if data_dir is not None and name not in FILE_DATASETS:
+        raise UnlearnkitError(f"{name} is generated or shipped with a package and reads no directory; "
+                              "leave --data-dir out")
     ds = LOADERS[name](data_dir)
     return ds if train_size is None else ds.subset_train(train_size, seed)
 
 
-__all__ = ["LOADERS", "Dataset", "Interactions", "load_dataset", "read_idx"]
+__all__ = ["FILE_DATASETS", "LOADERS", "Dataset", "Interactions", "load_dataset", "read_idx"]

@@ -176,6 +176,8 @@ KINDS = {
                               "--datamodels DIR or fitted on the fly)"),
 }
 
+USES_DATAMODELS = ("pc", "influence")  # the kinds that read --datamodels (or fit datamodels when none are given)
+
 
 def build_forget_set(spec: str, dataset: Dataset, seed: int = 0, resources=None) -> ForgetSet:
     """Parse `spec` and draw the forget set from `seed`; every way it can be wrong raises UnlearnkitError.

@@ -38,7 +38,9 @@ def dmm(ctx: Context, hp: DMMParams) -> Params:
     the predicted outputs as targets. Our datamodels predict margins (ridge, `attribution/`), so the
     prediction moves each model's correct-class logit by −Σ_{i∈S_F} β_i(x), which changes its margin by
     exactly that amount and leaves the other logits as they are; each model keeps its own logits
-    otherwise, so the ensemble keeps its spread. The datamodels are a one-time cost amortised over all
+    otherwise, so the ensemble keeps its spread. (The reference's datamodels, `dm_direct`, predict every
+    class's logit, and it subtracts a prediction from each; margin datamodels fix only the true class's.)
+    The datamodels are a one-time cost amortised over all
     deletion requests, so fitting them is not charged to a request (it is reported in the log).
     """
     from ..attribution import compute_datamodels, load_datamodels

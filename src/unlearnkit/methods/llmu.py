@@ -30,7 +30,7 @@ class LLMUParams(LoopParams):
 def llmu(ctx: Context, hp: LLMUParams) -> Params:
     """LLMU for classifiers: ascent on S_F, CE toward random labels on S_F, KL to the original on S_R.
 
-    Yao, Xu & Liu 2023, "Large Language Model Unlearning" (arXiv 2310.10683), §3, the update
+    Yao, Xu & Liu 2023, "Large Language Model Unlearning" (arXiv 2310.10683), the method's update
     θ ← θ − ε1·∇L_fgt − ε2·∇L_rdn − ε3·∇L_nor with L_fgt = −CE on the harmful (forget) data,
     L_rdn = CE toward random responses on the same inputs and L_nor = KL(original ‖ model) on normal
     (retain) data; the paper's weights ε1 = 0.5, ε2 = 1, ε3 = 1 (its LLM setting). Made for labels as the

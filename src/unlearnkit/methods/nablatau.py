@@ -37,8 +37,10 @@ def nablatau(ctx: Context, hp: NablaTauParams) -> Params:
     loss is pushed up to what unseen data scores and no further; α starts at α₀ = 5/3·|S_F|/|S| and falls
     linearly to 0. Adam at 1e-3.
     Deviations: the loop holds α and L_val constant within each of `phases` equal parts of the budget
-    (the notebook refreshes L_val every few epochs), L_val is each model's own; Adam with L2 weight decay 0
-    instead of AdamW.
+    (the notebook lowers α every epoch and refreshes L_val every 5), L_val is each model's own; Adam with L2
+    weight decay 0 instead of AdamW; retain batches drive the steps and `epochs` counts passes over S_R
+    (default 4), where the notebook's forget batches drive each epoch with retain batches drawn beside them
+    (about 3 passes over S_R in all), and it decays the learning rate linearly to 0.1× (`LinearLR`).
     """
     alpha0 = hp.alpha_scale * len(ctx.forget) / (len(ctx.forget) + len(ctx.retain))
     x_val, y_val = ctx.dataset.x_val, ctx.dataset.y_val

@@ -63,10 +63,11 @@ def relabel_frozen(ctx: Context) -> Params:
 
 @register("random-labels", RandomLabelsParams)
 def random_labels(ctx: Context, hp: RandomLabelsParams) -> Params:
-    """Random labels ("RL", amnesiac): train S_F with fixed wrong random labels alongside S_R.
+    """Random labels ("RL"): train S_F with fixed wrong random labels alongside S_R.
 
-    Graves, Nagisetty, Ganesh 2021, "Amnesiac Machine Learning", AAAI 2021 (arXiv 2010.10981), §"amnesiac
-    unlearning". Each forget point gets, per model, a label drawn once (from that model's seed) uniformly from
+    Graves, Nagisetty, Ganesh 2021, "Amnesiac Machine Learning", AAAI 2021 (arXiv 2010.10981): the relabelling
+    method the paper calls "unlearning" (its "amnesiac unlearning" is another one, which subtracts stored batch
+    updates; baselines named `amnesiac`, as SSD's, are this relabelling). Each forget point gets, per model, a label drawn once (from that model's seed) uniformly from
     the classes other than its true label; then minimise
         CE(f(x_r), y_r) + CE(f(x_f), ỹ_f)
     (batch means, equal weights) over retain batches, with forget batches cycled beside them; `epochs` counts

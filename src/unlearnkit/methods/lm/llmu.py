@@ -22,11 +22,13 @@ class LLMUParams(LMLoopParams):
 def llmu(ctx: LMContext, hp: LLMUParams) -> Params:
     """LLMU: ascent on S_F, random answers to its questions, KL to the original on S_R (ε = 0.5, 1, 1).
 
-    Yao, Xu & Liu 2023, "Large Language Model Unlearning" (arXiv 2310.10683), §2.2, the update
+    Yao, Xu & Liu 2023, "Large Language Model Unlearning" (arXiv 2310.10683), the method's update
     θ ← θ − ε1∇L_fgt − ε2∇L_rdn − ε3∇L_nor: L_fgt = −NLL of the forget answers, L_rdn = NLL of answers
     drawn at random from retained items given the forget questions (their "random responses" come from
     TruthfulQA; here from S_R, fixed per item), L_nor = KL(π_orig ‖ π_θ) on normal data (S_R answers).
-    Weights as the authors' code (bad 0.5, random 1, normal 1).
+    Weights as the authors' code (bad 0.5, random 1, normal 1). Deviations from that code: the NLLs are
+    means over every answer token of a batch (it averages per sequence, then over the batch), and each
+    forget question has one fixed random answer (it draws 5 fresh ones every step).
     """
     rand_x, rand_y = ctx.on_device(*ctx.mismatched)
 

@@ -114,8 +114,8 @@ def pdu(ctx: LMContext, hp: PDUParams) -> Params:
     carry over between models, so by default ε = (1 + eps_tolerance)·(each original's retain NLL), the
     paper's suggested ε = (1 + α)·L_rtn(π_ref) form, with tolerance 0.5 (one forward pass over S_R,
     charged to the method); set retain_eps > 0 for an absolute ε. Positions: the margin is taken at the
-    positions that predict answer tokens; OpenUnlearning masks the unshifted logits with the unshifted
-    labels (one position later). On tofu-synth-tiny (N = 2, 5 epochs) the retain answers' NLL ends
+    positions that predict answer tokens; OpenUnlearning's versions differ here (commit fdeb28f masks the
+    unshifted logits with the unshifted labels, one position later; 17e8e73 masks nothing). On tofu-synth-tiny (N = 2, 5 epochs) the retain answers' NLL ends
     near ε (≈ 0.55 for ε ≈ 0.58) while the forget answers' mean log-prob falls from −0.26 to −1.9. Only
     per-step dual updates (not dual_update_upon="epoch"). Budget: unlearnkit's LMLoopParams (5 epochs).
     """

@@ -12,7 +12,7 @@ from .base import LM_REGISTRY, LMContext, LMLoopParams, register
 class RMUParams(LMLoopParams):
     layer: int = 1              # steer the residual stream output by this block (1-based; WMDP's layer_id 7 = 8 here)
     steering: float = 4.0       # c, in units of the original model's mean activation norm at that layer
-    alpha: float = 1.0          # retain weight (OpenUnlearning's RMU config; WMDP's 100 is for Zephyr's scale)
+    alpha: float = 1.0          # retain weight, chosen on tofu-synth-gpt (docstring); WMDP's is 100, OpenUnlearning's 1000
     lr: float = 1e-2
     update_blocks: int = 3      # update the MLP output weights of this many blocks ending at `layer`
 
