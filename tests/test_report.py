@@ -48,6 +48,17 @@ def test_report_command_rewrites_it_from_the_files(run_dir):
     assert (run_dir / "report.html").is_file() and "report.html" in result.output
 
 
+def test_array_files_of_another_run_are_refused(run_dir, tmp_path):
+    """klom.npz (and scores.npz) name their run: one copied from another run's folder is not drawn."""
+    import shutil
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other)
+    results = json.loads((other / "results.json").read_text())
+    (other / "results.json").write_text(json.dumps({**results, "run_id": "0123456789abcdef"}))
+    with pytest.raises(UnlearnkitError, match=r"klom.npz belongs to run \w+, but results.json beside it to run 0123"):
+        write_report(other)
+
+
 def test_a_folder_that_is_not_a_run_is_refused(tmp_path):
     with pytest.raises(UnlearnkitError, match="has no results.json"):
         write_report(tmp_path)

@@ -92,10 +92,17 @@ def _other_format(d):
     savez(d / "scores.npz", z, compress=False)
 
 
+def _another_runs(d):
+    z = dict(np.load(d / "scores.npz"))
+    z["run_id"] = np.array("0123456789abcdef")
+    savez(d / "scores.npz", z, compress=False)
+
+
 @pytest.mark.parametrize("damage, kwargs, match", [
     pytest.param(lambda d: (d / "scores.npz").unlink(), {}, "has no scores.npz", id="no-scores"),
     pytest.param(_truncate, {}, "truncated or corrupted", id="truncated"),
     pytest.param(_other_format, {}, "format 99", id="other-format"),
+    pytest.param(_another_runs, {}, "belongs to run 0123456789abcdef", id="another-runs-scores"),
     pytest.param(lambda d: (d / "results.json").unlink(), {}, "has no results.json", id="no-results"),
     pytest.param(lambda d: None, {"estimators": ("histogram",)}, "unknown KLoM estimator", id="unknown-estimator"),
     pytest.param(lambda d: None, {"metrics": ("klom", "lira")}, "unknown metric", id="unknown-metric"),

@@ -32,7 +32,7 @@ def rescore(run_dir: str | os.PathLike, estimators: tuple[str, ...] | None = Non
     """Recompute `run_dir`'s results from its scores (None: the run's own setting) and rewrite
     results.json and klom.npz; return the new results. Every input is checked before anything is written."""
     results = read_results(run_dir)
-    arrays = read_scores(run_dir)
+    arrays = read_scores(run_dir, results["run_id"])
     config = dict(results["config"])
     lm = "lm_task" in config
     if str(arrays["kind"]) != ("lm" if lm else "classifier"):

@@ -24,6 +24,7 @@ from ..files import atomic_write, check_writable
 from ..metrics import SPLITS
 from .index import record
 from .results import json_safe, release_output
+from .scores import check_run_id
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +185,8 @@ def write_report(run_dir, results: dict | None = None) -> Path:
     run_dir = Path(run_dir)
     if results is None:
         results = with_seconds(read_results(run_dir), run_dir)
-    per_example, splits = _klom_arrays(run_dir)
-    figures = run_figures(results, per_example, splits, _trajectory_arrays(run_dir))
+    per_example, splits = _klom_arrays(run_dir, results["run_id"])
+    figures = run_figures(results, per_example, splits, _trajectory_arrays(run_dir, results["run_id"]))
     svgs = {name: save_figure(run_dir, name, fig) for name, fig in figures.items()}
     legend = (lm_legend(results) + step_lines(results["rows"])[1:] if "lm_task" in results["config"]
               else table_legend(results))
@@ -193,25 +194,30 @@ def write_report(run_dir, results: dict | None = None) -> Path:
     return run_dir / "report.html"
 
 
-def _trajectory_arrays(run_dir: Path) -> dict[str, np.ndarray]:
+def _trajectory_arrays(run_dir: Path, run_id: str) -> dict[str, np.ndarray]:
     """The trajectory members of scores.npz (loaded alone: the file can be hundreds of MB)."""
     try:
         with np.load(run_dir / "scores.npz", allow_pickle=False) as z:
-            return {k: z[k] for k in z.files if k.startswith("trajectory/") and not k.endswith("/margins")}
+            owner = {k: z[k] for k in ("run_id",) if k in z.files}
+            arrays = {k: z[k] for k in z.files if k.startswith("trajectory/") and not k.endswith("/margins")}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         log.warning("%s/scores.npz cannot be read (%s): the report has no trajectory figures", run_dir,
                     type(e).__name__)
         return {}
+    check_run_id(run_dir / "scores.npz", owner, run_id)
+    return arrays
 
 
-def _klom_arrays(run_dir: Path) -> tuple[dict, dict]:
+def _klom_arrays(run_dir: Path, run_id: str) -> tuple[dict, dict]:
     try:
         with np.load(run_dir / "klom.npz", allow_pickle=False) as z:
+            owner = {k: z[k] for k in ("run_id",) if k in z.files}
             per_example = {k[len("klom/"):]: z[k] for k in z.files if k.startswith("klom/")}
             splits = {s: z[f"split/{s}"] for s in SPLITS}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise UnlearnkitError(f"{run_dir}/klom.npz cannot be read ({type(e).__name__}); run the job again, or "
                               f"`unlearnkit rescore {run_dir}` to recompute it from scores.npz") from None
+    check_run_id(run_dir / "klom.npz", owner, run_id)
     return per_example, splits
 
 

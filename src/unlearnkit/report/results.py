@@ -112,7 +112,7 @@ def write_results(out, results: dict, per_example: dict[str, np.ndarray], splits
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)
     if scores is not None:
-        write_scores(out, {**scores, "forget_ids": np.asarray(forget_ids)}, splits, results["config"])
+        write_scores(out, {**scores, "forget_ids": np.asarray(forget_ids)}, splits, results)
     atomic_write(out / "forget_set.json", lambda p: p.write_text(json.dumps(results["forget_set"], indent=1)))
     fixed, timings = split_timings(results)
     atomic_write(out / "timings.json", lambda p: p.write_text(json.dumps(json_safe(timings), indent=2)))
@@ -127,5 +127,6 @@ def rewrite_results(out, fixed: dict, per_example: dict[str, np.ndarray], splits
     arrays = {f"klom/{m}": v for m, v in per_example.items()}
     arrays.update({f"split/{k}": v for k, v in splits.items()})
     arrays["forget_ids"] = forget_ids
+    arrays["run_id"] = np.array(fixed["run_id"])
     atomic_write(out / "klom.npz", lambda p: savez(p, arrays))
     atomic_write(out / "results.json", lambda p: p.write_text(json.dumps(json_safe(fixed), indent=2)))

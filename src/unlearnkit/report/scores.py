@@ -5,6 +5,7 @@ results.json. Members (arrays of shape (models, examples) unless said otherwise)
 
     format                 () int: SCORES_FORMAT; a file of another format is refused, not misread
     kind                   () str: "classifier" or "lm"
+    run_id                 () str: the run's id, as results.json's: a file copied from another run is refused
     split/<split>          (k,) int: positions of the forget, retain and val examples along the example axis
     classifier runs:
       labels, example_ids  (E,): the class and the dataset id of each example (training set, then validation)
@@ -37,16 +38,16 @@ SCORES_FORMAT = 1
 NAME = "scores.npz"
 
 
-def write_scores(out, arrays: dict[str, np.ndarray], splits: dict[str, np.ndarray], config: dict) -> None:
-    kind = "lm" if "lm_task" in config else "classifier"
-    full = {"format": np.array(SCORES_FORMAT), "kind": np.array(kind),
+def write_scores(out, arrays: dict[str, np.ndarray], splits: dict[str, np.ndarray], results: dict) -> None:
+    kind = "lm" if "lm_task" in results["config"] else "classifier"
+    full = {"format": np.array(SCORES_FORMAT), "kind": np.array(kind), "run_id": np.array(results["run_id"]),
             **{f"split/{k}": np.asarray(v) for k, v in splits.items()}, **arrays}
     atomic_write(Path(out) / NAME, lambda p: savez(p, full, compress=False))
 
 
-def read_scores(run_dir) -> dict[str, np.ndarray]:
+def read_scores(run_dir, run_id: str) -> dict[str, np.ndarray]:
     """Every member of RUN_DIR/scores.npz, loaded; a clear UnlearnkitError for a missing, truncated or
-    foreign file."""
+    foreign file (another format, or another run's: `run_id` is results.json's)."""
     path = Path(run_dir) / NAME
     if not path.is_file():
         raise UnlearnkitError(f"{run_dir} has no {NAME}: rescoring needs a run written by unlearnkit with saved "
@@ -61,7 +62,15 @@ def read_scores(run_dir) -> dict[str, np.ndarray]:
         found = arrays.get("format", "none")
         raise UnlearnkitError(f"{path} has scores format {found}, this unlearnkit reads format {SCORES_FORMAT}; "
                               "rescore it with the version that wrote it, or run the job again")
+    check_run_id(path, arrays, run_id)
     return arrays
+
+
+def check_run_id(path: Path, arrays, run_id: str) -> None:
+    """Refuse an array file written by another run than results.json's (copied over, or left by one)."""
+    if "run_id" in arrays and str(arrays["run_id"]) != run_id:
+        raise UnlearnkitError(f"{path} belongs to run {arrays['run_id']}, but results.json beside it to run {run_id}; "
+                              "run the job again to rewrite both")
 
 
 def read_results(run_dir) -> dict:
