@@ -88,3 +88,27 @@ def test_a_damaged_cell_is_computed_again(tmp_path):
     npz = (tmp_path / "k1.npz").read_bytes()
     (tmp_path / "k1.npz").write_bytes(npz.replace(np.float64(2.0).tobytes(), np.float64(7.0).tobytes()))
     assert run_cells(store, [("k1", 1)], compute)[0][1]["klom"].tolist() == [1.0, 2.0] and computed[-1] == 1
+
+
+def test_a_users_method_is_keyed_by_its_code_and_its_modules(tmp_path, monkeypatch):
+    """An edited helper beside a user's method, or an edited method made by exec (no source to read),
+    changes the key its cells are stored under: the method is computed again, not read stale."""
+    import importlib
+    import sys
+
+    from unlearnkit.runs import method_code
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = tmp_path / "my_method_mod.py"
+    keys = []
+    for scale in ("-1.0", "1.0"):
+        module.write_text(f"SCALE = {scale}\n\ndef helper(x):\n    return SCALE * x\n\n"
+                          "def method(ctx, hp):\n    return helper(ctx)\n")
+        sys.modules.pop("my_method_mod", None)
+        importlib.invalidate_caches()
+        keys.append(method_code(importlib.import_module("my_method_mod").method))
+    assert keys[0] != keys[1]
+    made = [{} for _ in range(3)]
+    for ns, body in zip(made, ("x * 2", "x * 3", "x * 2")):
+        exec(f"def method(x):\n    return {body}\n", ns)
+    a, b, c = (method_code(ns["method"]) for ns in made)
+    assert a != b and a == c

@@ -199,3 +199,41 @@ def test_privacy_metrics_tell_originals_from_retrained_models(class_run):
         assert set(row["mia"]) == {"correctness", "confidence", "entropy", "m_entropy"}
     # the SVC attack calls the forget class unseen under retrained models, seen under the originals
     assert none["mia"]["confidence"] < 0.2 < 0.8 < retrain["mia"]["confidence"]
+
+
+def test_weights_left_non_finite_are_a_diverged_row_and_a_wrong_result_is_named(tmp_path):
+    """One huge step can leave NaN weights without a NaN loss: that row is diverged, the run goes on. A
+    user's method returning something else than parameters is named, and may be registered again."""
+    from unlearnkit.methods import REGISTRY, register
+    from unlearnkit.methods.base import HParams
+    base = dict(task="digits-mlp", forget="random:30", models=3, cache_dir=str(tmp_path), bootstrap=0)
+    results = run(RunConfig(**base, methods=("ga", "none"), hparams=("ga.lr=1e30", "ga.epochs=0.5")))
+    ga, none = results["rows"]
+    assert ga["diverged"] and "non-finite outputs" in ga["why"] and not none["diverged"]
+    try:
+        register("test-not-weights", HParams)(lambda ctx, hp: {"w": 1})
+        with pytest.raises(ValueError, match="replace=True"):
+            register("test-not-weights", HParams)(lambda ctx, hp: None)
+        with pytest.raises(UnlearnkitError, match="did not return the models' parameters"):
+            run(RunConfig(**base, methods=("test-not-weights",)))
+        register("test-not-weights", HParams, replace=True)(lambda ctx, hp: ctx.originals)
+        assert REGISTRY["test-not-weights"].summary == ""  # no docstring: no summary, no error
+        assert not run(RunConfig(**base, methods=("test-not-weights",)))["rows"][0]["diverged"]
+    finally:
+        REGISTRY.pop("test-not-weights", None)
+
+
+def test_a_bench_used_directly_computes_as_run_does(tmp_path):
+    """`prepare` and `Bench` outside `run` use the config's precision and device: they load the models
+    `run` trained (the same cache entries), not new ones in another precision."""
+    import numpy as np
+
+    from unlearnkit.experiment import Bench, prepare
+    config = RunConfig(task="digits-mlp", forget="random:30", methods=("none",), models=3, cache_dir=str(tmp_path),
+                       bootstrap=0, precision="bf16" if RunConfig().precision == "bf16" else "fp32")
+    run(config, tmp_path / "out")
+    entries = sorted(p.name for p in (tmp_path / "zoo").iterdir())
+    bench = Bench(prepare(config))
+    assert sorted(p.name for p in (tmp_path / "zoo").iterdir()) == entries  # nothing new trained
+    with np.load(tmp_path / "out" / "scores.npz") as z:
+        np.testing.assert_array_equal(bench.originals_scores.margin, z["arm/originals/margin"])

@@ -134,3 +134,16 @@ def test_max_hours_bounds_the_whole_study_and_shared_arms_count_once(tmp_path):
     with pytest.raises(UnlearnkitError, match="this study would train for"):
         run_study(over, tmp_path / "out")
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+def test_out_holding_another_study_is_refused_unless_overwrite(tmp_path):
+    flags = ("task=digits-logreg", "models=2", "methods=none", "bootstrap=0", "metrics=klom",
+             f"cache_dir={tmp_path / 'cache'}")
+    first, second = (load_study(None, flags, (f"seed={s}",)) for s in (0, 3))
+    run_study(first, tmp_path / "out")
+    run_study(first, tmp_path / "out")  # the same study: resumed (here, nothing to do)
+    before = (tmp_path / "out" / "study.json").read_text()
+    with pytest.raises(UnlearnkitError, match="holds another study"):
+        run_study(second, tmp_path / "out")
+    assert (tmp_path / "out" / "study.json").read_text() == before
+    assert run_study(second, tmp_path / "out", overwrite=True)["study_id"] == second.study_id

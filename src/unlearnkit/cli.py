@@ -147,12 +147,13 @@ def report(run_dir) -> None:
               help="An option every cell shares (repeatable), e.g. --run task=digits-mlp --run methods=none,ga.")
 @click.option("--grid", "grid_flags", multiple=True, metavar="KEY=V1,V2",
               help="An axis of the grid (repeatable), e.g. --grid seed=0,1 --grid forget=random:100,class:3.")
-def study(spec, out, run_flags, grid_flags) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace another study written to --out.")
+def study(spec, out, run_flags, grid_flags, overwrite) -> None:
     """Run a grid of runs from a TOML spec ([run] shared options, [grid] axes) and/or --run/--grid flags;
     finished cells are kept, so an interrupted study resumes."""
     from .study import format_study, load_study, run_study
 
-    click.echo(format_study(run_study(load_study(spec, run_flags, grid_flags), out)))
+    click.echo(format_study(run_study(load_study(spec, run_flags, grid_flags), out, overwrite)))
     click.echo(f"\nwrote {out}/study.json, {out}/report.html and a folder per cell under {out}/cells/")
 
 

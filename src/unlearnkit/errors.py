@@ -8,7 +8,7 @@ class UnlearnkitError(ValueError):
 class Diverged(RuntimeError):
     """A training or unlearning loop met a non-finite loss and stopped."""
 
-    def __init__(self, step: int, models: list[int]):
-        super().__init__(f"non-finite loss at step {step} in model(s) {models[:8]}")
+    def __init__(self, step: int, models: list[int], what: str | None = None):
+        super().__init__(what or f"non-finite loss at step {step} in model(s) {models[:8]}")
         self.step = step
         self.models = models

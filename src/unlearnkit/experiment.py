@@ -41,6 +41,7 @@ from .runs import (
     default_forget,
     default_methods,
     method_registry,
+    on_compute,
     run_budget,
     run_jobs,
     run_method,
@@ -89,6 +90,7 @@ class _NoModels:
 _NO_MODELS = _NoModels()  # ForgetResources that refuse to train: a clustered or hard spec is checked when built
 
 
+@on_compute  # a forget set that needs models (worst:, near:) trains them
 def prepare(config: RunConfig, check_only: bool = False) -> Prepared:
     """Check every input and load the data; raise UnlearnkitError before any work on bad input.
     `check_only` (a study checking its cells before any runs): nothing is trained, so a forget set that
@@ -190,6 +192,7 @@ class Bench:
     and scores it against the oracles.
     """
 
+    @on_compute
     def __init__(self, p: Prepared, forget=None, oracle_positions=None, blocks=(), splits=None, probe=None,
                  probe_key=None):
         """`forget` replaces the run's forget set (tuning); `oracle_positions` what the oracles and the
@@ -227,6 +230,9 @@ class Bench:
         self.followed = np.concatenate(list(sample_positions(self.splits, seed).values()))
 
     def scores(self, logits: torch.Tensor) -> ArmScores:
+        bad = (~torch.isfinite(logits)).flatten(1).any(1).nonzero().flatten().tolist()
+        if bad:  # weights a method left non-finite without a non-finite loss (one huge step, or its own code)
+            raise Diverged(-1, bad, f"the weights give non-finite outputs in model(s) {bad[:8]}")
         s = ArmScores.from_logits(logits, self.y_all)
         if not s.finite():
             raise Diverged(-1, np.nonzero(~np.isfinite(s.margin).all(1))[0].tolist())
@@ -240,6 +246,7 @@ class Bench:
         recorder(0, self.originals.params)
         return recorder
 
+    @on_compute
     def run_job(self, job: Job) -> tuple[dict, dict | None]:
         """One results row, and (unless the method diverged) {"klom": per-example KLoM, "scores": the
         arrays scores.npz keeps for the row}."""

@@ -43,6 +43,7 @@ from .runs import (
     Work,
     build_jobs,
     computing,
+    on_compute,
     run_budget,
     run_jobs,
     run_method,
@@ -95,6 +96,7 @@ def lm_jobs(config: RunConfig) -> list[Job]:
 class LMBench:
     """Originals, oracles and the scorer of one LM task, forget set and N (what `run` needs)."""
 
+    @on_compute
     def __init__(self, config: RunConfig, data: TofuData | None = None, cache: ZooCache | None = None,
                  identified: np.ndarray | None = None, probe=None, probe_key=None, forget: np.ndarray | None = None):
         """`identified`: corrective unlearning (`lm_corrective`), the unlearner told only these positions of
@@ -207,6 +209,7 @@ class LMBench:
         recorder(0, self.originals.params)
         return recorder
 
+    @on_compute
     def run_job(self, job: Job) -> tuple[dict, dict | None]:
         """One results row, and (unless the method diverged) {"klom": per-example KLoM, "scores": the
         arrays scores.npz keeps for the row}."""

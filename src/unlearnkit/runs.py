@@ -99,8 +99,12 @@ def default_models(task: str) -> int:
 def default_metrics(task: str) -> tuple[str, ...]:
     """A classifier run computes every metric; a language-model run computes KLoM and, always, the TOFU/MUSE
     metrics (`lm.evaluate`): U-LiRA, the NeurIPS'23 score and the SVC attack read a classifier's margins."""
+    return DEFAULT_METRICS if reads_margins(task) else ("klom",)
+
+
+def reads_margins(task: str) -> bool:
     from .lm.task import LM_TASKS
-    return ("klom",) if task in LM_TASKS else DEFAULT_METRICS
+    return task not in LM_TASKS
 
 
 def reads_files(task: str) -> bool:
@@ -133,17 +137,37 @@ def classifier_task(name: str) -> Task:
 _SCALARS = {"int": (numbers.Integral,), "float": (numbers.Real,), "bool": (bool, np.bool_), "str": (str,)}
 
 
+_SEQUENCES = {"tuple[str, ...]": ("str", "names"), "tuple[float, ...]": ("float", "numbers"),
+              "tuple[tuple[str, str, str], ...]": (None, "METHOD.NAME=VALUE overrides")}
+
+
 def _check_types(config) -> None:
-    """Each scalar field of the type it is declared with (a spec's `models = "two"` or `seed = 1.5` is refused
-    by name, not met later as a Python error)."""
+    """Each field of the type it is declared with (a spec's `models = "two"` or `seed = 1.5` is refused by name,
+    not met later as a Python error). NumPy scalars become Python's (a config is written as JSON), lists
+    tuples (a config is hashable, and equal to the same config given tuples); a bare string where a sequence
+    goes is refused (`methods="ga"` is not the methods g and a)."""
     for f in dataclasses.fields(config):
         kind, _, rest = str(f.type).partition(" | ")
         value = getattr(config, f.name)
-        if kind not in _SCALARS or (value is None and rest == "None"):
+        flag = f"--{f.name.replace('_', '-')}"
+        if value is None and rest == "None":
             continue
-        if not isinstance(value, _SCALARS[kind]) or (isinstance(value, (bool, np.bool_)) and kind != "bool"):
-            raise UnlearnkitError(f"--{f.name.replace('_', '-')} must be {'an' if kind == 'int' else 'a'} {kind}, "
-                                  f"got {value!r}")
+        if kind in _SEQUENCES:
+            item, what = _SEQUENCES[kind]
+            if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+                raise UnlearnkitError(f"{flag} must be a sequence of {what}, e.g. a tuple or a list, got {value!r}")
+            value = tuple(v.item() if isinstance(v, np.generic) else v for v in value)
+            for v in value if item else ():
+                _check_scalar(flag + " values", item, v)
+        elif kind in _SCALARS:
+            value = value.item() if isinstance(value, np.generic) else value
+            _check_scalar(flag, kind, value)
+        object.__setattr__(config, f.name, value)
+
+
+def _check_scalar(flag: str, kind: str, value) -> None:
+    if not isinstance(value, _SCALARS[kind]) or (isinstance(value, (bool, np.bool_)) and kind != "bool"):
+        raise UnlearnkitError(f"{flag} must be {'an' if kind == 'int' else 'a'} {kind}, got {value!r}")
 
 
 def parse_overrides(values) -> tuple[tuple[str, str, str], ...]:
@@ -182,6 +206,12 @@ def default_cache_dir() -> str:
 
 @dataclass(frozen=True)
 class RunConfig:
+    """Everything that determines a run (`experiment.run`), checked when made: a run is reproduced from its
+    config alone, and its cached artefacts are keyed by it (`run_id`, `bench_id`). Fields left None take
+    the task's defaults when the config is made, so that results.json records what ran; hence
+    `dataclasses.replace(config, task=...)` keeps the first task's methods, forget set, N and metrics:
+    make a new config for another task."""
+
     task: str = "fashion-mnist-mlp"
     forget: str | None = None            # None: default_forget(task), random:100 for classifiers
     methods: tuple[str, ...] | None = None  # None: default_methods(task)
@@ -221,8 +251,8 @@ class RunConfig:
             object.__setattr__(self, "methods", default_methods(self.task))
         if self.forget is None:
             object.__setattr__(self, "forget", default_forget(self.task))
-        if self.metrics is None:
-            object.__setattr__(self, "metrics", default_metrics(self.task))
+        if self.metrics is None or (self.metrics == DEFAULT_METRICS and not reads_margins(self.task)):
+            object.__setattr__(self, "metrics", default_metrics(self.task))  # (a classifier config's, replaced)
         object.__setattr__(self, "hparams", parse_overrides(self.hparams))
         compute = resolve(self.device, self.precision)
         object.__setattr__(self, "device", compute.device)
@@ -303,10 +333,31 @@ def computing(fn: Callable) -> Callable:
     """Run `fn(config, ...)` on the config's device, precision, memory limit and backend (the engine and
     the zoo read them from there: no function below needs them as arguments)."""
     @functools.wraps(fn)
-    def wrapper(config: RunConfig, *args, **kwargs):
+    def wrapper(*args, **kwargs):
+        config = _config_of(fn, args)
         with use(config.compute), use_backend(config.backend, config.ray_address):
-            return fn(config, *args, **kwargs)
+            return fn(*args, **kwargs)
     return wrapper
+
+
+def on_compute(method: Callable) -> Callable:
+    """A bench's method (or constructor) on its config's device, precision and memory limit, so that a
+    bench used directly, outside `run`, trains and loads the models `run` would (the same cache entries)."""
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        with use(_config_of(method, args).compute):
+            return method(*args, **kwargs)
+    return wrapper
+
+
+def _config_of(fn: Callable, args: tuple) -> RunConfig:
+    """The RunConfig among `args`, or held by one of them as `.config` (a bench, a Prepared)."""
+    for a in args:
+        for c in (a, getattr(a, "config", None)):
+            if isinstance(c, RunConfig):
+                return c
+    got = type(args[0]).__name__ if args else "nothing"
+    raise UnlearnkitError(f"{fn.__name__} takes a RunConfig first (e.g. RunConfig(task='digits-mlp')), got {got}")
 
 
 @dataclass(frozen=True)
@@ -426,20 +477,53 @@ def run_method(ctx, fn: Callable, hparams, recorder: Callable | None, every: int
     of fits over parameters shaped like `originals` are reported to it, outside the method's charged
     seconds and FLOPs."""
     if recorder is None:
-        return (*ctx.charged(fn, hparams), None)
+        result, cost = ctx.charged(fn, hparams)
+        _check_result(fn, result, originals)
+        return result, cost, None
     with observing(recorder, every, {k: tuple(v.shape) for k, v in originals.items()}) as watched:
         result, cost = ctx.charged(fn, hparams)
+    _check_result(fn, result, originals)
     cost["seconds"] -= watched.seconds
     return result, cost, watched.steps
 
 
+def _check_result(fn: Callable, result, originals: dict) -> None:
+    """A method returns the N models' parameters, shaped as the originals (plus any inference-time state),
+    or an `Ensemble`; anything else is named here, not met as a shape error in scoring."""
+    from .methods.base import Ensemble
+    if isinstance(result, Ensemble):
+        return
+    wrong = (["the result is a " + type(result).__name__] if not isinstance(result, dict) else
+             [k for k, v in originals.items()
+              if not isinstance(result.get(k), torch.Tensor) or result[k].shape != v.shape])
+    if wrong:
+        raise UnlearnkitError(f"method {fn.__name__} did not return the models' parameters (a dict shaped like "
+                              f"ctx.originals) or an Ensemble: {', '.join(map(str, wrong[:5]))}")
+
+
 def job_key(bench, job: Job, registry: dict | None = None) -> str:
     """The cell key of `job` on `bench`: the bench's shared settings and forget set, the job's method,
-    label, hyperparameters and budget, and the method function's source (an edited method recomputes)."""
+    label, hyperparameters and budget, and the method's code (`method_code`: an edited method recomputes)."""
     fn = (registry or method_registry(bench.config.task))[job.method].fn
-    try:
-        source = inspect.getsource(fn)
-    except (OSError, TypeError):
-        source = f"{fn.__module__}.{fn.__qualname__}"
     return cell_key("job", bench.config.bench_id, bench.bench_digest, job.method, job.label,
-                    asdict(job.hparams), job.budget, job.tuned, source)
+                    asdict(job.hparams), job.budget, job.tuned, method_code(fn))
+
+
+def method_code(fn: Callable) -> str:
+    """What identifies a method's code in its cells' keys (the package's own code is in every key already,
+    `cells.code_digest`): the source of its module, so that a helper edited beside a user's method
+    recomputes it, and its own source, or its bytecode where no source can be read (code made by `exec`).
+    Values it reads from globals are not code: pass them as hyperparameters, which key every cell."""
+    parts = []
+    for obj in (inspect.getmodule(fn), fn):
+        try:
+            parts.append(inspect.getsource(obj))
+        except (OSError, TypeError):
+            pass
+    return stable_hash(parts or [_bytecode(fn.__code__)])
+
+
+def _bytecode(code) -> list:
+    """A code object's instructions, constants (nested functions' code too) and names, as plain data."""
+    return [code.co_code.hex(), code.co_names,
+            [_bytecode(c) if inspect.iscode(c) else repr(c) for c in code.co_consts]]

@@ -36,7 +36,7 @@ from .budget import Budget
 from .cells import run_cells
 from .engine.compute import use
 from .errors import UnlearnkitError
-from .files import atomic_write, check_writable
+from .files import atomic_write, check_writable, read_json_object
 from .report import index
 from .report.html import write_study_report
 from .runs import RunConfig
@@ -226,10 +226,19 @@ class _Finished:
         pass
 
 
-def run_study(study: Study, out: str | os.PathLike) -> dict:
-    """Run every cell not already finished under `out`; write study.json, the study's figure and report."""
+def run_study(study: Study, out: str | os.PathLike, overwrite: bool = False) -> dict:
+    """Run every cell not already finished under `out`; write study.json, the study's figure and report.
+    `out` holding another study's study.json is refused unless `overwrite` (its cells' folders stay)."""
     out = Path(out)
     check_writable(out, "the study's --out")
+    if not overwrite and (out / "study.json").is_file():
+        try:
+            other = read_json_object(out / "study.json").get("study_id")
+        except (OSError, ValueError):
+            other = "unreadable"
+        if other != study.study_id:
+            raise UnlearnkitError(f"{out} holds another study ({other}); choose another --out, or --overwrite "
+                                  "(overwrite=True) to replace it")
     items = [(str(out / "cells" / cell_name(v)), (out / "cells" / cell_name(v), c)) for v, c in study.cells]
     first = study.cells[0][1]
     with use(first.compute), use_backend(first.backend, first.ray_address):

@@ -265,14 +265,16 @@ REC_REGISTRY: dict[str, Method] = {}  # recommendation methods, BPR objectives (
 
 
 def register(name: str, hparams: type[HParams] = HParams, registry: dict[str, Method] = REGISTRY,
-             scratch: Callable[[HParams, Setting], list[ScratchArm]] | None = None):
+             scratch: Callable[[HParams, Setting], list[ScratchArm]] | None = None, replace: bool = False):
     """Register `fn` under `name` (in the classifier registry, or the language-model or recommendation
     one); its docstring's first line is the summary `unlearnkit list` shows. `scratch` declares the arms
-    the method trains from scratch, for budgets."""
+    the method trains from scratch, for budgets. A name is registered once, unless `replace` (a notebook
+    cell run again)."""
     def wrap(fn: MethodFn) -> MethodFn:
-        if name in registry:
-            raise ValueError(f"method {name!r} registered twice")
-        registry[name] = Method(name, fn, hparams, (fn.__doc__ or "").strip().splitlines()[0], scratch)
+        if name in registry and not replace:
+            raise ValueError(f"method {name!r} is registered already; register({name!r}, ..., replace=True) "
+                             "replaces it")
+        registry[name] = Method(name, fn, hparams, next(iter((fn.__doc__ or "").strip().splitlines()), ""), scratch)
         return fn
     return wrap
 
