@@ -9,7 +9,7 @@ import scipy.stats
 import torch
 
 from unlearnkit.metrics.klom import klom
-from unlearnkit.metrics.margins import margins
+from unlearnkit.metrics.margins import accuracy, margins, mean_cross_entropy
 from unlearnkit.metrics.summary import bootstrap_p95, summarize
 
 EPS = 1e-5
@@ -111,6 +111,43 @@ def test_margins_equal_log_odds_of_softmax():
 def test_margins_reject_bad_shapes(logits, labels):
     with pytest.raises(ValueError):
         margins(logits, labels)
+
+
+@pytest.mark.parametrize("fn", [margins, accuracy, mean_cross_entropy])
+def test_functions_of_logits_take_arrays_and_name_bad_input(fn):
+    """The same checks everywhere: NumPy arrays are taken, and NaN logits, float labels, labels of another
+    length or out of range are refused by name, not computed into a silent 0 or NaN."""
+    g = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(2, 5, 3, generator=g), torch.tensor([0, 1, 2, 1, 0])
+    torch.testing.assert_close(fn(logits.numpy(), labels.numpy()), fn(logits, labels))
+    for bad_logits, bad_labels, match in [
+            (logits.clone().index_fill_(1, torch.tensor([2]), float("nan")), labels, "NaN"),
+            (logits, labels.double(), "integer classes"), (logits, labels[:4], "one per example"),
+            (logits, labels + 10, r"lie in \[0, 3\)"), (logits.flatten(1), labels, "shape")]:
+        with pytest.raises(ValueError, match=match):
+            fn(bad_logits, bad_labels)
+    if fn is not margins:
+        with pytest.raises(ValueError, match="no examples"):
+            fn(logits[:, :0], labels[:0])
+
+
+def test_summaries_and_klom_options_refuse_bad_input():
+    u, o, splits = _bootstrap_case()
+    for kwargs, match in [({"reps": 0}, "reps"), ({"level": 1.5}, "level"), ({"max_examples": 0}, "max_examples")]:
+        with pytest.raises(ValueError, match=match):
+            bootstrap_p95(u, o, splits, **kwargs)
+    with pytest.raises(ValueError, match="cover 90 and 10 examples"):
+        bootstrap_p95(u, o[:, :10], splits)
+    for bad, match in [({**splits, "forget": np.array([], int)}, "non-empty"),
+                       ({**splits, "val": np.arange(60, 95)}, "outside the 90 examples"),
+                       ({**splits, "val": np.arange(60, 90) + 0.5}, "example positions")]:
+        with pytest.raises(ValueError, match=match):
+            summarize(klom(u, o), bad)
+    with pytest.raises(ValueError, match="finite numbers"):
+        summarize(np.full(90, np.nan), splits)
+    for kwargs in ({"bins": 0}, {"eps": 0.0}, {"clip": 0.0}, {"chunk": 0}):
+        with pytest.raises(ValueError, match=f"klom: {next(iter(kwargs))} must be"):
+            klom(u, o, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ but fails on interclass confusion).
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 import textwrap
 
@@ -65,6 +66,9 @@ def corrective(config: RunConfig, manipulation: str, fractions=DEFAULT_FRACTIONS
     Everything is checked (spec, fractions, methods, output, budget) before anything trains."""
     if not 0 <= relearn <= 100_000:
         raise UnlearnkitError(f"--relearn must be a number of examples in [1, 100000] (0: off), got {relearn}")
+    if isinstance(fractions, str) or not all(isinstance(f, numbers.Real) for f in fractions):
+        raise UnlearnkitError(f"--identified must be a sequence of fractions in (0, 1], e.g. (0.5, 1.0), got "
+                              f"{fractions!r}")
     fractions = [float(f) for f in fractions]
     if len(set(fractions)) < len(fractions):
         raise UnlearnkitError(f"--identified lists a fraction more than once: {fractions}")

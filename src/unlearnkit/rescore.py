@@ -8,6 +8,7 @@ hyperparameters, timings.json, scores.npz).
 """
 from __future__ import annotations
 
+import numbers
 import os
 
 from .errors import UnlearnkitError
@@ -38,12 +39,17 @@ def rescore(run_dir: str | os.PathLike, estimators: tuple[str, ...] | None = Non
     if str(arrays["kind"]) != ("lm" if lm else "classifier"):
         raise UnlearnkitError(f"{run_dir}: scores.npz is of a {arrays['kind']} run, results.json of another kind; "
                               "run the job again")
+    for key, value in (("estimators", estimators), ("metrics", metrics)):
+        if isinstance(value, str):
+            raise UnlearnkitError(f"--{key} must be a sequence of names, e.g. a tuple or a list, got {value!r}")
     for key, value in (("estimators", estimators), ("metrics", metrics), ("bootstrap", bootstrap),
                        ("reference_binning", reference_binning)):
         if value is not None:
-            config[key] = list(value) if isinstance(value, tuple) else value
-    if not 0 <= int(config.get("bootstrap", 0)) <= 10_000:
-        raise UnlearnkitError(f"--bootstrap must be in [0, 10000] replicates, got {config['bootstrap']}")
+            config[key] = list(value) if isinstance(value, (tuple, list)) else value
+    b = config.get("bootstrap", 0)
+    if isinstance(b, bool) or not isinstance(b, numbers.Integral) or not 0 <= b <= 10_000:
+        raise UnlearnkitError(f"--bootstrap must be a whole number of replicates in [0, 10000], got {b!r}")
+    config["bootstrap"] = int(b)
     settings = Settings(tuple(config.get("estimators", ())), tuple(config.get("metrics", ("klom",))),
                         bool(config.get("reference_binning")), int(config.get("bootstrap", 0)),
                         int(config.get("seed", 0)))

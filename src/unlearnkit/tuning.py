@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -44,9 +45,23 @@ def score(row: dict) -> float:
 
 @dataclass(frozen=True)
 class TuneConfig:
+    """What `tune` searches: one method, `trials` Optuna trials, on `tune_forget` (a forget spec apart from
+    the reported one; None: the run's spec drawn from another seed)."""
+
     method: str
     trials: int = 20
-    tune_forget: str | None = None  # None: the run's spec drawn from another seed
+    tune_forget: str | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.method, str):
+            raise UnlearnkitError(f"--method must be a method's name, got {self.method!r}")
+        if isinstance(self.trials, bool) or not isinstance(self.trials, numbers.Integral):
+            raise UnlearnkitError(f"--trials must be a whole number, got {self.trials!r}")
+        if not 1 <= self.trials <= MAX_TRIALS:
+            raise UnlearnkitError(f"--trials must be in [1, {MAX_TRIALS}], got {self.trials}")
+        if self.tune_forget is not None and not isinstance(self.tune_forget, str):
+            raise UnlearnkitError(f"--tune-forget must be a forget spec, got {self.tune_forget!r}")
+        object.__setattr__(self, "trials", int(self.trials))
 
 
 @dataclass
@@ -72,15 +87,14 @@ def tune(run_config, tune_config: TuneConfig) -> dict:
     import optuna
 
     from .lm.task import LM_TASKS
+    if not isinstance(tune_config, TuneConfig):
+        raise UnlearnkitError(f"tune takes a TuneConfig second (e.g. TuneConfig('ga', trials=20)), got "
+                              f"{type(tune_config).__name__}")
     lm = run_config.task in LM_TASKS
     registry = method_registry(run_config.task)
     method = get_method(tune_config.method, registry)
-    if tune_config.trials < 1:
-        raise UnlearnkitError("--trials must be at least 1")
     if not method.hparams.search_space:
         raise UnlearnkitError(f"method {method.name!r} has no hyperparameters to tune")
-    if tune_config.trials > MAX_TRIALS:
-        raise UnlearnkitError(f"--trials must be at most {MAX_TRIALS}, got {tune_config.trials}")
     base = {n: v for m, n, v in run_config.hparams if m == method.name}  # --set: fixed, not searched
     space = {name: dims for name, dims in method.hparams.search_space.items() if name not in base}
     if not space:

@@ -12,13 +12,7 @@ def margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     The margin of Georgiev et al. 2024 (arXiv 2410.23232, appendix E.1), equal to the log-odds
     log p_y − log(1 − p_y) of the softmax probability of the correct class.
     """
-    if logits.dim() != 3:
-        raise ValueError(f"logits must be (models, examples, classes), got shape {tuple(logits.shape)}")
-    if labels.shape != logits.shape[1:2]:
-        raise ValueError(f"labels must be ({logits.shape[1]},), got shape {tuple(labels.shape)}")
-    labels = labels.to(torch.long)
-    if labels.numel() and (labels.min() < 0 or labels.max() >= logits.shape[2]):
-        raise ValueError(f"labels must lie in [0, {logits.shape[2]})")
+    logits, labels = logits_and_labels(logits, labels)
     correct = logits.gather(2, labels.view(1, -1, 1).expand(logits.shape[0], -1, 1)).squeeze(2)
     others = logits.scatter(2, labels.view(1, -1, 1).expand(logits.shape[0], -1, 1), float("-inf"))
     return correct - others.logsumexp(dim=2)
@@ -26,12 +20,35 @@ def margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-model accuracy, logits (models, examples, classes) → (models,)."""
+    logits, labels = logits_and_labels(logits, labels, min_examples=1)
     return (logits.argmax(dim=2) == labels.view(1, -1)).double().mean(dim=1)
 
 
 def mean_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-model mean cross-entropy, logits (models, examples, classes) → (models,)."""
+    logits, labels = logits_and_labels(logits, labels, min_examples=1)
     return F.cross_entropy(logits.transpose(1, 2), labels.expand(len(logits), -1), reduction="none").mean(dim=1)
+
+
+def logits_and_labels(logits, labels, min_examples: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (models, examples, classes) and integer labels (examples,) in range, as tensors (arrays are
+    taken too), or a ValueError that says which is wrong: what every function of logits checks first."""
+    logits, labels = torch.as_tensor(logits), torch.as_tensor(labels)
+    if logits.dim() != 3 or not logits.is_floating_point():
+        raise ValueError(f"logits must be floats of shape (models, examples, classes), got {logits.dtype} of "
+                         f"shape {tuple(logits.shape)}")
+    if labels.shape != logits.shape[1:2]:
+        raise ValueError(f"labels must be ({logits.shape[1]},), one per example, got shape {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be integer classes, got {labels.dtype}")
+    labels = labels.to(torch.long)
+    if labels.numel() and (labels.min() < 0 or labels.max() >= logits.shape[2]):
+        raise ValueError(f"labels must lie in [0, {logits.shape[2]}), got {int(labels.min())}…{int(labels.max())}")
+    if logits.shape[1] < min_examples:
+        raise ValueError("logits cover no examples")
+    if torch.isnan(logits).any():
+        raise ValueError("logits contain NaN")
+    return logits, labels
 
 
 def as_model_array(a, name: str, what: str = "margins", min_examples: int = 1) -> np.ndarray:

@@ -1,11 +1,13 @@
 """Summaries of per-example KLoM over the forget, retain and validation splits."""
 from __future__ import annotations
 
+import numbers
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from .klom import klom
+from .margins import model_pair
 
 SPLITS = ("forget", "retain", "val")
 
@@ -17,12 +19,30 @@ def summarize(values: np.ndarray, splits: dict[str, np.ndarray]) -> dict[str, di
     as Georgiev et al. 2024 ("Attribute-to-Delete: Machine Unlearning via Datamodel Matching", arXiv
     2410.23232, appendix E.1, and EasyDUB's tables) report KLoM per split.
     """
+    values = np.asarray(values)
+    if values.ndim != 1 or not np.issubdtype(values.dtype, np.number) or not np.isfinite(values).all():
+        raise ValueError(f"values must be finite numbers, one per example, got {values.dtype} of shape {values.shape}")
+    splits = checked_splits(splits, len(values))
     out = {"klom_p95": {}, "klom_mean": {}, "klom_median": {}}
     for name, idx in splits.items():
         v = values[idx]
         out["klom_p95"][name] = float(np.percentile(v, 95))
         out["klom_mean"][name] = float(v.mean())
         out["klom_median"][name] = float(np.median(v))
+    return out
+
+
+def checked_splits(splits: dict, n: int) -> dict[str, np.ndarray]:
+    """Each split as an array of positions among `n` examples: non-empty, whole numbers, in range."""
+    out = {}
+    for name, idx in splits.items():
+        idx = np.asarray(idx)
+        if idx.ndim != 1 or not len(idx) or not np.issubdtype(idx.dtype, np.integer):
+            raise ValueError(f"split {name!r} must be a non-empty 1-D array of example positions, got "
+                             f"{idx.dtype} of shape {idx.shape}")
+        if idx.min() < 0 or idx.max() >= n:
+            raise ValueError(f"split {name!r} has positions {idx.min()}…{idx.max()}, outside the {n} examples")
+        out[name] = idx
     return out
 
 
@@ -42,6 +62,14 @@ def bootstrap_p95(unlearned: np.ndarray, oracle: np.ndarray, splits: dict[str, n
     bootstrap over the models (Efron & Tibshirani 1993, "An Introduction to the Bootstrap"), re-centred
     as above.
     """
+    for name, ok, rule in (("reps", isinstance(reps, numbers.Integral) and reps >= 1, "a whole number >= 1"),
+                           ("level", 0 < level < 1, "in (0, 1)"),
+                           ("max_examples", isinstance(max_examples, numbers.Integral) and max_examples >= 1, "a whole number >= 1"),
+                           ("workers", isinstance(workers, numbers.Integral) and workers >= 1, "a whole number >= 1")):
+        if not ok:
+            raise ValueError(f"{name} must be {rule}, got {locals()[name]!r}")
+    unlearned, oracle = model_pair(unlearned, oracle, ("unlearned", "oracle"), "KLoM", min_examples=0)
+    splits = checked_splits(splits, unlearned.shape[1])
     rng = np.random.default_rng(seed)
     chosen = {k: (rng.choice(v, max_examples, replace=False) if len(v) > max_examples else v)
               for k, v in splits.items()}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -116,7 +117,9 @@ def train_models(task: Task, dataset: Dataset, positions: torch.Tensor, seeds: l
     recipe (S3T, methods/s3t.py): the recipe continues `start` instead of fresh models, and updates only
     the parameters named in `trainable` (the others stay as they are, bit for bit).
     """
-    positions = torch.as_tensor(positions, dtype=torch.long)
+    positions = _checked_positions(positions, len(dataset.y_train))
+    if not len(seeds) or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in seeds):
+        raise UnlearnkitError(f"seeds must be a non-empty list of whole numbers (one model each), got {seeds!r}")
     family = zoo_family(task, dataset, positions)
     key = arm_key(family, seeds)
     if start is not None or trainable is not None:  # plain arms keep their keys
@@ -132,6 +135,18 @@ def train_models(task: Task, dataset: Dataset, positions: torch.Tensor, seeds: l
         key, task_loss(task, forward), init,
         EpochStream(positions, seeds, task.recipe.batch_size), (dataset.x_train, dataset.y_train),
         task.recipe.epochs, recipe_optim(task), cache, label, {"task": task.name, "seeds": seeds}, mask, family)
+
+
+def _checked_positions(positions, n: int) -> torch.Tensor:
+    """Training-set positions ((n,) or (N, n)) as a long tensor: whole numbers in range, some of them."""
+    given = torch.as_tensor(positions)
+    if given.is_floating_point() or given.is_complex() or given.dtype == torch.bool or given.dim() not in (1, 2):
+        raise UnlearnkitError(f"positions must be whole training-set positions, (n,) or (N, n), got {given.dtype} of "
+                              f"shape {tuple(given.shape)}")
+    if not given.numel() or given.min() < 0 or given.max() >= n:
+        raise UnlearnkitError(f"positions must be some of the training set's {n} positions (0 … {n - 1}), got "
+                              + (f"{int(given.min())} … {int(given.max())}" if given.numel() else "none"))
+    return given.to(torch.long)
 
 
 def train_cached(key: str, loss: LossFn, init: Callable[[], Params], stream: EpochStream,
