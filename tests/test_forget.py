@@ -348,6 +348,8 @@ def test_ids_file_not_a_file_or_unreadable(ds, tmp_path, monkeypatch):
     ("pc:1.0:top:5", "K must be a whole number"),
     ("near:1003:5.0", "COUNT must be a whole number without a decimal point"),
     ("near:1003:1e1", "COUNT must be a whole number without a decimal point"),
+    ("near:999999:10", "near: example id 999999 is not in the training set"),
+    ("near:x:10", "near: ID must be a whole number"),
 ])
 def test_class_and_count_errors(ds, spec, needle):
     assert needle in _error(spec, ds)

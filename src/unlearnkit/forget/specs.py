@@ -93,7 +93,12 @@ def _near(args: list[str], ds: Dataset, seed: int, resources) -> np.ndarray:
     embedding space (its penultimate layer), by Euclidean distance."""
     if len(args) != 2:
         raise UnlearnkitError("near takes near:ID:COUNT, e.g. near:123:100")
-    anchor, count = by_ids([args[0]], ds, seed, resources)[0], whole(args[1], "near")
+    anchor_id, count = whole(args[0], "near", "ID"), whole(args[1], "near")
+    anchor = (ds.train_ids == anchor_id).nonzero().flatten()
+    if not len(anchor):
+        raise UnlearnkitError(f"near: example id {anchor_id} is not in the training set (ids are the dataset's "
+                              "stable ids, as forget_set.json lists them)")
+    anchor = int(anchor[0])
     if not 1 <= count <= len(ds.y_train):
         raise UnlearnkitError(f"near: COUNT must be in [1, {len(ds.y_train)}]")
     if resources is None:

@@ -12,6 +12,8 @@ the top K,
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import torch
 
@@ -27,8 +29,10 @@ def recall_ndcg_at_k(scores, relevant: np.ndarray, exclude: np.ndarray, k: int) 
                          f"{tuple(s.shape)}, {relevant.shape} and {exclude.shape}")
     if (relevant & exclude).any():
         raise ValueError("an item is both relevant and excluded for some user")
+    if torch.isnan(s).any():
+        raise ValueError("scores contain NaN")
     ranked = int((~exclude).sum(1).min())
-    if not 1 <= k <= ranked:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= ranked:
         raise ValueError(f"k must be in [1, {ranked}] (the fewest items any user has left to rank), got {k}")
     users = relevant.any(1)
     if not users.any():

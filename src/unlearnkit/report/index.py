@@ -66,6 +66,8 @@ def entries(task: str | None = None) -> list[dict]:
 
 def find(ref: str) -> Path:
     """The folder of the run `ref`: a folder path, or a run id (or a unique prefix of one) in the index."""
+    if not str(ref).strip():
+        raise UnlearnkitError("give a run: a folder, or a run id (or the start of one) from `unlearnkit runs list`")
     if Path(ref).is_dir():
         return Path(ref)
     hits = [e for e in entries() if (e["run_id"] or "").startswith(ref)]
