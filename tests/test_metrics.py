@@ -131,6 +131,14 @@ def test_functions_of_logits_take_arrays_and_name_bad_input(fn):
             fn(logits[:, :0], labels[:0])
 
 
+def test_reference_binning_with_an_arm_all_at_the_pooled_maximum_is_finite():
+    """The reference's binning drops the pooled maximum; when that is every oracle sample (all clipped at
+    +100), its histogram is empty: KLoM reads 0 there, as EasyDUB's guard gives, not NaN."""
+    u, o = np.array([[90.0], [95.0], [99.0], [120.0]]), np.array([[150.0], [130.0], [200.0], [101.0]])
+    assert klom(u, o, reference_binning=True)[0] == 0.0
+    assert np.isfinite(klom(u, o)[0]) and klom(u, o)[0] > 1  # counted, the maximum separates the arms
+
+
 def test_summaries_and_klom_options_refuse_bad_input():
     u, o, splits = _bootstrap_case()
     for kwargs, match in [({"reps": 0}, "reps"), ({"level": 1.5}, "level"), ({"max_examples": 0}, "max_examples")]:
@@ -343,6 +351,15 @@ def test_bootstrap_p95_is_deterministic_for_a_seed():
     c = bootstrap_p95(u, o, splits, reps=20, seed=12)
     assert c != a
     assert bootstrap_p95(u, o, splits, reps=20, seed=11, workers=3) == a  # threads change nothing
+
+
+def test_a_subsampled_bootstrap_is_centred_on_the_whole_splits_p95():
+    """Replicates may read a subsample of a large split; the interval still holds the whole split's p95."""
+    u, o, splits = _bootstrap_case()
+    point = summarize(klom(u, o), splits)["klom_p95"]
+    ci = bootstrap_p95(u, o, splits, reps=20, seed=3, max_examples=7)
+    for name in splits:
+        assert ci[name][0] <= point[name] <= ci[name][1]
 
 
 # --- small-N KLoM estimators (metrics.estimators) ---

@@ -22,3 +22,17 @@ def test_the_python_examples_run(tmp_path, monkeypatch):
     none, mine = scope["mine"]["rows"]
     assert not mine["diverged"] and mine["hparams"]["weight"] == 0.5
     assert mine["klom_p95"]["forget"] < none["klom_p95"]["forget"] - 0.5  # nearer the oracles than doing nothing
+
+
+def test_every_public_name_is_what_it_says_whatever_was_imported_first():
+    """A package attribute of a submodule's name becomes that submodule once it is imported: no public
+    name may be one (checked in a fresh interpreter, after importing every submodule)."""
+    import subprocess
+    import sys
+    code = ("import importlib, pkgutil, unlearnkit as uk\n"
+            "for m in pkgutil.iter_modules(uk.__path__):\n"
+            "    if m.name != '__main__': importlib.import_module('unlearnkit.' + m.name)\n"
+            "bad = [n for n in uk.__all__[1:] if type(getattr(uk, n)).__name__ == 'module']\n"
+            "assert not bad, bad")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

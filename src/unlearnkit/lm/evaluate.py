@@ -203,6 +203,8 @@ def score_items(forward: Callable, params: Params, module: nn.Module, tok: Token
                                          for i in range(len(answers))])
     if rouge:
         pad, eos = specials or special_ids(tok)
+        # greedy answers up to the longest labelled answer + 4 tokens (OpenUnlearning generates up to 200): they
+        # stop at EOS either way; only an answer that pads its start past that budget loses ROUGE recall here
         longest = int((labels != -100).sum(1).max())
         generated = answers_for(module, params, tok, [qa.question for qa in items], longest + 4, pad, eos)
         out.rouge = np.array([[M.rouge_l_recall(g, qa.answer, alnum=True) for g, qa in zip(model, items)]
