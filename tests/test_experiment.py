@@ -237,3 +237,19 @@ def test_a_bench_used_directly_computes_as_run_does(tmp_path):
     assert sorted(p.name for p in (tmp_path / "zoo").iterdir()) == entries  # nothing new trained
     with np.load(tmp_path / "out" / "scores.npz") as z:
         np.testing.assert_array_equal(bench.originals_scores.margin, z["arm/originals/margin"])
+
+
+def test_a_finished_run_is_estimated_to_train_nothing(tmp_path):
+    """Arms in the cache and jobs whose cells are kept cost nothing: a rerun is never refused for work it
+    will not do (a new method is still counted)."""
+    from unlearnkit.engine.compute import use
+    from unlearnkit.experiment import budget, prepare
+    config = RunConfig(task="digits-mlp", forget="random:30", methods=("none", "ga", "finetune"), models=3,
+                       cache_dir=str(tmp_path), bootstrap=0)
+    with use(config.compute):
+        before = budget(prepare(config))
+        run(config)
+        after = budget(prepare(config))
+        more = budget(prepare(RunConfig(**{**config.__dict__, "methods": ("none", "ga", "finetune", "neggrad+")})))
+    assert before.method_flops > 0 and after.flops == 0
+    assert more.flops == more.method_flops > 0  # only neggrad+'s epochs

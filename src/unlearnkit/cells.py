@@ -65,6 +65,10 @@ class CellStore:
         """The store of finished jobs next to a `ZooCache` (`<cache>/cells`); None without a cache."""
         return cls(cache.root.parent / "cells") if cache is not None else None
 
+    def has(self, key: str) -> bool:
+        """Whether the cell was kept (without reading it back: a damaged one is found, and redone, by `get`)."""
+        return (self.root / f"{key}.json").is_file()
+
     def get(self, key: str):
         meta, arrays = self.root / f"{key}.json", self.root / f"{key}.npz"
         if not meta.exists():

@@ -10,6 +10,7 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -40,6 +41,7 @@ from .runs import (
     default_cache_dir,
     default_forget,
     default_methods,
+    job_key,
     method_registry,
     on_compute,
     run_budget,
@@ -185,6 +187,13 @@ class ForgetResources:
                       self.task.recipe.batch_size, hardest, self.cache, identity)
 
 
+def bench_digest(ds, forget, oracle_positions, blocks=(), probe_key=None) -> str:
+    """With the config's bench_id, what keys a bench's jobs (cells.py): the data, the forget set, what the
+    oracles train on, the evaluation blocks and a study's probe."""
+    return stable_hash([ds.fingerprint, tensor_digest(torch.as_tensor(forget)), tensor_digest(torch.as_tensor(
+        oracle_positions)), [[tensor_digest(t) for t in b] for b in blocks], probe_key])
+
+
 class Bench:
     """Originals, oracles and the evaluator for one task, forget set and N: what `run` and `tune` share.
 
@@ -219,10 +228,7 @@ class Bench:
         self.y_all = torch.cat([ds.y_train, ds.y_val, *(y for _, y in blocks)])
         self.splits = splits or {"forget": self.forget.positions, "retain": self.retain,
                                  "val": np.arange(len(ds.y_train), len(ds.y_train) + len(ds.y_val))}
-        # with the config's bench_id, what keys this bench's jobs (cells.py): data, forget set, oracles, blocks
-        self.bench_digest = stable_hash([ds.fingerprint, tensor_digest(torch.as_tensor(self.forget.positions)),
-                                         tensor_digest(retain), [[tensor_digest(t) for t in b] for b in blocks],
-                                         probe_key])
+        self.bench_digest = bench_digest(ds, self.forget.positions, retain, blocks, probe_key)
         self.cells = CellStore.beside(p.cache)  # finished jobs (run_jobs)
         self.settings = Settings.of(p.config)
         self.oracles = self.scores(predict(self.forward, oracles.params, self.x_all))
@@ -394,10 +400,14 @@ def budget(p: Prepared, oracles_on: np.ndarray | None = None, more: tuple[Prepar
     seeds = arm_seeds(ORIGINAL_SEEDS, p.config.models, p.config.seed)
     settings = [Setting(task, ds, q.forget.positions, q.forget.retain_positions(len(ds.y_train)), seeds,
                         p.config.seed) for q in (p, *more)]
+    done = None
+    if oracles_on is None and not more and (store := CellStore.beside(p.cache)) is not None:  # a plain run's jobs
+        bench = SimpleNamespace(config=p.config, bench_digest=bench_digest(ds, p.forget.positions, settings[0].retain))
+        done = lambda job: store.has(job_key(bench, job))  # noqa: E731 (finished: its cell is cached)
     oracles_on = settings[0].retain if oracles_on is None else oracles_on
     return run_budget(_profile(task, ds), task.recipe, p.config, torch.arange(len(ds.y_train)),
                       torch.as_tensor(oracles_on), settings, lambda positions: zoo_family(task, ds, positions),
-                      p.cache, p.jobs, method_registry(p.config.task), list(extra), seen)
+                      p.cache, p.jobs, method_registry(p.config.task), list(extra), seen, done)
 
 
 def diverged_row(seconds: float, why: str) -> dict:

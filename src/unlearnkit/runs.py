@@ -407,7 +407,8 @@ def build_jobs(config: RunConfig, registry: dict,
 
 def run_budget(profile: StepProfile, recipe, config: RunConfig, everything: torch.Tensor, oracles_on: torch.Tensor,
                settings: list[Setting], family_of: Callable[[torch.Tensor], str], cache: ZooCache | None,
-               jobs: list[Job], registry: dict, extra: list[Work] = (), seen: set | None = None) -> Budget:
+               jobs: list[Job], registry: dict, extra: list[Work] = (), seen: set | None = None,
+               done: Callable[[Job], bool] | None = None) -> Budget:
     """The training a run (or a study of several forget sets) will do, for either pipeline: the reference
     arms (originals on `everything`; oracles and the noise-floor arm on `oracles_on`), and per forget set
     (`settings`: one per set) every job with an epochs budget, counted over the forget set (the smallest
@@ -415,7 +416,8 @@ def run_budget(profile: StepProfile, recipe, config: RunConfig, everything: torc
     ERA, SISA, IAU). An arm counts once however many jobs or sets name it, and the models a cache holds cost
     nothing (`family_of(positions)` names a zoo arm's family there), so a run is never refused for work it
     will not do. `extra`: other training (`Work`). `seen`: the arms counted already (a study's earlier cells,
-    which train them first); this run's are added to it."""
+    which train them first); this run's are added to it. `done(job)`: the job's cell is cached (a plain
+    run's), so its method trains nothing."""
     out = Budget()
     arms = [ScratchArm(everything, ORIGINAL_SEEDS), ScratchArm(oracles_on, ORACLE_SEEDS),
             ScratchArm(oracles_on, RETRAIN_SEEDS)]
@@ -439,7 +441,7 @@ def run_budget(profile: StepProfile, recipe, config: RunConfig, everything: torc
     for setting in settings:
         for job in jobs:
             epochs = getattr(job.hparams, "epochs", None)
-            if epochs and job.method != NOISE_FLOOR_METHOD:
+            if epochs and job.method != NOISE_FLOOR_METHOD and not (done is not None and done(job)):
                 out.add(profile, config.models, len(setting.forget), epochs,
                         getattr(job.hparams, "batch_size", recipe.batch_size), method=True)
     for work in extra:
