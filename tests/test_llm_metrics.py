@@ -23,11 +23,13 @@ from unlearnkit.metrics.llm import (
     privleak,
     probability,
     probability_with_options,
+    rouge_l_f1,
     rouge_l_recall,
     sequence_scores,
     truth_ratio,
     truth_ratio_forget_score,
     truth_ratio_retain_score,
+    verbatim_prompt,
     vocab_logprob_moments,
     zlib_score,
 )
@@ -106,6 +108,18 @@ def test_rouge_l_recall_by_hand():
     assert rouge_l_recall("a b c d", "b d a c") == 0.5                                 # LCS 2 of 4
     assert rouge_l_recall("x y", "the cat") == 0.0
     assert rouge_l_recall("", "the cat") == 0.0 and rouge_l_recall("the cat", "") == 0.0
+
+
+def test_rouge_l_f1_by_hand_and_the_verbatim_prompt():
+    """MUSE's ROUGE-L F1: 2PR/(P+R) over the LCS; 1 for identical texts, symmetric, 0 without a common token;
+    VerbMem's prompt is the question and the answer's first half, its reference the rest."""
+    assert rouge_l_f1("the cat sat on the mat", "the cat on the mat") == pytest.approx(2 * (5 / 6) / (5 / 6 + 1))
+    assert rouge_l_f1("a b c d", "b d a c") == rouge_l_f1("b d a c", "a b c d") == 0.5
+    assert rouge_l_f1("The cat.", "the cat", alnum=True) == 1.0
+    assert rouge_l_f1("x y", "the cat") == 0.0 and rouge_l_f1("", "the cat") == 0.0
+    assert verbatim_prompt("Where was Ann born?", "Ann was born in Oslo.") == ("Where was Ann born? Ann was born",
+                                                                              "in Oslo.")
+    assert verbatim_prompt("Q?", "Yes.") is None
 
 
 def test_rouge_l_punctuation_option():

@@ -41,6 +41,11 @@ def test_run_writes_every_lm_field(results):
                     "klom_mean", "klom_median", "diverged", "budget", "tuned", "hparams"):
             assert key in row
         assert 0 <= row["forget_quality"] <= 1 and 0 <= row["model_utility"] <= 1
+        assert all(0 <= row[k] <= 1 for k in ("forget_verbmem", "forget_knowmem", "retain_knowmem"))
+    # MUSE's premise: models trained on the forget set continue its answers verbatim, retrained ones do not
+    none, floor = on_disk["rows"][0], on_disk["noise_floor"]
+    assert none["forget_verbmem"] > floor["forget_verbmem"] + 0.1
+    assert none["forget_knowmem"] > floor["forget_knowmem"]
     assert set(np.load(out / "klom.npz").files) >= {"klom/none", "klom/ga", "klom/npo", "split/forget"}
 
 

@@ -173,7 +173,8 @@ class LMBench:
         t, d = self.task, self.data
         common = (steering.forward_for(self.forward, params), params, self.generator, d.tok)
         attacks = lambda s: dict(mia=True, gradnorm=True, reference_seq=self.reference_seq[s])
-        out = {"forget": score_items(*common, self.sets["forget"], t.max_len, rouge=True, **attacks("forget")),
+        out = {"forget": score_items(*common, self.sets["forget"], t.max_len, rouge=True, verbmem=True,
+                                     **attacks("forget")),
                "retain": score_items(*common, self.sets["retain"], t.max_len, rouge=True),
                "world": score_items(*common, self.sets["world"], t.max_len, rouge=True, options=True),
                "val": score_items(*common, self.sets["val"], t.max_len, **attacks("val"))}

@@ -22,9 +22,9 @@ from .scoring import ArmScores, Settings, check_settings, row_metrics
 # hyperparameters) is kept as it is
 METRIC_KEYS = ("klom_p95", "klom_mean", "klom_median", "klom_p95_ci", "accuracy", "klom_estimators", "ulira",
                "neurips23", "mia", "forget_quality", "forget_quality_per_model", "model_utility",
-               "utility_components", "forget_rouge", "forget_truth_ratio", "forget_truth_ratio_prob",
-               "extraction_strength", "exact_memorization", "probability", "mia_auc", "privleak",
-               "probe_rouge", "probe_rouge_by_type", "neighbour_rouge", "fluency")
+               "utility_components", "forget_rouge", "forget_verbmem", "forget_knowmem", "retain_knowmem",
+               "forget_truth_ratio", "forget_truth_ratio_prob", "extraction_strength", "exact_memorization",
+               "probability", "mia_auc", "privleak", "probe_rouge", "probe_rouge_by_type", "neighbour_rouge", "fluency")
 
 
 def rescore(run_dir: str | os.PathLike, estimators: tuple[str, ...] | None = None,

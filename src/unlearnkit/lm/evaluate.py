@@ -61,6 +61,8 @@ class ItemScores:
     extraction_strength: np.ndarray | None = None
     exact_memorization: np.ndarray | None = None   # NaN where undefined (no position left)
     fluency: np.ndarray | None = None              # RWKU's weighted bi-/tri-gram entropy of each generation
+    knowmem: np.ndarray | None = None              # MUSE KnowMem: ROUGE-L F1 of the greedy answer
+    verbmem: np.ndarray | None = None              # MUSE VerbMem: of the answer's second half (NaN: one word)
 
     def arrays(self, prefix: str) -> dict[str, np.ndarray]:
         """The fields that are set, as scores.npz members `prefix/<field>` (`prefix/mia/<attack>`)."""
@@ -75,7 +77,7 @@ class ItemScores:
 
 
 ITEM_FIELDS = ("seq", "accuracy", "truth_ratio", "prob_options", "rouge", "truth_prob", "extraction_strength",
-               "exact_memorization", "fluency")
+               "exact_memorization", "fluency", "knowmem", "verbmem")
 
 
 def _per_item(lp: torch.Tensor, mask: torch.Tensor) -> list[list[np.ndarray]]:
@@ -165,11 +167,12 @@ def _memorisation(hit: torch.Tensor, mask: torch.Tensor, conv: M.Conventions) ->
 def score_items(forward: Callable, params: Params, module: nn.Module, tok: Tokenizer, items: Sequence[QA],
                 max_len: int, rouge: bool = False, mia: bool = False, options: bool = False,
                 specials: tuple[int, int] | None = None, reference_seq: np.ndarray | None = None,
-                gradnorm: bool = False, conventions: M.Conventions = M.OPENUNLEARNING) -> ItemScores:
+                gradnorm: bool = False, conventions: M.Conventions = M.OPENUNLEARNING,
+                verbmem: bool = False) -> ItemScores:
     """Score N = leading-dim models on `items` (see the module docstring for what each field is);
     `specials` = (pad id, eos id) when `tok` is not one of ours. With `mia`: `reference_seq` (N or 1, items),
     the reference models' `answer_seq` on the same items, adds the Reference attack (model i against
-    reference i); `gradnorm` adds the GradNorm attack."""
+    reference i); `gradnorm` adds the GradNorm attack; `rouge` adds MUSE's KnowMem, `verbmem` its VerbMem."""
     items = list(items)
     conv = conventions
     enc = lambda answers: encode_pairs(tok, items, answers, max_len, specials)
@@ -209,6 +212,18 @@ def score_items(forward: Callable, params: Params, module: nn.Module, tok: Token
         generated = answers_for(module, params, tok, [qa.question for qa in items], longest + 4, pad, eos)
         out.rouge = np.array([[M.rouge_l_recall(g, qa.answer, alnum=True) for g, qa in zip(model, items)]
                               for model in generated])
+        out.knowmem = np.array([[M.rouge_l_f1(g, qa.answer, alnum=True) for g, qa in zip(model, items)]
+                                for model in generated])
+    if verbmem:
+        pad, eos = specials or special_ids(tok)
+        pairs = [M.verbatim_prompt(qa.question, qa.answer) for qa in items]
+        kept = [i for i, p in enumerate(pairs) if p is not None]
+        out.verbmem = np.full((len(answers), len(items)), np.nan)
+        if kept:
+            longest = int((labels != -100).sum(1).max())
+            generated = answers_for(module, params, tok, [pairs[i][0] for i in kept], longest + 4, pad, eos)
+            out.verbmem[:, kept] = [[M.rouge_l_f1(g, pairs[i][1], alnum=True) for g, i in zip(model, kept)]
+                                    for model in generated]
     if mia:
         # OpenUnlearning scores Min-K% and Min-K%++ without the final (EOS) prediction (drop_last)
         cut = dict(drop_last=True, one_token=conv.one_token)

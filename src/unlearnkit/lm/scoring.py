@@ -101,7 +101,7 @@ def lm_row(s: dict[str, ItemScores], o: dict[str, ItemScores], config,
            "forget_quality": float(np.median(fq)), "forget_quality_per_model": fq,
            "model_utility": float(np.mean([M.model_utility(c) for c in comps])),
            "utility_components": {k: float(np.mean([c[k] for c in comps])) for k in comps[0]},
-           "forget_rouge": float(s["forget"].rouge.mean()),
+           "forget_rouge": float(s["forget"].rouge.mean()), **muse_memorisation(s),
            "forget_truth_ratio": float(np.mean([M.truth_ratio_forget_score(t) for t in s["forget"].truth_ratio])),
            **({"forget_truth_ratio_prob": float(s["forget"].truth_prob.mean())}
               if s["forget"].truth_prob is not None else {}),
@@ -118,10 +118,24 @@ def lm_row(s: dict[str, ItemScores], o: dict[str, ItemScores], config,
     return row, values
 
 
+def muse_memorisation(s: dict[str, ItemScores]) -> dict[str, float]:
+    """MUSE's VerbMem on the forget items and KnowMem on the forget and retain items (`metrics.llm.rouge_l_f1`;
+    lower on forget is better, retain KnowMem should stay): what scores.npz holds of them (runs written before
+    they existed have none)."""
+    out = {}
+    if s["forget"].verbmem is not None:
+        out["forget_verbmem"] = float(np.nanmean(s["forget"].verbmem))
+    for split in ("forget", "retain"):
+        if s[split].knowmem is not None:
+            out[f"{split}_knowmem"] = float(s[split].knowmem.mean())
+    return out
+
+
 def diverged_lm_row(seconds: float, why: str) -> dict:
     nan = {"forget": None, "retain": None, "val": None}
     return {"klom_p95": nan, "klom_mean": dict(nan), "klom_median": dict(nan), "forget_quality": None,
             "model_utility": None, "forget_rouge": None, "forget_truth_ratio_prob": None, "extraction_strength": None,
             "exact_memorization": None, "mia_auc": {a: None for a in MIA_ATTACKS}, "probe_rouge": None,
-            "neighbour_rouge": None, "fluency": None,
+            "neighbour_rouge": None, "fluency": None, "forget_verbmem": None, "forget_knowmem": None,
+            "retain_knowmem": None,
             "probability": dict(nan), "accuracy": dict(nan), "seconds": seconds, "flops": None, "diverged": True, "why": why}

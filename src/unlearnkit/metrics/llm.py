@@ -391,6 +391,31 @@ def rouge_l_recall(prediction: str, reference: str, alnum: bool = False) -> floa
     return _lcs_length(pred, ref) / len(ref)
 
 
+def rouge_l_f1(prediction: str, reference: str, alnum: bool = False) -> float:
+    """ROUGE-L F1 (Lin 2004): the harmonic mean of LCS/|prediction| and LCS/|reference|, over the tokens of
+    `rouge_l_recall` (same `alnum` rule). MUSE's VerbMem and KnowMem score with it (Shi et al. 2024, "MUSE:
+    Machine Unlearning Six-Way Evaluation for Language Models", arXiv 2407.06460, §3: VerbMem =
+    mean ROUGE(f(x[:l]), x[l+1:]), KnowMem = mean ROUGE(f(q), a); OpenUnlearning `rougeL_f1`). Empty
+    texts or no common token score 0."""
+    pred, ref = _rouge_tokens(prediction, alnum), _rouge_tokens(reference, alnum)
+    common = _lcs_length(pred, ref) if pred and ref else 0
+    if not common:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def verbatim_prompt(question: str, answer: str) -> tuple[str, str] | None:
+    """MUSE's VerbMem on a question–answer item: the prompt is the question and the answer's first half
+    (its first ⌈k/2⌉ of k words), the reference the rest (MUSE prompts with a forget text's first l tokens
+    and compares the continuation). None for an answer of one word: nothing is left to continue."""
+    words = answer.split()
+    if len(words) < 2:
+        return None
+    half = (len(words) + 1) // 2
+    return f"{question} {' '.join(words[:half])}", " ".join(words[half:])
+
+
 def model_utility(values) -> float:
     """TOFU model utility: the harmonic mean of its component scores (OpenUnlearning `hm_aggregate`,
     scipy.stats.hmean), normally the 9 of MODEL_UTILITY_COMPONENTS — {probability, ROUGE-L recall,
