@@ -28,7 +28,7 @@ import scipy.stats
 
 from unlearnkit.metrics import klom
 from unlearnkit.metrics.estimators import ESTIMATORS
-from unlearnkit.report.scores import read_scores
+from unlearnkit.report.scores import read_results, read_scores
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--floor-row", default="retrain", help="the row holding independently retrained models")
     args = ap.parse_args()
-    z = read_scores(args.run_dir)
+    z = read_scores(args.run_dir, read_results(args.run_dir)["run_id"])
     forget, val = z["split/forget"], z["split/val"]
     oracles = z["arm/oracles/margin"]
     second = z[f"row/{args.floor_row}/margin"]

@@ -94,7 +94,7 @@ def test_diverging_method_is_reported_and_others_still_run(tmp_path):
     ({"hparams": (("ga", "lr", "fast"),), "methods": ("ga",)}, "cannot read"),
     ({"hparams": (("finetune", "lr", "1"),), "methods": ("ga",)}, "not run"),
     ({"data_dir": "/data"}, "reads no directory; leave --data-dir out"),
-    ({"datamodels": "/dm"}, "read by the pc: and influence: forget sets only"),
+    ({"datamodels": "/dm"}, "pc: and influence: forget sets only"),
 ])
 def test_bad_input_fails_before_any_work(tmp_path, change, message):
     with pytest.raises(UnlearnkitError, match=message):
@@ -208,8 +208,12 @@ def test_weights_left_non_finite_are_a_diverged_row_and_a_wrong_result_is_named(
     from unlearnkit.methods.base import HParams
     base = dict(task="digits-mlp", forget="random:30", models=3, cache_dir=str(tmp_path), bootstrap=0)
     results = run(RunConfig(**base, methods=("ga", "none"), hparams=("ga.lr=1e30", "ga.epochs=0.5")))
+    logreg = dict(base, task="digits-logreg", models=2)
     ga, none = results["rows"]
     assert ga["diverged"] and "non-finite outputs" in ga["why"] and not none["diverged"]
+    followed = run(config=RunConfig(**logreg, methods=("ga", "none"), hparams=("ga.lr=1e30",),
+                                    trajectories=1))  # the recorder meets the NaN first; config by keyword
+    assert followed["rows"][0]["diverged"] and not followed["rows"][1]["diverged"]
     try:
         register("test-not-weights", HParams)(lambda ctx, hp: {"w": 1})
         with pytest.raises(ValueError, match="replace=True"):
@@ -253,3 +257,7 @@ def test_a_finished_run_is_estimated_to_train_nothing(tmp_path):
         more = budget(prepare(RunConfig(**{**config.__dict__, "methods": ("none", "ga", "finetune", "neggrad+")})))
     assert before.method_flops > 0 and after.flops == 0
     assert more.flops == more.method_flops > 0  # only neggrad+'s epochs
+    rec = RunConfig(task="rec-mf-tiny", models=2, cache_dir=str(tmp_path), bootstrap=0)  # its jobs carry a probe
+    with use(rec.compute):
+        run(rec)
+        assert budget(prepare(rec)).flops == 0

@@ -8,6 +8,7 @@ import pytest
 import scipy.stats
 import torch
 
+from unlearnkit.errors import Diverged
 from unlearnkit.metrics.klom import klom
 from unlearnkit.metrics.margins import accuracy, margins, mean_cross_entropy
 from unlearnkit.metrics.summary import bootstrap_p95, summarize
@@ -121,22 +122,35 @@ def test_functions_of_logits_take_arrays_and_name_bad_input(fn):
     logits, labels = torch.randn(2, 5, 3, generator=g), torch.tensor([0, 1, 2, 1, 0])
     torch.testing.assert_close(fn(logits.numpy(), labels.numpy()), fn(logits, labels))
     for bad_logits, bad_labels, match in [
-            (logits.clone().index_fill_(1, torch.tensor([2]), float("nan")), labels, "NaN"),
             (logits, labels.double(), "integer classes"), (logits, labels[:4], "one per example"),
             (logits, labels + 10, r"lie in \[0, 3\)"), (logits.flatten(1), labels, "shape")]:
         with pytest.raises(ValueError, match=match):
             fn(bad_logits, bad_labels)
+    with pytest.raises(Diverged, match=r"logits contain NaN in model\(s\) \[1\]"):
+        fn(torch.stack([logits[0], logits[1].index_fill(0, torch.tensor([2]), float("nan"))]), labels)
     if fn is not margins:
         with pytest.raises(ValueError, match="no examples"):
             fn(logits[:, :0], labels[:0])
 
 
-def test_reference_binning_with_an_arm_all_at_the_pooled_maximum_is_finite():
+def test_reference_binning_with_an_arm_all_at_the_pooled_maximum_is_the_references_value():
     """The reference's binning drops the pooled maximum; when that is every oracle sample (all clipped at
-    +100), its histogram is empty: KLoM reads 0 there, as EasyDUB's guard gives, not NaN."""
-    u, o = np.array([[90.0], [95.0], [99.0], [120.0]]), np.array([[150.0], [130.0], [200.0], [101.0]])
-    assert klom(u, o, reference_binning=True)[0] == 0.0
-    assert np.isfinite(klom(u, o)[0]) and klom(u, o)[0] > 1  # counted, the maximum separates the arms
+    +100), its histogram is empty. data-unlearning-bench guards that total (zeros), then scipy renormalises
+    the eps-floored q over p's support: a finite KL of ln k − H(p), which hides how far apart the arms are
+    (the reference binning's defect); before, it was NaN and killed the row. The default counts the maximum."""
+    def guarded_reference(p, q):  # ref_klom_one with data-unlearning-bench's guard of an empty histogram
+        p, q = np.clip(p, -100, 100), np.clip(q, -100, 100)
+        edges = _edges(p, q)
+
+        def probs(x):
+            counts = np.array([(np.digitize(x, edges) == b).sum() for b in range(1, 21)], dtype=float)
+            return counts / counts.sum() if counts.sum() else counts
+        return _kl_from_probs(probs(p), probs(q))
+
+    u, o = np.array([[90.0], [90.2], [90.1], [110.0]]), np.array([[150.0], [130.0], [200.0], [101.0]])
+    ours = klom(u, o, reference_binning=True)[0]
+    assert np.isfinite(ours) and ours == pytest.approx(guarded_reference(u[:, 0], o[:, 0]), abs=1e-12)
+    assert klom(u, o)[0] > 5  # counted, the maximum separates the arms
 
 
 def test_summaries_and_klom_options_refuse_bad_input():

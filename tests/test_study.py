@@ -130,6 +130,16 @@ def test_max_hours_bounds_the_whole_study_and_shared_arms_count_once(tmp_path):
         limit = 1.5 * single.seconds() / 3600  # hours: one cell fits, two do not
     assert shared.flops < 1.5 * single.flops  # the three arms once, plus finetune's few epochs
     assert apart.flops == pytest.approx(2 * single.flops, rel=0.01)  # other seeds: other arms
+    # ga's job is the same in both cells (the methods a cell runs are not part of a job's key): counted once
+    finetune = load_study(None, flags, ("methods=none,retrain,finetune",))
+    with use(one.cells[0][1].compute):
+        only_finetune = study_budget([c for _, c in finetune.cells])
+    assert shared.method_flops == pytest.approx(single.method_flops + only_finetune.method_flops, rel=1e-6)
+    # a clustered cell's originals are the random cell's: counted once
+    near, random = (load_study(None, flags, (f"forget={f}",)) for f in ("random:30,near:1:30", "random:30"))
+    with use(one.cells[0][1].compute):
+        mixed, alone = (study_budget([c for _, c in s.cells]) for s in (near, random))
+    assert mixed.flops == pytest.approx(alone.flops, rel=1e-6)
     over = load_study(None, flags + (f"max_hours={limit}",), ("seed=0,1",))
     with pytest.raises(UnlearnkitError, match="this study would train for"):
         run_study(over, tmp_path / "out")
@@ -147,3 +157,5 @@ def test_out_holding_another_study_is_refused_unless_overwrite(tmp_path):
         run_study(second, tmp_path / "out")
     assert (tmp_path / "out" / "study.json").read_text() == before
     assert run_study(second, tmp_path / "out", overwrite=True)["study_id"] == second.study_id
+    both = load_study(None, flags, ("seed=0,3",))  # extends the study there: no --overwrite needed
+    assert len(run_study(both, tmp_path / "out")["cells"]) == 2

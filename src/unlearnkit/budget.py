@@ -276,6 +276,8 @@ def parse_memory(text: str | int | None) -> int | None:
 
 
 def _duration(seconds: float) -> str:
+    if seconds < 0.01:
+        return "under 0.01 seconds"
     if seconds < 10:
         return f"{seconds:.2g} seconds"
     if seconds < 120:

@@ -354,10 +354,16 @@ def recommendation_probe(p: Prepared) -> dict:
     `ranking.ranking_probe`); nothing for a classifier."""
     if not isinstance(p.dataset, Interactions):
         return {}
-    from .ranking import RANK_K, ranking_probe
+    from .ranking import ranking_probe
     retain = p.forget.retain_positions(len(p.dataset.y_train))
     return {"probe": ranking_probe(template(p.task, p.dataset), p.dataset, p.forget.positions, retain),
-            "probe_key": {"ranking": RANK_K}}
+            "probe_key": recommendation_probe_key(p)}
+
+
+def recommendation_probe_key(p: Prepared) -> dict | None:
+    """What keys a recommendation run's probe in its jobs' cells (None for a classifier)."""
+    from .ranking import RANK_K
+    return {"ranking": RANK_K} if isinstance(p.dataset, Interactions) else None
 
 
 def _profile(task, ds) -> StepProfile:
@@ -365,18 +371,21 @@ def _profile(task, ds) -> StepProfile:
                                (ds.x_train, ds.y_train), task.recipe.batch_size)
 
 
-def clustered_budget(config: RunConfig, task, ds, cache: ZooCache | None) -> Budget | None:
+def clustered_budget(config: RunConfig, task, ds, cache: ZooCache | None, seen: set | None = None) -> Budget | None:
     """What building a clustered or hard-to-unlearn forget set trains before the run's own budget can be
     known: the originals (near:, lowest-loss:, and worst:/easy: with their bi-level search on a few of
     them), or the subset models datamodels are fitted on (pc: and influence: without --datamodels,
-    memorised:)."""
+    memorised:). `seen`: the arms a study's earlier cells train (`runs.run_budget`): the originals count once."""
     kind, n_train, batch = config.forget.split(":")[0], len(ds.y_train), task.recipe.batch_size
     out = Budget()
     if kind in ("near", "lowest-loss", "worst", "easy"):
         seeds = arm_seeds(ORIGINAL_SEEDS, config.models, config.seed)
+        family = zoo_family(task, ds, torch.arange(n_train))
+        counted = seen is not None and (family, tuple(seeds)) in seen
+        if seen is not None:
+            seen.add((family, tuple(seeds)))
         out.add(_profile(task, ds), config.models, n_train, task.recipe.epochs, batch,
-                cache is not None and cache.untrained(zoo_family(task, ds, torch.arange(n_train)), seeds) == 0,
-                cache is not None)
+                counted or (cache is not None and cache.untrained(family, seeds) == 0), cache is not None)
         if kind in ("worst", "easy"):
             out.add(_profile(task, ds), min(SELECTION.models, config.models), n_train,
                     SELECTION.iterations * SELECTION.epochs, batch)
@@ -392,18 +401,28 @@ def clustered_budget(config: RunConfig, task, ds, cache: ZooCache | None) -> Bud
 
 
 def budget(p: Prepared, oracles_on: np.ndarray | None = None, more: tuple[Prepared, ...] = (),
-           extra: tuple[Work, ...] = (), seen: set | None = None) -> Budget:
+           extra: tuple[Work, ...] = (), seen: set | None = None, cached_jobs: bool = True) -> Budget:
     """The training a prepared run will do (`runs.run_budget`); for a study, with its oracles' training set
     (default: the run's retain set), its other prepared forget sets (`more`, same task, data and jobs),
-    other work, and the arms its earlier cells train (`seen`)."""
+    other work, and what its earlier cells train (`seen`: arms, and jobs, which cells that differ only in
+    their methods share). A plain run's job whose cell is kept trains nothing, unless not `cached_jobs`
+    (a search, whose trials are other jobs than the one a default run keeps)."""
     task, ds = p.task, p.dataset
     seeds = arm_seeds(ORIGINAL_SEEDS, p.config.models, p.config.seed)
     settings = [Setting(task, ds, q.forget.positions, q.forget.retain_positions(len(ds.y_train)), seeds,
                         p.config.seed) for q in (p, *more)]
     done = None
-    if oracles_on is None and not more and (store := CellStore.beside(p.cache)) is not None:  # a plain run's jobs
-        bench = SimpleNamespace(config=p.config, bench_digest=bench_digest(ds, p.forget.positions, settings[0].retain))
-        done = lambda job: store.has(job_key(bench, job))  # noqa: E731 (finished: its cell is cached)
+    if oracles_on is None and not more:  # a plain run's jobs, keyed as its Bench keys them
+        store = CellStore.beside(p.cache) if cached_jobs else None
+        bench = SimpleNamespace(config=p.config, bench_digest=bench_digest(
+            ds, p.forget.positions, settings[0].retain, probe_key=recommendation_probe_key(p)))
+
+        def done(job: Job) -> bool:
+            key = ("job", job_key(bench, job))
+            counted = seen is not None and key in seen
+            if seen is not None:
+                seen.add(key)
+            return counted or (store is not None and store.has(key[1]))
     oracles_on = settings[0].retain if oracles_on is None else oracles_on
     return run_budget(_profile(task, ds), task.recipe, p.config, torch.arange(len(ds.y_train)),
                       torch.as_tensor(oracles_on), settings, lambda positions: zoo_family(task, ds, positions),

@@ -149,7 +149,7 @@ def _check_types(config) -> None:
     for f in dataclasses.fields(config):
         kind, _, rest = str(f.type).partition(" | ")
         value = getattr(config, f.name)
-        flag = f"--{f.name.replace('_', '-')}"
+        flag = "--set" if f.name == "hparams" else f"--{f.name.replace('_', '-')}"
         if value is None and rest == "None":
             continue
         if kind in _SEQUENCES:
@@ -276,9 +276,10 @@ class RunConfig:
             raise UnlearnkitError(f"{self.task}'s data is generated or shipped with a package and reads no "
                                   "directory; leave --data-dir out")
         if self.datamodels and self.forget.split(":")[0].strip() not in USES_DATAMODELS:
-            raise UnlearnkitError(f"--datamodels is read by the {' and '.join(k + ':' for k in USES_DATAMODELS)} "
-                                  f"forget sets only, not by {self.forget!r} (dmm takes its own: "
-                                  "--set dmm.datamodels=DIR); leave it out")
+            raise UnlearnkitError(f"--datamodels is read by a classifier's "
+                                  f"{' and '.join(k + ':' for k in USES_DATAMODELS)} forget sets only, not by "
+                                  f"{self.forget!r} on {self.task} (dmm takes its own: --set dmm.datamodels=DIR); "
+                                  "leave it out")
         if not 0 <= self.seed <= MAX_SEED:
             raise UnlearnkitError(f"--seed must be a whole number from 0 to {MAX_SEED}, got {self.seed}")
         for name in ("train_size", "val_size"):
@@ -334,7 +335,7 @@ def computing(fn: Callable) -> Callable:
     the zoo read them from there: no function below needs them as arguments)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        config = _config_of(fn, args)
+        config = _config_of(fn, args, kwargs)
         with use(config.compute), use_backend(config.backend, config.ray_address):
             return fn(*args, **kwargs)
     return wrapper
@@ -345,14 +346,14 @@ def on_compute(method: Callable) -> Callable:
     bench used directly, outside `run`, trains and loads the models `run` would (the same cache entries)."""
     @functools.wraps(method)
     def wrapper(*args, **kwargs):
-        with use(_config_of(method, args).compute):
+        with use(_config_of(method, args, kwargs).compute):
             return method(*args, **kwargs)
     return wrapper
 
 
-def _config_of(fn: Callable, args: tuple) -> RunConfig:
-    """The RunConfig among `args`, or held by one of them as `.config` (a bench, a Prepared)."""
-    for a in args:
+def _config_of(fn: Callable, args: tuple, kwargs: dict) -> RunConfig:
+    """The RunConfig among the arguments, or held by one of them as `.config` (a bench, a Prepared)."""
+    for a in (*args, *kwargs.values()):
         for c in (a, getattr(a, "config", None)):
             if isinstance(c, RunConfig):
                 return c

@@ -144,7 +144,7 @@ def load_study(path=None, run: tuple[str, ...] = (), grid: tuple[str, ...] = ())
     cells = []
     for combo in itertools.product(*grid.values()):
         values = dict(zip(grid, combo))
-        fields = {k: _value(k, v) for k, v in {**base, **values}.items()}
+        fields = _applying({k: _value(k, v) for k, v in {**base, **values}.items()}, values)
         try:
             config = RunConfig(**fields)
             _check_cell(config)
@@ -157,6 +157,19 @@ def load_study(path=None, run: tuple[str, ...] = (), grid: tuple[str, ...] = ())
             raise UnlearnkitError(f"{path}, cell {values}: {e}") from None
         cells.append((values, config))
     return Study(base, grid, cells)
+
+
+def _applying(fields: dict, values: dict) -> dict:
+    """A cell's fields without the shared [run] options that do not apply to it — `data_dir` for a task
+    whose data reads no directory, `datamodels` for a forget set that reads none — so that one study can
+    mix tasks or forget kinds; given on the grid (for this cell), they are checked as a run checks them."""
+    from .forget.specs import USES_DATAMODELS
+    from .runs import default_forget, reads_files
+    task = fields.get("task", RunConfig.task)
+    forget = fields.get("forget") or default_forget(task)
+    drop = {"data_dir": not reads_files(task),
+            "datamodels": forget.split(":")[0].strip() not in USES_DATAMODELS}
+    return {k: v for k, v in fields.items() if not (drop.get(k) and k not in values)}
 
 
 def _check_cell(config: RunConfig) -> None:
@@ -189,7 +202,7 @@ def study_budget(configs: list[RunConfig]) -> Budget:
         p = prepare(config, check_only=True)
         if p.forget is not None:
             total += budget(p, seen=seen)
-        elif (before := clustered_budget(config, p.task, p.dataset, p.cache)) is not None:
+        elif (before := clustered_budget(config, p.task, p.dataset, p.cache, seen)) is not None:
             total += before
     return total
 
@@ -228,17 +241,20 @@ class _Finished:
 
 def run_study(study: Study, out: str | os.PathLike, overwrite: bool = False) -> dict:
     """Run every cell not already finished under `out`; write study.json, the study's figure and report.
-    `out` holding another study's study.json is refused unless `overwrite` (its cells' folders stay)."""
+    `out` holding another study is refused unless `overwrite`, or unless this one extends it (holds all its
+    cells: a grid given more values); either way its finished cells are reused."""
     out = Path(out)
     check_writable(out, "the study's --out")
     if not overwrite and (out / "study.json").is_file():
         try:
-            other = read_json_object(out / "study.json").get("study_id")
-        except (OSError, ValueError):
-            other = "unreadable"
-        if other != study.study_id:
-            raise UnlearnkitError(f"{out} holds another study ({other}); choose another --out, or --overwrite "
-                                  "(overwrite=True) to replace it")
+            other = read_json_object(out / "study.json")
+            other_id, other_cells = other.get("study_id"), {c["run_id"] for c in other["cells"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            other_id, other_cells = "unreadable", {None}
+        if other_id != study.study_id and not other_cells <= {c.run_id for _, c in study.cells}:
+            raise UnlearnkitError(f"{out} holds another study ({other_id}) with cells this one lacks; choose another "
+                                  "--out, or --overwrite (overwrite=True) to replace its study.json and report (the "
+                                  "cells it finished are kept, and reused where this study has them)")
     items = [(str(out / "cells" / cell_name(v)), (out / "cells" / cell_name(v), c)) for v, c in study.cells]
     first = study.cells[0][1]
     with use(first.compute), use_backend(first.backend, first.ray_address):

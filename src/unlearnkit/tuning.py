@@ -148,7 +148,7 @@ def _classifier_target(run_config, tune_config: TuneConfig, method) -> Target:
     spec = tune_config.tune_forget or run_config.forget
     tuning_set = build_forget_set(spec, p.dataset, run_config.seed + TUNING_SEED_OFFSET)
     _check_apart(spec, tuning_set.positions, p.forget.positions)
-    plan = budget(dataclasses.replace(p, forget=tuning_set))  # the search trains on the tuning set
+    plan = budget(dataclasses.replace(p, forget=tuning_set), cached_jobs=False)  # the search trains on the tuning set
     plan.flops += (tune_config.trials - 1) * plan.method_flops  # every trial runs the method once
     plan.check(run_config.max_hours, p.cache.root if p.cache else None, "this search")
     if p.cache is None:

@@ -93,6 +93,6 @@ def _histogram(samples: np.ndarray, edges: np.ndarray, bins: int, reference: boo
     counts = np.bincount((rows * (bins + 2) + idx).ravel(), minlength=e * (bins + 2)).reshape(e, bins + 2)
     counts = counts[:, 1:bins + 1].astype(np.float64)
     total = counts.sum(1, keepdims=True)
-    # an arm whose every sample the reference's binning drops (all at the pooled maximum) is all zeros, as
-    # the reference implementations guard it, not 0/0
+    # an arm whose every sample the reference's binning drops (all at the pooled maximum) is all zeros, not
+    # 0/0, as data-unlearning-bench guards it (its renormalised KL then hides the gap: reference mode only)
     return np.divide(counts, total, out=np.zeros_like(counts), where=total > 0)

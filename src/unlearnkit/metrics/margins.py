@@ -5,6 +5,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import Diverged
+
 
 def margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """φ(x, y) = logit_y − logsumexp_{j≠y} logit_j, for logits (models, examples, classes) → (models, examples).
@@ -32,7 +34,10 @@ def mean_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
 
 def logits_and_labels(logits, labels, min_examples: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (models, examples, classes) and integer labels (examples,) in range, as tensors (arrays are
-    taken too), or a ValueError that says which is wrong: what every function of logits checks first."""
+    taken too), or a ValueError that says which is wrong: what every function of logits checks first.
+    NaN logits raise `Diverged` (naming the models): they come from weights a method left non-finite, and
+    wherever they are met (a trajectory's recorder, a method's own measurement) that method's row is
+    diverged, the run goes on."""
     logits, labels = torch.as_tensor(logits), torch.as_tensor(labels)
     if logits.dim() != 3 or not logits.is_floating_point():
         raise ValueError(f"logits must be floats of shape (models, examples, classes), got {logits.dtype} of "
@@ -46,8 +51,8 @@ def logits_and_labels(logits, labels, min_examples: int = 0) -> tuple[torch.Tens
         raise ValueError(f"labels must lie in [0, {logits.shape[2]}), got {int(labels.min())}…{int(labels.max())}")
     if logits.shape[1] < min_examples:
         raise ValueError("logits cover no examples")
-    if torch.isnan(logits).any():
-        raise ValueError("logits contain NaN")
+    if (bad := torch.isnan(logits).flatten(1).any(1).nonzero().flatten().tolist()):  # weights a step left NaN:
+        raise Diverged(-1, bad, f"logits contain NaN in model(s) {bad[:8]}")  # a method's row is diverged
     return logits, labels
 
 
