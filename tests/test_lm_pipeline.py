@@ -153,3 +153,16 @@ def test_lm_trajectories_evaluate_every_k_steps_and_pick_the_stated_best_step(re
     assert (tmp_path / "out" / "figures" / "steps.png").is_file() and "--best-step" in page
     with pytest.raises(UnlearnkitError, match="--best-step"):
         RunConfig(**base, best_step="max:accuracy")
+
+
+def test_a_finished_lm_run_is_estimated_to_train_nothing(results, cache_dir):
+    """Its arms are cached and its jobs' cells kept: a rerun's budget is 0 (a new method counts alone)."""
+    from unlearnkit.engine.compute import use
+    from unlearnkit.lm_experiment import lm_jobs, prepare_lm
+    config = RunConfig(task=TASK, forget="authors:0.25", methods=("none", "ga", "npo"), models=3, cache_dir=cache_dir,
+                       bootstrap=10)
+    more = RunConfig(**{**config.__dict__, "methods": ("none", "ga", "npo", "graddiff")})
+    with use(config.compute):
+        assert prepare_lm(config, lm_jobs(config))[3].flops == 0
+        plan = prepare_lm(more, lm_jobs(more))[3]
+    assert plan.flops == plan.method_flops > 0

@@ -41,7 +41,7 @@ from .runs import (
     default_cache_dir,
     default_forget,
     default_methods,
-    job_key,
+    jobs_done,
     method_registry,
     on_compute,
     run_budget,
@@ -413,16 +413,9 @@ def budget(p: Prepared, oracles_on: np.ndarray | None = None, more: tuple[Prepar
                         p.config.seed) for q in (p, *more)]
     done = None
     if oracles_on is None and not more:  # a plain run's jobs, keyed as its Bench keys them
-        store = CellStore.beside(p.cache) if cached_jobs else None
         bench = SimpleNamespace(config=p.config, bench_digest=bench_digest(
             ds, p.forget.positions, settings[0].retain, probe_key=recommendation_probe_key(p)))
-
-        def done(job: Job) -> bool:
-            key = ("job", job_key(bench, job))
-            counted = seen is not None and key in seen
-            if seen is not None:
-                seen.add(key)
-            return counted or (store is not None and store.has(key[1]))
+        done = jobs_done(bench, CellStore.beside(p.cache) if cached_jobs else None, seen)
     oracles_on = settings[0].retain if oracles_on is None else oracles_on
     return run_budget(_profile(task, ds), task.recipe, p.config, torch.arange(len(ds.y_train)),
                       torch.as_tensor(oracles_on), settings, lambda positions: zoo_family(task, ds, positions),

@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from dataclasses import asdict
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -43,6 +44,7 @@ from .runs import (
     Work,
     build_jobs,
     computing,
+    jobs_done,
     on_compute,
     run_budget,
     run_jobs,
@@ -121,9 +123,7 @@ class LMBench:
         self.subsets = {} if identified is None else {k: v for k, v in (("identified", np.flatnonzero(within)),
                                                                         ("unidentified", np.flatnonzero(~within)))
                                                       if len(v)}
-        # with config.bench_id: its jobs' key
-        self.bench_digest = stable_hash(np.asarray(self.forget).tolist() if identified is None
-                                        else [self.forget.tolist(), self.manipulated.tolist(), probe_key])
+        self.bench_digest = lm_bench_digest(self.forget, None if identified is None else self.manipulated, probe_key)
         self.cache = cache
         self.cells = CellStore.beside(cache)  # finished jobs (run_jobs)
         self.forward = LMForward(d.config)
@@ -246,16 +246,28 @@ class LMBench:
                 "hparams": asdict(job.hparams)}, extra
 
 
+def lm_bench_digest(forget: np.ndarray, manipulated: np.ndarray | None = None, probe_key=None) -> str:
+    """With the config's bench_id, what keys an LM bench's jobs: its forget set (and, in a corrective study,
+    the manipulated set it is part of and the study's probe)."""
+    forget = np.asarray(forget)
+    return stable_hash(forget.tolist() if manipulated is None else [forget.tolist(), manipulated.tolist(), probe_key])
+
+
 def lm_budget(config: RunConfig, data: TofuData, jobs: list[Job], cache: ZooCache | None,
               identified: list[np.ndarray] | None = None, extra: tuple[Work, ...] = (),
               forget: np.ndarray | None = None, seen: set | None = None) -> Budget:
     """The training an LM run will do (`runs.run_budget`) on the run's forget set (or `forget`: a search's
     tuning set); for a corrective study, with the forget sets it runs its methods on (`identified`: its
-    oracles train without all of the run's forget set), other work, and the arms a study's earlier cells
-    train (`seen`)."""
+    oracles train without all of the run's forget set), other work, and what a study's earlier cells train
+    (`seen`). A plain run's job whose cell is kept trains nothing (not a search's: its trials are other jobs)."""
     task = data.task
     profile = StepProfile.measure(lm_loss(LMForward(data.config)), init_lm_params(data.config, [0]), data.tensors,
                                   task.recipe.batch_size)
+    done = None
+    if identified is None and forget is None:  # a plain run's jobs, keyed as its LMBench keys them
+        forget = data.forget_positions(config.forget, config.seed)
+        done = jobs_done(SimpleNamespace(config=config, bench_digest=lm_bench_digest(forget)), CellStore.beside(cache),
+                         seen, LM_REGISTRY)
     forget = data.forget_positions(config.forget, config.seed) if forget is None else forget
     everything = np.arange(len(data.items))
     seeds = arm_seeds(ORIGINAL_SEEDS, config.models, config.seed)
@@ -264,7 +276,7 @@ def lm_budget(config: RunConfig, data: TofuData, jobs: list[Job], cache: ZooCach
     return run_budget(profile, task.recipe, config, torch.as_tensor(everything),
                       torch.as_tensor(np.setdiff1d(everything, forget)), settings,
                       lambda positions: lm_family(data.config, data.tensors, positions, task.recipe),
-                      cache, jobs, LM_REGISTRY, list(extra), seen)
+                      cache, jobs, LM_REGISTRY, list(extra), seen, done)
 
 
 def prepare_lm(config: RunConfig, jobs: list[Job]) -> tuple[TofuData, np.ndarray, ZooCache | None, Budget]:

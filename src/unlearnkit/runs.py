@@ -512,6 +512,19 @@ def job_key(bench, job: Job, registry: dict | None = None) -> str:
                     asdict(job.hparams), job.budget, job.tuned, method_code(fn))
 
 
+def jobs_done(bench, store, seen: set | None, registry: dict | None = None) -> Callable[[Job], bool]:
+    """`run_budget`'s `done` for a plain run's jobs on `bench` (anything with `config` and `bench_digest`, as
+    its Bench computes them): a job whose cell `store` keeps (None: none) or that a study's earlier cell
+    counted already (`seen`, to which it is added) trains nothing."""
+    def done(job: Job) -> bool:
+        key = ("job", job_key(bench, job, registry))
+        counted = seen is not None and key in seen
+        if seen is not None:
+            seen.add(key)
+        return counted or (store is not None and store.has(key[1]))
+    return done
+
+
 def method_code(fn: Callable) -> str:
     """What identifies a method's code in its cells' keys (the package's own code is in every key already,
     `cells.code_digest`): the source of its module, so that a helper edited beside a user's method
