@@ -38,6 +38,7 @@ from .runs import (
     build_jobs,
     classifier_task,
     computing,
+    count_once,
     default_cache_dir,
     default_forget,
     default_methods,
@@ -381,9 +382,7 @@ def clustered_budget(config: RunConfig, task, ds, cache: ZooCache | None, seen: 
     if kind in ("near", "lowest-loss", "worst", "easy"):
         seeds = arm_seeds(ORIGINAL_SEEDS, config.models, config.seed)
         family = zoo_family(task, ds, torch.arange(n_train))
-        counted = seen is not None and (family, tuple(seeds)) in seen
-        if seen is not None:
-            seen.add((family, tuple(seeds)))
+        counted = not count_once(seen, (family, tuple(seeds)))
         out.add(_profile(task, ds), config.models, n_train, task.recipe.epochs, batch,
                 counted or (cache is not None and cache.untrained(family, seeds) == 0), cache is not None)
         if kind in ("worst", "easy"):

@@ -263,12 +263,10 @@ def lm_budget(config: RunConfig, data: TofuData, jobs: list[Job], cache: ZooCach
     task = data.task
     profile = StepProfile.measure(lm_loss(LMForward(data.config)), init_lm_params(data.config, [0]), data.tensors,
                                   task.recipe.batch_size)
-    done = None
-    if identified is None and forget is None:  # a plain run's jobs, keyed as its LMBench keys them
-        forget = data.forget_positions(config.forget, config.seed)
-        done = jobs_done(SimpleNamespace(config=config, bench_digest=lm_bench_digest(forget)), CellStore.beside(cache),
-                         seen, LM_REGISTRY)
+    plain = identified is None and forget is None  # a plain run's jobs, keyed as its LMBench keys them
     forget = data.forget_positions(config.forget, config.seed) if forget is None else forget
+    done = (jobs_done(SimpleNamespace(config=config, bench_digest=lm_bench_digest(forget)), CellStore.beside(cache),
+                      seen, LM_REGISTRY) if plain else None)
     everything = np.arange(len(data.items))
     seeds = arm_seeds(ORIGINAL_SEEDS, config.models, config.seed)
     settings = [Setting(task, data, f, np.setdiff1d(everything, f), seeds, config.seed)

@@ -33,7 +33,7 @@ from .engine.observe import observing
 from .errors import UnlearnkitError
 from .forget.specs import USES_DATAMODELS
 from .methods import get_method, make_hparams
-from .methods.base import ScratchArm, Setting
+from .methods.base import Ensemble, ScratchArm, Setting
 from .metrics.trajectory import StepRule
 from .scoring import DEFAULT_ESTIMATORS, DEFAULT_METRICS, check_settings
 from .tasks import TASKS, Task
@@ -432,9 +432,8 @@ def run_budget(profile: StepProfile, recipe, config: RunConfig, everything: torc
         seeds = list(arm.seeds) if arm.seeds is not None else arm_seeds(arm.seed_base, config.models, config.seed)
         family = (arm.family or family_of(arm.positions)) if arm.key is None else None
         name = (family, tuple(seeds)) if arm.key is None else arm.key
-        if name in seen:
+        if not count_once(seen, name):
             continue
-        seen.add(name)
         todo = (config.models if cache is None else cache.untrained(family, seeds) if arm.key is None
                 else 0 if cache.has(arm.key) else config.models)
         out.add(dataclasses.replace(profile, flops=profile.flops * arm.scale), todo or config.models,
@@ -481,19 +480,19 @@ def run_method(ctx, fn: Callable, hparams, recorder: Callable | None, every: int
     seconds and FLOPs."""
     if recorder is None:
         result, cost = ctx.charged(fn, hparams)
-        _check_result(fn, result, originals)
-        return result, cost, None
-    with observing(recorder, every, {k: tuple(v.shape) for k, v in originals.items()}) as watched:
-        result, cost = ctx.charged(fn, hparams)
+        steps = None
+    else:
+        with observing(recorder, every, {k: tuple(v.shape) for k, v in originals.items()}) as watched:
+            result, cost = ctx.charged(fn, hparams)
+        cost["seconds"] -= watched.seconds
+        steps = watched.steps
     _check_result(fn, result, originals)
-    cost["seconds"] -= watched.seconds
-    return result, cost, watched.steps
+    return result, cost, steps
 
 
 def _check_result(fn: Callable, result, originals: dict) -> None:
     """A method returns the N models' parameters, shaped as the originals (plus any inference-time state),
     or an `Ensemble`; anything else is named here, not met as a shape error in scoring."""
-    from .methods.base import Ensemble
     if isinstance(result, Ensemble):
         return
     wrong = (["the result is a " + type(result).__name__] if not isinstance(result, dict) else
@@ -512,16 +511,23 @@ def job_key(bench, job: Job, registry: dict | None = None) -> str:
                     asdict(job.hparams), job.budget, job.tuned, method_code(fn))
 
 
+def count_once(seen: set | None, name) -> bool:
+    """Whether `name` (an arm or a job of a budget) is met for the first time, noting it in `seen` (None: a
+    budget of one run, which names nothing twice)."""
+    if seen is None:
+        return True
+    first = name not in seen
+    seen.add(name)
+    return first
+
+
 def jobs_done(bench, store, seen: set | None, registry: dict | None = None) -> Callable[[Job], bool]:
     """`run_budget`'s `done` for a plain run's jobs on `bench` (anything with `config` and `bench_digest`, as
     its Bench computes them): a job whose cell `store` keeps (None: none) or that a study's earlier cell
     counted already (`seen`, to which it is added) trains nothing."""
     def done(job: Job) -> bool:
-        key = ("job", job_key(bench, job, registry))
-        counted = seen is not None and key in seen
-        if seen is not None:
-            seen.add(key)
-        return counted or (store is not None and store.has(key[1]))
+        key = job_key(bench, job, registry)
+        return not count_once(seen, ("job", key)) or (store is not None and store.has(key))
     return done
 
 

@@ -104,7 +104,7 @@ def row_metrics(arm: ArmScores, oracle: ArmScores, oracles: ArmScores, splits: d
     row = {**summarize(values, splits), "accuracy": arm.accuracies(splits)}
     if s.bootstrap:
         row["klom_p95_ci"] = bootstrap_p95(arm.margin, oracle.margin, splits, reps=s.bootstrap, seed=s.seed,
-                                           workers=local_cores(), **kw)
+                                           workers=local_cores(), values=values, **kw)
     for name in s.estimators:
         if name != "hist":
             by = summarize(klom(arm.margin, oracle.margin, estimator=name), splits)

@@ -37,9 +37,10 @@ from .cells import run_cells
 from .engine.compute import use
 from .errors import UnlearnkitError
 from .files import atomic_write, check_writable, read_json_object
+from .forget.specs import USES_DATAMODELS
 from .report import index
 from .report.html import write_study_report
-from .runs import RunConfig
+from .runs import RunConfig, default_forget, reads_files
 from .zoo import stable_hash
 
 FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
@@ -163,8 +164,6 @@ def _applying(fields: dict, values: dict) -> dict:
     """A cell's fields without the shared [run] options that do not apply to it — `data_dir` for a task
     whose data reads no directory, `datamodels` for a forget set that reads none — so that one study can
     mix tasks or forget kinds; given on the grid (for this cell), they are checked as a run checks them."""
-    from .forget.specs import USES_DATAMODELS
-    from .runs import default_forget, reads_files
     task = fields.get("task", RunConfig.task)
     forget = fields.get("forget") or default_forget(task)
     drop = {"data_dir": not reads_files(task),
@@ -251,7 +250,7 @@ def run_study(study: Study, out: str | os.PathLike, overwrite: bool = False) -> 
             other_id, other_cells = other.get("study_id"), {c["run_id"] for c in other["cells"]}
         except (OSError, ValueError, KeyError, TypeError):
             other_id, other_cells = "unreadable", {None}
-        if other_id != study.study_id and not other_cells <= {c.run_id for _, c in study.cells}:
+        if not other_cells <= {c.run_id for _, c in study.cells}:  # (the same study holds the same cells)
             raise UnlearnkitError(f"{out} holds another study ({other_id}) with cells this one lacks; choose another "
                                   "--out, or --overwrite (overwrite=True) to replace its study.json and report (the "
                                   "cells it finished are kept, and reused where this study has them)")

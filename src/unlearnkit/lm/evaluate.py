@@ -204,24 +204,22 @@ def score_items(forward: Callable, params: Params, module: nn.Module, tok: Token
         if options:
             out.prob_options = np.stack([M.probability_with_options(answers[i], pert_by_item[i])
                                          for i in range(len(answers))])
+    # greedy answers up to the longest labelled answer + 4 tokens (OpenUnlearning generates up to 200): they
+    # stop at EOS either way; only an answer that pads its start past that budget loses ROUGE recall here
+    pad, eos = specials or special_ids(tok)
+    new_tokens = int((labels != -100).sum(1).max()) + 4
     if rouge:
-        pad, eos = specials or special_ids(tok)
-        # greedy answers up to the longest labelled answer + 4 tokens (OpenUnlearning generates up to 200): they
-        # stop at EOS either way; only an answer that pads its start past that budget loses ROUGE recall here
-        longest = int((labels != -100).sum(1).max())
-        generated = answers_for(module, params, tok, [qa.question for qa in items], longest + 4, pad, eos)
+        generated = answers_for(module, params, tok, [qa.question for qa in items], new_tokens, pad, eos)
         out.rouge = np.array([[M.rouge_l_recall(g, qa.answer, alnum=True) for g, qa in zip(model, items)]
                               for model in generated])
         out.knowmem = np.array([[M.rouge_l_f1(g, qa.answer, alnum=True) for g, qa in zip(model, items)]
                                 for model in generated])
     if verbmem:
-        pad, eos = specials or special_ids(tok)
         pairs = [M.verbatim_prompt(qa.question, qa.answer) for qa in items]
         kept = [i for i, p in enumerate(pairs) if p is not None]
         out.verbmem = np.full((len(answers), len(items)), np.nan)
         if kept:
-            longest = int((labels != -100).sum(1).max())
-            generated = answers_for(module, params, tok, [pairs[i][0] for i in kept], longest + 4, pad, eos)
+            generated = answers_for(module, params, tok, [pairs[i][0] for i in kept], new_tokens, pad, eos)
             out.verbmem[:, kept] = [[M.rouge_l_f1(g, pairs[i][1], alnum=True) for g, i in zip(model, kept)]
                                     for model in generated]
     if mia:

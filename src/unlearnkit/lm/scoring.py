@@ -112,7 +112,8 @@ def lm_row(s: dict[str, ItemScores], o: dict[str, ItemScores], config,
            | {k: float(s["forget"].accuracy[:, v].mean()) for k, v in subsets.items()},
            "mia_auc": aucs, "privleak": M.privleak(aucs["mink"], oracle_aucs["mink"]), **probe_metrics(s)}
     if config.bootstrap:
-        row["klom_p95_ci"] = bootstrap_p95(u, ref, splits, reps=config.bootstrap, seed=config.seed, **kw)
+        row["klom_p95_ci"] = bootstrap_p95(u, ref, splits, reps=config.bootstrap, seed=config.seed, values=values,
+                                           **kw)
     if by_estimator:
         row["klom_estimators"] = by_estimator
     return row, values

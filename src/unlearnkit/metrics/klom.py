@@ -18,12 +18,10 @@ With the floor, KLoM is at most about ln(1/eps) ≈ 11.5.
 """
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
 from .estimators import ESTIMATORS
-from .margins import model_pair
+from .margins import check_options, model_pair, whole
 
 BINS, CLIP, EPS = 20, 100.0, 1e-5
 # Two samples of one distribution read mean KLoM ≈ 3.0 at N = 20, 0.86 at 50, 0.34 at 100 (shared/README.md):
@@ -39,11 +37,8 @@ def klom(unlearned, oracle, bins: int = BINS, clip: float = CLIP, eps: float = E
     to it alone) or one of the small-N estimators of `metrics.estimators` ("gauss", "knn")."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown KLoM estimator {estimator!r}; known: {', '.join(ESTIMATORS)}")
-    for name, value, ok, rule in (("bins", bins, isinstance(bins, numbers.Integral) and bins >= 1, "a whole number >= 1"),
-                                  ("clip", clip, clip > 0, "> 0"), ("eps", eps, 0 < eps < 1, "in (0, 1)"),
-                                  ("chunk", chunk, isinstance(chunk, numbers.Integral) and chunk >= 1, "a whole number >= 1")):
-        if not ok:
-            raise ValueError(f"klom: {name} must be {rule}, got {value!r}")
+    check_options("klom", [("bins", bins, whole(bins), "a whole number >= 1"), ("clip", clip, clip > 0, "> 0"),
+                           ("eps", eps, 0 < eps < 1, "in (0, 1)"), ("chunk", chunk, whole(chunk), "a whole number >= 1")])
     p_all, q_all = model_pair(unlearned, oracle, ("unlearned", "oracle"), "KLoM", min_examples=0)
     out = np.empty(p_all.shape[1])
     fn = ESTIMATORS[estimator][0]

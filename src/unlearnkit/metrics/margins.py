@@ -1,6 +1,8 @@
 """Margins and accuracies from logits (pure functions over arrays)."""
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -54,6 +56,18 @@ def logits_and_labels(logits, labels, min_examples: int = 0) -> tuple[torch.Tens
     if (bad := torch.isnan(logits).flatten(1).any(1).nonzero().flatten().tolist()):  # weights a step left NaN:
         raise Diverged(-1, bad, f"logits contain NaN in model(s) {bad[:8]}")  # a method's row is diverged
     return logits, labels
+
+
+def check_options(who: str, rules) -> None:
+    """A ValueError naming the first option that breaks its rule; `rules`: (name, value, ok, what it must be)."""
+    for name, value, ok, rule in rules:
+        if not ok:
+            raise ValueError(f"{who}: {name} must be {rule}, got {value!r}")
+
+
+def whole(value) -> bool:
+    """A whole number >= 1 (a count of bins, replicates, examples)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
 
 
 def as_model_array(a, name: str, what: str = "margins", min_examples: int = 1) -> np.ndarray:

@@ -1,13 +1,12 @@
 """Summaries of per-example KLoM over the forget, retain and validation splits."""
 from __future__ import annotations
 
-import numbers
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from .klom import klom
-from .margins import model_pair
+from .margins import check_options, model_pair, whole
 
 SPLITS = ("forget", "retain", "val")
 
@@ -48,7 +47,7 @@ def checked_splits(splits: dict, n: int) -> dict[str, np.ndarray]:
 
 def bootstrap_p95(unlearned: np.ndarray, oracle: np.ndarray, splits: dict[str, np.ndarray], reps: int = 100,
                   seed: int = 0, max_examples: int = 2000, level: float = 0.95, workers: int = 1,
-                  **klom_kwargs) -> dict[str, list[float]]:
+                  values: np.ndarray | None = None, **klom_kwargs) -> dict[str, list[float]]:
     """Bootstrap confidence interval of each split's KLoM p95, resampling *models*.
 
     Each replicate draws N_u unlearned and N_o oracle models with replacement and recomputes KLoM: the
@@ -57,20 +56,20 @@ def bootstrap_p95(unlearned: np.ndarray, oracle: np.ndarray, splits: dict[str, n
     replicate's KLoM upwards (strongly so at small N), so the interval is the replicates' spread
     around their median, re-centred on the point estimate: [p95 − (med* − q_lo*), p95 + (q_hi* − med*)].
     For speed, a split larger than `max_examples` is represented in the replicates by a fixed random
-    subsample (the centre, p95, is the whole split's, so the interval always holds the headline), and
-    `workers` threads compute the replicates (the same numbers whatever their count).
+    subsample (the centre, p95, is the whole split's, so the interval always holds the headline; `values`:
+    the per-example KLoM of every example when the caller has it), and `workers` threads compute the
+    replicates (the same numbers whatever their count).
     The interval is this project's (the KLoM papers report points): percentiles of a nonparametric
     bootstrap over the models (Efron & Tibshirani 1993, "An Introduction to the Bootstrap"), re-centred
     as above.
     """
-    whole = "a whole number >= 1"
-    for name, ok, rule in (("reps", isinstance(reps, numbers.Integral) and reps >= 1, whole),
-                           ("level", 0 < level < 1, "in (0, 1)"),
-                           ("max_examples", isinstance(max_examples, numbers.Integral) and max_examples >= 1, whole),
-                           ("workers", isinstance(workers, numbers.Integral) and workers >= 1, whole)):
-        if not ok:
-            raise ValueError(f"{name} must be {rule}, got {locals()[name]!r}")
+    check_options("bootstrap_p95", [(n, v, whole(v), "a whole number >= 1")
+                                    for n, v in (("reps", reps), ("max_examples", max_examples), ("workers", workers))]
+                  + [("level", level, 0 < level < 1, "in (0, 1)")])
     unlearned, oracle = model_pair(unlearned, oracle, ("unlearned", "oracle"), "KLoM", min_examples=0)
+    full = klom(unlearned, oracle, **klom_kwargs) if values is None else np.asarray(values)
+    if full.shape != (unlearned.shape[1],):
+        raise ValueError(f"values must hold one KLoM per example ({unlearned.shape[1]}), got shape {full.shape}")
     splits = checked_splits(splits, unlearned.shape[1])
     rng = np.random.default_rng(seed)
     chosen = {k: (rng.choice(v, max_examples, replace=False) if len(v) > max_examples else v)
@@ -82,8 +81,7 @@ def bootstrap_p95(unlearned: np.ndarray, oracle: np.ndarray, splits: dict[str, n
     def p95s(k: np.ndarray) -> np.ndarray:
         return np.array([np.percentile(k[a:b], 95) for a, b in zip(bounds[:-1], bounds[1:])])
 
-    # the centre is each whole split's p95 (the headline), whatever the subsample the replicates use
-    point = np.array([np.percentile(klom(unlearned[:, v], oracle[:, v], **klom_kwargs), 95) for v in splits.values()])
+    point = np.array([np.percentile(full[v], 95) for v in splits.values()])  # the headline, whatever the subsample
     draws = [(rng.integers(0, len(u), len(u)), rng.integers(0, len(o), len(o))) for _ in range(reps)]
 
     def replicate(draw) -> np.ndarray:
