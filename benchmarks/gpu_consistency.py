@@ -31,6 +31,7 @@ from unlearnkit.zoo import arm_seeds, template, train_models
 def arm_margins(task, ds, seeds, compute: Compute) -> tuple[torch.Tensor, float, int]:
     """Validation margins (N × examples) of an arm trained on `compute`, its seconds and peak CUDA bytes."""
     if compute.is_cuda:
+        torch.zeros(1, device=compute.device)  # the allocator exists only after a first allocation
         torch.cuda.reset_peak_memory_stats(torch.device(compute.device))
     start = time.perf_counter()
     with use(compute):

@@ -118,24 +118,22 @@ def main() -> None:
     if args.variant:
         print(json.dumps(one(args)))
         return
-    rows = []
     try:
         import peft  # noqa: F401
         variants = VARIANTS
     except ImportError:  # the GPU machine has no PEFT: the reference comparison alone
         variants = VARIANTS[:2]
-    for v in variants:
+    for i, v in enumerate(variants):  # each row as it comes (a device check may stop the script at its limit)
         out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--variant", v], capture_output=True, text=True)
         if out.returncode:
             sys.exit(out.stderr)
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    r0 = rows[0]
-    print(f"{args.method} on {args.task}, N = {args.models}, {args.epochs:g} epochs, {r0['device']} {r0['precision']}; "
-          f"{r0['params_per_model']:,} parameters per model")
-    print(f"{'variant':14} {'peak extra MiB':>14} {'trained params/model':>21} {'seconds':>8}")
-    for r in rows:
-        print(f"{r['variant']:14} {r['peak_extra_mib']:14.1f} {r['trained_params_per_model']:21,} {r['seconds']:8.1f}")
-
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        if i == 0:
+            print(f"{args.method} on {args.task}, N = {args.models}, {args.epochs:g} epochs, {r['device']} "
+                  f"{r['precision']}; {r['params_per_model']:,} parameters per model")
+            print(f"{'variant':14} {'peak extra MiB':>14} {'trained params/model':>21} {'seconds':>8}")
+        print(f"{r['variant']:14} {r['peak_extra_mib']:14.1f} {r['trained_params_per_model']:21,} {r['seconds']:8.1f}",
+              flush=True)
 
 if __name__ == "__main__":
     main()

@@ -14,6 +14,7 @@ import logging
 import tempfile
 import time
 
+from unlearnkit.backends import local_cores
 from unlearnkit.budget import training_rate
 from unlearnkit.engine.compute import use
 from unlearnkit.experiment import RunConfig, budget, prepare, run
@@ -34,7 +35,8 @@ def main() -> None:
             with use(config.compute):
                 estimate = budget(prepare(config)).seconds()
                 if n == int(args.models.split(",")[0]):
-                    print(f"{config.compute.describe()}; expected training rate {training_rate() / 1e9:.0f} GFLOP/s")
+                    print(f"{config.compute.describe()}; expected training rate {training_rate() / 1e9:.0f} GFLOP/s; "
+                          f"{local_cores()} CPU cores for the metrics")
                     print(f"{'N':>5} {'seconds':>9} {'models/s':>9} {'estimated s':>12}")
             start = time.perf_counter()
             run(config)

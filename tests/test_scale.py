@@ -114,10 +114,17 @@ def test_compiled_update_equals_the_op_by_op_one(digits, monkeypatch):
 def test_auto_resolves_to_what_this_machine_has():
     compute = resolve()
     assert compute.device == ("cuda:0" if torch.cuda.is_available() else "cpu")
-    assert compute.precision == ("bf16" if bf16_fast(compute.device) else "fp32")
+    assert compute.precision == ("tf32" if compute.is_cuda else "bf16" if bf16_fast(compute.device) else "fp32")
     config = RunConfig(task="digits-mlp", models=2)
     assert (config.device, config.precision) == (compute.device, compute.precision)  # recorded resolved
     assert current() == Compute()  # nothing changed outside a run
+
+
+def test_auto_on_a_cuda_gpu_is_tf32(monkeypatch):
+    """tf32 trained the default task 1.37x faster than bf16 on an H200 (`resolve`'s docstring)."""
+    import unlearnkit.engine.compute as compute
+    monkeypatch.setattr(compute, "_device", lambda device: "cuda:0")
+    assert resolve("cuda", "auto") == Compute("cuda:0", "tf32")
 
 
 def test_bf16_on_a_cpu_without_it_is_refused(monkeypatch):

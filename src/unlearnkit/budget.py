@@ -74,16 +74,18 @@ class StepProfile:
                 batch: int) -> StepProfile:
         """Profile `loss` (written for one model, as the engine takes it) on `batch` examples of `data`
         with one model's `params` (leading model dimension of size 1 or none)."""
-        one = {k: (v[0] if v.dim() and v.shape[0] == 1 else v).detach().clone().requires_grad_(True)
+        dev = current().device  # where the loss's own tensors live (a method's tables indexed by positions)
+        one = {k: (v[0] if v.dim() and v.shape[0] == 1 else v).detach().to(dev).clone().requires_grad_(True)
                for k, v in params.items()}
-        idx = torch.arange(min(batch, len(data[0])))
+        idx = torch.arange(min(batch, len(data[0])), device=dev)
         saved = 0
 
         def pack(t: torch.Tensor) -> torch.Tensor:
             nonlocal saved
             saved += t.numel() * t.element_size()
             return t
-        batch = {"train": (data[0][idx], data[1][idx], idx)}
+        rows = idx.to(data[0].device)
+        batch = {"train": (data[0][rows].to(dev), data[1][rows].to(dev), idx)}
         try:
             with FlopCounterMode(display=False) as counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                 loss(one, batch, {}).backward()

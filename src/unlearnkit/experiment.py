@@ -232,8 +232,10 @@ class Bench:
         self.bench_digest = bench_digest(ds, self.forget.positions, retain, blocks, probe_key)
         self.cells = CellStore.beside(p.cache)  # finished jobs (run_jobs)
         self.settings = Settings.of(p.config)
+        start = time.perf_counter()
         self.oracles = self.scores(predict(self.forward, oracles.params, self.x_all))
         self.originals_scores = self.scores(predict(self.forward, self.originals.params, self.x_all))
+        log.info("scored the originals and oracles on %d examples in %.1f s", len(self.y_all), time.perf_counter() - start)
         self.followed = np.concatenate(list(sample_positions(self.splits, seed).values()))
 
     def scores(self, logits: torch.Tensor) -> ArmScores:
@@ -271,7 +273,7 @@ class Bench:
                                             p.config.trajectories, self.originals.params)
             if recorder is not None and not isinstance(result, Ensemble) and recorder.steps[-1] != last:
                 recorder(last, result)  # where the method stopped
-            reference = None
+            reference, trained = None, time.perf_counter()
             if isinstance(result, Ensemble):
                 arm = self.scores(result.logits(self.x_all))
                 reference = self.scores(result.oracle_logits(self.x_all)) if result.oracle_logits else None
@@ -279,7 +281,10 @@ class Bench:
                 # the originals themselves (`none`) were scored when the bench was built
                 arm = (self.originals_scores if result is self.originals.params
                        else self.scores(predict(self.forward, result, self.x_all)))
+            scored = time.perf_counter()
             metrics, values = row_metrics(arm, reference or self.oracles, self.oracles, self.splits, self.settings)
+            log.info("method %s: %.1f s the method, %.1f s its predictions, %.1f s the metrics", job.label,
+                     trained - start, scored - trained, time.perf_counter() - scored)
             row = {**metrics, **cost, "diverged": False}
             if isinstance(result, Ensemble):
                 row["reference"] = result.reference

@@ -184,7 +184,7 @@ def token_stats(forward: Callable, params: Params, input_ids: torch.Tensor, labe
             mu = (p * logp).sum(-1)
             parts["mu"].append(mu.cpu())
             parts["sigma"].append(((p * logp * logp).sum(-1) - mu ** 2).clamp(min=0).sqrt().cpu())
-    mask = labels[:, 1:] != IGNORE
+    mask = (labels[:, 1:] != IGNORE).cpu()  # labels may live on the device (a method's own items)
     cat = {k: torch.cat(v, 1) if v else None for k, v in parts.items()}
     return TokenStats(cat["lp"], cat["hit"] & mask, mask, cat["mu"], cat["sigma"])
 

@@ -19,6 +19,7 @@ import torch
 
 from ...data.tofu_synth import QA, refusal
 from ...engine import Params
+from ...engine.compute import current
 from ...engine.observe import seen_through
 from ...errors import UnlearnkitError
 from ...lm.lora import LoraForward, LoraSpec
@@ -116,11 +117,14 @@ class LMContext(Context):
         def lora_loss(adapters, batch, fz):
             return loss({**fz[LORA_BASE], **adapters}, batch, fz)
 
+        start = adapted.init_adapters(self.seeds)  # drawn on the CPU: the same adapters on every device
+        # a call on weights without adapters (a reference model's) reads the template's own, B = 0: on the device
+        adapted.module.to(current().device)
         self.forward = adapted  # the method's loss calls ctx.forward: the adapted template during this fit
         try:
-            with seen_through(lambda a: adapted.merge(self.originals, a)):
-                adapters = super().fit(lora_loss, streams, epochs, optim, adapted.init_adapters(self.seeds), desc,
-                                       frozen=frozen, **kwargs)
+            # a trajectory observer sees the adapters where they train; the originals stay on the CPU
+            with seen_through(lambda a: adapted.merge(self.originals, {k: v.cpu() for k, v in a.items()})):
+                adapters = super().fit(lora_loss, streams, epochs, optim, start, desc, frozen=frozen, **kwargs)
         finally:
             self.forward = plain
         return adapted.merge(self.originals, adapters)

@@ -15,6 +15,7 @@ class RMUParams(LMLoopParams):
     alpha: float = 1.0          # retain weight, chosen on tofu-synth-gpt (docstring); WMDP's is 100, OpenUnlearning's 1000
     lr: float = 1e-2
     update_blocks: int = 3      # update the MLP output weights of this many blocks ending at `layer`
+    lora: ClassVar[bool] = False  # its localisation is the update mask on those blocks' MLP outputs
 
     search_space: ClassVar[dict] = {**LMLoopParams.search_space, "steering": ("log", 0.5, 20.0),
                                     "alpha": ("log", 1.0, 1000.0)}
