@@ -272,7 +272,9 @@ def _chunked(key, loss, init, stream, data, epochs, optim, cache, label, manifes
              update_mask=None) -> Arm:
     """Train an arm chunk by chunk (each chunk is a whole zoo entry of its own, so an interrupted arm
     resumes from its finished chunks and the running chunk's last epoch), then store it as one entry.
-    Model i depends on its seed alone: the arm equals one pass's, bit for bit."""
+    Model i depends on its seed alone: on a CPU the arm equals one pass's, bit for bit; on a CUDA GPU only
+    in distribution (batched kernels chosen by the number of models round differently, and the difference
+    grows over training: benchmarks/gpu_consistency.py)."""
     n = len(stream.seeds)
     parts = [list(range(i, min(i + size, n))) for i in range(0, n, size)]
     keys = [stable_hash({"arm": key, "models": [p[0], p[-1] + 1]}) for p in parts]
