@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import unlearnkit.experiment as E
+from unlearnkit.backends import Local
 from unlearnkit.cells import CellStore, run_cells
 from unlearnkit.experiment import RunConfig, run
 from unlearnkit.tuning import TuneConfig, tune
@@ -15,15 +16,16 @@ BASE = dict(task="digits-logreg", forget="random:20", models=2, bootstrap=0)
 
 
 def _count_jobs(monkeypatch, interrupt_at=None):
-    """Patch Bench.run_job to record each job it computes (and raise KeyboardInterrupt at call k)."""
-    real, calls = E.Bench.run_job, []
+    """Patch Bench.start_job (what run_job and a run call) to record each job it computes (and raise
+    KeyboardInterrupt at call k)."""
+    real, calls = E.Bench.start_job, []
 
     def counted(self, job):
         calls.append(job.label)
         if len(calls) == interrupt_at:
             raise KeyboardInterrupt  # killed during this job
         return real(self, job)
-    monkeypatch.setattr(E.Bench, "run_job", counted)
+    monkeypatch.setattr(E.Bench, "start_job", counted)
     return calls
 
 
@@ -31,7 +33,11 @@ def _rows(results):
     return [{k: v for k, v in r.items() if k not in ("seconds", "cost_vs_retrain")} for r in results["rows"]]
 
 
-def test_an_interrupted_run_resumes_at_its_first_unfinished_job(tmp_path, monkeypatch):
+@pytest.mark.parametrize("overlap", [None, True])
+def test_an_interrupted_run_resumes_at_its_first_unfinished_job(tmp_path, monkeypatch, overlap):
+    """Also with a row's metrics finished beside the next job's training (a GPU's way, forced here): the
+    job before the one interrupted is kept."""
+    monkeypatch.setattr(Local, "overlap", overlap)
     config = RunConfig(**BASE, methods=("none", "retrain", "ga", "finetune"), budgets=(1.0, 2.0),
                        cache_dir=str(tmp_path / "cache"))
     calls = _count_jobs(monkeypatch, interrupt_at=4)

@@ -2,6 +2,8 @@
 (The compute options' bad input is in test_bad_input.py, with every other refused option.)"""
 import json
 import sys
+import threading
+import time
 
 import pytest
 import torch
@@ -286,3 +288,44 @@ def test_a_looped_fit_resumes_from_its_checkpoint_bit_for_bit(digits):
     assert checkpoints[0].epoch == 1
     for k in whole:
         assert torch.equal(whole[k], resumed[k]), k
+
+
+def test_metrics_overlapped_with_the_next_jobs_training_give_the_same_run(tmp_path, monkeypatch):
+    """On a GPU a row's scores and metrics run in a thread beside the next job's training (`Later`); forced
+    here on the CPU, the run's files are those of one job after another, bit for bit."""
+    import unlearnkit.backends as backends
+    base = dict(task="digits-mlp", models=3, methods=("none", "finetune", "ga", "neggrad+"), bootstrap=20)
+    plain = run(RunConfig(**base, cache_dir=str(tmp_path / "cache")), tmp_path / "plain")
+    finishing = []
+    real = backends.Later.__init__
+
+    def counted(self, finish):  # every row's metrics go through a Later
+        real(self, lambda: (finishing.append(threading.current_thread().name), finish())[1])
+    monkeypatch.setattr(backends.Later, "__init__", counted)
+    monkeypatch.setattr(backends.Local, "overlap", True)
+    overlapped = run(RunConfig(**base, cache_dir=str(tmp_path / "fresh")), tmp_path / "overlapped")
+    assert len(finishing) == 5 and all(name != threading.main_thread().name for name in finishing)
+    for name in ("klom.npz", "scores.npz"):
+        assert (tmp_path / "plain" / name).read_bytes() == (tmp_path / "overlapped" / name).read_bytes()
+
+    def numbers(rows):  # all but the wall clock
+        return [{k: v for k, v in r.items() if k not in ("seconds", "cost_vs_retrain")} for r in rows]
+    assert numbers(plain["rows"] + [plain["noise_floor"]]) == numbers(overlapped["rows"] + [overlapped["noise_floor"]])
+
+
+def test_overlapping_hands_back_every_finished_piece_in_order_and_before_a_failure():
+    from unlearnkit.backends import Later, Local
+    order = []
+
+    def fn(i):
+        if i == 3:
+            raise KeyboardInterrupt  # killed during the device work of piece 3
+        order.append(f"device {i}")
+        return Later(lambda: (time.sleep(0.05), order.append(f"cpu {i}"), i * 10)[2]) if i != 1 else i * 10
+    got, local = [], Local()
+    local.overlap = True
+    with pytest.raises(KeyboardInterrupt):
+        for item, result in local.map(fn, range(5), Compute()):
+            got.append((item, result))
+    assert got == [(0, 0), (1, 10), (2, 20)]  # piece 2's metrics were finished and handed back before raising
+    assert order.index("device 1") < order.index("cpu 0")  # piece 0's CPU part ran beside piece 1's device part

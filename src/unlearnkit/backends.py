@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import os
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 from .engine.compute import Compute, use
 from .errors import UnlearnkitError
@@ -44,14 +45,51 @@ def check_backend(name: str, address: str | None = None) -> None:
                                   "(or leave out --backend to train in this process)") from None
 
 
+class Later:
+    """What is left of a piece after its device work: CPU work (a row's scores and metrics) to finish it.
+    On a GPU, the local backend finishes it in a thread while the next piece's device work runs, so the
+    device does not wait for the CPU (on an H200 a default-run row spent 2.8 s in its metrics and 1.5 s
+    scoring its predictions, against 0.2-6 s of training). Elsewhere it is finished at once."""
+
+    def __init__(self, finish: Callable[[], object]):
+        self.finish = finish
+
+
+def finished(result):
+    """A piece's result, its `Later` part done."""
+    return result.finish() if isinstance(result, Later) else result
+
+
 class Local:
-    """Runs pieces one after another in this process (each one already uses every core)."""
+    """Runs pieces one after another in this process (each one already uses every core); on a GPU, a
+    piece's `Later` part runs beside the next piece's device work (`overlap`)."""
 
     name = "local"
+    overlap: bool | None = None  # None: on a GPU only (on a CPU both parts want the same cores)
 
     def map(self, fn: Callable, items: Iterable, compute: Compute) -> Iterator[tuple[object, object]]:
-        for item in items:
-            yield item, fn(item)
+        if not (compute.is_cuda if self.overlap is None else self.overlap):
+            for item in items:
+                yield item, finished(fn(item))
+            return
+        with ThreadPoolExecutor(1) as pool:
+            pending = None  # (item, its Later part running in the pool)
+            for item in items:
+                try:
+                    out = fn(item)
+                except BaseException:
+                    if pending is not None:  # the piece before a failure (or Ctrl-C) is handed back: kept
+                        yield pending[0], pending[1].result()
+                    raise
+                if pending is not None:
+                    yield pending[0], pending[1].result()
+                    pending = None
+                if isinstance(out, Later):
+                    pending = (item, pool.submit(out.finish))
+                else:
+                    yield item, out
+            if pending is not None:
+                yield pending[0], pending[1].result()
 
 
 class Ray:
@@ -80,7 +118,7 @@ def _in_compute(fn: Callable, item, compute: Compute):
     """A task runs on the driver's kind of device and precision (a Ray worker starts with the defaults;
     on a GPU node, the one GPU Ray gave it is its cuda:0)."""
     with use(compute):
-        return fn(item)
+        return finished(fn(item))
 
 
 _current: Local | Ray = Local()

@@ -17,6 +17,7 @@ import torch
 
 from . import __version__
 from .attribution.store import HELD_OUT
+from .backends import Later, finished
 from .budget import Budget, StepProfile
 from .cells import CellStore
 from .data import Interactions, load_dataset
@@ -255,10 +256,16 @@ class Bench:
         recorder(0, self.originals.params)
         return recorder
 
-    @on_compute
     def run_job(self, job: Job) -> tuple[dict, dict | None]:
         """One results row, and (unless the method diverged) {"klom": per-example KLoM, "scores": the
         arrays scores.npz keeps for the row}."""
+        return finished(self.start_job(job))
+
+    @on_compute
+    def start_job(self, job: Job) -> Later | tuple[dict, dict | None]:
+        """`run_job` in two parts: here, the device work (the method, its models' predictions, a study's
+        probe); in the `Later` returned, the CPU work (scores and metrics), which a run on a GPU finishes
+        while the next job trains (`backends.Local`)."""
         p = self.p
         # the noise-floor arm is an independent arm of oracles: it trains on what they train on
         retain = self.oracle_positions if job.method == NOISE_FLOOR_METHOD else self.retain
@@ -266,44 +273,57 @@ class Bench:
                       arm_seeds(ORIGINAL_SEEDS, p.config.models, p.config.seed), p.config.seed, p.cache)
         log.info("method %s", job.label)
         start = time.perf_counter()
-        extra = None
         try:
             recorder = self.recorder(job)
             result, cost, last = run_method(ctx, get_method(job.method, self.registry).fn, job.hparams, recorder,
                                             p.config.trajectories, self.originals.params)
             if recorder is not None and not isinstance(result, Ensemble) and recorder.steps[-1] != last:
                 recorder(last, result)  # where the method stopped
-            reference, trained = None, time.perf_counter()
+            trained = time.perf_counter()
+            reference = None
             if isinstance(result, Ensemble):
-                arm = self.scores(result.logits(self.x_all))
-                reference = self.scores(result.oracle_logits(self.x_all)) if result.oracle_logits else None
-            else:
-                # the originals themselves (`none`) were scored when the bench was built
-                arm = (self.originals_scores if result is self.originals.params
-                       else self.scores(predict(self.forward, result, self.x_all)))
-            scored = time.perf_counter()
-            metrics, values = row_metrics(arm, reference or self.oracles, self.oracles, self.splits, self.settings)
-            log.info("method %s: %.1f s the method, %.1f s its predictions, %.1f s the metrics", job.label,
-                     trained - start, scored - trained, time.perf_counter() - scored)
-            row = {**metrics, **cost, "diverged": False}
-            if isinstance(result, Ensemble):
-                row["reference"] = result.reference
-            elif self.probe is not None:  # what a study measures beyond the scores (a relearning attack)
-                row.update(self.probe(result))
-            arrays = arm.arrays(f"row/{job.label}")
-            if reference is not None:
-                arrays.update(reference.arrays(f"reference/{job.label}"))
-            if recorder is not None and len(recorder.steps) > 1:
-                row["trajectory"], traj = recorder.result(self.oracles.margin[:, self.followed],
-                                                          len(self.splits["forget"]))
-                arrays.update({f"trajectory/{job.label}/{k}": v for k, v in traj.items()})
-            extra = {"klom": values, "scores": arrays}
+                logits = result.logits(self.x_all)
+                reference = result.oracle_logits(self.x_all) if result.oracle_logits else None
+            else:  # the originals themselves (`none`) were scored when the bench was built
+                logits = None if result is self.originals.params else predict(self.forward, result, self.x_all)
+            # what a study measures beyond the scores (a relearning attack)
+            probe = self.probe(result) if self.probe is not None and not isinstance(result, Ensemble) else {}
         except Diverged as err:
-            row = diverged_row(time.perf_counter() - start, str(err))
-            log.warning("method %s diverged: %s", job.label, err)
-        return {"method": job.method, "label": job.label, **row, "budget": job.budget, "tuned": job.tuned,
-                "hparams": asdict(job.hparams)}, extra
+            return self._diverged(job, start, err)
+        predicted = time.perf_counter()
 
+        def finish() -> tuple[dict, dict | None]:
+            begun = time.perf_counter()
+            try:
+                arm = self.originals_scores if logits is None else self.scores(logits)
+                ref = self.scores(reference) if reference is not None else None
+                metrics, values = row_metrics(arm, ref or self.oracles, self.oracles, self.splits, self.settings)
+                log.info("method %s: %.1f s the method, %.1f s its predictions, %.1f s the scores and metrics",
+                         job.label, trained - start, predicted - trained, time.perf_counter() - begun)
+                row = {**metrics, **cost, "diverged": False}
+                if isinstance(result, Ensemble):
+                    row["reference"] = result.reference
+                row.update(probe)
+                arrays = arm.arrays(f"row/{job.label}")
+                if ref is not None:
+                    arrays.update(ref.arrays(f"reference/{job.label}"))
+                if recorder is not None and len(recorder.steps) > 1:
+                    row["trajectory"], traj = recorder.result(self.oracles.margin[:, self.followed],
+                                                              len(self.splits["forget"]))
+                    arrays.update({f"trajectory/{job.label}/{k}": v for k, v in traj.items()})
+            except Diverged as err:
+                return self._diverged(job, start, err)
+            return self._row(job, row), {"klom": values, "scores": arrays}
+        return Later(finish)
+
+    def _diverged(self, job: Job, start: float, err: Diverged) -> tuple[dict, None]:
+        log.warning("method %s diverged: %s", job.label, err)
+        return self._row(job, diverged_row(time.perf_counter() - start, str(err))), None
+
+    @staticmethod
+    def _row(job: Job, row: dict) -> dict:
+        return {"method": job.method, "label": job.label, **row, "budget": job.budget, "tuned": job.tuned,
+                "hparams": asdict(job.hparams)}
 
 @computing
 def run(config: RunConfig, out: str | os.PathLike | None = None, overwrite: bool = False) -> dict:

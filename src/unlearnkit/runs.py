@@ -459,7 +459,8 @@ def run_jobs(bench, jobs: list[Job]) -> tuple[list[dict], dict[str, np.ndarray],
     its own seconds and FLOPs); a method that trains an arm (retrain, SISA) caches it from its task,
     through the cache's locks and atomic writes — on a cluster of several machines, give a --cache-dir
     that all of them share."""
-    results = run_cells(bench.cells, [(job_key(bench, job), job) for job in jobs], bench.run_job)
+    start = getattr(bench, "start_job", bench.run_job)  # a classifier bench hands back its metrics as a Later
+    results = run_cells(bench.cells, [(job_key(bench, job), job) for job in jobs], start)
     rows, per_example, scores = [], {}, {}
     for job, (row, extra) in zip(jobs, results):
         rows.append(row)
