@@ -117,7 +117,8 @@ def test_near_forget_set_is_nearest_neighbours(tmp_path):
 
 
 def test_om_against_the_oracles_it_matched_scores_far_below_none(tmp_path):
-    config = RunConfig(task="digits-mlp", forget="random:50", methods=("none",), models=8, cache_dir=str(tmp_path))
+    config = RunConfig(task="digits-mlp", forget="random:50", methods=("none",), models=8, cache_dir=str(tmp_path),
+                       precision="fp32")  # in bf16 the margin depends on the machine: AMX or AVX-512 BF16 kernels
     bench = Bench(prepare(config))
     p = bench.p
     ctx = Context(p.task, p.dataset, bench.forward, bench.originals.params, bench.forget.positions, bench.retain,
@@ -128,7 +129,7 @@ def test_om_against_the_oracles_it_matched_scores_far_below_none(tmp_path):
     unlearned = get_method("om").fn(ctx, make_hparams("om", {"epochs": 20, "lr": 3e-3}))
     f = bench.forget.positions
     score = lambda params: np.percentile(klom(margins(predict(bench.forward, params, x), y).numpy(), target)[f], 95)
-    assert score(unlearned) < 0.8 * score(bench.originals.params)  # measured: 7.4 against 10.0
+    assert score(unlearned) < 0.8 * score(bench.originals.params)  # measured: 7.4 against 10.0 (8.0 against 9.9 in bf16 without AMX)
 
 
 def test_dmm_runs_end_to_end_with_saved_datamodels(digits_dm):
