@@ -183,6 +183,8 @@ def test_softmax_features():
     m_ent = -np.where(onehot, (1 - p) * logp, p * np.log(np.maximum(1 - p, 1e-30))).sum(2)
     np.testing.assert_allclose(f["m_entropy"], m_ent, atol=1e-9)
     assert 0 < f["m_entropy"][0, 0] < 1e-20  # the confident-correct example stays exactly tiny, not 0 or NaN
+    threaded = softmax_features(logits, labels, chunk=1, workers=3)  # blocks of models in threads: the same numbers
+    assert all(np.array_equal(threaded[k], f[k]) for k in f)
 
 
 # --- bad input -------------------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ class ArmScores:
 
     @classmethod
     def from_logits(cls, logits: torch.Tensor, labels: torch.Tensor) -> ArmScores:
-        feats = softmax_features(logits.numpy(), labels.numpy())
+        feats = softmax_features(logits.numpy(), labels.numpy(), workers=local_cores())
         return cls(margins(logits, labels).numpy().astype(np.float32), feats["correct"].astype(bool),
                    feats["entropy"].astype(np.float32), feats["m_entropy"].astype(np.float32))
 

@@ -12,11 +12,12 @@ All functions are pure numpy over arrays of shape (models, examples). Scores are
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
-from .margins import as_model_array, model_pair
+from .margins import as_model_array, check_options, model_pair, whole
 
 # NeurIPS 2023 challenge constants (google-deepmind/unlearning_evaluation @ ffae0ff, metric.py lines 24-26, 77).
 DELTA = 1e-5
@@ -406,7 +407,7 @@ def neurips23_score(forget_score, retain_acc_u, retain_acc_r, test_acc_u, test_a
 # Population attacks
 
 
-def softmax_features(logits, labels, chunk: int = 8) -> dict:
+def softmax_features(logits, labels, chunk: int = 8, workers: int = 1) -> dict:
     """Per-example features of each model's softmax, logits (models, examples, classes) → dict of
     (models, examples) arrays: correct (bool, argmax = label), confidence (p_y), entropy (−Σ p log p) and
     m_entropy, the modified entropy of Song & Mittal 2021 ("Systematic Evaluation of Privacy Risks of
@@ -416,7 +417,10 @@ def softmax_features(logits, labels, chunk: int = 8) -> dict:
     Logarithms are floored at log(1e-30) as in Song & Mittal's code (and OPTML-Group's MIA.py
     `_log_value`); log(1 − p) is computed without cancellation. Note: OPTML-Group's SVC_MIA.py `m_entropy`
     (lines 12-22) indexes columns by every label of the batch and takes log p for log(1 − p), so its
-    m_entropy differs from this definition; we follow the paper."""
+    m_entropy differs from this definition; we follow the paper. `workers` threads take blocks of `chunk`
+    models (NumPy releases the GIL in this work; the same numbers whatever their count)."""
+    check_options("softmax_features", [(k, v, whole(v), "a whole number >= 1")
+                                       for k, v in (("chunk", chunk), ("workers", workers))])
     if isinstance(logits, torch.Tensor):
         logits = logits.detach().cpu().numpy()
     logits = np.asarray(logits)
@@ -436,7 +440,8 @@ def softmax_features(logits, labels, chunk: int = 8) -> dict:
            "m_entropy": np.empty((m, n))}
     lab = labels.astype(np.int64)
     cols = np.arange(c)[None, None, :]
-    for s in range(0, m, chunk):
+
+    def block(s: int) -> None:  # models s … s + chunk, written into their own rows of `out`
         z = logits[s:s + chunk].astype(np.float64)
         top = z.argmax(2)
         out["correct"][s:s + chunk] = top == lab[None, :]
@@ -455,6 +460,13 @@ def softmax_features(logits, labels, chunk: int = 8) -> dict:
         out["confidence"][s:s + chunk] = np.take_along_axis(p, lab[None, :, None].repeat(z.shape[0], 0), 2)[:, :, 0]
         out["entropy"][s:s + chunk] = -(p * logp_f).sum(2)
         out["m_entropy"][s:s + chunk] = -np.where(is_y, np.exp(log1mp) * logp_f, p * log1mp_f).sum(2)
+    starts = range(0, m, chunk)
+    if workers > 1 and len(starts) > 1:
+        with ThreadPoolExecutor(min(workers, len(starts))) as pool:
+            list(pool.map(block, starts))
+    else:
+        for s in starts:
+            block(s)
     return out
 
 
