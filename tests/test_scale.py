@@ -329,3 +329,13 @@ def test_overlapping_hands_back_every_finished_piece_in_order_and_before_a_failu
             got.append((item, result))
     assert got == [(0, 0), (1, 10), (2, 20)]  # piece 2's metrics were finished and handed back before raising
     assert order.index("device 1") < order.index("cpu 0")  # piece 0's CPU part ran beside piece 1's device part
+
+
+def test_several_rows_metrics_run_at_once_and_come_back_in_order():
+    """Up to `in_flight` Later parts run together (each waits here for another one to start)."""
+    from unlearnkit.backends import Later, Local
+    meet = threading.Barrier(2, timeout=10)
+    local = Local()
+    local.overlap = True
+    out = list(local.map(lambda i: Later(lambda: (meet.wait(), i)[1]), range(4), Compute()))
+    assert out == [(0, 0), (1, 1), (2, 2), (3, 3)]

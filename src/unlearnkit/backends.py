@@ -14,8 +14,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from .engine.compute import Compute, use
 from .errors import UnlearnkitError
@@ -47,7 +48,7 @@ def check_backend(name: str, address: str | None = None) -> None:
 
 class Later:
     """What is left of a piece after its device work: CPU work (a row's scores and metrics) to finish it.
-    On a GPU, the local backend finishes it in a thread while the next piece's device work runs, so the
+    On a GPU, the local backend finishes it in a thread while the next pieces' device work runs, so the
     device does not wait for the CPU (on an H200 a default-run row spent 2.8 s in its metrics and 1.5 s
     scoring its predictions, against 0.2-6 s of training). Elsewhere it is finished at once."""
 
@@ -62,34 +63,45 @@ def finished(result):
 
 class Local:
     """Runs pieces one after another in this process (each one already uses every core); on a GPU, a
-    piece's `Later` part runs beside the next piece's device work (`overlap`)."""
+    piece's `Later` part runs in a thread beside the next pieces' device work (`overlap`), up to
+    `in_flight` of them at once: one row's metrics are partly single-threaded (U-LiRA's ranks, the
+    histograms of its KLoM), so on a many-core host several rows' metrics keep pace with short methods."""
 
     name = "local"
     overlap: bool | None = None  # None: on a GPU only (on a CPU both parts want the same cores)
+    in_flight = 4
 
     def map(self, fn: Callable, items: Iterable, compute: Compute) -> Iterator[tuple[object, object]]:
         if not (compute.is_cuda if self.overlap is None else self.overlap):
             for item in items:
                 yield item, finished(fn(item))
             return
-        with ThreadPoolExecutor(1) as pool:
-            pending = None  # (item, its Later part running in the pool)
+        with ThreadPoolExecutor(self.in_flight) as pool:
+            pending: deque = deque()  # (item, its Later part running in the pool), in the items' order
             for item in items:
                 try:
                     out = fn(item)
                 except BaseException:
-                    if pending is not None:  # the piece before a failure (or Ctrl-C) is handed back: kept
-                        yield pending[0], pending[1].result()
+                    while pending:  # the pieces before a failure (or Ctrl-C) are handed back: kept
+                        done, future = pending.popleft()
+                        yield done, future.result()
                     raise
-                if pending is not None:
-                    yield pending[0], pending[1].result()
-                    pending = None
                 if isinstance(out, Later):
-                    pending = (item, pool.submit(out.finish))
+                    pending.append((item, pool.submit(out.finish)))
                 else:
-                    yield item, out
-            if pending is not None:
-                yield pending[0], pending[1].result()
+                    pending.append((item, _ready(out)))
+                while pending and (pending[0][1].done() or len(pending) > self.in_flight):
+                    done, future = pending.popleft()
+                    yield done, future.result()
+            while pending:
+                done, future = pending.popleft()
+                yield done, future.result()
+
+
+def _ready(result) -> Future:
+    future: Future = Future()
+    future.set_result(result)
+    return future
 
 
 class Ray:
