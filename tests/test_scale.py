@@ -339,3 +339,21 @@ def test_several_rows_metrics_run_at_once_and_come_back_in_order():
     local.overlap = True
     out = list(local.map(lambda i: Later(lambda: (meet.wait(), i)[1]), range(4), Compute()))
     assert out == [(0, 0), (1, 1), (2, 2), (3, 3)]
+
+
+def test_a_rows_failing_metrics_raise_their_own_error_after_every_other_row_under_way():
+    from unlearnkit.backends import Later, Local
+
+    def fn(i):
+        def finish():
+            if i == 2:
+                time.sleep(0.2)  # the next rows' device parts are under way meanwhile
+                raise ValueError("row 2's metrics failed")
+            return i
+        return Later(finish)
+    got, local = [], Local()
+    local.overlap = True
+    with pytest.raises(ValueError, match="row 2"):
+        for item, result in local.map(fn, range(5), Compute()):
+            got.append(result)
+    assert got == [0, 1, 3, 4]  # the rows computed beside the failing one are kept too

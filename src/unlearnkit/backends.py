@@ -78,24 +78,29 @@ class Local:
             return
         with ThreadPoolExecutor(self.in_flight) as pool:
             pending: deque = deque()  # (item, its Later part running in the pool), in the items' order
-            for item in items:
-                try:
+            try:
+                for item in items:
                     out = fn(item)
-                except BaseException:
-                    while pending:  # the pieces before a failure (or Ctrl-C) are handed back: kept
-                        done, future = pending.popleft()
-                        yield done, future.result()
-                    raise
-                if isinstance(out, Later):
-                    pending.append((item, pool.submit(out.finish)))
-                else:
-                    pending.append((item, _ready(out)))
-                while pending and (pending[0][1].done() or len(pending) > self.in_flight):
-                    done, future = pending.popleft()
-                    yield done, future.result()
-            while pending:
-                done, future = pending.popleft()
-                yield done, future.result()
+                    pending.append((item, pool.submit(out.finish) if isinstance(out, Later) else _ready(out)))
+                    while pending and (pending[0][1].done() or len(pending) > self.in_flight):
+                        yield pending[0][0], pending[0][1].result()
+                        pending.popleft()  # only once handed back: an interrupt while waiting loses nothing
+                while pending:
+                    yield pending[0][0], pending[0][1].result()
+                    pending.popleft()
+            except GeneratorExit:  # the caller stopped reading
+                raise
+            except BaseException:
+                # a failure (or Ctrl-C): every piece already under way is finished and handed back first,
+                # in order (its row is kept), but one whose own part failed; then the original error
+                while pending:
+                    item, future = pending.popleft()
+                    try:
+                        result = future.result()
+                    except BaseException:
+                        continue
+                    yield item, result
+                raise
 
 
 def _ready(result) -> Future:

@@ -240,9 +240,7 @@ class Bench:
         self.followed = np.concatenate(list(sample_positions(self.splits, seed).values()))
 
     def scores(self, logits: torch.Tensor) -> ArmScores:
-        bad = (~torch.isfinite(logits)).flatten(1).any(1).nonzero().flatten().tolist()
-        if bad:  # weights a method left non-finite without a non-finite loss (one huge step, or its own code)
-            raise Diverged(-1, bad, f"the weights give non-finite outputs in model(s) {bad[:8]}")
+        finite(logits)
         s = ArmScores.from_logits(logits, self.y_all)
         if not s.finite():
             raise Diverged(-1, np.nonzero(~np.isfinite(s.margin).all(1))[0].tolist())
@@ -286,11 +284,17 @@ class Bench:
                 reference = result.oracle_logits(self.x_all) if result.oracle_logits else None
             else:  # the originals themselves (`none`) were scored when the bench was built
                 logits = None if result is self.originals.params else predict(self.forward, result, self.x_all)
+            for out in (logits, reference):
+                if out is not None:
+                    finite(out)  # before a probe runs on the weights
             # what a study measures beyond the scores (a relearning attack)
             probe = self.probe(result) if self.probe is not None and not isinstance(result, Ensemble) else {}
         except Diverged as err:
             return self._diverged(job, start, err)
         predicted = time.perf_counter()
+        # what the CPU part needs of the result: not the models themselves (several jobs' may be pending)
+        kept = {"reference": result.reference} if isinstance(result, Ensemble) else {}
+        del result
 
         def finish() -> tuple[dict, dict | None]:
             begun = time.perf_counter()
@@ -300,10 +304,7 @@ class Bench:
                 metrics, values = row_metrics(arm, ref or self.oracles, self.oracles, self.splits, self.settings)
                 log.info("method %s: %.1f s the method, %.1f s its predictions, %.1f s the scores and metrics",
                          job.label, trained - start, predicted - trained, time.perf_counter() - begun)
-                row = {**metrics, **cost, "diverged": False}
-                if isinstance(result, Ensemble):
-                    row["reference"] = result.reference
-                row.update(probe)
+                row = {**metrics, **cost, "diverged": False, **kept, **probe}
                 arrays = arm.arrays(f"row/{job.label}")
                 if ref is not None:
                     arrays.update(ref.arrays(f"reference/{job.label}"))
@@ -324,6 +325,7 @@ class Bench:
     def _row(job: Job, row: dict) -> dict:
         return {"method": job.method, "label": job.label, **row, "budget": job.budget, "tuned": job.tuned,
                 "hparams": asdict(job.hparams)}
+
 
 @computing
 def run(config: RunConfig, out: str | os.PathLike | None = None, overwrite: bool = False) -> dict:
@@ -444,6 +446,13 @@ def budget(p: Prepared, oracles_on: np.ndarray | None = None, more: tuple[Prepar
     return run_budget(_profile(task, ds), task.recipe, p.config, torch.arange(len(ds.y_train)),
                       torch.as_tensor(oracles_on), settings, lambda positions: zoo_family(task, ds, positions),
                       p.cache, p.jobs, method_registry(p.config.task), list(extra), seen, done)
+
+
+def finite(logits: torch.Tensor) -> None:
+    """Refuse weights a method left non-finite without a non-finite loss (one huge step, or its own code)."""
+    bad = (~torch.isfinite(logits)).flatten(1).any(1).nonzero().flatten().tolist()
+    if bad:
+        raise Diverged(-1, bad, f"the weights give non-finite outputs in model(s) {bad[:8]}")
 
 
 def diverged_row(seconds: float, why: str) -> dict:
