@@ -357,3 +357,14 @@ def test_a_rows_failing_metrics_raise_their_own_error_after_every_other_row_unde
         for item, result in local.map(fn, range(5), Compute()):
             got.append(result)
     assert got == [0, 1, 3, 4]  # the rows computed beside the failing one are kept too
+
+
+def test_a_gpu_budget_counts_each_steps_launches(monkeypatch):
+    """On a GPU small steps are launch-bound: the estimate adds STEP_SECONDS per optimizer step (budget.py)."""
+    import unlearnkit.budget as budget
+    from unlearnkit.budget import Budget, StepProfile
+    b = Budget()
+    b.add(StepProfile(flops=1e6, activation_bytes=1e3, param_bytes=1e4), models=10, examples=1000, epochs=2, batch=100)
+    assert b.steps == 20 and b.seconds() == pytest.approx(b.flops / budget.training_rate())  # a CPU: FLOPs alone
+    monkeypatch.setitem(budget.STEP_SECONDS, "cpu", 0.5)
+    assert b.seconds() == pytest.approx(b.flops / budget.training_rate() + 10.0)

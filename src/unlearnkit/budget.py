@@ -33,9 +33,14 @@ MAX_MODELS = 10_000      # models per arm: 100 is the reference, 10k is far past
 # share of the measured matmul rate (`matmul_rate`, the run's device and precision) that a whole run's FLOPs
 # reach, per device type: on a 2-core AMX CPU the default run at N = 100 did 54.3 TFLOP in 242 s in bf16
 # (0.2 of the bf16 rate; bf16 products are 5-6x faster, the rest of a step is not) and its zoo reaches
-# 0.8 of the fp32 rate (0.45 for a whole run, metrics included); on an H200 the MLP zoo reached 9-22% of
-# the fp32 peak and 1-3% of the tf32 and bf16 ones (memory- and launch-bound: issue 11, stop 20)
-ZOO_EFFICIENCY = {"cpu": {"fp32": 0.45, "bf16": 0.2}, "cuda": {"fp32": 0.1, "tf32": 0.02, "bf16": 0.01}}
+# 0.8 of the fp32 rate (0.45 for a whole run, metrics included). A GPU's small steps are bound by kernel
+# launches, so there a step costs STEP_SECONDS plus its FLOPs at this share of the peak: on an H200 the MLP
+# zoo's steps took 4.7 ms at N = 100 and 6.9 ms at N = 300 in tf32 (20.6 and 62 GFLOP), i.e. 3.6 ms + FLOPs
+# at 18 TFLOP/s, 0.06 of the tf32 peak; fp32 4.2 ms + 0.25 of its peak; bf16 as fast as tf32 at N = 300
+# (0.03 of its peak). The default run at N = 100 (3,550 steps counted) is then estimated at 17 s against
+# 45 s measured (9 s before), the rest being its metrics and scoring on the CPU (stop 27).
+ZOO_EFFICIENCY = {"cpu": {"fp32": 0.45, "bf16": 0.2}, "cuda": {"fp32": 0.25, "tf32": 0.06, "bf16": 0.03}}
+STEP_SECONDS = {"cpu": 0.0, "cuda": 4e-3}
 STATE_COPIES = 5         # parameters, gradients, two optimizer moments, one checkpoint copy
 
 
@@ -140,6 +145,7 @@ class Budget:
     """The work a run will do, added up job by job, then checked against the machine."""
 
     flops: float = 0.0
+    steps: float = 0.0         # optimizer steps of all the training (each one's launches cost time on a GPU)
     method_flops: float = 0.0  # the part of `flops` that unlearning methods do (what one more run of them costs)
     peak_bytes: float = 0.0    # all N models of the largest arm in one pass (arms larger than memory are chunked)
     model_bytes: float = 0.0   # one model's training step: the least any chunk needs
@@ -156,12 +162,14 @@ class Budget:
         if not cached:
             flops = profile.flops * models * examples * epochs
             self.flops += flops
+            self.steps += epochs * math.ceil(examples / batch)
             self.method_flops += flops if method else 0.0
             self.disk_bytes += 2 * models * profile.param_bytes if stored else 0
 
     def __iadd__(self, other: Budget) -> Budget:
         """Both runs' work (a study's cells): FLOPs and disk add up, memory is the larger run's."""
         self.flops += other.flops
+        self.steps += other.steps
         self.method_flops += other.method_flops
         self.peak_bytes = max(self.peak_bytes, other.peak_bytes)
         self.model_bytes = max(self.model_bytes, other.model_bytes)
@@ -169,7 +177,7 @@ class Budget:
         return self
 
     def seconds(self) -> float:
-        return self.flops / training_rate()
+        return self.flops / training_rate() + self.steps * STEP_SECONDS[torch.device(current().device).type]
 
     def check(self, max_hours: float, cache_root: Path | None, what: str = "this run") -> None:
         """Raise UnlearnkitError (with the estimate) if the work cannot fit in memory or on disk, or would
