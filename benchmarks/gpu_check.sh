@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks, in one call of a few minutes on a lent GPU machine (the `device` tool). That machine has
+# The GPU checks, in two calls of a few minutes on a lent GPU machine (the `device` tool). That machine has
 # PyTorch, transformers, safetensors, click and tqdm but not this package, and no internet: src/ goes on
 # PYTHONPATH and Fashion-MNIST travels with the call. Once, here:
 #   mkdir -p .devdata && cp -r /usr/share/datasets/fashion-mnist .devdata/ && echo /.devdata/ >> .git/info/exclude

@@ -368,3 +368,5 @@ def test_a_gpu_budget_counts_each_steps_launches(monkeypatch):
     assert b.steps == 20 and b.seconds() == pytest.approx(b.flops / budget.training_rate())  # a CPU: FLOPs alone
     monkeypatch.setitem(budget.STEP_SECONDS, "cpu", 0.5)
     assert b.seconds() == pytest.approx(b.flops / budget.training_rate() + 10.0)
+    with pytest.raises(UnlearnkitError, match=r"and 10 seconds launching 20 steps' kernels\), past the"):
+        b.check(1e-6, None)  # the refusal explains the estimate it gives

@@ -177,7 +177,11 @@ class Budget:
         return self
 
     def seconds(self) -> float:
-        return self.flops / training_rate() + self.steps * STEP_SECONDS[torch.device(current().device).type]
+        return self.flops / training_rate() + self.launch_seconds()
+
+    def launch_seconds(self) -> float:
+        """What the steps' kernel launches add (a GPU's; nothing on a CPU)."""
+        return self.steps * STEP_SECONDS[torch.device(current().device).type]
 
     def check(self, max_hours: float, cache_root: Path | None, what: str = "this run") -> None:
         """Raise UnlearnkitError (with the estimate) if the work cannot fit in memory or on disk, or would
@@ -198,7 +202,9 @@ class Budget:
         if self.seconds() > max_hours * 3600:
             raise UnlearnkitError(f"{what} would train for at least about {_duration(self.seconds())} "
                                   f"({self.flops / 1e15:,.3g} PFLOP at about "
-                                  f"{training_rate() / 1e9:,.0f} GFLOP/s on this machine), "
+                                  f"{training_rate() / 1e9:,.0f} GFLOP/s on this machine"
+                                  + (f", and {_duration(self.launch_seconds())} launching {self.steps:,.0f} steps' "
+                                     "kernels" if self.launch_seconds() else "") + "), "
                                   f"past the {max_hours:g}-hour limit: lower --models or the epochs, or raise "
                                   "--max-hours")
 
