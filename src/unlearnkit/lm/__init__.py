@@ -1,59 +1,29 @@
 """Language-model support: a local byte-level BPE tokenizer for tofu-synth, GPT-2-style causal LMs
 (Radford et al. 2019) as stacked vmappable parameters, answer-token log-probs for the TOFU metrics
-(Maini et al. 2024), and cached vectorised training through the shared engine."""
-from .model import (
-                    LMForward,
-                    as_sequences,
-                    build_lm,
-                    causal_lm_loss,
-                    config_for,
-                    describe_config,
-                    init_lm_params,
-                    lm_config,
-                    mean_token_logprob,
-                    model_params,
-                    shifted_token_logprobs,
-                    token_logprobs,
-)
-from .tokenizer import (
-                    EOS,
-                    IGNORE,
-                    PAD,
-                    build_tokenizer,
-                    corpus_texts,
-                    decode_answer,
-                    encode_items,
-                    encode_qa,
-                    special_ids,
-                    train_tokenizer,
-)
-from .train import DEFAULT_LM_RECIPE, lm_key, lm_loss, train_lm_models
+(Maini et al. 2024), and cached vectorised training through the shared engine.
 
-__all__ = [
-                    "DEFAULT_LM_RECIPE",
-                    "EOS",
-                    "IGNORE",
-                    "PAD",
-                    "LMForward",
-                    "as_sequences",
-                    "build_lm",
-                    "build_tokenizer",
-                    "causal_lm_loss",
-                    "config_for",
-                    "corpus_texts",
-                    "decode_answer",
-                    "describe_config",
-                    "encode_items",
-                    "encode_qa",
-                    "init_lm_params",
-                    "lm_config",
-                    "lm_key",
-                    "lm_loss",
-                    "mean_token_logprob",
-                    "model_params",
-                    "shifted_token_logprobs",
-                    "special_ids",
-                    "token_logprobs",
-                    "train_lm_models",
-                    "train_tokenizer",
-]
+Each name loads its module on first use (as in `unlearnkit`): `lm.task`, which every run consults to tell
+a language-model task from a classifier's, must not pull in transformers' model code (2 s of imports)."""
+from __future__ import annotations
+
+import importlib
+
+_API = {  # name: the submodule that defines it
+    "LMForward": "model", "as_sequences": "model", "build_lm": "model", "causal_lm_loss": "model",
+    "config_for": "model", "describe_config": "model", "init_lm_params": "model", "lm_config": "model",
+    "mean_token_logprob": "model", "model_params": "model", "shifted_token_logprobs": "model",
+    "token_logprobs": "model",
+    "EOS": "tokenizer", "IGNORE": "tokenizer", "PAD": "tokenizer", "build_tokenizer": "tokenizer",
+    "corpus_texts": "tokenizer", "decode_answer": "tokenizer", "encode_items": "tokenizer", "encode_qa": "tokenizer",
+    "special_ids": "tokenizer", "train_tokenizer": "tokenizer",
+    "DEFAULT_LM_RECIPE": "task", "lm_key": "train", "lm_loss": "train", "train_lm_models": "train",
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+    globals()[name] = value
+    return value

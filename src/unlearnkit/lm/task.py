@@ -14,18 +14,23 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from tokenizers import Tokenizer
-from transformers import GPT2Config
 
 from ..data.tofu_synth import QA, TofuSynth, generate
 from ..errors import UnlearnkitError
 from ..tasks import Recipe
-from .model import config_for
 from .tokenizer import build_tokenizer, encode_items
-from .train import DEFAULT_LM_RECIPE
+
+if TYPE_CHECKING:  # every run reads LM_TASKS; transformers' model code loads only when an LM is built
+    from transformers import GPT2Config
+
+#: A recipe that fits small LMs from scratch in few epochs (Adam, linear decay, no weight decay).
+DEFAULT_LM_RECIPE = Recipe(epochs=20, batch_size=16, optimizer="adam", lr=3e-3, momentum=0.9,
+                           weight_decay=0.0, schedule="linear")
 
 DEFAULT_LM_METHODS = ("none", "retrain", "ga", "graddiff", "npo", "simnpo", "idkdpo", "altpo", "undial", "wga",
                       "satimp", "ceu", "pdu", "llmu", "rmu", "flat", "idk", "traced", "sae-clamp", "guard")
@@ -91,6 +96,7 @@ class TofuData:
 
     @cached_property
     def config(self) -> GPT2Config:
+        from .model import config_for
         t = self.task
         return config_for(self.tok, n_layer=t.n_layer, n_embd=t.n_embd, n_head=t.n_head, n_positions=t.max_len)
 

@@ -20,10 +20,7 @@ from ..tasks import Recipe
 from ..zoo.cache import ZooCache, arm_key, stable_hash, tensor_digest
 from ..zoo.train import Arm, train_cached
 from .model import LMForward, causal_lm_loss, describe_config, init_lm_params
-
-#: A recipe that fits small LMs from scratch in few epochs (Adam, linear decay, no weight decay).
-DEFAULT_LM_RECIPE = Recipe(epochs=20, batch_size=16, optimizer="adam", lr=3e-3, momentum=0.9,
-                           weight_decay=0.0, schedule="linear")
+from .task import DEFAULT_LM_RECIPE
 
 
 def lm_loss(forward: LMForward):
