@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import unlearnkit.methods.lm.guard  # noqa: F401  (registers "guard")
+from unlearnkit.engine.compute import resolve, use
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.lm.guard import (
     GUARD_KEYS,
@@ -104,8 +105,9 @@ def ctx(tiny_lm_cache):
     cache = ZooCache(tiny_lm_cache)
     everything = np.arange(len(d.items))
     seeds = arm_seeds(ORIGINAL_SEEDS, 2, 0)
-    originals = train_lm_models(d.config, d.tensors, torch.as_tensor(everything), seeds, task.recipe, cache,
-                                "originals")
+    with use(resolve()):  # the compute an LMBench trains under (precision auto): the same cache entry
+        originals = train_lm_models(d.config, d.tensors, torch.as_tensor(everything), seeds, task.recipe, cache,
+                                    "originals")
     forget = d.forget_positions("authors:0.1", 0)
     pad, eos = special_ids(d.tok)
     ctx = LMContext(task, d, LMForward(d.config), originals.params, forget, np.setdiff1d(everything, forget), seeds,

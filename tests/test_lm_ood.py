@@ -54,7 +54,21 @@ def test_id_vs_ood_points_are_cells_a_rerun_reads_back(ood, monkeypatch):
     from unlearnkit.lm_experiment import LMBench
     config, first, _ = ood
     monkeypatch.setattr(LMBench, "run_job", lambda self, job: pytest.fail(f"{job.label} was computed again"))
+    monkeypatch.setattr(LMBench, "reference_seq", property(lambda self: pytest.fail("the curves read no MIA")))
     assert id_vs_ood(config, "ga", authors=2, steps=(1, 6)) == first
+
+
+def test_the_curves_budget_no_retrain_arm():
+    """The curves read no MIA AUC, so neither the study nor its budget trains the Reference attack's retrain
+    arm: the budget is the originals (n items) and the oracles (n − f), where a run's adds a second n − f."""
+    from unlearnkit.lm.task import get_lm_task, load_tofu
+    from unlearnkit.lm_experiment import lm_budget
+    data = load_tofu(get_lm_task(TASK))
+    config = RunConfig(task=TASK, forget="authors:0.05", models=3, bootstrap=0)
+    n, f = len(data.items), len(data.forget_positions(config.forget, config.seed))
+    run, curves = (lm_budget(config, data, [], None, reference=r).flops for r in (True, False))
+    retrain_arm = run - curves
+    assert retrain_arm / (curves - retrain_arm) == pytest.approx((n - f) / n)
 
 
 def test_a_step_count_given_twice_is_refused(tmp_path):

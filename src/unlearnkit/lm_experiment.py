@@ -100,14 +100,18 @@ class LMBench:
 
     @on_compute
     def __init__(self, config: RunConfig, data: TofuData | None = None, cache: ZooCache | None = None,
-                 identified: np.ndarray | None = None, probe=None, probe_key=None, forget: np.ndarray | None = None):
+                 identified: np.ndarray | None = None, probe=None, probe_key=None, forget: np.ndarray | None = None,
+                 reference: bool = True):
         """`identified`: corrective unlearning (`lm_corrective`), the unlearner told only these positions of
         the forget set M = config.forget: methods unlearn them (their retain set keeps the rest of M), the
         oracles and the noise floor train without all of M, the forget metrics cover M, and KLoM is also
         summarised on the identified and unidentified items. `probe(params) -> dict` adds what a study
         measures on the unlearned models themselves (a relearning attack) to each row; `probe_key` says what
-        it is (for the jobs' cell keys). `forget`: positions that replace the config's forget set (tuning)."""
+        it is (for the jobs' cell keys). `forget`: positions that replace the config's forget set (tuning).
+        `reference=False`: rows without the Reference attack, whose reference models are a whole arm (the
+        retrain arm) to train: for what reads no MIA AUC (`llm ood`'s curves, a tuning search's objective)."""
         self.probe = probe
+        self.reference = reference
         self.config = config
         self.task = get_lm_task(config.task)
         self.data = data or load_tofu(self.task)
@@ -123,7 +127,8 @@ class LMBench:
         self.subsets = {} if identified is None else {k: v for k, v in (("identified", np.flatnonzero(within)),
                                                                         ("unidentified", np.flatnonzero(~within)))
                                                       if len(v)}
-        self.bench_digest = lm_bench_digest(self.forget, None if identified is None else self.manipulated, probe_key)
+        self.bench_digest = lm_bench_digest(self.forget, None if identified is None else self.manipulated, probe_key,
+                                            reference)
         self.cache = cache
         self.cells = CellStore.beside(cache)  # finished jobs (run_jobs)
         self.forward = LMForward(d.config)
@@ -172,7 +177,8 @@ class LMBench:
         """Every item set's scores; an inference-time method's params are scored through it (`lm.steering`)."""
         t, d = self.task, self.data
         common = (steering.forward_for(self.forward, params), params, self.generator, d.tok)
-        attacks = lambda s: dict(mia=True, gradnorm=True, reference_seq=self.reference_seq[s])
+        attacks = lambda s: dict(mia=True, gradnorm=True,
+                                 reference_seq=self.reference_seq[s] if self.reference else None)
         out = {"forget": score_items(*common, self.sets["forget"], t.max_len, rouge=True, verbmem=True,
                                      **attacks("forget")),
                "retain": score_items(*common, self.sets["retain"], t.max_len, rouge=True),
@@ -246,20 +252,23 @@ class LMBench:
                 "hparams": asdict(job.hparams)}, extra
 
 
-def lm_bench_digest(forget: np.ndarray, manipulated: np.ndarray | None = None, probe_key=None) -> str:
+def lm_bench_digest(forget: np.ndarray, manipulated: np.ndarray | None = None, probe_key=None,
+                    reference: bool = True) -> str:
     """With the config's bench_id, what keys an LM bench's jobs: its forget set (and, in a corrective study,
-    the manipulated set it is part of and the study's probe)."""
+    the manipulated set it is part of and the study's probe; and whether its rows carry the Reference attack)."""
     forget = np.asarray(forget)
-    return stable_hash(forget.tolist() if manipulated is None else [forget.tolist(), manipulated.tolist(), probe_key])
+    key = forget.tolist() if manipulated is None else [forget.tolist(), manipulated.tolist(), probe_key]
+    return stable_hash(key if reference else [key, "no reference attack"])
 
 
 def lm_budget(config: RunConfig, data: TofuData, jobs: list[Job], cache: ZooCache | None,
               identified: list[np.ndarray] | None = None, extra: tuple[Work, ...] = (),
-              forget: np.ndarray | None = None, seen: set | None = None) -> Budget:
+              forget: np.ndarray | None = None, seen: set | None = None, reference: bool = True) -> Budget:
     """The training an LM run will do (`runs.run_budget`) on the run's forget set (or `forget`: a search's
     tuning set); for a corrective study, with the forget sets it runs its methods on (`identified`: its
     oracles train without all of the run's forget set), other work, and what a study's earlier cells train
-    (`seen`). A plain run's job whose cell is kept trains nothing (not a search's: its trials are other jobs)."""
+    (`seen`). A plain run's job whose cell is kept trains nothing (not a search's: its trials are other jobs).
+    `reference=False`: as `LMBench`'s, no retrain arm (unless a job is the retrain row itself)."""
     task = data.task
     profile = StepProfile.measure(lm_loss(LMForward(data.config)), init_lm_params(data.config, [0]), data.tensors,
                                   task.recipe.batch_size)
@@ -274,7 +283,8 @@ def lm_budget(config: RunConfig, data: TofuData, jobs: list[Job], cache: ZooCach
     return run_budget(profile, task.recipe, config, torch.as_tensor(everything),
                       torch.as_tensor(np.setdiff1d(everything, forget)), settings,
                       lambda positions: lm_family(data.config, data.tensors, positions, task.recipe),
-                      cache, jobs, LM_REGISTRY, list(extra), seen, done)
+                      cache, jobs, LM_REGISTRY, list(extra), seen, done,
+                      floor=reference or any(j.method == NOISE_FLOOR_METHOD for j in jobs))
 
 
 def prepare_lm(config: RunConfig, jobs: list[Job]) -> tuple[TofuData, np.ndarray, ZooCache | None, Budget]:

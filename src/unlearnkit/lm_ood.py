@@ -81,14 +81,15 @@ def id_vs_ood(config: RunConfig, method: str, authors: int, steps: tuple[int, ..
     cache = config.zoo_cache()
     specs = {"in-distribution": f"authors:{authors / task.n_authors:g}", "out-of-distribution": f"canaries:{size}"}
     for spec in specs.values():  # the arms both curves train, estimated before any of them is
-        lm_budget(dataclasses.replace(config, forget=spec), data, [], cache).check(
+        lm_budget(dataclasses.replace(config, forget=spec), data, [], cache, reference=False).check(
             config.max_hours, cache.root if cache else None)
     if out is not None:
         claim_output(out, run_id)
     results = {"run_id": run_id, "config": {**config.to_dict(), "method": method, "authors": authors, "size": size,
                           "steps": list(steps), "hparams": dataclasses.asdict(hp)}}
     for kind, spec in specs.items():
-        bench = LMBench(dataclasses.replace(config, forget=spec, methods=(method,), bootstrap=0), data, cache)
+        bench = LMBench(dataclasses.replace(config, forget=spec, methods=(method,), bootstrap=0), data, cache,
+                        reference=False)  # the curves read no MIA: no retrain arm for the Reference attack
         oracle = bench.oracle_scores["forget"].seq
         original = bench.originals_scores["forget"].seq
         read = [(0, original)]  # (steps, forget-item scores of the N models after that many steps)

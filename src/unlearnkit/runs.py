@@ -409,9 +409,10 @@ def build_jobs(config: RunConfig, registry: dict,
 def run_budget(profile: StepProfile, recipe, config: RunConfig, everything: torch.Tensor, oracles_on: torch.Tensor,
                settings: list[Setting], family_of: Callable[[torch.Tensor], str], cache: ZooCache | None,
                jobs: list[Job], registry: dict, extra: list[Work] = (), seen: set | None = None,
-               done: Callable[[Job], bool] | None = None) -> Budget:
+               done: Callable[[Job], bool] | None = None, floor: bool = True) -> Budget:
     """The training a run (or a study of several forget sets) will do, for either pipeline: the reference
-    arms (originals on `everything`; oracles and the noise-floor arm on `oracles_on`), and per forget set
+    arms (originals on `everything`; oracles and, unless `floor` is False, the noise-floor arm on
+    `oracles_on`), and per forget set
     (`settings`: one per set) every job with an epochs budget, counted over the forget set (the smallest
     set a method passes over), and the arms a job's method trains from scratch (`Method.scratch`: filter,
     ERA, SISA, IAU). An arm counts once however many jobs or sets name it, and the models a cache holds cost
@@ -420,8 +421,9 @@ def run_budget(profile: StepProfile, recipe, config: RunConfig, everything: torc
     which train them first); this run's are added to it. `done(job)`: the job's cell is cached (a plain
     run's), so its method trains nothing."""
     out = Budget()
-    arms = [ScratchArm(everything, ORIGINAL_SEEDS), ScratchArm(oracles_on, ORACLE_SEEDS),
-            ScratchArm(oracles_on, RETRAIN_SEEDS)]
+    arms = [ScratchArm(everything, ORIGINAL_SEEDS), ScratchArm(oracles_on, ORACLE_SEEDS)]
+    if floor:
+        arms.append(ScratchArm(oracles_on, RETRAIN_SEEDS))
     for setting in settings:
         for job in jobs:
             method = get_method(job.method, registry)

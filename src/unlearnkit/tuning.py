@@ -189,10 +189,10 @@ def _lm_target(run_config, tune_config: TuneConfig, method) -> Target:
         job.hparams.check_setting(data.task, data, tuning, config.seed)
     if cache is None:
         raise UnlearnkitError("tuning saves its result in the cache directory: do not disable the cache")
-    plan = lm_budget(config, data, jobs, cache, forget=tuning)  # the search trains on the tuning set
+    plan = lm_budget(config, data, jobs, cache, forget=tuning, reference=False)  # trained on the tuning set
     plan.flops += (tune_config.trials - 1) * plan.method_flops
     plan.check(config.max_hours, cache.root, "this search")
-    bench = LMBench(config, data, cache, forget=tuning)
+    bench = LMBench(config, data, cache, forget=tuning, reference=False)  # the objective reads no MIA AUC
     originals, _ = lm_row(bench.originals_scores, bench.oracle_scores, dataclasses.replace(config, bootstrap=0))
     floor = UTILITY_FLOOR * originals["model_utility"]
     return Target(bench, lambda row: lm_score(row, floor),
