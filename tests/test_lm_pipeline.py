@@ -130,12 +130,12 @@ def test_lm_trajectories_evaluate_every_k_steps_and_pick_the_stated_best_step(re
     """`--trajectories K` on an LM run: forget quality, utility and seq-KLoM at step 0 and every K steps, the
     step the stated rule selects, per-item arrays in scores.npz, and the method's cost unchanged."""
     base = dict(task=TASK, forget="authors:0.25", methods=("ga",), models=3, cache_dir=cache_dir, bootstrap=10)
-    plain = run(RunConfig(**base))["rows"][0]  # the `results` run's ga job, read back from its cell
-    res = run(RunConfig(**base, trajectories=7, best_step="min:forget_probability;model_utility>=0.5x"),
+    plain = next(r for r in results[0]["rows"] if r["method"] == "ga")  # the same job without trajectories
+    res = run(RunConfig(**base, trajectories=12, best_step="min:forget_probability;model_utility>=0.5x"),
               tmp_path / "out")
     row = res["rows"][0]
     t = row["trajectory"]
-    assert t["steps"] == [0, 7, 14, 20]  # 20 steps of ga: every 7th, and where it stopped
+    assert t["steps"] == [0, 12, 20]  # 20 steps of ga: every 12th, and where it stopped
     assert len(t["forget_quality"]) == len(t["steps"]) == len(t["klom_forget"])
     assert t["klom_forget"][-1] == pytest.approx(row["klom_p95"]["forget"])  # the last step is the row itself
     assert t["forget_probability"][-1] < t["forget_probability"][0]  # ascent lowers the answers' probability

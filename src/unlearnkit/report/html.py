@@ -28,6 +28,8 @@ from .scores import check_run_id
 
 log = logging.getLogger(__name__)
 
+DPI = 120  # the figures' PNG resolution (and any raster part of their SVG)
+
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1500px; padding: 0 1em; color: #222; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.15em; margin-top: 1.8em; border-bottom: 1px solid #ddd; }
@@ -109,22 +111,18 @@ def _table(results: dict) -> str:
 
 
 def save_figure(out: Path, name: str, fig) -> str:
-    """`fig` as out/figures/NAME.png and .svg (each written atomically); returns its inline SVG and closes it."""
+    """`fig` as out/figures/NAME.png and .svg (each written atomically); returns its inline SVG and closes it.
+    The SVG is rendered once, for its file and the page (rendering is most of a cached run's time)."""
     import matplotlib.pyplot as plt
     check_writable(Path(out) / "figures", "the report's figures")
     (Path(out) / "figures").mkdir(parents=True, exist_ok=True)
-    for ext in ("png", "svg"):
-        atomic_write(Path(out) / "figures" / f"{name}.{ext}", lambda p, ext=ext: fig.savefig(p, format=ext, dpi=120))
-    svg = _svg(fig)
-    plt.close(fig)
-    return svg
-
-
-def _svg(fig) -> str:
     buffer = io.StringIO()
-    fig.savefig(buffer, format="svg")
-    text = buffer.getvalue()
-    return text[text.index("<svg"):]  # drop the XML prolog and DOCTYPE: inline SVG in HTML5
+    fig.savefig(buffer, format="svg", dpi=DPI)
+    svg = buffer.getvalue()
+    atomic_write(Path(out) / "figures" / f"{name}.png", lambda p: fig.savefig(p, format="png", dpi=DPI))
+    atomic_write(Path(out) / "figures" / f"{name}.svg", lambda p: p.write_text(svg, encoding="utf-8"))
+    plt.close(fig)
+    return svg[svg.index("<svg"):]  # drop the XML prolog and DOCTYPE: inline SVG in HTML5
 
 
 def _dl(items: dict) -> str:
