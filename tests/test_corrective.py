@@ -23,12 +23,31 @@ def digits():
     return load_dataset("digits")
 
 
+def _study_config(root) -> RunConfig:
+    return RunConfig(task="digits-mlp", forget="poison:80", methods=METHODS, models=4, cache_dir=str(root / "cache"),
+                     bootstrap=0, metrics=("klom",), estimators=(), hparams=FAST)
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("corrective")
-    config = RunConfig(task="digits-mlp", forget="poison:80", methods=METHODS, models=4, cache_dir=str(root / "cache"),
-                       bootstrap=0, metrics=("klom",), estimators=(), hparams=FAST)
-    return corrective(config, "poison:80:target=0", (0.5, 1.0), root / "out"), root
+    return corrective(_study_config(root), "poison:80:target=0", (0.5, 1.0), root / "out"), root
+
+
+def test_a_finished_study_is_estimated_to_train_nothing(study, monkeypatch):
+    """Every arm is cached and every fraction's job cells are kept (the estimate keys them as each fraction's
+    Bench does): a rerun is estimated at 0, never refused under --max-hours for work it will not do."""
+    from unlearnkit.budget import Budget
+    _, root = study
+    seen = {}
+
+    def stop(self, *args, **kwargs):
+        seen["budget"] = self
+        raise _Stop
+    monkeypatch.setattr(Budget, "check", stop)
+    with pytest.raises(_Stop):
+        corrective(_study_config(root), "poison:80:target=0", (0.5, 1.0))
+    assert seen["budget"].flops == seen["budget"].method_flops == 0
 
 
 def test_manipulations_change_only_what_they_say(digits):

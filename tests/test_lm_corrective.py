@@ -77,9 +77,10 @@ def test_lm_corrective_era_removes_what_it_routed_and_keeps_the_rest(tiny_lm_cac
     assert rows["era"]["model_utility"] > 0.5 * rows["none"]["model_utility"]
     assert set(rows["era"]["klom_p95"]) == {"forget", "retain", "val", "identified", "unidentified"}
     assert (tmp_path / "out" / "figures" / "corrective.png").exists()
-    # a rerun's estimate: every arm is cached now (ERA's widened one under its own key): only methods' epochs
+    # a rerun's estimate: every arm is cached now (ERA's widened one under its own key) and every job's cell
+    # kept (keyed as each fraction's LMBench keys it): nothing to train
     budget = _checked_budget(lambda: corrective(config, "authors:0.1", (0.5,)))
-    assert budget.flops == budget.method_flops
+    assert budget.flops == budget.method_flops == 0
 
 
 class _Stop(Exception):

@@ -34,7 +34,7 @@ import torch
 from . import __version__
 from .data import load_dataset
 from .errors import UnlearnkitError
-from .experiment import Bench, Prepared, budget
+from .experiment import Bench, Prepared, bench_digest, budget
 from .forget import ForgetSet
 from .forget.manipulate import Manipulation, identified, manipulate
 from .methods import REGISTRY
@@ -104,8 +104,11 @@ def corrective(config: RunConfig, manipulation: str, fractions=DEFAULT_FRACTIONS
             job.hparams.check_setting(task, manip.dataset, p.forget.positions, config.seed)
     probed = sum(1 for job in jobs if not REGISTRY[job.method].ensemble)  # rows the attack runs on
     attack = relearn_work(relearn, config.models, probed, list(sets.values()), len(corrected))
-    budget(prepared[fractions[0]], corrected, tuple(prepared[f] for f in fractions[1:]), tuple(attack)).check(
-        config.max_hours, cache.root if cache else None, "this corrective study")
+    probe_key = {"relearn": relearn, "steps": RELEARN_STEPS, "lr": RELEARN_LR} if relearn else None
+    digests = tuple(bench_digest(manip.dataset, prepared[f].forget.positions, corrected, blocks, probe_key)
+                    for f in fractions)  # as each fraction's Bench keys its jobs: a kept cell trains nothing
+    budget(prepared[fractions[0]], corrected, tuple(prepared[f] for f in fractions[1:]), tuple(attack),
+           digests=digests).check(config.max_hours, cache.root if cache else None, "this corrective study")
     if out is not None:
         claim_output(out, run_id)
     results = {"run_id": run_id, "config": {**config.to_dict(), "train_size": len(clean.y_train),
@@ -120,8 +123,7 @@ def corrective(config: RunConfig, manipulation: str, fractions=DEFAULT_FRACTIONS
         probe = (relearning_probe(task, manip.dataset, template(task, clean), manip, blocks, p.forget.positions,
                                   corrected, relearn, arm_seeds(ORIGINAL_SEEDS, config.models, config.seed),
                                   config.seed) if relearn else None)
-        bench = Bench(p, oracle_positions=corrected, blocks=blocks, splits=splits, probe=probe,
-                      probe_key={"relearn": relearn, "steps": RELEARN_STEPS, "lr": RELEARN_LR} if relearn else None)
+        bench = Bench(p, oracle_positions=corrected, blocks=blocks, splits=splits, probe=probe, probe_key=probe_key)
         rows, _, _, floor = run_jobs(bench, jobs)
         results["fractions"].append({"fraction": f, "identified": len(p.forget),
                                      "rows": [r for r in rows if r["method"] in config.methods],

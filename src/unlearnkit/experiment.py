@@ -427,12 +427,14 @@ def clustered_budget(config: RunConfig, task, ds, cache: ZooCache | None, seen: 
 
 
 def budget(p: Prepared, oracles_on: np.ndarray | None = None, more: tuple[Prepared, ...] = (),
-           extra: tuple[Work, ...] = (), seen: set | None = None, cached_jobs: bool = True) -> Budget:
+           extra: tuple[Work, ...] = (), seen: set | None = None, cached_jobs: bool = True,
+           digests: tuple[str, ...] = ()) -> Budget:
     """The training a prepared run will do (`runs.run_budget`); for a study, with its oracles' training set
     (default: the run's retain set), its other prepared forget sets (`more`, same task, data and jobs),
     other work, and what its earlier cells train (`seen`: arms, and jobs, which cells that differ only in
     their methods share). A plain run's job whose cell is kept trains nothing, unless not `cached_jobs`
-    (a search, whose trials are other jobs than the one a default run keeps)."""
+    (a search, whose trials are other jobs than the one a default run keeps); so does a study's whose
+    benches' digests it is given (`digests`, one per forget set: p's, then `more`'s)."""
     task, ds = p.task, p.dataset
     seeds = arm_seeds(ORIGINAL_SEEDS, p.config.models, p.config.seed)
     settings = [Setting(task, ds, q.forget.positions, q.forget.retain_positions(len(ds.y_train)), seeds,
@@ -442,6 +444,9 @@ def budget(p: Prepared, oracles_on: np.ndarray | None = None, more: tuple[Prepar
         bench = SimpleNamespace(config=p.config, bench_digest=bench_digest(
             ds, p.forget.positions, settings[0].retain, probe_key=recommendation_probe_key(p)))
         done = jobs_done(bench, CellStore.beside(p.cache) if cached_jobs else None, seen)
+    elif digests:
+        done = jobs_done([SimpleNamespace(config=p.config, bench_digest=d) for d in digests],
+                         CellStore.beside(p.cache), seen)
     oracles_on = settings[0].retain if oracles_on is None else oracles_on
     return run_budget(_profile(task, ds), task.recipe, p.config, torch.arange(len(ds.y_train)),
                       torch.as_tensor(oracles_on), settings, lambda positions: zoo_family(task, ds, positions),

@@ -26,7 +26,7 @@ from . import __version__
 from .forget.manipulate import identified
 from .lm.model import causal_lm_loss, mean_token_logprob, token_logprobs
 from .lm.task import get_lm_task, load_tofu
-from .lm_experiment import LMBench, lm_budget
+from .lm_experiment import LMBench, lm_bench_digest, lm_budget
 from .relearn import (
     RELEARN_LR,
     RELEARN_NOTE,
@@ -71,7 +71,9 @@ def corrective_lm(config: RunConfig, fractions, out: str | os.PathLike | None = 
     cache = config.zoo_cache()
     attack = relearn_work(relearn, config.models, len(jobs), list(sets.values()),
                           len(retained_authors(data, forget)))  # the attack's retained items are authors' QAs
-    lm_budget(config, data, jobs, cache, list(sets.values()), tuple(attack)).check(
+    probe_key = {"relearn": relearn, "steps": RELEARN_STEPS, "lr": RELEARN_LR} if relearn else None
+    digests = tuple(lm_bench_digest(np.sort(np.asarray(p)), forget, probe_key) for p in sets.values())
+    lm_budget(config, data, jobs, cache, list(sets.values()), tuple(attack), digests=digests).check(
         config.max_hours, cache.root if cache else None, "this corrective study")
     if out is not None:
         claim_output(out, run_id)
@@ -83,8 +85,7 @@ def corrective_lm(config: RunConfig, fractions, out: str | os.PathLike | None = 
                "fractions": []}
     for f, positions in sets.items():
         probe = relearning_probe(data, positions, forget, relearn, config.seed) if relearn else None
-        bench = LMBench(config, data, cache, identified=positions, probe=probe,
-                        probe_key={"relearn": relearn, "steps": RELEARN_STEPS, "lr": RELEARN_LR} if relearn else None)
+        bench = LMBench(config, data, cache, identified=positions, probe=probe, probe_key=probe_key)
         rows, _, _, floor = run_jobs(bench, jobs)
         results["fractions"].append({"fraction": f, "identified": len(positions),
                                      "rows": [r for r in rows if r["method"] in config.methods],

@@ -263,19 +263,22 @@ def lm_bench_digest(forget: np.ndarray, manipulated: np.ndarray | None = None, p
 
 def lm_budget(config: RunConfig, data: TofuData, jobs: list[Job], cache: ZooCache | None,
               identified: list[np.ndarray] | None = None, extra: tuple[Work, ...] = (),
-              forget: np.ndarray | None = None, seen: set | None = None, reference: bool = True) -> Budget:
+              forget: np.ndarray | None = None, seen: set | None = None, reference: bool = True,
+              digests: tuple[str, ...] = ()) -> Budget:
     """The training an LM run will do (`runs.run_budget`) on the run's forget set (or `forget`: a search's
     tuning set); for a corrective study, with the forget sets it runs its methods on (`identified`: its
     oracles train without all of the run's forget set), other work, and what a study's earlier cells train
     (`seen`). A plain run's job whose cell is kept trains nothing (not a search's: its trials are other jobs).
-    `reference=False`: as `LMBench`'s, no retrain arm (unless a job is the retrain row itself)."""
+    `reference=False`: as `LMBench`'s, no retrain arm (unless a job is the retrain row itself). `digests`: a
+    corrective study's benches' (one per identified set), whose kept cells train nothing."""
     task = data.task
     profile = StepProfile.measure(lm_loss(LMForward(data.config)), init_lm_params(data.config, [0]), data.tensors,
                                   task.recipe.batch_size)
     plain = identified is None and forget is None  # a plain run's jobs, keyed as its LMBench keys them
     forget = data.forget_positions(config.forget, config.seed) if forget is None else forget
-    done = (jobs_done(SimpleNamespace(config=config, bench_digest=lm_bench_digest(forget)), CellStore.beside(cache),
-                      seen, LM_REGISTRY) if plain else None)
+    benches = ([SimpleNamespace(config=config, bench_digest=lm_bench_digest(forget))] if plain else
+               [SimpleNamespace(config=config, bench_digest=d) for d in digests])
+    done = jobs_done(benches, CellStore.beside(cache), seen, LM_REGISTRY) if benches else None
     everything = np.arange(len(data.items))
     seeds = arm_seeds(ORIGINAL_SEEDS, config.models, config.seed)
     settings = [Setting(task, data, f, np.setdiff1d(everything, f), seeds, config.seed)

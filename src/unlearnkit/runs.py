@@ -418,8 +418,8 @@ def run_budget(profile: StepProfile, recipe, config: RunConfig, everything: torc
     ERA, SISA, IAU). An arm counts once however many jobs or sets name it, and the models a cache holds cost
     nothing (`family_of(positions)` names a zoo arm's family there), so a run is never refused for work it
     will not do. `extra`: other training (`Work`). `seen`: the arms counted already (a study's earlier cells,
-    which train them first); this run's are added to it. `done(job)`: the job's cell is cached (a plain
-    run's), so its method trains nothing."""
+    which train them first); this run's are added to it. `done(job, i)`: the job's cell on the i-th forget
+    set is cached, so its method trains nothing."""
     out = Budget()
     arms = [ScratchArm(everything, ORIGINAL_SEEDS), ScratchArm(oracles_on, ORACLE_SEEDS)]
     if floor:
@@ -440,10 +440,10 @@ def run_budget(profile: StepProfile, recipe, config: RunConfig, everything: torc
                 else 0 if cache.has(arm.key) else config.models)
         out.add(dataclasses.replace(profile, flops=profile.flops * arm.scale), todo or config.models,
                 len(arm.positions), recipe.epochs, recipe.batch_size, todo == 0, cache is not None)
-    for setting in settings:
+    for i, setting in enumerate(settings):
         for job in jobs:
             epochs = getattr(job.hparams, "epochs", None)
-            if epochs and job.method != NOISE_FLOOR_METHOD and not (done is not None and done(job)):
+            if epochs and job.method != NOISE_FLOOR_METHOD and not (done is not None and done(job, i)):
                 out.add(profile, config.models, len(setting.forget), epochs,
                         getattr(job.hparams, "batch_size", recipe.batch_size), method=True)
     for work in extra:
@@ -524,12 +524,15 @@ def count_once(seen: set | None, name) -> bool:
     return first
 
 
-def jobs_done(bench, store, seen: set | None, registry: dict | None = None) -> Callable[[Job], bool]:
-    """`run_budget`'s `done` for a plain run's jobs on `bench` (anything with `config` and `bench_digest`, as
-    its Bench computes them): a job whose cell `store` keeps (None: none) or that a study's earlier cell
-    counted already (`seen`, to which it is added) trains nothing."""
-    def done(job: Job) -> bool:
-        key = job_key(bench, job, registry)
+def jobs_done(benches, store, seen: set | None, registry: dict | None = None) -> Callable[[Job, int], bool]:
+    """`run_budget`'s `done` for the jobs of a run's bench, or of a study's benches (one per forget set, in
+    `run_budget`'s order): anything with `config` and `bench_digest`, as its Bench computes them. A job whose
+    cell `store` keeps (None: none) or that a study's earlier cell counted already (`seen`, to which it is
+    added) trains nothing."""
+    benches = benches if isinstance(benches, (list, tuple)) else [benches]
+
+    def done(job: Job, i: int = 0) -> bool:
+        key = job_key(benches[i], job, registry)
         return not count_once(seen, ("job", key)) or (store is not None and store.has(key))
     return done
 
