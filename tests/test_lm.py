@@ -119,6 +119,23 @@ def test_vmapped_forward_matches_each_gpt2(cfg, data):
     torch.testing.assert_close(got2[:, 0, :n], got[:, 0, :n])
 
 
+def test_the_answer_window_loss_is_the_causal_lm_loss(cfg, data):
+    """The zoo's loss applies the head only on each row's answer window: the same loss and gradients as
+    the head on every position (vmapped over models too), rows without labels included."""
+    from unlearnkit.lm.model import answer_width, causal_lm_loss
+    x, y = data[0][:8], data[1][:8].clone()
+    y[3] = IGNORE  # a row with nothing to learn
+    width, fwd = answer_width(data[1]), LMForward(cfg)
+    assert width < x.shape[1]  # the window is narrower than the sequences: there is something to save
+    params = init_lm_params(cfg, [5, 6])
+    full = lambda p: causal_lm_loss(fwd(p, x), y)  # noqa: E731
+    window = lambda p: fwd.answer_loss(p, x, y, width)  # noqa: E731
+    torch.testing.assert_close(torch.vmap(window)(params), torch.vmap(full)(params), rtol=1e-6, atol=1e-6)
+    one = model_params(params, 0)
+    for a, b in zip(torch.func.grad(window)(one).values(), torch.func.grad(full)(one).values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_token_logprobs_feed_the_metrics(cfg, data):
     x, y = data[0][:5], data[1][:5]
     params = init_lm_params(cfg, [0, 1])

@@ -27,7 +27,7 @@ from .errors import Diverged, UnlearnkitError
 from .lm import steering
 from .lm.evaluate import ItemScores, answer_seq, fluency_scores, probe_scores, score_items
 from .lm.lora import LoraSpec
-from .lm.model import LMForward, build_lm, init_lm_params
+from .lm.model import LMForward, answer_width, build_lm, init_lm_params
 from .lm.scoring import concat_splits, diverged_lm_row, item_score_arrays, lm_row
 from .lm.task import DEFAULT_LM_METHODS, TofuData, get_lm_task, load_tofu  # noqa: F401 (re-exported)
 from .lm.tokenizer import IGNORE, special_ids
@@ -272,7 +272,8 @@ def lm_budget(config: RunConfig, data: TofuData, jobs: list[Job], cache: ZooCach
     `reference=False`: as `LMBench`'s, no retrain arm (unless a job is the retrain row itself). `digests`: a
     corrective study's benches' (one per identified set), whose kept cells train nothing."""
     task = data.task
-    profile = StepProfile.measure(lm_loss(LMForward(data.config)), init_lm_params(data.config, [0]), data.tensors,
+    profile = StepProfile.measure(lm_loss(LMForward(data.config), answer_width(data.tensors[1])),
+                                  init_lm_params(data.config, [0]), data.tensors,
                                   task.recipe.batch_size)
     plain = identified is None and forget is None  # a plain run's jobs, keyed as its LMBench keys them
     forget = data.forget_positions(config.forget, config.seed) if forget is None else forget

@@ -92,6 +92,36 @@ class LMForward(Forward):
                 return m
         raise UnlearnkitError(f"cannot find the {n} transformer blocks of {type(self.module).__name__}")
 
+    @cached_property
+    def _head(self) -> tuple[str, tuple[str, ...]]:
+        """The base model's prefix in parameter names, and every name of the vocabulary head's weight (a
+        tied head is also the input embedding: stacked parameters hold one of its names)."""
+        weight = self.module.get_output_embeddings().weight
+        return self.module.base_model_prefix, tuple(
+            n for n, p in self.module.named_parameters(remove_duplicate=False) if p is weight)
+
+    def answer_loss(self, params: Params, input_ids: torch.Tensor, labels: torch.Tensor, width: int) -> torch.Tensor:
+        """`causal_lm_loss(self(params, input_ids), labels)`, with the vocabulary head applied only where the
+        loss reads it: in each row, the `width` positions from the one that predicts its first labelled
+        token (`width`: at least every row's span of labelled tokens, `answer_width`). TOFU's loss reads
+        the answer alone, about a third of the positions, and the head (d × vocabulary) is half a small
+        GPT-2's work: 1.2× faster training on tofu-synth-tiny (CPU, bf16 and fp32). vmap-safe (fixed shapes)."""
+        prefix, names = self._head
+        base = {k[len(prefix) + 1:]: v for k, v in params.items() if k.startswith(prefix + ".")}
+        hidden = functional_call(self.module.base_model, base, (input_ids,), {"use_cache": False}).last_hidden_state
+        weight = next(params[n] for n in names if n in params)
+        target = labels[..., 1:]
+        labelled = target != IGNORE
+        start = labelled.to(torch.int32).argmax(-1, keepdim=True)  # a row without labels reads nothing
+        pos = start + torch.arange(width, device=target.device)
+        idx = pos.clamp(max=target.shape[-1] - 1)
+        tgt = target.gather(-1, idx)
+        valid = (pos < target.shape[-1]) & (tgt != IGNORE)
+        h = hidden[..., :-1, :].gather(-2, idx.unsqueeze(-1).expand(*idx.shape, hidden.shape[-1]))
+        logp = torch.log_softmax((h @ weight.T).float(), dim=-1)
+        lp = torch.gather(logp, -1, torch.where(valid, tgt, 0).unsqueeze(-1)).squeeze(-1)
+        return -torch.where(valid, lp, torch.zeros_like(lp)).sum() / valid.sum().clamp(min=1)
+
     def hidden(self, params: Params, input_ids: torch.Tensor, layer: int) -> torch.Tensor:
         """Residual-stream activations output by block `layer` (1-based), (..., L, d).
 
@@ -143,6 +173,18 @@ def shifted_token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[
     mask = target != IGNORE
     lp = torch.gather(logp, -1, torch.where(mask, target, 0).unsqueeze(-1)).squeeze(-1)
     return torch.where(mask, lp, torch.zeros_like(lp)), mask
+
+
+def answer_width(labels: torch.Tensor) -> int:
+    """The widest span of labelled next-token targets in any row of `labels` (M, L): the window
+    `LMForward.answer_loss` needs to read every labelled token (1 for rows without any)."""
+    labelled = labels[:, 1:] != IGNORE
+    if not labelled.any():
+        return 1
+    cols = torch.arange(labelled.shape[1])
+    first = torch.where(labelled, cols, labelled.shape[1]).min(1).values
+    last = torch.where(labelled, cols, -1).max(1).values
+    return int((last - first + 1).clamp(min=1).max())
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

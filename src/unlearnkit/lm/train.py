@@ -19,15 +19,16 @@ from ..engine.compute import current
 from ..tasks import Recipe
 from ..zoo.cache import ZooCache, arm_key, stable_hash, tensor_digest
 from ..zoo.train import Arm, train_cached
-from .model import LMForward, causal_lm_loss, describe_config, init_lm_params
+from .model import LMForward, answer_width, describe_config, init_lm_params
 from .task import DEFAULT_LM_RECIPE
 
 
-def lm_loss(forward: LMForward):
-    """loss(params, batch, frozen) of ONE model on its "train" batch: answer-token causal-LM NLL."""
+def lm_loss(forward: LMForward, width: int):
+    """loss(params, batch, frozen) of ONE model on its "train" batch: answer-token causal-LM NLL, the head
+    applied to each row's `width` answer positions (`LMForward.answer_loss`; `answer_width` of the data)."""
     def loss(params, batch, frozen):
         x, y, _ = batch["train"]
-        return causal_lm_loss(forward(params, x), y)
+        return forward.answer_loss(params, x, y, width)
     return loss
 
 
@@ -47,7 +48,7 @@ def lm_family(config: GPT2Config, data: tuple[torch.Tensor, torch.Tensor], posit
     return stable_hash({
         "kind": "causal-lm", "config": describe_config(config), "recipe": dataclasses.asdict(recipe),
         "data": [tensor_digest(input_ids), tensor_digest(labels)], "positions": tensor_digest(positions),
-        "torch": torch.__version__, "unlearnkit": __version__, "format": 4, "compute": current().key(),
+        "torch": torch.__version__, "unlearnkit": __version__, "format": 5, "compute": current().key(),
     })
 
 
@@ -61,7 +62,8 @@ def train_lm_models(config: GPT2Config, data: tuple[torch.Tensor, torch.Tensor],
     # no `family`: an LM trained among 3 differs from the same LM trained alone by up to ~2e-3 in a weight
     # after tofu-synth-tiny's 375 steps (the vmapped attention kernels depend on the number of models), so
     # LM arms are not assembled from one another's models
-    return train_cached(lm_key(config, (input_ids, labels), positions, seeds, recipe), lm_loss(LMForward(config)),
+    return train_cached(lm_key(config, (input_ids, labels), positions, seeds, recipe),
+                        lm_loss(LMForward(config), answer_width(labels[positions.flatten().unique()])),
                         lambda: init_lm_params(config, seeds), EpochStream(positions, seeds, recipe.batch_size),
                         (input_ids, labels), recipe.epochs, recipe_optim(recipe), cache, label,
                         {"kind": "causal-lm", "seeds": [int(s) for s in seeds], "config": describe_config(config),
