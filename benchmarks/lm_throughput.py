@@ -4,7 +4,9 @@ Prints training throughput in tokens/s (question + answer tokens, i.e. the non-p
 batches, and also padded tokens/s) for both, their ratio, and each one's achieved FLOP/s as a fraction of
 this machine's torch.mm peak measured here. Both paths train N models for the same number of steps on the
 same batches (model i's batches come from its seed alone); the loop trains the N models one after another,
-each a `transformers.GPT2LMHeadModel` with `torch.optim.Adam`.
+each a `transformers.GPT2LMHeadModel` with `torch.optim.Adam`. The zoo's loss applies the vocabulary head
+only on each row's answer window (`LMForward.answer_loss`), the loop's on every position, as a plain
+Hugging Face loop does: the same loss and gradients, and the FLOP fractions count what each one computes.
 
     .venv/bin/python benchmarks/lm_throughput.py --models 8 --steps 20
 """
@@ -21,7 +23,7 @@ from zoo_throughput import _sync, matmul_peak  # the sibling script (benchmarks/
 from unlearnkit.engine import EpochStream, fit
 from unlearnkit.engine.compute import Compute, resolve, use
 from unlearnkit.lm import special_ids
-from unlearnkit.lm.model import LMForward, causal_lm_loss, init_lm_params
+from unlearnkit.lm.model import LMForward, answer_width, causal_lm_loss, init_lm_params
 from unlearnkit.lm.task import get_lm_task, load_tofu
 from unlearnkit.lm.train import lm_loss, recipe_optim
 from unlearnkit.zoo import arm_seeds
@@ -35,7 +37,8 @@ def zoo_flops_per_sequence(data, seeds, batch_size: int) -> float:
     stream = EpochStream(torch.arange(len(x)), seeds, batch_size)
     init = init_lm_params(data.config, seeds)
     with FlopCounterMode(display=False) as counter:
-        fit(lm_loss(LMForward(data.config)), init, {"train": stream}, (x, y), 1, recipe_optim(data.task.recipe))
+        fit(lm_loss(LMForward(data.config), answer_width(y)), init, {"train": stream}, (x, y), 1,
+            recipe_optim(data.task.recipe))
     return counter.get_total_flops() / (len(seeds) * stream.batch_size)
 
 
@@ -51,7 +54,7 @@ def loop_flops_per_sequence(data, batch_size: int) -> float:
 def time_zoo(data, seeds, batch_size: int, steps: int, compute: Compute) -> float:
     """Seconds for `steps` steps of N models in one vectorised `fit` (after a warm-up `fit`) on `compute`."""
     x, y = data.tensors
-    loss = lm_loss(LMForward(data.config))
+    loss = lm_loss(LMForward(data.config), answer_width(y))
     stream = EpochStream(torch.arange(len(x)), seeds, batch_size)
     init = init_lm_params(data.config, seeds)
     optim = recipe_optim(data.task.recipe)
