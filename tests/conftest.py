@@ -60,6 +60,29 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+class _Stopped(Exception):
+    """What `checked_budget` raises in place of a budget check, so that nothing trains."""
+
+
+@pytest.fixture
+def checked_budget():
+    """checked_budget(call): the Budget that call() checks before it trains anything (stopped there)."""
+    from unlearnkit.budget import Budget
+
+    def capture(call):
+        seen = {}
+
+        def stop(self, *args, **kwargs):
+            seen["budget"] = self
+            raise _Stopped
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(Budget, "check", stop)
+            with pytest.raises(_Stopped):
+                call()
+        return seen["budget"]
+    return capture
+
+
 class Interrupted(Exception):
     """What `interrupt_at` raises in place of a kill."""
 

@@ -34,20 +34,12 @@ def study(tmp_path_factory):
     return corrective(_study_config(root), "poison:80:target=0", (0.5, 1.0), root / "out"), root
 
 
-def test_a_finished_study_is_estimated_to_train_nothing(study, monkeypatch):
+def test_a_finished_study_is_estimated_to_train_nothing(study, checked_budget):
     """Every arm is cached and every fraction's job cells are kept (the estimate keys them as each fraction's
     Bench does): a rerun is estimated at 0, never refused under --max-hours for work it will not do."""
-    from unlearnkit.budget import Budget
     _, root = study
-    seen = {}
-
-    def stop(self, *args, **kwargs):
-        seen["budget"] = self
-        raise _Stop
-    monkeypatch.setattr(Budget, "check", stop)
-    with pytest.raises(_Stop):
-        corrective(_study_config(root), "poison:80:target=0", (0.5, 1.0))
-    assert seen["budget"].flops == seen["budget"].method_flops == 0
+    budget = checked_budget(lambda: corrective(_study_config(root), "poison:80:target=0", (0.5, 1.0)))
+    assert budget.flops == budget.method_flops == 0
 
 
 def test_manipulations_change_only_what_they_say(digits):
@@ -140,27 +132,14 @@ def test_era_needs_hidden_layers(tmp_path):
     assert not (tmp_path / "zoo").exists()
 
 
-class _Stop(Exception):
-    pass
-
-
-def _budget(monkeypatch, tmp_path, methods, fractions, relearn=0, cache=True):
+def _budget(checked_budget, tmp_path, methods, fractions, relearn=0, cache=True):
     """The Budget a corrective study checks before it trains anything (the check is stopped there)."""
-    from unlearnkit.budget import Budget
-    seen = {}
-
-    def stop(self, *args, **kwargs):
-        seen["budget"] = self
-        raise _Stop
-    monkeypatch.setattr(Budget, "check", stop)
     config = RunConfig(task="digits-mlp", forget="poison:80", methods=methods, models=4, bootstrap=0,
                        cache_dir=str(tmp_path / "cache") if cache else "", metrics=("klom",), estimators=())
-    with pytest.raises(_Stop):
-        corrective(config, "poison:80:target=0", fractions, relearn=relearn)
-    return seen["budget"]
+    return checked_budget(lambda: corrective(config, "poison:80:target=0", fractions, relearn=relearn))
 
 
-def test_budget_counts_every_fraction_the_arms_methods_retrain_and_the_attack(monkeypatch, tmp_path):
+def test_budget_counts_every_fraction_the_arms_methods_retrain_and_the_attack(checked_budget, tmp_path):
     """A study's estimate counts each fraction's method runs, the arms its methods train from scratch (filter
     on D ∖ S_F: the corrected oracles' arm when all of M is identified, another arm below that; ERA's
     widened arm), and the relearning attack on every row; each arm once."""
@@ -171,7 +150,7 @@ def test_budget_counts_every_fraction_the_arms_methods_retrain_and_the_attack(mo
     n, m, models, epochs = len(load_dataset("digits").y_train), 80, 4, task.recipe.epochs
 
     def flops(methods, fractions, relearn=0):
-        return _budget(monkeypatch, tmp_path, methods, fractions, relearn).flops
+        return _budget(checked_budget, tmp_path, methods, fractions, relearn).flops
 
     reference = flops(("none",), (0.5,))  # originals on D, oracles and the noise floor on D ∖ M
     per_example = reference / (models * epochs * (n + 2 * (n - m)))  # one model's training FLOPs per example

@@ -65,7 +65,7 @@ def test_silent_added_units_make_the_wide_model_the_ablated_one(tiny):
     torch.testing.assert_close(wide, narrow)
 
 
-def test_lm_corrective_era_removes_what_it_routed_and_keeps_the_rest(tiny_lm_cache, tmp_path):
+def test_lm_corrective_era_removes_what_it_routed_and_keeps_the_rest(tiny_lm_cache, tmp_path, checked_budget):
     config = RunConfig(task="tofu-synth-tiny", methods=("none", "era"), models=2, bootstrap=0, cache_dir=tiny_lm_cache)
     res = corrective(config, "authors:0.1", (0.5,), out=tmp_path / "out")
     (half,) = res["fractions"]
@@ -79,37 +79,18 @@ def test_lm_corrective_era_removes_what_it_routed_and_keeps_the_rest(tiny_lm_cac
     assert (tmp_path / "out" / "figures" / "corrective.png").exists()
     # a rerun's estimate: every arm is cached now (ERA's widened one under its own key) and every job's cell
     # kept (keyed as each fraction's LMBench keys it): nothing to train
-    budget = _checked_budget(lambda: corrective(config, "authors:0.1", (0.5,)))
+    budget = checked_budget(lambda: corrective(config, "authors:0.1", (0.5,)))
     assert budget.flops == budget.method_flops == 0
 
 
-class _Stop(Exception):
-    pass
-
-
-def _checked_budget(study):
-    """The Budget `study()` checks before it trains (stopped there)."""
-    from unlearnkit.budget import Budget
-    seen = {}
-
-    def stop(self, *args, **kwargs):
-        seen["budget"] = self
-        raise _Stop
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Budget, "check", stop)
-        with pytest.raises(_Stop):
-            study()
-    return seen["budget"]
-
-
-def test_lm_corrective_budget_counts_each_fraction_and_filters_arm(tiny, tmp_path):
+def test_lm_corrective_budget_counts_each_fraction_and_filters_arm(tiny, tmp_path, checked_budget):
     """Each identified fraction runs the methods again; filter retrains on D ∖ S_F, an arm of its own below
     f = 1 and the corrected oracles' at f = 1."""
     n = len(tiny.items)  # 20 forget items, 10 identified at f = 0.5
 
     def flops(methods, fractions):
         config = RunConfig(task="tofu-synth-tiny", methods=methods, models=2, cache_dir=str(tmp_path / "cache"))
-        return _checked_budget(lambda: corrective(config, "authors:0.1", fractions)).flops
+        return checked_budget(lambda: corrective(config, "authors:0.1", fractions)).flops
     reference = flops(("none",), (1.0,))
     assert flops(("none",), (0.5, 1.0)) == reference
     assert flops(("none", "filter"), (1.0,)) == reference

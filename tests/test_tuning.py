@@ -72,14 +72,9 @@ def test_lm_tuning_on_its_own_forget_set_saves_what_run_tuned_reads(tiny_lm_cach
     assert job.tuned and job.hparams.lr == pytest.approx(result["hparams"]["lr"])
 
 
-class _Stop(Exception):
-    pass
-
-
-def test_a_search_budgets_the_tuning_set_it_trains_on(tmp_path, monkeypatch):
+def test_a_search_budgets_the_tuning_set_it_trains_on(tmp_path, checked_budget):
     """A search's oracles and noise floor train without the tuning set, not the reported one: its estimate
     is built on the tuning set (here 30 examples where the reported set has 10)."""
-    from unlearnkit.budget import Budget
     from unlearnkit.engine.compute import use
     from unlearnkit.experiment import budget, prepare
     config = RunConfig(task="digits-logreg", forget="random:10", methods=("finetune",), models=3,
@@ -87,15 +82,7 @@ def test_a_search_budgets_the_tuning_set_it_trains_on(tmp_path, monkeypatch):
     with use(config.compute):
         arms = {k: budget(prepare(RunConfig(**{**config.__dict__, "forget": f"random:{k}"}))) for k in (10, 30)}
     arms = {k: b.flops - b.method_flops for k, b in arms.items()}  # the reference arms alone
-    seen = {}
-
-    def stop(self, *args, **kwargs):
-        seen["budget"] = self
-        raise _Stop
-    monkeypatch.setattr(Budget, "check", stop)
-    with pytest.raises(_Stop):
-        tune(config, TuneConfig("finetune", trials=4, tune_forget="random:30"))
-    b = seen["budget"]
+    b = checked_budget(lambda: tune(config, TuneConfig("finetune", trials=4, tune_forget="random:30")))
     assert arms[30] < arms[10]
     assert b.flops - 4 * b.method_flops == pytest.approx(arms[30])  # the arms, and each trial's method
 
