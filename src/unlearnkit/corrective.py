@@ -39,13 +39,12 @@ from .forget import ForgetSet
 from .forget.manipulate import Manipulation, identified, manipulate
 from .methods import REGISTRY
 from .relearn import (
-    RELEARN_LR,
     RELEARN_NOTE,
-    RELEARN_STEPS,
     format_number,
     format_steps,
     k_relearn,
     relearn_curves,
+    relearn_key,
     relearn_work,
     steps_to_half,
 )
@@ -104,7 +103,7 @@ def corrective(config: RunConfig, manipulation: str, fractions=DEFAULT_FRACTIONS
             job.hparams.check_setting(task, manip.dataset, p.forget.positions, config.seed)
     probed = sum(1 for job in jobs if not REGISTRY[job.method].ensemble)  # rows the attack runs on
     attack = relearn_work(relearn, config.models, probed, list(sets.values()), len(corrected))
-    probe_key = {"relearn": relearn, "steps": RELEARN_STEPS, "lr": RELEARN_LR} if relearn else None
+    probe_key = relearn_key(relearn)
     digests = tuple(bench_digest(manip.dataset, prepared[f].forget.positions, corrected, blocks, probe_key)
                     for f in fractions)  # as each fraction's Bench keys its jobs: a kept cell trains nothing
     budget(prepared[fractions[0]], corrected, tuple(prepared[f] for f in fractions[1:]), tuple(attack),

@@ -28,13 +28,12 @@ from .lm.model import causal_lm_loss, mean_token_logprob, token_logprobs
 from .lm.task import get_lm_task, load_tofu
 from .lm_experiment import LMBench, lm_bench_digest, lm_budget
 from .relearn import (
-    RELEARN_LR,
     RELEARN_NOTE,
-    RELEARN_STEPS,
     format_number,
     format_steps,
     k_relearn,
     relearn_curves,
+    relearn_key,
     relearn_work,
     steps_to_half,
 )
@@ -71,7 +70,7 @@ def corrective_lm(config: RunConfig, fractions, out: str | os.PathLike | None = 
     cache = config.zoo_cache()
     attack = relearn_work(relearn, config.models, len(jobs), list(sets.values()),
                           len(retained_authors(data, forget)))  # the attack's retained items are authors' QAs
-    probe_key = {"relearn": relearn, "steps": RELEARN_STEPS, "lr": RELEARN_LR} if relearn else None
+    probe_key = relearn_key(relearn)
     digests = tuple(lm_bench_digest(np.sort(np.asarray(p)), forget, probe_key) for p in sets.values())
     lm_budget(config, data, jobs, cache, list(sets.values()), tuple(attack), digests=digests).check(
         config.max_hours, cache.root if cache else None, "this corrective study")

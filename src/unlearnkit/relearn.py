@@ -17,6 +17,11 @@ RELEARN_LR = 1e-3     # Adam; GR's 5e-5 is for a pretrained transformer, this mo
 log = logging.getLogger(__name__)
 
 
+def relearn_key(k: int) -> dict | None:
+    """What the attack with k examples is, for the cell keys of the rows it probes (None when k = 0)."""
+    return {"relearn": k, "steps": RELEARN_STEPS, "lr": RELEARN_LR} if k else None
+
+
 def relearn_work(k: int, models: int, rows: int, identified: list, retained: int) -> list[Work]:
     """What the attack with k examples trains, for a study's budget (none when k = 0): for each identified set
     (one per fraction) and each of `rows` rows of N = `models` models (one row after another),

@@ -409,15 +409,14 @@ def build_jobs(config: RunConfig, registry: dict,
 def run_budget(profile: StepProfile, recipe, config: RunConfig, everything: torch.Tensor, oracles_on: torch.Tensor,
                settings: list[Setting], family_of: Callable[[torch.Tensor], str], cache: ZooCache | None,
                jobs: list[Job], registry: dict, extra: list[Work] = (), seen: set | None = None,
-               done: Callable[[Job], bool] | None = None, floor: bool = True) -> Budget:
+               done: Callable[[Job, int], bool] | None = None, floor: bool = True) -> Budget:
     """The training a run (or a study of several forget sets) will do, for either pipeline: the reference
     arms (originals on `everything`; oracles and, unless `floor` is False, the noise-floor arm on
-    `oracles_on`), and per forget set
-    (`settings`: one per set) every job with an epochs budget, counted over the forget set (the smallest
-    set a method passes over), and the arms a job's method trains from scratch (`Method.scratch`: filter,
-    ERA, SISA, IAU). An arm counts once however many jobs or sets name it, and the models a cache holds cost
-    nothing (`family_of(positions)` names a zoo arm's family there), so a run is never refused for work it
-    will not do. `extra`: other training (`Work`). `seen`: the arms counted already (a study's earlier cells,
+    `oracles_on`), and per forget set (`settings`: one per set) every job with an epochs budget, counted
+    over the forget set (the smallest set a method passes over), and the arms a job's method trains from
+    scratch (`Method.scratch`: filter, ERA, SISA, IAU). An arm counts once however many jobs or sets name
+    it, and the models a cache holds cost nothing (`family_of(positions)` names a zoo arm's family there), so
+    a run is never refused for work it will not do. `extra`: other training (`Work`). `seen`: the arms counted already (a study's earlier cells,
     which train them first); this run's are added to it. `done(job, i)`: the job's cell on the i-th forget
     set is cached, so its method trains nothing."""
     out = Budget()
