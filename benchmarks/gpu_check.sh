@@ -37,7 +37,7 @@ step 5 70 "default run, N = 100" python3 benchmarks/run_wallclock.py --device cu
 # 6. every LM method (tables indexed by batch positions live on the device; residual activations, generation
 #    and the SAE and guard steering on it too) and the LM corrective study's ERA
 step 6 110 "LM methods on the GPU" python3 -m unlearnkit run --task tofu-synth-tiny --forget authors:0.1 --models 2 \
-  --device cuda --bootstrap 0 --no-cache --methods none,ga,graddiff,ga+kl,npo,simnpo,idk,idkdpo,altpo,undial,wga,satimp,ceu,pdu,llmu,rmu,flat,era,sae-clamp,guard
+  --device cuda --bootstrap 0 --no-cache --methods none,ga,graddiff,ga+kl,npo,simnpo,idk,idkdpo,altpo,undial,wga,satimp,ceu,pdu,llmu,rmu,flat,finetune,traced,era,era-control,sae-clamp,guard
 # 7. memory on the device: a live reference model vs reference log-probs computed once (and full vs LoRA where
 #    PEFT is installed)
 step 7 90 "LM memory: reference, LoRA" python3 benchmarks/lm_memory.py --task tofu-synth-tiny --models 32 --device cuda \
