@@ -169,6 +169,10 @@ def test_truth_ratio_eps_both_ways_and_what_it_does_to_forget_quality():
     # The forget aggregator min(R, 1/(R + eps)) too.
     assert M.truth_ratio_forget_score([1e-12]) == pytest.approx(1e-12)
     assert M.truth_ratio_forget_score([1.0]) == pytest.approx(M.truth_ratio_forget_score([1.0], eps=0.0))
+    # ... whose eps is immaterial (why a row need not know the conventions): R < 1 reads R, R ≥ 1 reads
+    # 1/(R + eps) ≈ 1/R, from ratios scored either way.
+    for v in r.values():
+        assert M.truth_ratio_forget_score(v) == pytest.approx(M.truth_ratio_forget_score(v, eps=0.0), rel=1e-9)
 
 
 def test_prob_mean_aggregator_against_the_tofu_ratio():

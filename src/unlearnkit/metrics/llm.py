@@ -317,7 +317,9 @@ def truth_ratio_forget_score(truth_ratios, eps: float = OU_EPS) -> float:
 
     OpenUnlearning aggregator `closer_to_1_better`, min(R, 1/(R + 1e-10)) by default (eps=0: the exact
     min(R, 1/R)): 1 when perturbed and paraphrased answers are equally likely, which is what a model that
-    never saw the forget set should show; smaller either way.
+    never saw the forget set should show; smaller either way. The eps changes a term by under eps relative
+    (1/(R + eps) is taken only where R ≥ 1), so a row aggregates with the default whatever `tr_eps` the
+    ratios were computed with: only `truth_ratio` itself parts the conventions.
     """
     r = _ratios(truth_ratios)
     with np.errstate(divide="ignore"):
