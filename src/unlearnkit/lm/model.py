@@ -27,22 +27,26 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import torch
 from tokenizers import Tokenizer
 from torch import nn
 from torch.func import functional_call
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel
 
 from ..engine import Forward, Params
 from ..engine.compute import current
 from ..errors import UnlearnkitError
 from .tokenizer import IGNORE, special_ids
 
+if TYPE_CHECKING:  # transformers' model code takes seconds to import: loaded where a model is built
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel
+
 
 def lm_config(vocab_size: int, n_layer: int = 2, n_embd: int = 128, n_head: int = 4, n_positions: int = 64,
               pad_token_id: int | None = None, eos_token_id: int | None = None) -> GPT2Config:
     """A small GPT-2 config with every dropout at 0 and eager attention (both needed under vmap)."""
+    from transformers import GPT2Config
     cfg = GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
                      n_head=n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, summary_first_dropout=0.0,
                      bos_token_id=eos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
@@ -68,6 +72,7 @@ def describe_config(config: GPT2Config) -> dict:
 
 
 def build_lm(config: GPT2Config) -> GPT2LMHeadModel:
+    from transformers import GPT2LMHeadModel
     return GPT2LMHeadModel(config).eval()
 
 
@@ -153,6 +158,7 @@ class _Captured(Exception):
 def init_lm_params(config: GPT2Config, seeds: list[int]) -> Params:
     """Stacked parameters (leading dim N = len(seeds)); model i is initialised from seeds[i] alone
     (GPT-2's own init, N(0, 0.02) weights with the residual projections scaled by 1/sqrt(2·n_layer))."""
+    from transformers import GPT2LMHeadModel
     per_model = []
     for s in seeds:
         with torch.random.fork_rng(devices=[]):

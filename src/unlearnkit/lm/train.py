@@ -9,9 +9,9 @@ versions); an interrupted run resumes from its last whole epoch. The loss is TOF
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import GPT2Config
 
 from .. import __version__
 from ..engine import EpochStream, Optim
@@ -20,6 +20,9 @@ from ..tasks import Recipe
 from ..zoo.cache import ZooCache, arm_key, stable_hash, tensor_digest
 from ..zoo.train import Arm, train_cached
 from .model import LMForward, answer_width, describe_config, init_lm_params
+
+if TYPE_CHECKING:
+    from transformers import GPT2Config
 from .task import DEFAULT_LM_RECIPE
 
 

@@ -14,13 +14,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
-from transformers import GPT2Config, GPT2LMHeadModel
-from transformers.models.gpt2.modeling_gpt2 import GPT2MLP
 
 from ...engine import EpochStream, Params
 from ...engine.compute import current
@@ -28,6 +26,9 @@ from ...errors import UnlearnkitError
 from ...lm.model import LMForward, causal_lm_loss, describe_config, init_lm_params
 from ...lm.train import recipe_optim
 from ...zoo import ORIGINAL_SEEDS, arm_seeds, stable_hash, tensor_digest
+
+if TYPE_CHECKING:
+    from transformers import GPT2Config
 from ...zoo.train import train_cached
 from ..base import ScratchArm, Setting
 from ..era import ERAParams, coherence_finetune
@@ -88,6 +89,8 @@ class RoutedLMForward(LMForward):
     `routed_loss(params, x, y, route)` is the answer NLL plus the L1 term with the tokens `route` (B, L) routed."""
 
     def __init__(self, config: GPT2Config, blocks: list[int], expand: int, scale: float, routing: bool, pad_id: int):
+        from transformers import GPT2LMHeadModel
+        from transformers.models.gpt2.modeling_gpt2 import GPT2MLP
         module = GPT2LMHeadModel(config)
         self.width = config.n_inner or 4 * config.n_embd
         self.state = {"scale": scale, "routing": routing}
