@@ -478,3 +478,20 @@ def test_ctrl_c_is_one_line_that_says_how_to_resume(monkeypatch, capsys, tmp_pat
     code, _, err = invoke(monkeypatch, capsys, "run", "--task", "digits-mlp", "--cache-dir", tmp_path / "cache")
     assert code == 130 and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 and "rerun the same command to resume" in err
+
+
+@pytest.mark.parametrize("fields, flags, cli, python", [
+    ({"max_hours": 0.0}, ["--max-hours", "0"], "--max-hours must be", "max_hours must be"),
+    ({"device": "tpu"}, ["--device", "tpu"], "--device must be", "device must be"),
+    ({"precision": "tf32", "device": "cpu"}, ["--precision", "tf32", "--device", "cpu"],
+     "--precision tf32 is a CUDA", "precision='tf32' is a CUDA"),
+    ({"backend": "local", "ray_address": "x:1"}, ["--ray-address", "x:1"], "--ray-address is for --backend ray",
+     "ray_address is for backend='ray'"),
+])
+def test_an_error_names_the_option_as_its_caller_spells_it(monkeypatch, capsys, fields, flags, cli, python):
+    """The same check, reached from the command line and from Python: a flag for the one, the parameter (and
+    how to set it) for the other."""
+    assert_refused(invoke(monkeypatch, capsys, "run", "--task", "digits-mlp", *flags), cli)
+    with pytest.raises(unlearnkit.UnlearnkitError) as refused:
+        unlearnkit.RunConfig(task="digits-mlp", **fields)
+    assert str(refused.value).startswith(python) and "--" not in str(refused.value)

@@ -69,7 +69,7 @@ def test_missing_data_is_one_clear_line(tmp_path, monkeypatch):
                                               ) as err:
         c10.load_cifar10(tmp_path, records_per_file=4)
     assert "\n" not in str(err.value) and str(tmp_path) in str(err.value)
-    with pytest.raises(UnlearnkitError, match="no CIFAR-10 directory given.*--data-dir"):
+    with pytest.raises(UnlearnkitError, match="no CIFAR-10 directory given.*pass data_dir"):
         c10.load_cifar10(None)
     with pytest.raises(UnlearnkitError, match="nowhere does not exist"):
         c10.load_cifar10(tmp_path / "nowhere")

@@ -75,7 +75,7 @@ def test_fractions_outside_zero_one_are_refused(tmp_path):
     for bad in ((0.0,), (1.5,), (-0.1, 0.5)):
         with pytest.raises(UnlearnkitError, match="identified"):
             corrective(config, "poison:20", bad)
-    with pytest.raises(UnlearnkitError, match="--relearn"):
+    with pytest.raises(UnlearnkitError, match="^relearn must be"):
         corrective(config, "poison:20", (1.0,), relearn=-1)
     with pytest.raises(UnlearnkitError, match="more than once"):
         corrective(config, "poison:20", (0.5, 1.0, 0.5))

@@ -67,11 +67,11 @@ def test_unlearn_a_checkpoint_saves_a_new_model_and_leaves_the_original(checkpoi
 
 def test_checkpoint_errors_are_clear_and_nothing_is_written(checkpoint, tmp_path):
     args = (checkpoint / "forget.jsonl", checkpoint / "retain.jsonl", "ga")
-    with pytest.raises(UnlearnkitError, match="outside --model-dir"):
+    with pytest.raises(UnlearnkitError, match="outside model_dir="):
         unlearn_checkpoint(checkpoint / "model", *args, out=checkpoint / "model" / "sub")
     with pytest.raises(UnlearnkitError, match="no config.json"):
         unlearn_checkpoint(tmp_path, *args, out=tmp_path / "o")
-    with pytest.raises(UnlearnkitError, match="exceed --max-len 8"):
+    with pytest.raises(UnlearnkitError, match="exceed max_len=8 tokens"):
         unlearn_checkpoint(checkpoint / "model", *args, out=tmp_path / "o", max_len=8)
     for method, why in (("retrain", "from scratch"), ("era", "from scratch"), ("guard", "not its weights")):
         with pytest.raises(UnlearnkitError, match=f"cannot unlearn a checkpoint \\(it .*{why}"):

@@ -188,7 +188,7 @@ def test_bench_scores_probes_neighbours_and_fluency_in_every_row(bench):
 def test_probes_without_probe_data_are_refused_in_one_line(tmp_path):
     from unlearnkit.lm_checkpoint import unlearn_checkpoint
     for probes in ("", "  "):
-        with pytest.raises(UnlearnkitError, match="--probes needs probe data") as err:
+        with pytest.raises(UnlearnkitError, match="^probes needs probe data") as err:
             unlearn_checkpoint(tmp_path / "model", tmp_path / "f.jsonl", tmp_path / "r.jsonl", "ga", tmp_path / "out",
                                probes=probes)
         assert "\n" not in str(err.value) and "JSONL" in str(err.value)

@@ -107,7 +107,7 @@ def _another_runs(d):
     pytest.param(lambda d: None, {"estimators": ("histogram",)}, "unknown KLoM estimator", id="unknown-estimator"),
     pytest.param(lambda d: None, {"metrics": ("klom", "lira")}, "unknown metric", id="unknown-metric"),
     pytest.param(lambda d: None, {"metrics": ("ulira",)}, "must include klom", id="no-klom"),
-    pytest.param(lambda d: None, {"bootstrap": -1}, "--bootstrap", id="bad-bootstrap"),
+    pytest.param(lambda d: None, {"bootstrap": -1}, "^bootstrap must be", id="bad-bootstrap"),
 ])
 def test_bad_run_folders_are_refused_and_nothing_is_written(run_dir, damage, kwargs, match):
     damage(run_dir)

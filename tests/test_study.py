@@ -67,10 +67,10 @@ def test_a_study_runs_every_cell_and_resumes_without_recomputing(tmp_path, monke
     ("[run]\ntask = 'digits-mlp'\n[grid]\n", "grid] table is missing or empty"),
     ("[run]\ntask = 'digits-mlp'\n[grid]\nseed = []\n", r"line 4 \(seed = \[\]\): grid axis 'seed' must be a non-empty"),
     ("[run]\ntask = 'digits-mlp'\n[grid]\nmethods = [['none', 'nosuch']]\n", "nosuch"),
-    ("[run]\ntask = 'digits-mlp'\n[grid]\nmodels = [4, 1]\n", r"line 4 \(models = \[4, 1\]\).*--models"),
+    ("[run]\ntask = 'digits-mlp'\n[grid]\nmodels = [4, 1]\n", r"line 4 \(models = \[4, 1\]\)\): models must be"),
     ("[runs]\ntask = 'x'\n", r"line 1 \(\[runs\]\): unknown table"),
     ("[run\n", "not valid TOML"),
-    ("[run]\ntask = 'digits-mlp'\nmodels = 'two'\n[grid]\nseed = [0]\n", "--models must be an int, got 'two'"),
+    ("[run]\ntask = 'digits-mlp'\nmodels = 'two'\n[grid]\nseed = [0]\n", "\\): models must be an int, got 'two'"),
     ("[run]\ntask = 'digits-mlp'\n[grid]\nforget = ['random:20', 'class:42']\n", r"line 4 .*class 42"),
     ("[run]\ntask = 'digits-mlp'\n[grid]\nseed = [0, 0]\n", r"line 4 \(seed = \[0, 0\]\): .*repeats a value"),
     ("[run]\ntask = 'digits-mlp'\nhparams = [['ga', 'lr']]\n[grid]\nseed = [0]\n", r"\[METHOD, NAME, VALUE\]"),
@@ -103,7 +103,7 @@ def test_the_common_cases_need_no_spec_file(tmp_path):
     no_methods = tuple(f for f in flags if not f.startswith("methods"))
     assert load_study(None, no_methods, ("methods=none,retrain;none,retrain,ga",)).cells[1][1].methods == (
         "none", "retrain", "ga")
-    with pytest.raises(UnlearnkitError, match=r"--grid models=…\): --models"):
+    with pytest.raises(UnlearnkitError, match=r"--grid models=…\): models must be"):
         load_study(None, flags[:1], ("models=4,1",))
     with pytest.raises(UnlearnkitError, match="KEY=VALUE"):
         load_study(None, ("task",), ("seed=0",))

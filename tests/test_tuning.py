@@ -25,7 +25,7 @@ def test_tune_saves_best_and_run_uses_it(tmp_path):
 
 def test_tuning_refuses_the_reported_forget_set(tmp_path):
     config = RunConfig(task="digits-logreg", forget="class:3", methods=("ga",), models=2, cache_dir=str(tmp_path))
-    with pytest.raises(UnlearnkitError, match="--tune-forget"):
+    with pytest.raises(UnlearnkitError, match="pass another with tune_forget"):
         tune(config, TuneConfig("ga", trials=1))
 
 

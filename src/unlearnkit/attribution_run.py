@@ -9,7 +9,7 @@ from .attribution import DatamodelReport, compute_datamodels, save_datamodels, t
 from .attribution.store import datamodels_id
 from .attribution.subsets import check_datamodel_settings
 from .data import load_dataset
-from .errors import UnlearnkitError
+from .errors import UnlearnkitError, option
 from .report import check_output
 from .runs import RunConfig, classifier_task, computing
 
@@ -25,7 +25,8 @@ def fit_and_save_datamodels(config: RunConfig, out: str | os.PathLike, models: i
     task = classifier_task(config.task)
     check_datamodel_settings(models, subset)
     if trak_models < 0 or proj_dim < 1:
-        raise UnlearnkitError(f"--trak-models must be >= 0 and --proj-dim >= 1, got {trak_models} and {proj_dim}")
+        raise UnlearnkitError(f"{option('trak_models')} must be >= 0 and {option('proj_dim')} >= 1, got "
+                              f"{trak_models} and {proj_dim}")
     ds = load_dataset(task.dataset, config.data_dir, task.train_size if config.train_size is None
                       else config.train_size, config.seed)
     check_output(out, datamodels_id(task, ds, models, subset, config.seed), overwrite, "datamodels.json")

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from .engine.compute import Compute, use
-from .errors import UnlearnkitError
+from .errors import UnlearnkitError, option
 
 BACKENDS = ("local", "ray")
 
@@ -35,15 +35,16 @@ def local_cores() -> int:
 
 def check_backend(name: str, address: str | None = None) -> None:
     if name not in BACKENDS:
-        raise UnlearnkitError(f"--backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+        raise UnlearnkitError(f"{option('backend')} must be one of {', '.join(BACKENDS)}, got {name!r}")
     if address and name != "ray":
-        raise UnlearnkitError("--ray-address is for --backend ray")
+        raise UnlearnkitError(f"{option('ray_address')} is for {option('backend', 'ray')}")
     if name == "ray":
         try:
             import ray  # noqa: F401
         except ImportError:
-            raise UnlearnkitError("--backend ray needs Ray, which is not installed: pip install 'unlearnkit[ray]' "
-                                  "(or leave out --backend to train in this process)") from None
+            raise UnlearnkitError(f"{option('backend', 'ray')} needs Ray, which is not installed: pip install "
+                                  f"'unlearnkit[ray]' "
+                                  f"(or leave out {option('backend')} to train in this process)") from None
 
 
 class Later:

@@ -23,7 +23,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from .engine.compute import Compute, current, tf32
-from .errors import UnlearnkitError
+from .errors import UnlearnkitError, option
 from .files import check_writable, nearest_existing
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,8 @@ def check_epochs(value: float, what: str) -> None:
 
 def check_models(n: int, minimum: int = 2) -> None:
     if not minimum <= n <= MAX_MODELS:
-        raise UnlearnkitError(f"--models must be in [{minimum}, {MAX_MODELS}] (KLoM compares distributions over "
+        raise UnlearnkitError(f"{option('models')} must be in [{minimum}, {MAX_MODELS}] (KLoM compares "
+                              f"distributions over "
                               f"models; 100 per arm is the reference), got {n}")
 
 
@@ -189,15 +190,16 @@ class Budget:
         limit = memory_limit()
         if limit and self.model_bytes > limit:
             raise UnlearnkitError(f"{what} needs about {_gib(self.model_bytes)} of memory to train even one model, and "
-                                  f"{_memory_source()} gives it {_gib(limit)}: raise --max-memory or use a "
+                                  f"{_memory_source()} gives it {_gib(limit)}: raise {option('max_memory')} or use a "
                                   "smaller task")
         if cache_root is not None and self.disk_bytes:  # something will be cached: the cache must take it
-            check_writable(cache_root, "the model cache (--cache-dir or $UNLEARNKIT_CACHE)")
+            check_writable(cache_root, f"the model cache ({option('cache_dir')} or $UNLEARNKIT_CACHE)")
             probe = nearest_existing(cache_root)
             room = shutil.disk_usage(probe).free
             if self.disk_bytes > room:
                 raise UnlearnkitError(f"{what} caches about {_gib(self.disk_bytes)} of models and {probe} has "
-                                      f"{_gib(room)} free: free some space, use fewer --models, or pass --no-cache")
+                                      f"{_gib(room)} free: free some space, use fewer {option('models')}, or pass "
+                                      f"{option('cache_dir', '', flag='--no-cache')}")
         log.info("%s: estimated %s", what, self.describe())
         if self.seconds() > max_hours * 3600:
             raise UnlearnkitError(f"{what} would train for at least about {_duration(self.seconds())} "
@@ -205,8 +207,9 @@ class Budget:
                                   f"{training_rate() / 1e9:,.0f} GFLOP/s on this machine"
                                   + (f", and {_duration(self.launch_seconds())} launching {self.steps:,.0f} steps' "
                                      "kernels" if self.launch_seconds() else "") + "), "
-                                  f"past the {max_hours:g}-hour limit: lower --models or the epochs, or raise "
-                                  "--max-hours")
+                                  f"past the {max_hours:g}-hour limit: lower {option('models')} or the epochs, or "
+                                  f"raise "
+                                  f"{option('max_hours')}")
 
     def describe(self) -> str:
         return (f"{self.flops / 1e12:,.1f} TFLOP (about {_duration(self.seconds())} here), "
@@ -270,7 +273,7 @@ def memory_limit(compute: Compute | None = None) -> int | None:
 
 def _memory_source() -> str:
     compute = current()
-    return "--max-memory" if compute.max_memory else f"the free memory of {compute.device}"
+    return option("max_memory") if compute.max_memory else f"the free memory of {compute.device}"
 
 
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2 ** 10, "m": 1e6, "mb": 1e6, "mib": 2 ** 20,
@@ -287,7 +290,8 @@ def parse_memory(text: str | int | None) -> int | None:
     except (KeyError, ValueError):
         value = float("nan")
     if not (math.isfinite(value) and value >= 1):
-        raise UnlearnkitError(f"--max-memory expects an amount such as 8GiB, 512MB or a number of bytes, got {text!r}")
+        raise UnlearnkitError(f"{option('max_memory')} expects an amount such as 8GiB, 512MB or a number of bytes, "
+                              f"got {text!r}")
     return int(value)
 
 

@@ -33,7 +33,7 @@ import torch
 
 from . import __version__
 from .data import load_dataset
-from .errors import UnlearnkitError
+from .errors import UnlearnkitError, option
 from .experiment import Bench, Prepared, bench_digest, budget
 from .forget import ForgetSet
 from .forget.manipulate import Manipulation, identified, manipulate
@@ -64,16 +64,19 @@ def corrective(config: RunConfig, manipulation: str, fractions=DEFAULT_FRACTIONS
     fraction; with `relearn` = k, every row also gets the relearning attack (`relearning_probe`).
     Everything is checked (spec, fractions, methods, output, budget) before anything trains."""
     if not 0 <= relearn <= 100_000:
-        raise UnlearnkitError(f"--relearn must be a number of examples in [1, 100000] (0: off), got {relearn}")
+        raise UnlearnkitError(f"{option('relearn')} must be a number of examples in [1, 100000] (0: off), got "
+                              f"{relearn}")
     if isinstance(fractions, str) or not all(isinstance(f, numbers.Real) for f in fractions):
-        raise UnlearnkitError(f"--identified must be a sequence of fractions in (0, 1], e.g. (0.5, 1.0), got "
+        raise UnlearnkitError(f"{option('fractions', flag='--identified')} must be a sequence of fractions in (0, "
+                              f"1], e.g. (0.5, 1.0), got "
                               f"{fractions!r}")
     fractions = [float(f) for f in fractions]
     if len(set(fractions)) < len(fractions):
-        raise UnlearnkitError(f"--identified lists a fraction more than once: {fractions}")
+        raise UnlearnkitError(f"{option('fractions', flag='--identified')} lists a fraction more than once: "
+                              f"{fractions}")
     fractions = tuple(sorted(fractions))
     if not fractions:
-        raise UnlearnkitError("--identified needs at least one fraction in (0, 1]")
+        raise UnlearnkitError(f"{option('fractions', flag='--identified')} needs at least one fraction in (0, 1]")
     from .lm.task import LM_TASKS
     if config.task in LM_TASKS:  # the forget set is `manipulation`, a language-model forget spec
         from .lm_corrective import corrective_lm

@@ -23,7 +23,7 @@ from .cells import CellStore
 from .data import Interactions, load_dataset
 from .engine import Params, predict
 from .engine.compute import current
-from .errors import Diverged, UnlearnkitError
+from .errors import Diverged, UnlearnkitError, option
 from .forget import build_forget_set
 from .forget.worst import SELECTION, memorisation, per_example_losses, select
 from .methods import Context, Ensemble, get_method
@@ -101,14 +101,15 @@ def prepare(config: RunConfig, check_only: bool = False) -> Prepared:
     needs trained models (clustered, hard to unlearn) is left for its run to build and check (forget None)."""
     task = classifier_task(config.task)
     if config.lora:
-        raise UnlearnkitError("--lora applies to language-model tasks (classifier methods train every weight)")
+        raise UnlearnkitError(f"{option('lora')} applies to language-model tasks (classifier methods train every "
+                              f"weight)")
     jobs = build_jobs(config, method_registry(config.task),
                       lambda m: load_tuned(config.cache_root, config.task, config.forget, m) if config.tuned else None)
     size = task.train_size if config.train_size is None else config.train_size
     dataset = load_dataset(task.dataset, config.data_dir, size, config.seed)
     if config.val_size is not None:
         if not 1 <= config.val_size <= len(dataset.y_val):
-            raise UnlearnkitError(f"--val-size must be in [1, {len(dataset.y_val)}]")
+            raise UnlearnkitError(f"{option('val_size')} must be in [1, {len(dataset.y_val)}]")
         dataset = dataclasses.replace(dataset, x_val=dataset.x_val[:config.val_size],
                                       y_val=dataset.y_val[:config.val_size], val_ids=dataset.val_ids[:config.val_size])
     cache = config.zoo_cache()

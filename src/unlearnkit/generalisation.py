@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from .errors import UnlearnkitError
+from .errors import UnlearnkitError, option
 from .experiment import Bench, prepare
 from .methods import make_hparams
 from .runs import Job, RunConfig, computing, run_jobs
@@ -55,7 +55,8 @@ def generalisation(config: RunConfig, klass: int, fraction: str = "0.5", out: st
     p = prepare(config)
     ds = p.dataset
     if not 0 <= klass < ds.num_classes:
-        raise UnlearnkitError(f"--class must be in [0, {ds.num_classes - 1}] for {config.task}, got {klass}")
+        raise UnlearnkitError(f"{option('klass', flag='--class')} must be in [0, {ds.num_classes - 1}] for "
+                              f"{config.task}, got {klass}")
     held = np.setdiff1d(np.flatnonzero(ds.y_train.numpy() == klass), p.forget.positions)
     if not len(held):
         raise UnlearnkitError(f"class:{klass}:{fraction} takes every training example of class {klass}: nothing is "

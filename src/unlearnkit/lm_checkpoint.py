@@ -35,7 +35,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 from transformers.utils import logging as hf_logging
 
 from .data.tofu_synth import QA, from_jsonl
-from .errors import Diverged, UnlearnkitError
+from .errors import Diverged, UnlearnkitError, option
 from .files import check_writable, disk_full, nearest_existing
 from .lm.evaluate import probe_scores, score_items
 from .lm.generate import load_into
@@ -65,20 +65,23 @@ def _weight_files(model_dir: Path) -> list[Path]:
 
 def _check_dirs(model_dir: Path, out: Path) -> None:
     if not (model_dir / "config.json").is_file():
-        raise UnlearnkitError(f"--model-dir {model_dir} is not a Hugging Face checkpoint (no config.json)")
+        raise UnlearnkitError(f"{option('model_dir', str(model_dir))} is not a Hugging Face checkpoint (no "
+                              f"config.json)")
     m, o = model_dir.resolve(), out.resolve()
     if o == m or m in o.parents or o in m.parents:
-        raise UnlearnkitError(f"--out {out} must be a new directory outside --model-dir {model_dir}: the checkpoint "
+        raise UnlearnkitError(f"{option('out', str(out))} must be a new directory outside "
+                              f"{option('model_dir', str(model_dir))}: the checkpoint "
                               "is never overwritten")
     if out.exists() and not out.is_dir():
-        raise UnlearnkitError(f"--out {out} is an existing file; choose a new directory")
+        raise UnlearnkitError(f"{option('out', str(out))} is an existing file; choose a new directory")
     if out.exists() and any(out.iterdir()):
-        raise UnlearnkitError(f"--out {out} already exists and is not empty; choose a new directory")
-    check_writable(out.parent, f"--out {out} cannot be created")
+        raise UnlearnkitError(f"{option('out', str(out))} already exists and is not empty; choose a new directory")
+    check_writable(out.parent, f"{option('out', str(out))} cannot be created")
     base = nearest_existing(out.parent)  # the missing ancestors are created when saving
     need, free = sum(f.stat().st_size for f in _weight_files(model_dir)), shutil.disk_usage(base).free
     if need > free:
-        raise UnlearnkitError(f"--out {out}: the unlearned model needs about {need / 2**20:.1f} MiB but only "
+        raise UnlearnkitError(f"{option('out', str(out))}: the unlearned model needs about {need / 2**20:.1f} MiB "
+                              f"but only "
                               f"{free / 2**20:.1f} MiB are free there; free space or choose another disk")
 
 
@@ -161,13 +164,15 @@ def unlearn_checkpoint(model_dir, forget_file, retain_file, method: str, out, ov
     spec = LoraSpec(lora) if lora else None
     check_lora([method] if spec else [], LM_REGISTRY)
     if not isinstance(max_len, numbers.Integral) or max_len < 2:
-        raise UnlearnkitError(f"--max-len must be a whole number of tokens, at least 2 (a question token and the "
+        raise UnlearnkitError(f"{option('max_len')} must be a whole number of tokens, at least 2 (a question token "
+                              f"and the "
                               f"answer's end), got {max_len!r}")
     if not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
-        raise UnlearnkitError(f"--seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
+        raise UnlearnkitError(f"{option('seed')} must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
     if probes is not None and not str(probes).strip():
-        raise UnlearnkitError("--probes needs probe data: tofu-synth's RWKU-style probes exist only for its own "
-                              f"authors, a checkpoint has none; give --probes FILE, {PROBES_HELP}")
+        raise UnlearnkitError(f"{option('probes')} needs probe data: tofu-synth's RWKU-style probes exist only for "
+                              f"its own "
+                              f"authors, a checkpoint has none; give {option('probes', 'FILE')}, {PROBES_HELP}")
     _check_dirs(model_dir, out)
     forget, retain = from_jsonl(forget_file), from_jsonl(retain_file)
     both = {(qa.question, qa.answer) for qa in forget} & {(qa.question, qa.answer) for qa in retain}
@@ -186,8 +191,9 @@ def unlearn_checkpoint(model_dir, forget_file, retain_file, method: str, out, ov
     cut = [f"{'forget' if i < len(forget) else 'retain'} item {qa.id}" for i, qa in enumerate(items)
            if (last[i] != -100 and last[i] != eos) or not (tokens[1][i] != -100).any()]
     if cut:  # an answer cut short (EOS lost) or gone would be trained and scored as something else
-        raise UnlearnkitError(f"{len(cut)} question+answer pair(s) exceed --max-len {max_len} tokens: "
-                              f"{', '.join(cut[:10])}{' ...' if len(cut) > 10 else ''}; raise --max-len or shorten them")
+        raise UnlearnkitError(f"{len(cut)} question+answer pair(s) exceed {option('max_len', max_len)} tokens: "
+                              f"{', '.join(cut[:10])}{' ...' if len(cut) > 10 else ''}; raise {option('max_len')} "
+                              f"or shorten them")
     # a pad id in the config makes GPT-2 inspect input_ids for padding (data-dependent, impossible under
     # vmap); sequences here are right-padded and causal, so it is dropped while unlearning and restored
     config_pad, model.config.pad_token_id = model.config.pad_token_id, None
@@ -251,4 +257,4 @@ def _save(model: PreTrainedModel, hf_tok, report: dict, out: Path) -> None:
             raise
         why = "the disk is full" if disk_full(e) else f"cannot write there ({getattr(e, 'strerror', None) or e})"
         raise UnlearnkitError(f"saving to {out} failed: {why}; nothing was saved — free space or choose another "
-                              "--out and rerun") from None
+                              f"{option('out')} and rerun") from None

@@ -23,7 +23,7 @@ from .budget import Budget, StepProfile
 from .cells import CellStore
 from .data.probes import N_FLUENCY, PROBE_TYPES, Probe, author_probes, fluency_prompts, neighbour_probes, sample
 from .data.tofu_synth import author_profiles
-from .errors import Diverged, UnlearnkitError
+from .errors import Diverged, UnlearnkitError, option
 from .lm import steering
 from .lm.evaluate import ItemScores, answer_seq, fluency_scores, probe_scores, score_items
 from .lm.lora import LoraSpec
@@ -88,7 +88,7 @@ def lm_jobs(config: RunConfig) -> list[Job]:
     if unknown:
         raise UnlearnkitError(f"unknown language-model method(s) {', '.join(unknown)}; known: {', '.join(LM_REGISTRY)}")
     if config.train_size is not None or config.val_size is not None:  # --data-dir and --datamodels: RunConfig
-        raise UnlearnkitError("--train-size and --val-size apply to classifier tasks only "
+        raise UnlearnkitError(f"{option('train_size')} and {option('val_size')} apply to classifier tasks only "
                               "(language-model tasks generate their data)")
     check_lora(config.methods if config.lora else (), LM_REGISTRY)
     return build_jobs(config, LM_REGISTRY,

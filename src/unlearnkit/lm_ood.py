@@ -30,7 +30,7 @@ import os
 import numpy as np
 
 from .cells import run_cells
-from .errors import UnlearnkitError
+from .errors import UnlearnkitError, option
 from .lm.task import get_lm_task, load_tofu
 from .lm_experiment import LMBench, lm_budget
 from .methods.base import make_hparams
@@ -60,13 +60,13 @@ def id_vs_ood(config: RunConfig, method: str, authors: int, steps: tuple[int, ..
     if method not in LM_REGISTRY:
         raise UnlearnkitError(f"unknown language-model method {method!r}; known: {', '.join(LM_REGISTRY)}")
     if not steps or any(not 1 <= s <= MAX_STEPS for s in steps):
-        raise UnlearnkitError(f"--steps must be whole numbers in [1, {MAX_STEPS}], got {list(steps)}")
+        raise UnlearnkitError(f"{option('steps')} must be whole numbers in [1, {MAX_STEPS}], got {list(steps)}")
     if len(set(steps)) < len(steps):
-        raise UnlearnkitError(f"--steps lists a step count more than once: {list(steps)}")
+        raise UnlearnkitError(f"{option('steps')} lists a step count more than once: {list(steps)}")
     steps = sorted(steps)
     size = authors * task.qa_per_author
     if not 1 <= authors < task.n_authors:
-        raise UnlearnkitError(f"--authors must be in [1, {task.n_authors - 1}], got {authors}")
+        raise UnlearnkitError(f"{option('authors')} must be in [1, {task.n_authors - 1}], got {authors}")
     if size > task.n_canaries:
         raise UnlearnkitError(f"{authors} authors = {size} QAs, but the task has only {task.n_canaries} canaries "
                               f"to match them with; use at most {task.n_canaries // task.qa_per_author} authors")

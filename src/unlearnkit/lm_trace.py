@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import UnlearnkitError
+from .errors import UnlearnkitError, option
 from .lm.model import LMForward
 from .lm.task import get_lm_task, load_tofu
 from .lm.trace import POSITIONS, TraceResult, causal_trace, check_trace_settings, subject_tokens
@@ -26,7 +26,7 @@ def trace_task(config, samples: int = 10, noise: float = 3.0, window: int = 1, p
         data = load_tofu(task)
         forget = data.forget_positions(config.forget, config.seed)
         if not 1 <= top <= task.n_layer:
-            raise UnlearnkitError(f"--top must be in [1, {task.n_layer}] (the model's blocks), got {top}")
+            raise UnlearnkitError(f"{option('top')} must be in [1, {task.n_layer}] (the model's blocks), got {top}")
         subjects = subject_tokens(data.tok, [data.items[p] for p in forget], task.max_len)
         seeds = arm_seeds(ORIGINAL_SEEDS, config.models, config.seed)
         arm = train_lm_models(data.config, data.tensors, torch.arange(len(data.items)), seeds, task.recipe,

@@ -10,6 +10,7 @@ import numpy as np
 
 from .budget import Work
 from .engine import Optim
+from .errors import option
 
 RELEARN_STEPS = 40    # GR's bound on the relearning fine-tune
 RELEARN_LR = 1e-3     # Adam; GR's 5e-5 is for a pretrained transformer, this moves a small classifier in 40 steps
@@ -31,8 +32,8 @@ def relearn_work(k: int, models: int, rows: int, identified: list, retained: int
         return []
     smallest = min([len(s) for s in identified] + [retained])
     if k > smallest:
-        log.warning("--relearn %d is more than a relearning set holds: an attack uses all of a set smaller than "
-                    "that (the smallest has %d examples; each row records its k)", k, smallest)
+        log.warning("%s %d is more than a relearning set holds: an attack uses all of a set smaller than "
+                    "that (the smallest has %d examples; each row records its k)", option("relearn"), k, smallest)
     return [Work(models, RELEARN_STEPS * rows, n) for s in identified for n in (min(k, len(s)), min(k, retained)) if n]
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numbers
 import os
 
-from .errors import UnlearnkitError
+from .errors import UnlearnkitError, option
 from .metrics import SPLITS
 from .report.results import rewrite_results
 from .report.scores import read_results, read_scores, with_seconds
@@ -48,7 +48,7 @@ def rescore(run_dir: str | os.PathLike, estimators: tuple[str, ...] | None = Non
             config[key] = list(value) if isinstance(value, (tuple, list)) else value
     b = config.get("bootstrap", 0)
     if isinstance(b, bool) or not isinstance(b, numbers.Integral) or not 0 <= b <= 10_000:
-        raise UnlearnkitError(f"--bootstrap must be a whole number of replicates in [0, 10000], got {b!r}")
+        raise UnlearnkitError(f"{option('bootstrap')} must be a whole number of replicates in [0, 10000], got {b!r}")
     config["bootstrap"] = int(b)
     settings = Settings(tuple(config.get("estimators", ())), tuple(config.get("metrics", ("klom",))),
                         bool(config.get("reference_binning")), int(config.get("bootstrap", 0)),

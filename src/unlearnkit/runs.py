@@ -30,7 +30,7 @@ from .budget import (
 from .cells import cell_key, run_cells
 from .engine.compute import Compute, ensemble_for, resolve, use
 from .engine.observe import observing
-from .errors import UnlearnkitError
+from .errors import UnlearnkitError, option
 from .forget.specs import USES_DATAMODELS
 from .methods import get_method, make_hparams
 from .methods.base import Ensemble, ScratchArm, Setting
@@ -149,7 +149,7 @@ def _check_types(config) -> None:
     for f in dataclasses.fields(config):
         kind, _, rest = str(f.type).partition(" | ")
         value = getattr(config, f.name)
-        flag = "--set" if f.name == "hparams" else f"--{f.name.replace('_', '-')}"
+        flag = option(f.name, flag="--set" if f.name == "hparams" else None)
         if value is None and rest == "None":
             continue
         if kind in _SEQUENCES:
@@ -262,40 +262,43 @@ class RunConfig:
         beyond = [m for m in self.metrics if m not in default_metrics(self.task)]
         if beyond:
             raise UnlearnkitError(f"{self.task} is a language model: its runs compute KLoM and the TOFU/MUSE "
-                                  f"metrics, not {', '.join(beyond)} (classifier metrics); leave --metrics out")
+                                  f"metrics, not {', '.join(beyond)} (classifier metrics); leave "
+                                  f"{option('metrics')} out")
         if not 0 <= self.lora <= 1024:
-            raise UnlearnkitError(f"--lora must be a LoRA rank in [1, 1024] (0: off), got {self.lora}")
+            raise UnlearnkitError(f"{option('lora')} must be a LoRA rank in [1, 1024] (0: off), got {self.lora}")
         if not 0 <= self.trajectories <= 100_000:
-            raise UnlearnkitError(f"--trajectories must be a number of steps in [1, 100000] (0: off), got {self.trajectories}")
+            raise UnlearnkitError(f"{option('trajectories')} must be a number of steps in [1, 100000] (0: off), got "
+                                  f"{self.trajectories}")
         check_backend(self.backend, self.ray_address)
         try:
             StepRule.parse(self.best_step)
         except ValueError as e:
-            raise UnlearnkitError(f"--best-step: {e}") from None
+            raise UnlearnkitError(f"{option('best_step')}: {e}") from None
         if self.data_dir is not None and not reads_files(self.task):
             raise UnlearnkitError(f"{self.task}'s data is generated or shipped with a package and reads no "
-                                  "directory; leave --data-dir out")
+                                  f"directory; leave {option('data_dir')} out")
         if self.datamodels and self.forget.split(":")[0].strip() not in USES_DATAMODELS:
-            raise UnlearnkitError(f"--datamodels is read by a classifier's "
+            raise UnlearnkitError(f"{option('datamodels')} is read by a classifier's "
                                   f"{' and '.join(k + ':' for k in USES_DATAMODELS)} forget sets only, not by "
-                                  f"{self.forget!r} on {self.task} (dmm takes its own: --set dmm.datamodels=DIR); "
+                                  f"{self.forget!r} on {self.task} (dmm takes its own: "
+                                  f"{option('hparams', ('dmm.datamodels=DIR',), flag='--set dmm.datamodels=DIR')}); "
                                   "leave it out")
         if not 0 <= self.seed <= MAX_SEED:
-            raise UnlearnkitError(f"--seed must be a whole number from 0 to {MAX_SEED}, got {self.seed}")
+            raise UnlearnkitError(f"{option('seed')} must be a whole number from 0 to {MAX_SEED}, got {self.seed}")
         for name in ("train_size", "val_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise UnlearnkitError(f"--{name.replace('_', '-')} must be at least 1 (leave it out for the task's "
+                raise UnlearnkitError(f"{option(name)} must be at least 1 (leave it out for the task's "
                                       f"default), got {value}")
         if not 0 <= self.bootstrap <= 10_000:
-            raise UnlearnkitError(f"--bootstrap must be in [0, 10000] replicates (0: no intervals), "
+            raise UnlearnkitError(f"{option('bootstrap')} must be in [0, 10000] replicates (0: no intervals), "
                                   f"got {self.bootstrap}")
         for b in self.budgets:
-            check_epochs(b, "every --budgets value")
-        check_datamodel_settings(self.datamodel_models, 0.5, "--datamodel-models")
+            check_epochs(b, f"every {option('budgets')} value")
+        check_datamodel_settings(self.datamodel_models, 0.5, "datamodel_models")
         check_models(self.models, MIN_MODELS)
         if not (self.max_hours > 0 and math.isfinite(self.max_hours)):
-            raise UnlearnkitError(f"--max-hours must be a positive number, got {self.max_hours}")
+            raise UnlearnkitError(f"{option('max_hours')} must be a positive number, got {self.max_hours}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -391,12 +394,15 @@ def build_jobs(config: RunConfig, registry: dict,
         overrides.setdefault(method, {})[name] = value
     jobs = []
     if len(set(config.budgets)) != len(config.budgets):
-        raise UnlearnkitError(f"--budgets lists a budget twice: {', '.join(f'{b:g}' for b in config.budgets)}")
+        raise UnlearnkitError(f"{option('budgets')} lists a budget twice: "
+                              f"{', '.join(f'{b:g}' for b in config.budgets)}")
     for m in dict.fromkeys(config.methods + (NOISE_FLOOR_METHOD,)):
         tuned = tuned_for(m)
         if config.tuned and tuned is None and m in config.methods and registry[m].hparams.search_space:
-            raise UnlearnkitError(f"--tuned: no tuned hyperparameters saved for {m} on {config.task} with forget "
-                                  f"{config.forget}; run `unlearnkit tune --method {m}` first, or leave out --tuned")
+            raise UnlearnkitError(f"{option('tuned', True)}: no tuned hyperparameters saved for {m} on "
+                                  f"{config.task} with forget "
+                                  f"{config.forget}; run `unlearnkit tune --method {m}` first, or leave out "
+                                  f"{option('tuned', True)}")
         hp = make_hparams(m, {**(tuned or {}), **overrides.get(m, {})}, registry)
         if config.budgets and hasattr(hp, "epochs") and m != NOISE_FLOOR_METHOD:
             jobs += [Job(f"{m}@{b:g}", m, make_hparams(m, {**asdict(hp), "epochs": b}, registry), b, tuned is not None)

@@ -35,7 +35,7 @@ from .backends import use_backend
 from .budget import Budget
 from .cells import run_cells
 from .engine.compute import use
-from .errors import UnlearnkitError
+from .errors import UnlearnkitError, option
 from .files import atomic_write, check_writable, read_json_object
 from .forget.specs import USES_DATAMODELS
 from .report import index
@@ -243,7 +243,7 @@ def run_study(study: Study, out: str | os.PathLike, overwrite: bool = False) -> 
     `out` holding another study is refused unless `overwrite`, or unless this one extends it (holds all its
     cells: a grid given more values); either way its finished cells are reused."""
     out = Path(out)
-    check_writable(out, "the study's --out")
+    check_writable(out, f"the study's {option('out')}")
     if not overwrite and (out / "study.json").is_file():
         try:
             other = read_json_object(out / "study.json")
@@ -252,7 +252,8 @@ def run_study(study: Study, out: str | os.PathLike, overwrite: bool = False) -> 
             other_id, other_cells = "unreadable", {None}
         if not other_cells <= {c.run_id for _, c in study.cells}:  # (the same study holds the same cells)
             raise UnlearnkitError(f"{out} holds another study ({other_id}) with cells this one lacks; choose another "
-                                  "--out, or --overwrite (overwrite=True) to replace its study.json and report (the "
+                                  f"{option('out')}, or {option('overwrite', True)} to replace its study.json and "
+                                  f"report (the "
                                   "cells it finished are kept, and reused where this study has them)")
     items = [(str(out / "cells" / cell_name(v)), (out / "cells" / cell_name(v), c)) for v, c in study.cells]
     first = study.cells[0][1]

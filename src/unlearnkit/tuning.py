@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .cells import run_cells
-from .errors import UnlearnkitError
+from .errors import UnlearnkitError, option
 from .experiment import Bench, Job, budget, prepare
 from .files import atomic_write
 from .forget import build_forget_set
@@ -54,13 +54,13 @@ class TuneConfig:
 
     def __post_init__(self):
         if not isinstance(self.method, str):
-            raise UnlearnkitError(f"--method must be a method's name, got {self.method!r}")
+            raise UnlearnkitError(f"{option('method')} must be a method's name, got {self.method!r}")
         if isinstance(self.trials, bool) or not isinstance(self.trials, numbers.Integral):
-            raise UnlearnkitError(f"--trials must be a whole number, got {self.trials!r}")
+            raise UnlearnkitError(f"{option('trials')} must be a whole number, got {self.trials!r}")
         if not 1 <= self.trials <= MAX_TRIALS:
-            raise UnlearnkitError(f"--trials must be in [1, {MAX_TRIALS}], got {self.trials}")
+            raise UnlearnkitError(f"{option('trials')} must be in [1, {MAX_TRIALS}], got {self.trials}")
         if self.tune_forget is not None and not isinstance(self.tune_forget, str):
-            raise UnlearnkitError(f"--tune-forget must be a forget spec, got {self.tune_forget!r}")
+            raise UnlearnkitError(f"{option('tune_forget')} must be a forget spec, got {self.tune_forget!r}")
         object.__setattr__(self, "trials", int(self.trials))
 
 
@@ -99,7 +99,7 @@ def tune(run_config, tune_config: TuneConfig) -> dict:
     space = {name: dims for name, dims in method.hparams.search_space.items() if name not in base}
     if not space:
         raise UnlearnkitError(f"every hyperparameter {method.name} tunes ({', '.join(method.hparams.search_space)}) "
-                              "is fixed by --set: nothing is left to search")
+                              f"is fixed by {option('hparams', flag='--set')}: nothing is left to search")
     target = (_lm_target if lm else _classifier_target)(run_config, tune_config, method)
     bench = target.bench
 
@@ -206,7 +206,7 @@ def _lm_target(run_config, tune_config: TuneConfig, method) -> Target:
 def _check_apart(spec: str, tuning: np.ndarray, reported: np.ndarray) -> None:
     if np.array_equal(tuning, reported):
         raise UnlearnkitError(f"the tuning forget set drawn from {spec!r} is the reported one (a deterministic "
-                              "spec such as class:C): pass another with --tune-forget, e.g. another class")
+                              f"spec such as class:C): pass another with {option('tune_forget')}, e.g. another class")
 
 
 __all__ = ["MAX_TRIALS", "TuneConfig", "lm_score", "load_tuned", "score", "tune"]

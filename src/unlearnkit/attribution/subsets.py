@@ -9,7 +9,7 @@ import torch
 from ..budget import MAX_MODELS
 from ..data import Dataset
 from ..engine import derived_seed, predict
-from ..errors import UnlearnkitError
+from ..errors import UnlearnkitError, option
 from ..metrics import margins
 from ..tasks import Task
 from ..zoo import ZooCache, arm_seeds, template, train_models
@@ -32,14 +32,14 @@ def subset_positions(n_train: int, size: int, seed: int, model: int) -> torch.Te
 MIN_MODELS = 10  # subset models at the least: ridge datamodels and their held-out LDS need several
 
 
-def check_datamodel_settings(models: int, subset: float, flag: str = "--models") -> None:
+def check_datamodel_settings(models: int, subset: float, name: str = "models") -> None:
     """The one check of datamodels' settings (the `datamodels` command, a run's --datamodel-models, DMM's
-    hyperparameters): M subset models and the fraction of the training set each one trains on."""
+    hyperparameters): M subset models (the option `name`) and the fraction of the training set each trains on."""
     if not MIN_MODELS <= models <= MAX_MODELS:
-        raise UnlearnkitError(f"{flag}: datamodels need at least {MIN_MODELS} subset models (and at most "
+        raise UnlearnkitError(f"{option(name)}: datamodels need at least {MIN_MODELS} subset models (and at most "
                               f"{MAX_MODELS}), got {models}")
     if not 0 < subset < 1:
-        raise UnlearnkitError(f"--subset must be a fraction in (0, 1) of the training set, got {subset}")
+        raise UnlearnkitError(f"{option('subset')} must be a fraction in (0, 1) of the training set, got {subset}")
 
 
 def train_subset_models(task: Task, dataset: Dataset, models: int, subset: float, seed: int,

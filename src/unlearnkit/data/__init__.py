@@ -2,7 +2,7 @@
 implicit-feedback interactions for recommendation)."""
 from __future__ import annotations
 
-from ..errors import UnlearnkitError
+from ..errors import UnlearnkitError, option
 from .cifar10 import load_cifar10
 from .dataset import Dataset
 from .digits import load_digits
@@ -30,7 +30,7 @@ def load_dataset(name: str, data_dir: str | None = None, train_size: int | None 
         raise UnlearnkitError(f"unknown dataset {name!r}; known: {', '.join(LOADERS)}")
     if data_dir is not None and name not in FILE_DATASETS:
         raise UnlearnkitError(f"{name} is generated or shipped with a package and reads no directory; "
-                              "leave --data-dir out")
+                              f"leave {option('data_dir')} out")
     ds = LOADERS[name](data_dir)
     return ds if train_size is None else ds.subset_train(train_size, seed)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import UnlearnkitError
+from ..errors import UnlearnkitError, option
 from ..models.resnet9 import register_calibration
 from .dataset import Dataset
 
@@ -21,8 +21,9 @@ TRAIN_FILES = [f"data_batch_{i}.bin" for i in range(1, 6)]
 VAL_FILE = "test_batch.bin"
 RECORD = 1 + 3 * 32 * 32
 RECORDS_PER_FILE = 10_000
-GET_HINT = ('download the "CIFAR-10 binary version" from https://www.cs.toronto.edu/~kriz/cifar.html, '
-            f"unpack it and pass --data-dir (or set UNLEARNKIT_DATA) to the directory holding {SUBDIR}/")
+def get_hint() -> str:
+    return ('download the "CIFAR-10 binary version" from https://www.cs.toronto.edu/~kriz/cifar.html, '
+            f"unpack it and pass {option('data_dir')} (or set UNLEARNKIT_DATA) to the directory holding {SUBDIR}/")
 # Per-channel (R, G, B) mean and std the inputs are standardised with: those of EasyDUB's loader (and of
 # most CIFAR-10 code since kuangliu/pytorch-cifar). The mean is the training set's; the std is not quite
 # (its per-pixel std is 0.2470, 0.2435, 0.2616) — the first conv's BatchNorm makes the difference moot.
@@ -35,10 +36,10 @@ CALIBRATION_SIZE = 1000
 def _directory(data_dir: str | os.PathLike | None) -> Path:
     given = data_dir or os.environ.get("UNLEARNKIT_DATA")
     if not given:
-        raise UnlearnkitError(f"no CIFAR-10 directory given; {GET_HINT}")
+        raise UnlearnkitError(f"no CIFAR-10 directory given; {get_hint()}")
     directory = Path(given)
     if not directory.is_dir():
-        raise UnlearnkitError(f"CIFAR-10 directory {directory} does not exist; {GET_HINT}")
+        raise UnlearnkitError(f"CIFAR-10 directory {directory} does not exist; {get_hint()}")
     return directory / SUBDIR if (directory / SUBDIR).is_dir() else directory
 
 
@@ -67,7 +68,7 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, records_per_file: in
     for name in TRAIN_FILES + [VAL_FILE]:
         if not (directory / name).is_file():
             where = str(directory) if directory.name == SUBDIR else f"{directory} (nor in {directory / SUBDIR})"
-            raise UnlearnkitError(f"CIFAR-10 file {name} not found in {where}; {GET_HINT}")
+            raise UnlearnkitError(f"CIFAR-10 file {name} not found in {where}; {get_hint()}")
     train = [read_batch(directory / name, records_per_file) for name in TRAIN_FILES]
     val = read_batch(directory / VAL_FILE, records_per_file)
     mean = torch.tensor(MEAN).view(1, 3, 1, 1)

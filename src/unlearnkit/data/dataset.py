@@ -9,7 +9,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from ..errors import UnlearnkitError
+from ..errors import UnlearnkitError, option
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,7 +57,7 @@ class Dataset:
         """A fixed, seeded subset of the training set (ids kept)."""
         n = len(self.y_train)
         if not 1 <= size <= n:
-            raise UnlearnkitError(f"--train-size must be between 1 and {n} for {self.name}, got {size}")
+            raise UnlearnkitError(f"{option('train_size')} must be between 1 and {n} for {self.name}, got {size}")
         if size == n:
             return self
         keep = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size].sort().values

@@ -8,11 +8,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import UnlearnkitError
+from ..errors import UnlearnkitError, option
 from .dataset import Dataset
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
-INSTALL_HINT = "sudo apt-get install dataset-fashion-mnist   (or pass --data-dir / set UNLEARNKIT_DATA)"
+
+
+def install_hint() -> str:
+    return f"sudo apt-get install dataset-fashion-mnist   (or pass {option('data_dir')} / set UNLEARNKIT_DATA)"
+
+
 FILES = {
     "x_train": "train-images-idx3-ubyte",
     "y_train": "train-labels-idx1-ubyte",
@@ -45,14 +50,14 @@ def _find(directory: Path, stem: str) -> Path:
         if (directory / name).is_file():
             return directory / name
     raise UnlearnkitError(f"Fashion-MNIST file {stem}[.gz] not found in {directory}; install the data with: "
-                          + INSTALL_HINT)
+                          + install_hint())
 
 
 def load_fashion_mnist(data_dir: str | os.PathLike | None = None) -> Dataset:
     directory = Path(data_dir or os.environ.get("UNLEARNKIT_DATA") or DEFAULT_DIR)
     if not directory.is_dir():
         raise UnlearnkitError(f"Fashion-MNIST directory {directory} does not exist; install the data with: "
-                              + INSTALL_HINT)
+                              + install_hint())
     arrays = {key: read_idx(_find(directory, stem)) for key, stem in FILES.items()}
 
     def images(a: np.ndarray) -> torch.Tensor:

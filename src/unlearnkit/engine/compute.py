@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import UnlearnkitError
+from ..errors import UnlearnkitError, option
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 ENSEMBLES = ("vmap", "loop")
@@ -101,13 +101,14 @@ def resolve(device: str = "auto", precision: str = "auto") -> Compute:
     if precision == "auto":
         precision = "tf32" if device.startswith("cuda") else "bf16" if bf16_fast(device) else "fp32"
     elif precision not in PRECISIONS:
-        raise UnlearnkitError(f"--precision must be auto, {', '.join(PRECISIONS)}; got {precision!r}")
+        raise UnlearnkitError(f"{option('precision')} must be auto, {', '.join(PRECISIONS)}; got {precision!r}")
     if precision == "tf32" and torch.device(device).type != "cuda":
-        raise UnlearnkitError("--precision tf32 is a CUDA tensor-core mode; on the CPU use fp32 or bf16")
+        raise UnlearnkitError(f"{option('precision', 'tf32')} is a CUDA tensor-core mode; on the CPU use fp32 or bf16")
     if precision == "bf16" and not bf16_fast(device):
-        raise UnlearnkitError(f"--precision bf16: {device} has no hardware bfloat16 matmul (it needs AMX or "
+        raise UnlearnkitError(f"{option('precision', 'bf16')}: {device} has no hardware bfloat16 matmul (it needs "
+                              f"AMX or "
                               "AVX-512 BF16 on a CPU, compute capability 8.0+ on a GPU), so it would be slower, "
-                              "not faster; use --precision fp32 (or auto)")
+                              f"not faster; use {option('precision', 'fp32')} (or auto)")
     return Compute(device, precision)
 
 
@@ -117,17 +118,17 @@ def _device(device: str) -> str:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise UnlearnkitError(f"--device must be auto, cpu, cuda or cuda:K; got {device!r}") from None
+        raise UnlearnkitError(f"{option('device')} must be auto, cpu, cuda or cuda:K; got {device!r}") from None
     if dev.type == "cpu":
         return "cpu"
     if dev.type != "cuda":
-        raise UnlearnkitError(f"--device must be auto, cpu, cuda or cuda:K; got {device!r}")
+        raise UnlearnkitError(f"{option('device')} must be auto, cpu, cuda or cuda:K; got {device!r}")
     if not torch.cuda.is_available():
-        raise UnlearnkitError(f"--device {device}: PyTorch sees no CUDA GPU here (a CPU-only build, or no "
-                              "driver/GPU); use --device cpu or auto")
+        raise UnlearnkitError(f"{option('device', device)}: PyTorch sees no CUDA GPU here (a CPU-only build, or no "
+                              f"driver/GPU); use {option('device', 'cpu')} or auto")
     index = 0 if dev.index is None else dev.index
     if index >= torch.cuda.device_count():
-        raise UnlearnkitError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+        raise UnlearnkitError(f"{option('device', device)}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
                               f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return f"cuda:{index}"
 

@@ -28,7 +28,7 @@ import torch
 
 from ..data import Dataset
 from ..engine import derived_seed
-from ..errors import UnlearnkitError
+from ..errors import UnlearnkitError, option
 from .parse import parse_amount
 
 MANIPULATE_TAG = 0x4D414E50  # "MANP": the manipulation's own random stream
@@ -172,7 +172,8 @@ def identified(m: np.ndarray, fractions: list[float], seed: int) -> dict[float, 
     one): prefixes of one seeded permutation of M, so that smaller fractions are inside larger ones."""
     for f in fractions:
         if not (isinstance(f, (int, float)) and 0 < f <= 1):
-            raise UnlearnkitError(f"--identified fractions must lie in (0, 1], got {f}")
+            raise UnlearnkitError(f"{option('fractions', flag='--identified')}: identified fractions must lie in (0, 1], "
+                                  f"got {f}")
     order = np.random.default_rng([seed, MANIPULATE_TAG]).permutation(np.sort(m))
     return {f: np.sort(order[:max(1, int(round(f * len(m))))]) for f in fractions}
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..data import Dataset, Interactions
-from ..errors import UnlearnkitError
+from ..errors import UnlearnkitError, option
 from .interactions import REC_KINDS
 from .parse import COUNT, by_ids, draw_rng, resolve_amount, whole
 from .worst import top_k
@@ -148,7 +148,7 @@ def _memorised(args: list[str], ds: Dataset, seed: int, resources) -> np.ndarray
     known = int(score.isfinite().sum())
     if known < k:
         raise UnlearnkitError(f"memorised:{k}: only {known} examples were both in and out of some subset model's "
-                              "training set; raise --datamodel-models")
+                              f"training set; raise {option('datamodel_models')}")
     return top_k(score.nan_to_num(-torch.inf).numpy(), k, then=margin_gap.nan_to_num(-torch.inf).numpy())
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from ..engine import Params
-from ..errors import UnlearnkitError
+from ..errors import UnlearnkitError, option
 from .model import LMForward
 
 ADAPTER = "default"
@@ -36,7 +36,8 @@ class LoraSpec:
 
     def __post_init__(self):
         if not 1 <= self.rank <= MAX_RANK:
-            raise UnlearnkitError(f"--lora must be a rank in [1, {MAX_RANK}] (0: full fine-tuning), got {self.rank}")
+            raise UnlearnkitError(f"{option('lora')} must be a rank in [1, {MAX_RANK}] (0: full fine-tuning), got "
+                                  f"{self.rank}")
         if self.alpha is None:
             object.__setattr__(self, "alpha", 2.0 * self.rank)
         if not self.alpha > 0:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import textwrap
 
 from ..data.probes import PROBE_TYPES
+from ..errors import option
 from ..metrics import SPLITS
 from ..metrics.klom import SETTLED_N
 from .table import WIDTH, _name, _num
@@ -124,5 +125,5 @@ def lm_legend(results: dict) -> list[str]:
             "Probes: a fixed sample, at most 8 per type and 16 neighbour probes.")
     if n < SETTLED_N:
         legend.append(f"Warning: with N = {n}, per-example KLoM sits near its cap for every method (histograms of "
-                      f"{n} values); read it only with --models {SETTLED_N} or more.")
+                      f"{n} values); read it only with {option('models', SETTLED_N)} or more.")
     return legend

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UnlearnkitError
+from ..errors import UnlearnkitError, option
 from ..files import alive, atomic_write, check_writable, remove_stale_temporaries, savez
 from .scores import write_scores
 
@@ -36,12 +36,15 @@ def check_output(out, run_id: str, overwrite: bool = False, name: str = "results
     refreshed. Nothing is created: the folder appears only when the results are written. `mine` (this run's
     config) lets the message name the settings that differ."""
     if not str(out).strip():
-        raise UnlearnkitError("--out is empty: give the folder to write to (leave --out out to write nothing)")
+        raise UnlearnkitError(f"{option('out')} is empty: give the folder to write to (leave {option('out')} out to "
+                              f"write "
+                              "nothing)")
     out = Path(out)
-    check_writable(out, f"--out {out}")
+    check_writable(out, option("out", str(out)))
     claim = _claim(out)
     if claim and claim.get("run_id") != run_id and claim.get("pid") != os.getpid() and alive(claim.get("pid", 0)):
-        raise UnlearnkitError(f"--out {out} is being written by another run (pid {claim['pid']}); choose another "
+        raise UnlearnkitError(f"{option('out', str(out))} is being written by another run (pid {claim['pid']}); "
+                              f"choose another "
                               "folder or wait for it to finish")
     previous = out / name
     if overwrite or not previous.exists():
@@ -55,8 +58,9 @@ def check_output(out, run_id: str, overwrite: bool = False, name: str = "results
         differ = [f"{k} {config[k]} there, {v} here" for k, v in (mine or {}).items()
                   if k in config and v is not None and config[k] != v and k not in ("cache_dir", "max_hours")]
         what = ", ".join(differ or [f"{k} {config[k]}" for k in ("task", "forget", "models", "seed") if k in config])
-        raise UnlearnkitError(f"--out {out} holds another run's results ({what or 'unreadable'}); choose a new "
-                              "folder, or pass --overwrite to replace them")
+        raise UnlearnkitError(f"{option('out', str(out))} holds another run's results ({what or 'unreadable'}); "
+                              f"choose a new "
+                              f"folder, or pass {option('overwrite', True)} to replace them")
 
 
 CLAIM = ".unlearnkit-claim"

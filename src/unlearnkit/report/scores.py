@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UnlearnkitError
+from ..errors import UnlearnkitError, option
 from ..files import atomic_write, savez
 
 SCORES_FORMAT = 1
@@ -51,7 +51,7 @@ def read_scores(run_dir, run_id: str) -> dict[str, np.ndarray]:
     path = Path(run_dir) / NAME
     if not path.is_file():
         raise UnlearnkitError(f"{run_dir} has no {NAME}: rescoring needs a run written by unlearnkit with saved "
-                              "scores; run it again with --out to get one")
+                              f"scores; run it again with {option('out')} to get one")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -78,7 +78,7 @@ def read_results(run_dir) -> dict:
     try:
         results = json.loads(path.read_text())
     except FileNotFoundError:
-        raise UnlearnkitError(f"{run_dir} has no results.json: is it a run's --out folder?") from None
+        raise UnlearnkitError(f"{run_dir} has no results.json: is it a run's {option('out')} folder?") from None
     except (OSError, ValueError) as e:
         raise UnlearnkitError(f"{path} cannot be read ({type(e).__name__}); run the job again") from None
     if not isinstance(results, dict) or not {"config", "rows", "noise_floor"} <= set(results):

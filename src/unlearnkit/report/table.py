@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import textwrap
 
+from ..errors import option
 from ..metrics import SPLITS
 from ..metrics.klom import SETTLED_N
 
@@ -142,5 +143,5 @@ def legend(results: dict, rows: list[dict] | None = None) -> list[str]:
                          f"(gap {t['forget_gap']:.2f}), {t['forget_mean_at_last_step']:.2f} at the last step.")
     if n < SETTLED_N:
         lines.append(f"Warning: with N = {n} the noise floor is high (KLoM settles near N ≈ {SETTLED_N}; the reference "
-                     "uses 100). Use --models 100 for numbers to publish.")
+                     f"uses 100). Use {option('models', 100)} for numbers to publish.")
     return lines

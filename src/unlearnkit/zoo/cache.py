@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..engine import Checkpoint, Params
-from ..errors import UnlearnkitError
+from ..errors import UnlearnkitError, option
 from ..files import atomic_write, check_writable, file_sha, read_json_object, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class ZooCache:
 
     def check(self) -> None:
         """Raise UnlearnkitError now, before any training, if the cache cannot be written."""
-        check_writable(self.root, "the model cache (--cache-dir or $UNLEARNKIT_CACHE)")
+        check_writable(self.root, f"the model cache ({option('cache_dir')} or $UNLEARNKIT_CACHE)")
 
     def dir(self, key: str) -> Path:
         return self.root / key[:24]
@@ -127,7 +127,7 @@ class ZooCache:
             f = open(d / "lock", "a+")
         except OSError as err:
             raise UnlearnkitError(f"cannot write to the model cache at {self.root}: {err.strerror}; choose another "
-                                  "--cache-dir or pass --no-cache") from None
+                                  f"{option('cache_dir')} or pass {option('cache_dir', '', flag='--no-cache')}") from None
         with f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -138,7 +138,8 @@ class ZooCache:
                 fcntl.flock(f, fcntl.LOCK_EX)
             except OSError as err:  # ENOLCK, EOPNOTSUPP: some network and FUSE file systems
                 raise UnlearnkitError(f"the model cache at {self.root} cannot lock files ({err.strerror}); use a "
-                                      "local --cache-dir or pass --no-cache") from None
+                                      f"local {option('cache_dir')} or pass "
+                                      f"{option('cache_dir', '', flag='--no-cache')}") from None
             f.seek(0)
             f.truncate()
             f.write(f"pid {os.getpid()} on {os.uname().nodename}")

@@ -17,7 +17,7 @@ from ..data import Dataset
 from ..engine import EpochStream, Forward, LossFn, Optim, Params, fit, uncounted
 from ..engine.compute import current
 from ..engine.flops import book
-from ..errors import UnlearnkitError
+from ..errors import UnlearnkitError, option
 from ..models import bpr_loss, build_model, init_params
 from ..tasks import Task
 from .cache import ZooCache, arm_key, stable_hash, tensor_digest
@@ -245,7 +245,7 @@ def models_per_chunk(loss: LossFn, init: Callable[[], Params], stream: EpochStre
     need = profile.model_bytes(stream.batch_size)
     if need > limit:
         raise UnlearnkitError(f"{label}: one model's training step needs about {need / 2 ** 20:,.0f} MiB and the memory "
-                              f"limit is {limit / 2 ** 20:,.0f} MiB: raise --max-memory (or free memory on "
+                              f"limit is {limit / 2 ** 20:,.0f} MiB: raise {option('max_memory')} (or free memory on "
                               f"{current().device})")
     return profile.models_within(limit, stream.batch_size, current().ensemble)
 

@@ -21,7 +21,7 @@ from ...data.tofu_synth import QA, refusal
 from ...engine import Params
 from ...engine.compute import current
 from ...engine.observe import seen_through
-from ...errors import UnlearnkitError
+from ...errors import UnlearnkitError, option
 from ...lm.lora import LoraForward, LoraSpec
 from ...lm.model import causal_lm_loss, shifted_token_logprobs, token_stats
 from ...lm.tokenizer import encode_pairs
@@ -74,9 +74,9 @@ def check_lora(methods, registry) -> None:
     nothing (none, retraining, inference-time steering) run as they are."""
     refused = [m for m in methods if getattr(registry[m].hparams, "lora", None) is False]
     if refused:
-        raise UnlearnkitError(f"--lora trains LoRA adapters in a method's one fit from the originals; "
+        raise UnlearnkitError(f"{option('lora')} trains LoRA adapters in a method's one fit from the originals; "
                               f"{', '.join(refused)} train(s) weights otherwise (routed, widened or masked "
-                              "updates): run them without --lora")
+                              f"updates): run them without {option('lora')}")
 
 
 @dataclass
