@@ -396,6 +396,8 @@ OOD_CASES = [
     ("set-other-method", ["--set", "npo.lr=0.1"], "npo"),
     ("out=under-a-file", ["--out", lambda t: _a_file(t) / "out"], "is a file"),
     ("cache-dir=a-file", ["--cache-dir", _a_file], "is a file"),
+    ("max-hours=0", ["--max-hours", "0"], "--max-hours"),
+    ("estimate-past-max-hours", ["--models", "5000", "--max-hours", "0.0001"], ("hours", "raise --max-hours")),
 ]
 
 
@@ -495,3 +497,12 @@ def test_an_error_names_the_option_as_its_caller_spells_it(monkeypatch, capsys, 
     with pytest.raises(unlearnkit.UnlearnkitError) as refused:
         unlearnkit.RunConfig(task="digits-mlp", **fields)
     assert str(refused.value).startswith(python) and "--" not in str(refused.value)
+
+
+def test_a_study_cell_names_its_spec_keys_under_the_command_line(monkeypatch, capsys, tmp_path):
+    """A study's cells are written as spec keys (`max_hours = 0`, `--run max_hours=0`), so their messages
+    name the keys, not run's flags, even under `unlearnkit study`."""
+    result = invoke(monkeypatch, capsys, "study", "--run", "task=digits-mlp", "--run", "max_hours=0",
+                    "--grid", "seed=0,1", "--out", tmp_path / "study")
+    assert_refused(result, "max_hours must be a positive number", out=tmp_path / "study")
+    assert "--max-hours" not in result[2]

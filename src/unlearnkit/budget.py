@@ -199,7 +199,7 @@ class Budget:
             if self.disk_bytes > room:
                 raise UnlearnkitError(f"{what} caches about {_gib(self.disk_bytes)} of models and {probe} has "
                                       f"{_gib(room)} free: free some space, use fewer {option('models')}, or pass "
-                                      f"{option('cache_dir', '', flag='--no-cache')}")
+                                      f"{option('cache_dir', '')}")
         log.info("%s: estimated %s", what, self.describe())
         if self.seconds() > max_hours * 3600:
             raise UnlearnkitError(f"{what} would train for at least about {_duration(self.seconds())} "

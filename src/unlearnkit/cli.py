@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 
 import click
 
-from .errors import UnlearnkitError
+from .errors import COMMAND_LINE, UnlearnkitError
 
 
 def _study_options(fn):
@@ -48,8 +49,10 @@ def _compute_options(fn):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log progress (cache hits, resumes, methods).")
-def cli(verbose: bool) -> None:
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
     """Machine unlearning, judged per example against many oracle models (KLoM)."""
+    ctx.meta[COMMAND_LINE] = True  # messages name flags (errors.option)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
 
 
@@ -362,8 +365,10 @@ def llm() -> None:
 @click.option("--set", "sets", multiple=True, help="Hyperparameter override METHOD.NAME=VALUE (repeatable).")
 @click.option("--out", default=None, help="Directory for id_vs_ood.json.")
 @click.option("--overwrite", is_flag=True, help="Replace another curve's id_vs_ood.json in --out.")
+@click.option("--max-hours", default=24.0, show_default=True, type=float,
+              help="Refuse a curve whose estimated training time is longer (estimated before anything trains).")
 @_compute_options
-def ood(task, method, authors, steps, models, seed, cache_dir, sets, out, overwrite, **compute) -> None:
+def ood(task, method, authors, steps, models, seed, cache_dir, sets, out, overwrite, max_hours, **compute) -> None:
     """Unlearn an in-distribution and an out-of-distribution forget set of one size, step by step."""
     from .experiment import RunConfig
     from .lm_ood import format_id_vs_ood, id_vs_ood
@@ -373,7 +378,7 @@ def ood(task, method, authors, steps, models, seed, cache_dir, sets, out, overwr
     except ValueError:
         raise UnlearnkitError(f"--steps expects comma-separated whole numbers, got {steps!r}") from None
     config = RunConfig(task=task, methods=(method,), models=models, seed=seed, cache_dir=cache_dir,
-                       hparams=sets, bootstrap=0, **compute)
+                       hparams=sets, bootstrap=0, max_hours=max_hours, **compute)
     click.echo(format_id_vs_ood(id_vs_ood(config, method, authors, step_list, out, overwrite)))
     if out:
         click.echo(f"\nwrote {out}/id_vs_ood.json and {out}/report.html")
@@ -492,6 +497,8 @@ def list_(as_json: bool) -> None:
 
 
 def main() -> None:
+    before = os.environ.get(COMMAND_LINE)
+    os.environ[COMMAND_LINE] = "1"  # inherited by the worker processes a run starts (a local Ray cluster's)
     try:
         cli(standalone_mode=False)
     except UnlearnkitError as err:
@@ -507,3 +514,8 @@ def main() -> None:
         click.echo("interrupted: the ensembles finished so far are cached (and the one in training at its last "
                    "epoch); rerun the same command to resume", err=True)
         sys.exit(130)
+    finally:  # (main is also called in-process, by tests)
+        if before is None:
+            os.environ.pop(COMMAND_LINE, None)
+        else:
+            os.environ[COMMAND_LINE] = before

@@ -32,8 +32,8 @@ def relearn_work(k: int, models: int, rows: int, identified: list, retained: int
         return []
     smallest = min([len(s) for s in identified] + [retained])
     if k > smallest:
-        log.warning("%s %d is more than a relearning set holds: an attack uses all of a set smaller than "
-                    "that (the smallest has %d examples; each row records its k)", option("relearn"), k, smallest)
+        log.warning("%s is more than a relearning set holds: an attack uses all of a set smaller than "
+                    "that (the smallest has %d examples; each row records its k)", option("relearn", k), smallest)
     return [Work(models, RELEARN_STEPS * rows, n) for s in identified for n in (min(k, len(s)), min(k, retained)) if n]
 
 

@@ -41,7 +41,7 @@ def rescore(run_dir: str | os.PathLike, estimators: tuple[str, ...] | None = Non
                               "run the job again")
     for key, value in (("estimators", estimators), ("metrics", metrics)):
         if isinstance(value, str):
-            raise UnlearnkitError(f"--{key} must be a sequence of names, e.g. a tuple or a list, got {value!r}")
+            raise UnlearnkitError(f"{option(key)} must be a sequence of names, e.g. a tuple or a list, got {value!r}")
     for key, value in (("estimators", estimators), ("metrics", metrics), ("bootstrap", bootstrap),
                        ("reference_binning", reference_binning)):
         if value is not None:

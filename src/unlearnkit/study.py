@@ -35,7 +35,7 @@ from .backends import use_backend
 from .budget import Budget
 from .cells import run_cells
 from .engine.compute import use
-from .errors import UnlearnkitError, option
+from .errors import UnlearnkitError, option, spelled_as_python
 from .files import atomic_write, check_writable, read_json_object
 from .forget.specs import USES_DATAMODELS
 from .report import index
@@ -117,7 +117,7 @@ def load_study(path=None, run: tuple[str, ...] = (), grid: tuple[str, ...] = ())
             key, eq, value = flag.partition("=")
             key = key.strip().replace("-", "_")
             if not eq or not key:
-                raise UnlearnkitError(f"--{table} {flag!r}: write KEY=VALUE" + (",VALUE…" if table == "grid" else ""))
+                raise UnlearnkitError(f"{option(table)} {flag!r}: write KEY=VALUE" + (",VALUE…" if table == "grid" else ""))
             if not isinstance(spec.get(table, {}), dict):
                 raise UnlearnkitError(f"{path}: [{table}] must be a table")
             spec.setdefault(table, {})[key] = _flag(key, value, table == "grid")
@@ -147,8 +147,9 @@ def load_study(path=None, run: tuple[str, ...] = (), grid: tuple[str, ...] = ())
         values = dict(zip(grid, combo))
         fields = _applying({k: _value(k, v) for k, v in {**base, **values}.items()}, values)
         try:
-            config = RunConfig(**fields)
-            _check_cell(config)
+            with spelled_as_python():  # a cell's messages name the spec's keys
+                config = RunConfig(**fields)
+                _check_cell(config)
         except UnlearnkitError as e:
             named = [k for k in values if k in str(e) or (isinstance(values[k], str) and values[k] in str(e))]
             where = named[0] if named else next(iter(values)) if len(values) == 1 else None
@@ -221,7 +222,8 @@ def _done(folder: Path, config: RunConfig) -> dict | None:
 def _run_cell(item: tuple[str, RunConfig]) -> dict:
     from .experiment import run
     folder, config = item
-    return run(config, folder, overwrite=True)
+    with spelled_as_python():  # (here too: a cell may run in a Ray worker)
+        return run(config, folder, overwrite=True)
 
 
 class _Finished:

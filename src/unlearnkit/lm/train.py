@@ -20,10 +20,10 @@ from ..tasks import Recipe
 from ..zoo.cache import ZooCache, arm_key, stable_hash, tensor_digest
 from ..zoo.train import Arm, train_cached
 from .model import LMForward, answer_width, describe_config, init_lm_params
-
-if TYPE_CHECKING:
-    from transformers import GPT2Config
 from .task import DEFAULT_LM_RECIPE
+
+if TYPE_CHECKING:  # transformers' model code is imported where a model is built
+    from transformers import GPT2Config
 
 
 def lm_loss(forward: LMForward, width: int):

@@ -127,7 +127,7 @@ class ZooCache:
             f = open(d / "lock", "a+")
         except OSError as err:
             raise UnlearnkitError(f"cannot write to the model cache at {self.root}: {err.strerror}; choose another "
-                                  f"{option('cache_dir')} or pass {option('cache_dir', '', flag='--no-cache')}") from None
+                                  f"{option('cache_dir')} or pass {option('cache_dir', '')}") from None
         with f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -139,7 +139,7 @@ class ZooCache:
             except OSError as err:  # ENOLCK, EOPNOTSUPP: some network and FUSE file systems
                 raise UnlearnkitError(f"the model cache at {self.root} cannot lock files ({err.strerror}); use a "
                                       f"local {option('cache_dir')} or pass "
-                                      f"{option('cache_dir', '', flag='--no-cache')}") from None
+                                      f"{option('cache_dir', '')}") from None
             f.seek(0)
             f.truncate()
             f.write(f"pid {os.getpid()} on {os.uname().nodename}")

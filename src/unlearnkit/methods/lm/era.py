@@ -26,12 +26,12 @@ from ...errors import UnlearnkitError
 from ...lm.model import LMForward, causal_lm_loss, describe_config, init_lm_params
 from ...lm.train import recipe_optim
 from ...zoo import ORIGINAL_SEEDS, arm_seeds, stable_hash, tensor_digest
-
-if TYPE_CHECKING:
-    from transformers import GPT2Config
 from ...zoo.train import train_cached
 from ..base import ScratchArm, Setting
 from ..era import ERAParams, coherence_finetune
+
+if TYPE_CHECKING:  # transformers' model code is imported where a model is built
+    from transformers import GPT2Config
 from .base import LM_REGISTRY, LMContext, register
 
 WIDEN_TAG = 0x57494445  # "WIDE": the added units' initialisation stream
