@@ -113,16 +113,19 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, of " + ", ".join(VARIANTS))
     ap.add_argument("--variant", default=None, help=argparse.SUPPRESS)  # one variant, in a child process
     args = ap.parse_args()
     if args.variant:
         print(json.dumps(one(args)))
         return
+    variants = [v for v in args.variants.split(",") if v]
+    if set(variants) - set(VARIANTS):
+        sys.exit(f"--variants: choose from {', '.join(VARIANTS)}")
     try:
         import peft  # noqa: F401
-        variants = VARIANTS
     except ImportError:  # the GPU machine has no PEFT: the reference comparison alone
-        variants = VARIANTS[:2]
+        variants = [v for v in variants if "lora" not in v]
     for i, v in enumerate(variants):  # each row as it comes (a device check may stop the script at its limit)
         out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--variant", v], capture_output=True, text=True)
         if out.returncode:

@@ -361,6 +361,9 @@ DATAMODELS_CASES = [
     ("cache-dir=a-file", ["--cache-dir", _a_file], "is a file"),
     ("data-dir=nonexistent", ["--task", "fashion-mnist-mlp", "--data-dir", "/nonexistent/unlearnkit-data"],
      "/nonexistent/unlearnkit-data"),
+    ("max-hours=0", ["--max-hours", "0"], "--max-hours"),
+    ("estimate-past-max-hours", ["--models", "5000", "--max-hours", "0.0001"],
+     ("these datamodels would train", "raise --max-hours")),
 ]
 
 

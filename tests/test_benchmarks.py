@@ -20,9 +20,10 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
     ("run_wallclock.py", ["--task", "digits-mlp", "--models", "3"], "models/s"),
     ("optimizer_update.py", ["--task", "digits-mlp", "--models", "3", "--steps", "2", "--device", "cpu"],
      "op by op"),
-    # the tests' tiny originals (N = 2, the precision an LMBench resolves to) are the ones it unlearns from
+    # the tests' tiny originals (N = 2, the precision an LMBench resolves to) are the ones it unlearns from;
+    # its own live-reference NPO, and the method with LoRA adapters (a process each: the other two add nothing)
     ("lm_memory.py", ["--task", "tofu-synth-tiny", "--models", "2", "--epochs", "0.1", "--device", "cpu",
-                      "--precision", "auto", "--threads", "1"], "cached"),
+                      "--precision", "auto", "--threads", "1", "--variants", "live,cached+lora"], "cached+lora"),
 ])
 def test_a_gpu_check_benchmark_runs_at_toy_size(script, args, expect, tmp_path, tiny_lm_cache):
     cache = tiny_lm_cache if script == "lm_memory.py" else str(tmp_path)

@@ -234,3 +234,19 @@ def test_a_runs_budget_counts_the_arms_its_methods_train_from_scratch(tmp_path):
     # step's cost); unrestricted (α = 0), they are the run's own originals and oracles
     assert flops(("none", "iau"))[0] == pytest.approx(reference + 2 * per_example * (n + n - 10))
     assert flops(("none", "iau"), (("iau", "alpha", "0"),))[0] == reference
+
+
+def test_a_datamodels_budget_counts_the_subset_models_and_uncached_trak_originals(tmp_path, digits):
+    """`unlearnkit datamodels` trains M + max(10, 20% of M) subset models on `subset` of the training set,
+    and TRAK's originals on all of it unless the cache holds them."""
+    from unlearnkit.engine.compute import resolve, use
+    from unlearnkit.experiment import datamodels_budget
+    task, cache = get_task("digits-logreg"), ZooCache(tmp_path)
+    n = len(digits.y_train)
+    with use(resolve("cpu", "fp32")):
+        subsets = datamodels_budget(task, digits, 20, 0.5, 0, 0, cache).flops
+        with_trak = datamodels_budget(task, digits, 20, 0.5, 2, 0, cache).flops
+        per_example = subsets / (30 * round(0.5 * n))  # 20 subset models and 10 held out
+        assert with_trak == pytest.approx(subsets + 2 * n * per_example)
+        train_models(task, digits, torch.arange(n), arm_seeds(0, 2), cache, "originals")
+        assert datamodels_budget(task, digits, 20, 0.5, 2, 0, cache).flops == pytest.approx(subsets)

@@ -10,6 +10,7 @@ from .attribution.store import datamodels_id
 from .attribution.subsets import check_datamodel_settings
 from .data import load_dataset
 from .errors import UnlearnkitError, option
+from .experiment import datamodels_budget
 from .report import check_output
 from .runs import RunConfig, classifier_task, computing
 
@@ -33,6 +34,8 @@ def fit_and_save_datamodels(config: RunConfig, out: str | os.PathLike, models: i
     cache = config.zoo_cache()
     if cache is not None:
         cache.check()
+    datamodels_budget(task, ds, models, subset, trak_models, config.seed, cache).check(
+        config.max_hours, cache.root if cache is not None else None, "these datamodels")
     report = compute_datamodels(task, ds, models, subset, config.seed, cache)
     trak = (trak_lds(task, ds, report.held_out_runs, trak_models, proj_dim, seed=config.seed, cache=cache)
             if trak_models else None)

@@ -254,15 +254,17 @@ def tune(task, forget, method, trials, tune_forget, models, seed, train_size, da
 @click.option("--proj-dim", default=256, show_default=True, type=int, help="TRAK's projection dimension.")
 @click.option("--out", required=True, help="Directory for datamodels.safetensors and datamodels.json.")
 @click.option("--overwrite", is_flag=True, help="Replace other datamodels saved in --out.")
+@click.option("--max-hours", default=24.0, show_default=True, type=float,
+              help="Refuse datamodels whose estimated training time is longer (estimated before anything trains).")
 @_compute_options
 def datamodels(task, models, subset, seed, train_size, data_dir, cache_dir, trak_models, proj_dim, out,
-               overwrite, **compute) -> None:
+               overwrite, max_hours, **compute) -> None:
     """Fit linear datamodels on subset-trained models; report their LDS (and TRAK's); save them."""
     from .attribution_run import fit_and_save_datamodels
     from .experiment import RunConfig
 
     config = RunConfig(task=task, seed=seed, train_size=train_size, data_dir=data_dir, cache_dir=cache_dir,
-                       **compute)  # shared options, checked the same way
+                       max_hours=max_hours, **compute)  # shared options, checked the same way
     report, extra = fit_and_save_datamodels(config, out, models, subset, trak_models, proj_dim, overwrite)
     click.echo(f"datamodels on {task}: M = {models} models on {subset:.0%} subsets; LDS on {report.held_out} fresh "
                f"subsets: train {report.lds_train:.3f}, validation {report.lds_val:.3f}")

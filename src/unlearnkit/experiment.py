@@ -400,6 +400,22 @@ def _profile(task, ds) -> StepProfile:
                                (ds.x_train, ds.y_train), task.recipe.batch_size)
 
 
+def datamodels_budget(task, ds, models: int, subset: float, trak_models: int, seed: int,
+                      cache: ZooCache | None) -> Budget:
+    """What `unlearnkit datamodels` trains (`attribution.compute_datamodels`, `trak_lds`): M subset models and
+    the held-out ones its LDS is measured on, each on a `subset` fraction of the training set, and TRAK's
+    `trak_models` originals (nothing for them if cached)."""
+    n_train, batch, epochs = len(ds.y_train), task.recipe.batch_size, task.recipe.epochs
+    profile, out = _profile(task, ds), Budget()
+    out.add(profile, models + max(10, round(HELD_OUT * models)), max(1, round(subset * n_train)), epochs, batch,
+            False, cache is not None)
+    if trak_models:
+        seeds = arm_seeds(ORIGINAL_SEEDS, trak_models, seed)
+        cached = cache is not None and cache.untrained(zoo_family(task, ds, torch.arange(n_train)), seeds) == 0
+        out.add(profile, trak_models, n_train, epochs, batch, cached, cache is not None)
+    return out
+
+
 def clustered_budget(config: RunConfig, task, ds, cache: ZooCache | None, seen: set | None = None) -> Budget | None:
     """What building a clustered or hard-to-unlearn forget set trains before the run's own budget can be
     known: the originals (near:, lowest-loss:, and worst:/easy: with their bi-level search on a few of
