@@ -225,7 +225,8 @@ def test_trace_command_rejects_bad_input_before_training(tmp_path):
     runner = CliRunner()
     for args, message in ((["--top", "2"], "--top must be in [1, 1]"),
                           (["--samples", "0"], "at least one noise sample"),
-                          (["--forget", "authors:0.5x"], "neither a count nor a fraction")):
+                          (["--forget", "authors:0.5x"], "neither a count nor a fraction"),
+                          (["--models", "5000", "--max-hours", "0.0001"], "raise --max-hours")):
         result = runner.invoke(cli, ["llm", "trace", "--task", "tofu-synth-tiny", "--models", "2",
                                      "--cache-dir", str(tmp_path), *args])
         assert isinstance(result.exception, UnlearnkitError), result.output

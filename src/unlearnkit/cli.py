@@ -399,15 +399,17 @@ def ood(task, method, authors, steps, models, seed, cache_dir, sets, out, overwr
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--cache-dir", default=None)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--max-hours", default=24.0, show_default=True, type=float,
+              help="Refuse to train originals for longer than this (estimated before anything trains).")
 @_compute_options
-def llm_trace(task, forget, models, samples, noise, window, positions, top, seed, cache_dir, as_json,
+def llm_trace(task, forget, models, samples, noise, window, positions, top, seed, cache_dir, as_json, max_hours,
               **compute) -> None:
     """Causal tracing (ROME): which blocks' MLP and attention carry the forget items' facts."""
     from .experiment import RunConfig
     from .lm_trace import format_trace, trace_task
 
     config = RunConfig(task=task, forget=forget, methods=("traced",), models=models, seed=seed, cache_dir=cache_dir,
-                       bootstrap=0, **compute)
+                       bootstrap=0, max_hours=max_hours, **compute)
     result, info = trace_task(config, samples, noise, window, positions, top)
     click.echo(json.dumps({**info, **result.to_dict(top)}, indent=2) if as_json else format_trace(result, info))
 

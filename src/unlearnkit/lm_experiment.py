@@ -272,9 +272,7 @@ def lm_budget(config: RunConfig, data: TofuData, jobs: list[Job], cache: ZooCach
     `reference=False`: as `LMBench`'s, no retrain arm (unless a job is the retrain row itself). `digests`: a
     corrective study's benches' (one per identified set), whose kept cells train nothing."""
     task = data.task
-    profile = StepProfile.measure(lm_loss(LMForward(data.config), answer_width(data.tensors[1])),
-                                  init_lm_params(data.config, [0]), data.tensors,
-                                  task.recipe.batch_size)
+    profile = lm_profile(data)
     plain = identified is None and forget is None  # a plain run's jobs, keyed as its LMBench keys them
     forget = data.forget_positions(config.forget, config.seed) if forget is None else forget
     benches = ([SimpleNamespace(config=config, bench_digest=lm_bench_digest(forget))] if plain else
@@ -289,6 +287,24 @@ def lm_budget(config: RunConfig, data: TofuData, jobs: list[Job], cache: ZooCach
                       lambda positions: lm_family(data.config, data.tensors, positions, task.recipe),
                       cache, jobs, LM_REGISTRY, list(extra), seen, done,
                       floor=reference or any(j.method == NOISE_FLOOR_METHOD for j in jobs))
+
+
+def lm_profile(data: TofuData) -> StepProfile:
+    """The cost of one model's zoo training step on the task's data (what every LM budget counts in)."""
+    return StepProfile.measure(lm_loss(LMForward(data.config), answer_width(data.tensors[1])),
+                               init_lm_params(data.config, [0]), data.tensors, data.task.recipe.batch_size)
+
+
+def originals_budget(config: RunConfig, data: TofuData, cache: ZooCache | None) -> Budget:
+    """Training the task's N originals alone, unless the cache holds them (`llm trace`)."""
+    everything = torch.arange(len(data.items))
+    seeds = arm_seeds(ORIGINAL_SEEDS, config.models, config.seed)
+    cached = cache is not None and cache.untrained(lm_family(data.config, data.tensors, everything,
+                                                             data.task.recipe), seeds) == 0
+    out = Budget()
+    out.add(lm_profile(data), config.models, len(everything), data.task.recipe.epochs, data.task.recipe.batch_size,
+            cached, cache is not None)
+    return out
 
 
 def prepare_lm(config: RunConfig, jobs: list[Job]) -> tuple[TofuData, np.ndarray, ZooCache | None, Budget]:

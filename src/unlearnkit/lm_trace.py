@@ -9,6 +9,7 @@ from .lm.model import LMForward
 from .lm.task import get_lm_task, load_tofu
 from .lm.trace import POSITIONS, TraceResult, causal_trace, check_trace_settings, subject_tokens
 from .lm.train import train_lm_models
+from .lm_experiment import originals_budget
 from .runs import computing
 from .zoo import ORIGINAL_SEEDS, arm_seeds
 
@@ -29,8 +30,10 @@ def trace_task(config, samples: int = 10, noise: float = 3.0, window: int = 1, p
             raise UnlearnkitError(f"{option('top')} must be in [1, {task.n_layer}] (the model's blocks), got {top}")
         subjects = subject_tokens(data.tok, [data.items[p] for p in forget], task.max_len)
         seeds = arm_seeds(ORIGINAL_SEEDS, config.models, config.seed)
+        cache = config.zoo_cache()
+        originals_budget(config, data, cache).check(config.max_hours, cache.root if cache else None, "this trace")
         arm = train_lm_models(data.config, data.tensors, torch.arange(len(data.items)), seeds, task.recipe,
-                              config.zoo_cache(), "originals")
+                              cache, "originals")
         rows = torch.as_tensor(forget)
         result = causal_trace(LMForward(data.config), arm.params, data.tensors[0][rows], data.tensors[1][rows],
                               subjects, seeds, samples=samples, noise=noise, window=window, positions=positions)
