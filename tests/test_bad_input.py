@@ -300,6 +300,23 @@ def test_run_refuses_out_holding_another_runs_results(monkeypatch, capsys, tmp_p
     assert sorted(p.name for p in out.iterdir()) == ["results.json"]
 
 
+@pytest.mark.parametrize("command, theirs, kind", [
+    (["run", "--task", "digits-mlp", "--models", "2"], "study.json", "a study"),
+    (["study", "--run", "task=digits-mlp", "--run", "models=2", "--grid", "seed=0,1"], "results.json",
+     "a run's results"),
+    (["datamodels", "--task", "digits-mlp", "--models", "20"], "id_vs_ood.json", "an ID-vs-OOD curve"),
+])
+def test_an_out_folder_of_another_command_is_not_written_into(monkeypatch, capsys, tmp_path, command, theirs, kind):
+    """A run's report would replace a study's (and the run index would forget the study)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / theirs).write_text("{}")
+    cache = ["--run", f"cache_dir={tmp_path / 'cache'}"] if command[0] == "study" else ["--cache-dir", tmp_path / "cache"]
+    result = invoke(monkeypatch, capsys, *command, *cache, "--out", out)
+    assert_refused(result, (f"holds {kind} ({theirs})", "--overwrite"), cache=tmp_path / "cache")
+    assert sorted(p.name for p in out.iterdir()) == [theirs]
+
+
 def test_run_time_estimate_is_readable_when_short(monkeypatch, capsys, tmp_path):
     result = invoke(monkeypatch, capsys, "run", "--task", "digits-mlp", "--set", "finetune.epochs=1000", "--max-hours",
                     "0.0001", "--cache-dir", tmp_path / "cache", "--out", tmp_path / "out")

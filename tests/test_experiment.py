@@ -121,7 +121,7 @@ def test_out_holding_another_run_is_refused_unless_overwrite(tmp_path):
     other = RunConfig(**{**config.to_dict(), "forget": "random:12"})
     run(config, tmp_path / "out")
     with pytest.raises(UnlearnkitError,
-                       match=r"another run's results \(forget random:10 there, random:12 here\).*overwrite=True"):
+                       match=r"a run's results of other settings \(forget random:10 there, random:12 here\).*overwrite=True"):
         run(other, tmp_path / "out")
     assert (tmp_path / "out" / "results.json").read_bytes() == first
     run(other, tmp_path / "out", overwrite=True)

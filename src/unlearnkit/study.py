@@ -40,6 +40,7 @@ from .files import atomic_write, check_writable, read_json_object
 from .forget.specs import USES_DATAMODELS
 from .report import index
 from .report.html import write_study_report
+from .report.results import other_output
 from .runs import RunConfig, default_forget, reads_files
 from .zoo import stable_hash
 
@@ -246,6 +247,7 @@ def run_study(study: Study, out: str | os.PathLike, overwrite: bool = False) -> 
     cells: a grid given more values); either way its finished cells are reused."""
     out = Path(out)
     check_writable(out, f"the study's {option('out')}")
+    other_output(out, "study.json", overwrite)
     if not overwrite and (out / "study.json").is_file():
         try:
             other = read_json_object(out / "study.json")
@@ -255,8 +257,7 @@ def run_study(study: Study, out: str | os.PathLike, overwrite: bool = False) -> 
         if not other_cells <= {c.run_id for _, c in study.cells}:  # (the same study holds the same cells)
             raise UnlearnkitError(f"{out} holds another study ({other_id}) with cells this one lacks; choose another "
                                   f"{option('out')}, or {option('overwrite', True)} to replace its study.json and "
-                                  f"report (the "
-                                  "cells it finished are kept, and reused where this study has them)")
+                                  "report (the cells it finished are kept, and reused where this study has them)")
     items = [(str(out / "cells" / cell_name(v)), (out / "cells" / cell_name(v), c)) for v, c in study.cells]
     first = study.cells[0][1]
     with use(first.compute), use_backend(first.backend, first.ray_address):

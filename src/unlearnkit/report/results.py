@@ -29,6 +29,21 @@ def json_safe(obj):
     return obj
 
 
+#: The file each command's output folder is known by: another command's folder is not written into.
+OUTPUTS = {"results.json": "a run's results", "study.json": "a study", "datamodels.json": "saved datamodels",
+           "id_vs_ood.json": "an ID-vs-OOD curve", "corrective.json": "a corrective study",
+           "generalisation.json": "a generalisation study"}
+
+
+def other_output(out: Path, name: str, overwrite: bool) -> None:
+    """Refuse (unless `overwrite`) an `out` holding another command's output: a run's report would replace a
+    study's, and the run index would lose the study."""
+    theirs = [f for f in OUTPUTS if f != name and (out / f).is_file()]
+    if theirs and not overwrite:
+        raise UnlearnkitError(f"{option('out', str(out))} holds {OUTPUTS[theirs[0]]} ({theirs[0]}); choose a new "
+                              f"folder, or pass {option('overwrite', True)} to write over it")
+
+
 def check_output(out, run_id: str, overwrite: bool = False, name: str = "results.json",
                  mine: dict | None = None) -> None:
     """Refuse, before any work, an `out` that cannot be written or that holds another run's results
@@ -37,30 +52,31 @@ def check_output(out, run_id: str, overwrite: bool = False, name: str = "results
     config) lets the message name the settings that differ."""
     if not str(out).strip():
         raise UnlearnkitError(f"{option('out')} is empty: give the folder to write to (leave {option('out')} out to "
-                              f"write "
-                              "nothing)")
+                              "write nothing)")
     out = Path(out)
     check_writable(out, option("out", str(out)))
     claim = _claim(out)
     if claim and claim.get("run_id") != run_id and claim.get("pid") != os.getpid() and alive(claim.get("pid", 0)):
         raise UnlearnkitError(f"{option('out', str(out))} is being written by another run (pid {claim['pid']}); "
-                              f"choose another "
-                              "folder or wait for it to finish")
+                              "choose another folder or wait for it to finish")
+    other_output(out, name, overwrite)
     previous = out / name
     if overwrite or not previous.exists():
         return
     try:
         theirs = json.loads(previous.read_text())
     except (OSError, ValueError):
-        theirs = {}
+        theirs = None
     if not isinstance(theirs, dict) or theirs.get("run_id") != run_id:
+        readable = isinstance(theirs, dict)
+        theirs = theirs if readable else {}
         config = theirs.get("config") if isinstance(theirs, dict) and isinstance(theirs.get("config"), dict) else {}
         differ = [f"{k} {config[k]} there, {v} here" for k, v in (mine or {}).items()
                   if k in config and v is not None and config[k] != v and k not in ("cache_dir", "max_hours")]
         what = ", ".join(differ or [f"{k} {config[k]}" for k in ("task", "forget", "models", "seed") if k in config])
-        raise UnlearnkitError(f"{option('out', str(out))} holds another run's results ({what or 'unreadable'}); "
-                              f"choose a new "
-                              f"folder, or pass {option('overwrite', True)} to replace them")
+        what = what or (f"id {theirs.get('run_id')}, this one's {run_id}" if readable else f"{name} unreadable")
+        raise UnlearnkitError(f"{option('out', str(out))} holds {OUTPUTS.get(name, name)} of other settings ({what}); "
+                              f"choose a new folder, or pass {option('overwrite', True)} to replace them")
 
 
 CLAIM = ".unlearnkit-claim"
