@@ -54,3 +54,15 @@ def test_datamodels_command_refuses_too_few_models(tmp_path):
 def test_budgets_must_be_numbers(tmp_path):
     out = cli("run", "--task", "digits-logreg", "--budgets", "1,two", "--cache-dir", str(tmp_path))
     assert out.returncode == 2 and "--budgets expects" in out.stderr
+
+
+def test_a_budget_shorter_than_scrubs_max_steps_runs_them_all():
+    """`--budgets 1,2,4` with SCRUB (msteps 2 by default): the 1-epoch budget is one max-steps epoch (it was
+    refused as msteps > epochs), the longer ones keep msteps 2."""
+    from unlearnkit.methods import REGISTRY
+    from unlearnkit.runs import RunConfig, build_jobs
+    jobs = build_jobs(RunConfig(task="digits-mlp", methods=("none", "scrub"), budgets=(1.0, 2.0, 4.0), models=4),
+                      REGISTRY)
+    scrub = {j.label: j.hparams for j in jobs if j.method == "scrub"}
+    assert {k: (h.epochs, h.msteps) for k, h in scrub.items()} == {"scrub@1": (1, 1), "scrub@2": (2, 2),
+                                                                  "scrub@4": (4, 2)}

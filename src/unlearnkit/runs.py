@@ -405,7 +405,7 @@ def build_jobs(config: RunConfig, registry: dict,
                                   f"{option('tuned', True)}")
         hp = make_hparams(m, {**(tuned or {}), **overrides.get(m, {})}, registry)
         if config.budgets and hasattr(hp, "epochs") and m != NOISE_FLOOR_METHOD:
-            jobs += [Job(f"{m}@{b:g}", m, make_hparams(m, {**asdict(hp), "epochs": b}, registry), b, tuned is not None)
+            jobs += [Job(f"{m}@{b:g}", m, make_hparams(m, {**asdict(hp), **hp.at_budget(b)}, registry), b, tuned is not None)
                      for b in config.budgets]
         else:
             jobs.append(Job(m, m, hp, None, tuned is not None))

@@ -49,6 +49,11 @@ class HParams:
     def _checks(self) -> list[tuple[str, bool, str]]:
         return []
 
+    def at_budget(self, epochs: float) -> dict:
+        """The fields that give these hyperparameters a budget of `epochs` (`--budgets`): the epochs, and
+        whatever is bounded by them (override it)."""
+        return {"epochs": epochs}
+
     def check_setting(self, task, dataset, forget: np.ndarray, seed: int) -> None:
         """Raise UnlearnkitError if these hyperparameters cannot work on this task, data and forget set —
         called before any model is trained, so a run never fails after its compute (override it)."""

@@ -23,6 +23,10 @@ class ScrubParams(LoopParams):
     search_space: ClassVar[dict] = {"lr": ("log", 1e-4, 1e-2), "epochs": ("int", 1, 5), "msteps": ("int", 0, 5),
                                     "alpha": ("log", 1e-3, 10.0), "temperature": ("float", 1.0, 8.0)}
 
+    def at_budget(self, epochs: float) -> dict:
+        """A budget shorter than `msteps` is all max-steps epochs (the forget pass runs in the first msteps)."""
+        return {"epochs": epochs, "msteps": min(self.msteps, int(epochs))}
+
     def _checks(self):
         return super()._checks() + [
             ("epochs", float(self.epochs).is_integer(), "must be a whole number of epochs"),
