@@ -66,3 +66,18 @@ def test_a_budget_shorter_than_scrubs_max_steps_runs_them_all():
     scrub = {j.label: j.hparams for j in jobs if j.method == "scrub"}
     assert {k: (h.epochs, h.msteps) for k, h in scrub.items()} == {"scrub@1": (1, 1), "scrub@2": (2, 2),
                                                                   "scrub@4": (4, 2)}
+
+
+def test_every_methods_listed_summary_is_a_whole_sentence():
+    """`unlearnkit list` shows a docstring's first sentence, which may wrap over lines (ERA's did, and was cut
+    at 'into added')."""
+    from unlearnkit.methods import REGISTRY
+    from unlearnkit.methods.base import summary
+    from unlearnkit.methods.lm import LM_REGISTRY
+    from unlearnkit.methods.rec import REC_REGISTRY
+    assert summary("One line.\\n    More.") == "One line."
+    assert summary("A sentence that\\n    wraps here.\\n\\n    Then more.") == "A sentence that wraps here."
+    assert summary("No period\\n\\nafter.") == "No period"
+    for registry in (REGISTRY, LM_REGISTRY, REC_REGISTRY):
+        assert all(m.summary.endswith(".") for m in registry.values()), [n for n, m in registry.items()
+                                                                          if not m.summary.endswith(".")]

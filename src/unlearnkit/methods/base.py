@@ -269,6 +269,18 @@ LM_REGISTRY: dict[str, Method] = {}   # language-model methods (methods/lm/)
 REC_REGISTRY: dict[str, Method] = {}  # recommendation methods, BPR objectives (methods/rec/)
 
 
+def summary(doc: str | None) -> str:
+    """A docstring's first sentence, which may wrap: its lines up to the first that ends one."""
+    lines = []
+    for line in (doc or "").strip().splitlines():
+        if not line.strip():
+            break
+        lines.append(line.strip())
+        if line.rstrip().endswith("."):
+            break
+    return " ".join(lines)
+
+
 def register(name: str, hparams: type[HParams] = HParams, registry: dict[str, Method] = REGISTRY,
              scratch: Callable[[HParams, Setting], list[ScratchArm]] | None = None, replace: bool = False):
     """Register `fn` under `name` (in the classifier registry, or the language-model or recommendation
@@ -279,7 +291,7 @@ def register(name: str, hparams: type[HParams] = HParams, registry: dict[str, Me
         if name in registry and not replace:
             raise ValueError(f"method {name!r} is registered already; register({name!r}, ..., replace=True) "
                              "replaces it")
-        registry[name] = Method(name, fn, hparams, next(iter((fn.__doc__ or "").strip().splitlines()), ""), scratch)
+        registry[name] = Method(name, fn, hparams, summary(fn.__doc__), scratch)
         return fn
     return wrap
 
