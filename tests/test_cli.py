@@ -75,9 +75,9 @@ def test_every_methods_listed_summary_is_a_whole_sentence():
     from unlearnkit.methods.base import summary
     from unlearnkit.methods.lm import LM_REGISTRY
     from unlearnkit.methods.rec import REC_REGISTRY
-    assert summary("One line.\\n    More.") == "One line."
-    assert summary("A sentence that\\n    wraps here.\\n\\n    Then more.") == "A sentence that wraps here."
-    assert summary("No period\\n\\nafter.") == "No period"
+    assert summary("One line.\n    More.") == "One line."
+    assert summary("A sentence that\n    wraps here.\n\n    Then more.") == "A sentence that wraps here."
+    assert summary("No period\n\nafter.") == "No period"
     for registry in (REGISTRY, LM_REGISTRY, REC_REGISTRY):
         assert all(m.summary.endswith(".") for m in registry.values()), [n for n, m in registry.items()
                                                                           if not m.summary.endswith(".")]
