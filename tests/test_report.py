@@ -117,6 +117,8 @@ def test_run_index_lists_shows_and_compares_runs(run_dir, tmp_path):
     runner = CliRunner()
     listing = runner.invoke(cli, ["runs", "list", "--task", "digits-mlp"]).output
     assert all(i in listing for i in ids) and str(other.resolve()) in listing
+    typo = runner.invoke(cli, ["runs", "list", "--task", "digts-mlp"])  # not "no runs yet": the task is named
+    assert isinstance(typo.exception, UnlearnkitError) and "digits-mlp" in str(typo.exception)
     shown = runner.invoke(cli, ["runs", "show", ids[1][:8]])
     assert shown.exit_code == 0 and "KLoM p95 forget" in shown.output and str(other.resolve()) in shown.output
     compared = runner.invoke(cli, ["runs", "compare", ids[0], str(other)])

@@ -170,7 +170,11 @@ def runs() -> None:
 def runs_list(task) -> None:
     """Every indexed run: id, when, task, forget set, N, methods, folder."""
     from .report import index
-    click.echo(index.format_list(index.entries(task)))
+    rows = index.entries(task)
+    if task and not rows and index.entries():
+        known = sorted({e["task"] for e in index.entries() if e["task"]})
+        raise UnlearnkitError(f"no indexed run has task {task!r}; the index holds runs of {', '.join(known)}")
+    click.echo(index.format_list(rows))
 
 
 @runs.command(name="show")
@@ -244,7 +248,7 @@ def tune(task, forget, method, trials, tune_forget, models, seed, train_size, da
 
 @cli.command()
 @click.option("--task", default="fashion-mnist-mlp", show_default=True)
-@click.option("--models", default=200, show_default=True, type=int, help="Subset models M (plus 20% held out).")
+@click.option("--models", default=200, show_default=True, type=int, help="Subset models M (plus max(10, 20% of M) held out).")
 @click.option("--subset", default=0.5, show_default=True, type=float, help="Fraction of S each model trains on.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--train-size", type=int, default=None)

@@ -64,6 +64,6 @@ def format_trace(result: TraceResult, info: dict) -> str:
                 per = row[f"{kind}_by_position"]
                 lines.append(f"{row['layer']:>5}  " + "  ".join(f"{'-':>14}" if per[p] is None else f"{per[p]:>+14.4f}"
                                                                 for p in POSITIONS))
-    lines.append(f"layers `traced` would constrain (top {len(info['top_mlp_layers'])} by MLP effect): "
+    lines.append(f"layers `traced` would update (top {len(info['top_mlp_layers'])} by MLP effect): "
                  f"block{'s' if len(info['top_mlp_layers']) > 1 else ''} {', '.join(map(str, info['top_mlp_layers']))}")
     return "\n".join(lines)

@@ -401,7 +401,8 @@ def build_jobs(config: RunConfig, registry: dict,
         if config.tuned and tuned is None and m in config.methods and registry[m].hparams.search_space:
             raise UnlearnkitError(f"{option('tuned', True)}: no tuned hyperparameters saved for {m} on "
                                   f"{config.task} with forget "
-                                  f"{config.forget}; run `unlearnkit tune --method {m}` first, or leave out "
+                                  f"{config.forget}; run `unlearnkit tune --task {config.task} --forget {config.forget} --method {m}` "
+                                  f"first, or leave out "
                                   f"{option('tuned', True)}")
         hp = make_hparams(m, {**(tuned or {}), **overrides.get(m, {})}, registry)
         if config.budgets and hasattr(hp, "epochs") and m != NOISE_FLOOR_METHOD:

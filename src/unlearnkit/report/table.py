@@ -108,9 +108,10 @@ def legend(results: dict, rows: list[dict] | None = None) -> list[str]:
     floor = results["noise_floor"]
     n = results["config"]["models"]
     nf = floor["klom_p95"]["forget"]
-    lines = [f"KLoM = KL(unlearned ‖ oracle) of margins per example, in nats (lower is better; cap ≈ 11.5); "
-             f"[95% CI over models]; acc f/r/v = accuracy on forget/retain/val; ×retrain = FLOPs relative to "
-             f"retraining; N = {n} models per arm."]
+    ci = "[95% CI over models]; " if results["config"].get("bootstrap") else ""
+    lines = [f"KLoM = KL(unlearned ‖ oracle) of margins per example, in nats (lower is better; cap ≈ 11.5); {ci}"
+             f"acc f/r/v = accuracy on forget/retain/val; ×retrain = FLOPs relative to retraining; N = {n} models "
+             "per arm."]
     if nf is not None:
         lines.append(f"The noise floor (independently retrained models) reads forget p95 {nf:.2f}: no method "
                      "can be told apart from retraining below it.")
