@@ -62,6 +62,7 @@ def test_rescore_with_the_runs_settings_reproduces_its_files_exactly(run_dir):
 
 def test_rescore_with_other_settings_changes_only_the_metrics(run_dir):
     before = json.loads((run_dir / "results.json").read_text())
+    assert "95% CI over models" in (run_dir / "report.html").read_text()
     after = rescore(run_dir, estimators=("gauss", "knn"), metrics=("klom",), bootstrap=0)
     assert after["config"]["estimators"] == ["gauss", "knn"] and after["config"]["metrics"] == ["klom"]
     assert after["run_id"] == before["run_id"]
@@ -71,6 +72,7 @@ def test_rescore_with_other_settings_changes_only_the_metrics(run_dir):
         assert set(new["klom_estimators"]) == {"gauss", "knn"}
         assert "ulira" not in new and "klom_p95_ci" not in new and "ulira" in old
     assert json.loads((run_dir / "results.json").read_text())["config"]["estimators"] == ["gauss", "knn"]
+    assert "95% CI over models" not in (run_dir / "report.html").read_text()  # the report follows (bootstrap 0)
 
 
 def test_rescore_command_prints_the_table(run_dir):

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -131,7 +132,8 @@ def rescore(run_dir, estimators, metrics, bootstrap, reference_binning) -> None:
 
     results = rescore_run(run_dir, _names(estimators), _names(metrics), bootstrap, reference_binning)
     click.echo(format_lm_table(results) if "lm_task" in results["config"] else format_table(results))
-    click.echo(f"\nrewrote {run_dir}/results.json and {run_dir}/klom.npz")
+    report = " and report.html" if (Path(run_dir) / "report.html").is_file() else ""
+    click.echo(f"\nrewrote {run_dir}/results.json, klom.npz{report}")
 
 
 @cli.command()

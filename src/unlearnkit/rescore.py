@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import numbers
 import os
+from pathlib import Path
 
 from .errors import UnlearnkitError, option
 from .metrics import SPLITS
+from .report.html import write_report
 from .report.results import rewrite_results
 from .report.scores import read_results, read_scores, with_seconds
 from .scoring import ArmScores, Settings, check_settings, row_metrics
@@ -31,7 +33,8 @@ def rescore(run_dir: str | os.PathLike, estimators: tuple[str, ...] | None = Non
             metrics: tuple[str, ...] | None = None, bootstrap: int | None = None,
             reference_binning: bool | None = None) -> dict:
     """Recompute `run_dir`'s results from its scores (None: the run's own setting) and rewrite
-    results.json and klom.npz; return the new results. Every input is checked before anything is written."""
+    results.json and klom.npz (and report.html, where the run wrote one); return the new results. Every input
+    is checked before anything is written."""
     results = read_results(run_dir)
     arrays = read_scores(run_dir, results["run_id"])
     config = dict(results["config"])
@@ -78,7 +81,10 @@ def rescore(run_dir: str | os.PathLike, estimators: tuple[str, ...] | None = Non
     if not lm:
         out["oracle"] = {"accuracy": ArmScores.read(arrays, "arm/oracles").accuracies(splits)}
     rewrite_results(run_dir, out, per_example, splits, arrays["forget_ids"])
-    return with_seconds(out, run_dir)
+    out = with_seconds(out, run_dir)
+    if (Path(run_dir) / "report.html").is_file():  # a report of the old settings would contradict results.json
+        write_report(run_dir, out)
+    return out
 
 
 def _merged(old: dict, fresh: dict) -> dict:
