@@ -76,9 +76,10 @@ def test_rescore_with_other_settings_changes_only_the_metrics(run_dir):
 
 
 def test_rescore_command_prints_the_table(run_dir):
-    result = CliRunner().invoke(cli, ["rescore", str(run_dir), "--estimators", "gauss"])
+    result = CliRunner().invoke(cli, ["rescore", str(run_dir), "--estimators", "gauss,knn"])
     assert result.exit_code == 0, result.output
     assert "gauss p95 forget" in result.output and "U-LiRA" in result.output
+    assert "knn p95 forget" in result.output  # every estimator asked for is shown, not the first alone
     assert max(len(line) for line in result.output.split("\nrewrote")[0].splitlines()) <= 100  # a terminal's width
     assert f"rewrote {run_dir}/results.json" in result.output
 

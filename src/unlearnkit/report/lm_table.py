@@ -23,7 +23,8 @@ def format_lm_table(results: dict) -> str:
     floor = results["noise_floor"]
     if floor not in rows:
         rows.append({**floor, "label": f"{floor['method']} (noise floor)"})
-    est = sorted({e for r in rows for e in (r.get("klom_estimators") or {})})[:1]
+    estimators = sorted({e for r in rows for e in (r.get("klom_estimators") or {})})
+    est, more = estimators[:1], estimators[1:]  # one beside the histogram's (the width), the others below
     names = {"loss": "AUC loss", "zlib": "zlib", "mink": "mink", "minkpp": "mink++"}
     header = (f"{'method':<21}{'forget Q':>9}{'utility':>8}{'f-ROUGE':>8}{'p(forget)':>10}"
               + "".join(f"{names[a]:>{9 if a == 'loss' else 8}}" for a in ATTACKS) + f"{'×retrain':>9}")
@@ -48,6 +49,12 @@ def format_lm_table(results: dict) -> str:
         cells += "".join(f"{_num(((r.get('klom_estimators') or {}).get(e) or {}).get('p95', {}).get('forget')):>15}"
                          for e in est)
         lines.append(f"{_name(r):<21.21}{cells}{_num(r.get('seconds'), '{:.1f}'):>9}")
+    for e in more:
+        header = f"{'method':<21}" + "".join(f"{e + '95 ' + s:>18}" for s in SPLITS)
+        lines += ["", header, "-" * len(header)]
+        lines += [f"{_name(r):<21.21}" + "".join(
+            f"{_num(((r.get('klom_estimators') or {}).get(e) or {}).get('p95', {}).get(s)):>18}" for s in SPLITS)
+            for r in rows]
     lines += probe_lines(rows, o)
     lines += step_lines(results["rows"])
     lines.append("")
@@ -94,7 +101,7 @@ def step_lines(rows: list[dict]) -> list[str]:
 def lm_legend(results: dict) -> list[str]:
     """What the LM table's numbers mean, one sentence group per line (the report prints them too)."""
     rows = results["rows"] + [results["noise_floor"]]
-    est = sorted({e for r in rows for e in (r.get("klom_estimators") or {})})[:1]
+    est = sorted({e for r in rows for e in (r.get("klom_estimators") or {})})
     n = results["config"]["models"]
     legend = [
         "forget Q = TOFU forget quality: KS-test p-value between the truth ratios of unlearned model i and oracle i "
@@ -102,7 +109,8 @@ def lm_legend(results: dict) -> list[str]:
         "utility = TOFU model utility (harmonic mean of probability, ROUGE-L and truth ratio on retain items and world "
         "facts); f-ROUGE = ROUGE-L recall of greedy answers to forget questions; p(forget) = mean answer probability.",
         "AUC = membership inference, forget vs held-out items (0.5 = no signal; compare with the oracles' row); "
-        "KLoM95 = p95 of sequence-level KLoM (mean answer log-prob) [95% CI]"
+        "KLoM95 = p95 of sequence-level KLoM (mean answer log-prob)"
+        + (" [95% CI]" if results["config"].get("bootstrap") else "")
         + (f"; {'/'.join(est)}95 = the same from a low-variance estimator (usable at small N)" if est else "")
         + f"; N = {n} models per arm.",
         "Conventions are OpenUnlearning's (truth ratio P_pert/(P_para + 1e-10); Min-K%, Min-K%++, GradNorm, "

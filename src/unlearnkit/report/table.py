@@ -19,9 +19,17 @@ WIDTH = 100  # the terminal table fits 100 columns; results.json and report.html
 
 
 def _evaluation_block(rows: list[dict]) -> list[str]:
-    """The small-N KLoM estimator and the privacy metrics, one line per row (where a run computed them)."""
-    est = sorted({e for r in rows for e in (r.get("klom_estimators") or {})})[:1]
-    privacy = any(r.get(k) for r in rows for k in ("ulira", "neurips23", "mia"))
+    """The small-N KLoM estimators and the privacy metrics, one line per row (where a run computed them): the
+    first estimator beside the privacy metrics, each other one in a block of its own (the width allows one)."""
+    estimators = sorted({e for r in rows for e in (r.get("klom_estimators") or {})})
+    lines = _estimator_block(rows, estimators[:1], first=True)
+    for e in estimators[1:]:
+        lines += _estimator_block(rows, [e], first=False)
+    return lines
+
+
+def _estimator_block(rows: list[dict], est: list[str], first: bool) -> list[str]:
+    privacy = first and any(r.get(k) for r in rows for k in ("ulira", "neurips23", "mia"))
     if not est and not privacy:
         return []
     cols = [(e, stat, s) for e in est for stat, s in [("p95", "forget")] + [("mean", s) for s in SPLITS]]
@@ -29,7 +37,8 @@ def _evaluation_block(rows: list[dict]) -> list[str]:
              ("mean", "val"): "mean v"}
     header = (f"{'method':<22}" + "".join(f"{(e + ' ' if j == 0 else '') + names[stat, s]:>{17 if j == 0 else 7}}"
                                           for j, (e, stat, s) in enumerate(cols))
-              + (f"{'U-LiRA':>7}{'NeurIPS F':>10}{'score':>7}{'MIA':>7}" if privacy else "") + f"{'seconds':>9}")
+              + (f"{'U-LiRA':>7}{'NeurIPS F':>10}{'score':>7}{'MIA':>7}" if privacy else "")
+              + (f"{'seconds':>9}" if first else ""))
     lines = ["", header, "-" * len(header)]
     for r in rows:
         by = r.get("klom_estimators") or {}
@@ -40,7 +49,7 @@ def _evaluation_block(rows: list[dict]) -> list[str]:
                       f"{_num((r.get('neurips23') or {}).get('forget_score'), '{:.3f}'):>10}"
                       f"{_num((r.get('neurips23') or {}).get('score'), '{:.3f}'):>7}"
                       f"{_num((r.get('mia') or {}).get(MIA_FEATURE), '{:.3f}'):>7}")
-        lines.append(f"{_name(r):<22.22}{cells}{_num(r.get('seconds'), '{:.1f}'):>9}")
+        lines.append(f"{_name(r):<22.22}{cells}" + (f"{_num(r.get('seconds'), '{:.1f}'):>9}" if first else ""))
     return lines
 
 
@@ -115,7 +124,7 @@ def legend(results: dict, rows: list[dict] | None = None) -> list[str]:
     if nf is not None:
         lines.append(f"The noise floor (independently retrained models) reads forget p95 {nf:.2f}: no method "
                      "can be told apart from retraining below it.")
-    est = [e for e in results["config"].get("estimators", []) if e != "hist"][:1]
+    est = [e for e in results["config"].get("estimators", []) if e != "hist"]
     if est:
         lines.append(f"{'/'.join(est)}: KLoM read by a low-variance estimator (`unlearnkit list`), for small N; the "
                      "histogram above is the reference that compares with published numbers. Its p95 reaches the cap "
