@@ -63,6 +63,11 @@ def test_a_folder_that_is_not_a_run_is_refused(tmp_path):
     with pytest.raises(UnlearnkitError, match="has no results.json"):
         write_report(tmp_path)
     assert list(tmp_path.iterdir()) == []
+    study = tmp_path / "study"  # the run index lists studies too: `runs show` says what the folder is
+    study.mkdir()
+    (study / "study.json").write_text("{}")
+    with pytest.raises(UnlearnkitError, match=r"holds a study \(study.json\), not a run's results"):
+        write_report(study)
     (tmp_path / "results.json").write_text("[1, 2]")
     with pytest.raises(UnlearnkitError, match="not an unlearnkit run"):
         write_report(tmp_path)

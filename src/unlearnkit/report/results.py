@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import UnlearnkitError, option
 from ..files import alive, atomic_write, check_writable, remove_stale_temporaries, savez
-from .scores import write_scores
+from .scores import OUTPUTS, write_scores
 
 
 def json_safe(obj):
@@ -27,12 +27,6 @@ def json_safe(obj):
     if isinstance(obj, (list, tuple)):
         return [json_safe(v) for v in obj]
     return obj
-
-
-#: The file each command's output folder is known by: another command's folder is not written into.
-OUTPUTS = {"results.json": "a run's results", "study.json": "a study", "datamodels.json": "saved datamodels",
-           "id_vs_ood.json": "an ID-vs-OOD curve", "corrective.json": "a corrective study",
-           "generalisation.json": "a generalisation study"}
 
 
 def other_output(out: Path, name: str, overwrite: bool) -> None:

@@ -73,11 +73,22 @@ def check_run_id(path: Path, arrays, run_id: str) -> None:
                               "run the job again to rewrite both")
 
 
+#: The file each command's output folder is known by (a run's, a study's, ...): one command does not write
+#: into another's folder, nor read it as its own.
+OUTPUTS = {"results.json": "a run's results", "study.json": "a study", "datamodels.json": "saved datamodels",
+           "id_vs_ood.json": "an ID-vs-OOD curve", "corrective.json": "a corrective study",
+           "generalisation.json": "a generalisation study"}
+
+
 def read_results(run_dir) -> dict:
     path = Path(run_dir) / "results.json"
     try:
         results = json.loads(path.read_text())
     except FileNotFoundError:
+        other = next((f for f in OUTPUTS if (Path(run_dir) / f).is_file()), None)
+        if other:
+            raise UnlearnkitError(f"{run_dir} holds {OUTPUTS[other]} ({other}), not a run's results: its "
+                                  "report.html shows it") from None
         raise UnlearnkitError(f"{run_dir} has no results.json: is it a run's {option('out')} folder?") from None
     except (OSError, ValueError) as e:
         raise UnlearnkitError(f"{path} cannot be read ({type(e).__name__}); run the job again") from None
