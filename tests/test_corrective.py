@@ -99,6 +99,7 @@ def test_filtering_everything_is_exact_and_the_poison_is_learned_then_removed(st
         assert r["accuracy"]["val"] > full["none"]["accuracy"]["val"] - 0.15, name
     text = format_corrective(results)
     assert "identified f = 0.5" in text and "ASR" in text and max(len(line) for line in text.splitlines()) <= 100
+    assert "Warning: with N = " in text  # as a run's table warns at small N
     on_disk = json.loads((root / "out" / "corrective.json").read_text())
     assert on_disk["run_id"] == results["run_id"] and (root / "out" / "figures" / "corrective.png").is_file()
     assert "<svg" in (root / "out" / "report.html").read_text()

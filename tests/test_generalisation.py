@@ -33,7 +33,7 @@ def test_random_labels_forget_the_relabelled_examples_and_the_probe_still_finds_
     assert none["generalisation"] is None
     assert results["forget"]["held_out"] > 0 and results["forget"]["size"] > 0
     table = format_generalisation(results)
-    assert FORGET_ONLY in table and "probe" in table
+    assert FORGET_ONLY in table and "probe" in table and "Warning: with N = " in table
 
 
 def test_the_forget_only_setting_trains_on_the_forget_set_alone(results):

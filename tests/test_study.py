@@ -57,6 +57,7 @@ def test_a_study_runs_every_cell_and_resumes_without_recomputing(tmp_path, monke
     assert on_disk["study_id"] == summary["study_id"] and (tmp_path / "out" / "figures" / "study.png").is_file()
     text = format_study(summary)
     assert "forget=class_3_0.5-seed=1" in text and "4 cells over forget, seed" in text
+    assert "Warning: with N = " in text and max(len(line) for line in text.splitlines()) <= 100
     again = len(calls)
     run_study(study, tmp_path / "out")  # everything finished: nothing runs
     assert len(calls) == again

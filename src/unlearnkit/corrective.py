@@ -48,6 +48,7 @@ from .relearn import (
     relearn_work,
     steps_to_half,
 )
+from .report.table import WIDTH, small_n_warning
 from .runs import RunConfig, build_jobs, classifier_task, computing, run_jobs
 from .zoo import ORIGINAL_SEEDS, arm_seeds, stable_hash, template
 
@@ -247,7 +248,7 @@ def format_corrective(results: dict) -> str:
               + (RELEARN_NOTE.format(k=k_relearn(results), what={
                   "poison": "the attack success", "swap": "the swap rate"}.get(
                   m["kind"], "the accuracy on the manipulated labels")) if k_relearn(results) else ""), 100)]
-    return "\n".join(lines)
+    return "\n".join(lines + small_n_warning(results["config"]["models"], WIDTH))
 
 
 __all__ = ["DEFAULT_FRACTIONS", "DEFAULT_METHODS", "corrective", "evaluation_blocks", "format_corrective"]

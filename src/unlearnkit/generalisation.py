@@ -36,6 +36,7 @@ from sklearn.linear_model import LogisticRegression
 from .errors import UnlearnkitError, option
 from .experiment import Bench, prepare
 from .methods import make_hparams
+from .report.table import WIDTH, small_n_warning
 from .runs import Job, RunConfig, computing, run_jobs
 from .zoo import template
 
@@ -153,7 +154,7 @@ def format_generalisation(results: dict) -> str:
               "general.: class c's validation drop / the forget set's drop (from none). probe: logistic regression "
               "on each model's penultimate features (fitted on retained examples), read on the forget set (f) and "
               "class c's validation examples (vc)."]
-    return "\n".join(lines)
+    return "\n".join(lines + small_n_warning(results["config"]["models"], WIDTH))
 
 
 __all__ = ["DEFAULT_METHODS", "format_generalisation", "generalisation"]

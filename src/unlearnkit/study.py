@@ -41,7 +41,8 @@ from .forget.specs import USES_DATAMODELS
 from .report import index
 from .report.html import write_study_report
 from .report.results import other_output
-from .runs import RunConfig, default_forget, reads_files
+from .report.table import WIDTH, small_n_warning
+from .runs import RunConfig, default_forget, default_models, reads_files
 from .zoo import stable_hash
 
 FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
@@ -301,4 +302,7 @@ def format_study(summary: dict) -> str:
             lines.append(f"{cell_name(c['cell']):<{width}}  {r['label']:<16}{fmt(k['forget']):>11}{fmt(k['retain']):>8}"
                          f"{fmt(k['val']):>8}{fmt(r['accuracy']['forget'], '{:.3f}'):>7}{fmt(ratio, '{:.3f}'):>9}")
     lines.append(f"\n{len(summary['cells'])} cells over {', '.join(axes)}; each cell's own report is in its folder.")
-    return "\n".join(lines)
+    task = summary["run"].get("task", RunConfig.task)
+    n = min(c["cell"].get("models", summary["run"].get("models")) or default_models(c["cell"].get("task", task))
+            for c in summary["cells"])
+    return "\n".join(lines + small_n_warning(n, WIDTH))

@@ -151,7 +151,14 @@ def legend(results: dict, rows: list[dict] | None = None) -> list[str]:
                          + f"; mean KLoM at the best single stopping step {t['forget_mean_at_best_single_step']:.2f} "
                          f"vs {t['forget_mean_at_own_best_step']:.2f} with each point stopped at its own best "
                          f"(gap {t['forget_gap']:.2f}), {t['forget_mean_at_last_step']:.2f} at the last step.")
-    if n < SETTLED_N:
-        lines.append(f"Warning: with N = {n} the noise floor is high (KLoM settles near N ≈ {SETTLED_N}; the reference "
-                     f"uses 100). Use {option('models', 100)} for numbers to publish.")
-    return lines
+    return lines + small_n_warning(n)
+
+
+def small_n_warning(n: int, width: int | None = None) -> list[str]:
+    """The line every classifier table ends with when N is too small for KLoM (a run's, a study's, ...),
+    wrapped to `width` if given."""
+    if n >= SETTLED_N:
+        return []
+    line = (f"Warning: with N = {n} the noise floor is high (KLoM settles near N ≈ {SETTLED_N}; the reference "
+            f"uses 100). Use {option('models', 100)} for numbers to publish.")
+    return textwrap.wrap(line, width) if width else [line]
