@@ -42,9 +42,9 @@ def check_backend(name: str, address: str | None = None) -> None:
         try:
             import ray  # noqa: F401
         except ImportError:
-            raise UnlearnkitError(f"{option('backend', 'ray')} needs Ray, which is not installed: pip install "
-                                  f"'unlearnkit[ray]' "
-                                  f"(or leave out {option('backend')} to train in this process)") from None
+            raise UnlearnkitError(f"{option('backend', 'ray')} needs Ray, which is not installed: "
+                                  f"pip install 'unlearnkit[ray]' (or leave out {option('backend')} to train in this "
+                                  "process)") from None
 
 
 class Later:

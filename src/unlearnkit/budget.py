@@ -52,8 +52,7 @@ def check_epochs(value: float, what: str) -> None:
 def check_models(n: int, minimum: int = 2) -> None:
     if not minimum <= n <= MAX_MODELS:
         raise UnlearnkitError(f"{option('models')} must be in [{minimum}, {MAX_MODELS}] (KLoM compares "
-                              f"distributions over "
-                              f"models; 100 per arm is the reference), got {n}")
+                              f"distributions over models; 100 per arm is the reference), got {n}")
 
 
 @dataclass(frozen=True)
@@ -208,8 +207,7 @@ class Budget:
                                   + (f", and {_duration(self.launch_seconds())} launching {self.steps:,.0f} steps' "
                                      "kernels" if self.launch_seconds() else "") + "), "
                                   f"past the {max_hours:g}-hour limit: lower {option('models')} or the epochs, or "
-                                  f"raise "
-                                  f"{option('max_hours')}")
+                                  f"raise {option('max_hours')}")
 
     def describe(self) -> str:
         return (f"{self.flops / 1e12:,.1f} TFLOP (about {_duration(self.seconds())} here), "

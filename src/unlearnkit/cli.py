@@ -173,8 +173,8 @@ def runs_list(task) -> None:
     """Every indexed run: id, when, task, forget set, N, methods, folder."""
     from .report import index
     rows = index.entries(task)
-    if task and not rows and index.entries():
-        known = sorted({e["task"] for e in index.entries() if e["task"]})
+    known = sorted({e["task"] for e in index.entries() if e["task"]}) if task and not rows else []
+    if known:
         raise UnlearnkitError(f"no indexed run has task {task!r}; the index holds runs of {', '.join(known)}")
     click.echo(index.format_list(rows))
 

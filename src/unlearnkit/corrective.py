@@ -68,9 +68,8 @@ def corrective(config: RunConfig, manipulation: str, fractions=DEFAULT_FRACTIONS
         raise UnlearnkitError(f"{option('relearn')} must be a number of examples in [1, 100000] (0: off), got "
                               f"{relearn}")
     if isinstance(fractions, str) or not all(isinstance(f, numbers.Real) for f in fractions):
-        raise UnlearnkitError(f"{option('fractions', flag='--identified')} must be a sequence of fractions in (0, "
-                              f"1], e.g. (0.5, 1.0), got "
-                              f"{fractions!r}")
+        raise UnlearnkitError(f"{option('fractions', flag='--identified')} must be a sequence of "
+                              f"fractions in (0, 1], e.g. (0.5, 1.0), got {fractions!r}")
     fractions = [float(f) for f in fractions]
     if len(set(fractions)) < len(fractions):
         raise UnlearnkitError(f"{option('fractions', flag='--identified')} lists a fraction more than once: "

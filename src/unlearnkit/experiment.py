@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from . import __version__
-from .attribution.store import HELD_OUT
+from .attribution.store import held_out_models
+from .attribution.subsets import subset_size
 from .backends import Later, finished
 from .budget import Budget, StepProfile
 from .cells import CellStore
@@ -36,6 +37,7 @@ from .runs import (
     Job,
     RunConfig,
     Work,
+    add_originals,
     build_jobs,
     classifier_task,
     computing,
@@ -101,8 +103,8 @@ def prepare(config: RunConfig, check_only: bool = False) -> Prepared:
     needs trained models (clustered, hard to unlearn) is left for its run to build and check (forget None)."""
     task = classifier_task(config.task)
     if config.lora:
-        raise UnlearnkitError(f"{option('lora')} applies to language-model tasks (classifier methods train every "
-                              f"weight)")
+        raise UnlearnkitError(f"{option('lora')} applies to language-model tasks (classifier methods train "
+                              "every weight)")
     jobs = build_jobs(config, method_registry(config.task),
                       lambda m: load_tuned(config.cache_root, config.task, config.forget, m) if config.tuned else None)
     size = task.train_size if config.train_size is None else config.train_size
@@ -407,12 +409,11 @@ def datamodels_budget(task, ds, models: int, subset: float, trak_models: int, se
     `trak_models` originals (nothing for them if cached)."""
     n_train, batch, epochs = len(ds.y_train), task.recipe.batch_size, task.recipe.epochs
     profile, out = _profile(task, ds), Budget()
-    out.add(profile, models + max(10, round(HELD_OUT * models)), max(1, round(subset * n_train)), epochs, batch,
-            False, cache is not None)
+    out.add(profile, models + held_out_models(models), subset_size(n_train, subset), epochs, batch, False,
+            cache is not None)
     if trak_models:
-        seeds = arm_seeds(ORIGINAL_SEEDS, trak_models, seed)
-        cached = cache is not None and cache.untrained(zoo_family(task, ds, torch.arange(n_train)), seeds) == 0
-        out.add(profile, trak_models, n_train, epochs, batch, cached, cache is not None)
+        add_originals(out, profile, task.recipe, cache, zoo_family(task, ds, torch.arange(n_train)),
+                      arm_seeds(ORIGINAL_SEEDS, trak_models, seed), n_train)
     return out
 
 
@@ -426,18 +427,17 @@ def clustered_budget(config: RunConfig, task, ds, cache: ZooCache | None, seen: 
     if kind in ("near", "lowest-loss", "worst", "easy"):
         seeds = arm_seeds(ORIGINAL_SEEDS, config.models, config.seed)
         family = zoo_family(task, ds, torch.arange(n_train))
-        counted = not count_once(seen, (family, tuple(seeds)))
-        out.add(_profile(task, ds), config.models, n_train, task.recipe.epochs, batch,
-                counted or (cache is not None and cache.untrained(family, seeds) == 0), cache is not None)
+        profile = _profile(task, ds)  # (measured once: a counted training step)
+        add_originals(out, profile, task.recipe, cache, family, seeds, n_train,
+                      counted=not count_once(seen, (family, tuple(seeds))))
         if kind in ("worst", "easy"):
-            out.add(_profile(task, ds), min(SELECTION.models, config.models), n_train,
-                    SELECTION.iterations * SELECTION.epochs, batch)
-    elif kind in ("pc", "influence") and not config.datamodels:
-        models = config.datamodel_models + max(10, round(HELD_OUT * config.datamodel_models))
-        out.add(_profile(task, ds), models, n_train // 2, task.recipe.epochs, batch, False, cache is not None)
+            out.add(profile, min(SELECTION.models, config.models), n_train, SELECTION.iterations * SELECTION.epochs,
+                    batch)
+    elif kind in ("pc", "influence") and not config.datamodels:  # the datamodels `Prepared` fits (subset 0.5)
+        out = datamodels_budget(task, ds, config.datamodel_models, 0.5, 0, config.seed, cache)
     elif kind == "memorised":
-        out.add(_profile(task, ds), config.datamodel_models, n_train // 2, task.recipe.epochs, batch, False,
-                cache is not None)
+        out.add(_profile(task, ds), config.datamodel_models, subset_size(n_train, 0.5), task.recipe.epochs, batch,
+                False, cache is not None)
     else:
         return None
     return out

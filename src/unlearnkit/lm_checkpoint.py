@@ -66,7 +66,7 @@ def _weight_files(model_dir: Path) -> list[Path]:
 def _check_dirs(model_dir: Path, out: Path) -> None:
     if not (model_dir / "config.json").is_file():
         raise UnlearnkitError(f"{option('model_dir', str(model_dir))} is not a Hugging Face checkpoint (no "
-                              f"config.json)")
+                              "config.json)")
     m, o = model_dir.resolve(), out.resolve()
     if o == m or m in o.parents or o in m.parents:
         raise UnlearnkitError(f"{option('out', str(out))} must be a new directory outside "
@@ -81,8 +81,7 @@ def _check_dirs(model_dir: Path, out: Path) -> None:
     need, free = sum(f.stat().st_size for f in _weight_files(model_dir)), shutil.disk_usage(base).free
     if need > free:
         raise UnlearnkitError(f"{option('out', str(out))}: the unlearned model needs about {need / 2**20:.1f} MiB "
-                              f"but only "
-                              f"{free / 2**20:.1f} MiB are free there; free space or choose another disk")
+                              f"but only {free / 2**20:.1f} MiB are free there; free space or choose another disk")
 
 
 def load_causal_lm(model_dir: Path) -> tuple[PreTrainedModel, object]:
@@ -165,14 +164,12 @@ def unlearn_checkpoint(model_dir, forget_file, retain_file, method: str, out, ov
     check_lora([method] if spec else [], LM_REGISTRY)
     if not isinstance(max_len, numbers.Integral) or max_len < 2:
         raise UnlearnkitError(f"{option('max_len')} must be a whole number of tokens, at least 2 (a question token "
-                              f"and the "
-                              f"answer's end), got {max_len!r}")
+                              f"and the answer's end), got {max_len!r}")
     if not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
         raise UnlearnkitError(f"{option('seed')} must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
     if probes is not None and not str(probes).strip():
         raise UnlearnkitError(f"{option('probes')} needs probe data: tofu-synth's RWKU-style probes exist only for "
-                              f"its own "
-                              f"authors, a checkpoint has none; give {option('probes', 'FILE')}, {PROBES_HELP}")
+                              f"its own authors, a checkpoint has none; give {option('probes', 'FILE')}, {PROBES_HELP}")
     _check_dirs(model_dir, out)
     forget, retain = from_jsonl(forget_file), from_jsonl(retain_file)
     both = {(qa.question, qa.answer) for qa in forget} & {(qa.question, qa.answer) for qa in retain}
@@ -193,7 +190,7 @@ def unlearn_checkpoint(model_dir, forget_file, retain_file, method: str, out, ov
     if cut:  # an answer cut short (EOS lost) or gone would be trained and scored as something else
         raise UnlearnkitError(f"{len(cut)} question+answer pair(s) exceed {option('max_len', max_len)} tokens: "
                               f"{', '.join(cut[:10])}{' ...' if len(cut) > 10 else ''}; raise {option('max_len')} "
-                              f"or shorten them")
+                              "or shorten them")
     # a pad id in the config makes GPT-2 inspect input_ids for padding (data-dependent, impossible under
     # vmap); sequences here are right-padded and causal, so it is dropped while unlearning and restored
     config_pad, model.config.pad_token_id = model.config.pad_token_id, None

@@ -42,6 +42,7 @@ from .runs import (
     Job,
     RunConfig,
     Work,
+    add_originals,
     build_jobs,
     computing,
     jobs_done,
@@ -297,13 +298,9 @@ def lm_profile(data: TofuData) -> StepProfile:
 
 def originals_budget(config: RunConfig, data: TofuData, cache: ZooCache | None) -> Budget:
     """Training the task's N originals alone, unless the cache holds them (`llm trace`)."""
-    everything = torch.arange(len(data.items))
-    seeds = arm_seeds(ORIGINAL_SEEDS, config.models, config.seed)
-    cached = cache is not None and cache.untrained(lm_family(data.config, data.tensors, everything,
-                                                             data.task.recipe), seeds) == 0
-    out = Budget()
-    out.add(lm_profile(data), config.models, len(everything), data.task.recipe.epochs, data.task.recipe.batch_size,
-            cached, cache is not None)
+    everything, recipe, out = torch.arange(len(data.items)), data.task.recipe, Budget()
+    add_originals(out, lm_profile(data), recipe, cache, lm_family(data.config, data.tensors, everything, recipe),
+                  arm_seeds(ORIGINAL_SEEDS, config.models, config.seed), len(everything))
     return out
 
 

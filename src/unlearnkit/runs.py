@@ -400,9 +400,8 @@ def build_jobs(config: RunConfig, registry: dict,
         tuned = tuned_for(m)
         if config.tuned and tuned is None and m in config.methods and registry[m].hparams.search_space:
             raise UnlearnkitError(f"{option('tuned', True)}: no tuned hyperparameters saved for {m} on "
-                                  f"{config.task} with forget "
-                                  f"{config.forget}; run `unlearnkit tune --task {config.task} --forget {config.forget} --method {m}` "
-                                  f"first, or leave out "
+                                  f"{config.task} with forget {config.forget}; run `unlearnkit tune --task "
+                                  f"{config.task} --forget {config.forget} --method {m}` first, or leave out "
                                   f"{option('tuned', True)}")
         hp = make_hparams(m, {**(tuned or {}), **overrides.get(m, {})}, registry)
         if config.budgets and hasattr(hp, "epochs") and m != NOISE_FLOOR_METHOD:
@@ -528,6 +527,14 @@ def count_once(seen: set | None, name) -> bool:
     first = name not in seen
     seen.add(name)
     return first
+
+
+def add_originals(out: Budget, profile: StepProfile, recipe, cache: ZooCache | None, family: str, seeds: list[int],
+                  examples: int, counted: bool = False) -> None:
+    """Add to `out` the training of an originals arm a command needs before its own work (`seeds` of
+    `family`, on `examples` examples), unless it was `counted` already or the cache holds every model."""
+    out.add(profile, len(seeds), examples, recipe.epochs, recipe.batch_size,
+            counted or (cache is not None and cache.untrained(family, seeds) == 0), cache is not None)
 
 
 def jobs_done(benches, store, seen: set | None, registry: dict | None = None) -> Callable[[Job, int], bool]:

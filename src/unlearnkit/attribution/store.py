@@ -31,6 +31,11 @@ from .subsets import SubsetRuns, train_subset_models
 HELD_OUT = 0.2  # fresh subset models for the LDS, as a fraction of M (at least 10)
 
 
+def held_out_models(models: int) -> int:
+    """The fresh subset models the LDS of M = `models` datamodels is measured on."""
+    return max(10, round(HELD_OUT * models))
+
+
 @dataclass(frozen=True)
 class DatamodelReport:
     datamodels: LinearDatamodels
@@ -57,7 +62,7 @@ def compute_datamodels(task: Task, dataset: Dataset, models: int, subset: float 
                        cache: ZooCache | None = None) -> DatamodelReport:
     """Train M subset models (+ held-out ones for the LDS), fit ridge datamodels for every training and
     validation example, and score them by LDS on the held-out subsets."""
-    held_out = max(10, round(HELD_OUT * models))
+    held_out = held_out_models(models)
     runs = train_subset_models(task, dataset, models, subset, seed, cache)
     test = train_subset_models(task, dataset, held_out, subset, seed, cache, first=models)
     dm = fit_datamodels(runs.masks, runs.margins)

@@ -42,12 +42,17 @@ def check_datamodel_settings(models: int, subset: float, name: str = "models") -
         raise UnlearnkitError(f"{option('subset')} must be a fraction in (0, 1) of the training set, got {subset}")
 
 
+def subset_size(n: int, subset: float) -> int:
+    """Examples each subset model trains on: a `subset` fraction of the n training examples."""
+    return max(1, round(subset * n))
+
+
 def train_subset_models(task: Task, dataset: Dataset, models: int, subset: float, seed: int,
                         cache: ZooCache | None, first: int = 0) -> SubsetRuns:
     """`models` models, model m on its own random `subset` fraction (model index first + m)."""
     check_datamodel_settings(models, subset)
     n = len(dataset.y_train)
-    size = max(1, round(subset * n))
+    size = subset_size(n, subset)
     forward = template(task, dataset)
     x_all, y_all = torch.cat([dataset.x_train, dataset.x_val]), torch.cat([dataset.y_train, dataset.y_val])
     masks, outs = [], []

@@ -106,8 +106,7 @@ def resolve(device: str = "auto", precision: str = "auto") -> Compute:
         raise UnlearnkitError(f"{option('precision', 'tf32')} is a CUDA tensor-core mode; on the CPU use fp32 or bf16")
     if precision == "bf16" and not bf16_fast(device):
         raise UnlearnkitError(f"{option('precision', 'bf16')}: {device} has no hardware bfloat16 matmul (it needs "
-                              f"AMX or "
-                              "AVX-512 BF16 on a CPU, compute capability 8.0+ on a GPU), so it would be slower, "
+                              "AMX or AVX-512 BF16 on a CPU, compute capability 8.0+ on a GPU), so it would be slower, "
                               f"not faster; use {option('precision', 'fp32')} (or auto)")
     return Compute(device, precision)
 

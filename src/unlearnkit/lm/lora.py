@@ -36,8 +36,8 @@ class LoraSpec:
 
     def __post_init__(self):
         if not 1 <= self.rank <= MAX_RANK:
-            raise UnlearnkitError(f"{option('lora')} must be a rank in [1, {MAX_RANK}] (0: full fine-tuning), got "
-                                  f"{self.rank}")
+            raise UnlearnkitError(f"{option('lora')} must be a rank in [1, {MAX_RANK}] (0: full fine-tuning), "
+                                  f"got {self.rank}")
         if self.alpha is None:
             object.__setattr__(self, "alpha", 2.0 * self.rank)
         if not self.alpha > 0:

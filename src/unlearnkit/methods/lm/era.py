@@ -29,10 +29,10 @@ from ...zoo import ORIGINAL_SEEDS, arm_seeds, stable_hash, tensor_digest
 from ...zoo.train import train_cached
 from ..base import ScratchArm, Setting
 from ..era import ERAParams, coherence_finetune
+from .base import LM_REGISTRY, LMContext, register
 
 if TYPE_CHECKING:  # transformers' model code is imported where a model is built
     from transformers import GPT2Config
-from .base import LM_REGISTRY, LMContext, register
 
 WIDEN_TAG = 0x57494445  # "WIDE": the added units' initialisation stream
 
